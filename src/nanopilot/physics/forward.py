@@ -1,0 +1,202 @@
+"""Kinematic forward model of convergent-beam nanodiffraction (PHYSICS.md section 2).
+
+The pupil sum is separable, so each pattern is two small matrix products::
+
+    I = B(chi) @ M @ A(strain, omega, t)^T
+    A[x, u] = Laue term * Qx kernel      (detector column x, pupil column u)
+    B[y, v] = Qy kernel                  (detector row y, pupil row v)
+    M[v, u] = donut mask of the zone plate minus central stop
+
+The matrices are built in float64 (the box edges are exact) and multiplied in the requested dtype.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+import torch
+
+from .instrument import Instrument
+
+KERNELS = ("box", "gauss")
+
+#: The smooth kernel is exp(-q^2 / 2 sigma^2) with sigma = GAUSS_SIGMA_PER_PRECISION * box_precision:
+#: the Gaussian of equal area to the box of half-width box_precision (sigma * sqrt(2 pi) = 2 * precision).
+GAUSS_SIGMA_PER_PRECISION = math.sqrt(2 / math.pi)
+
+
+@functools.lru_cache(maxsize=8)
+def _geometry(instrument: Instrument) -> dict[str, np.ndarray]:
+    """Pixel and pupil reciprocal-space coordinates of a setup (float64 numpy, 1/angstrom)."""
+    rows, cols = instrument.roi_shape
+    k, theta, d, p = instrument.k, instrument.bragg_angle, instrument.detector_distance, instrument.pixel_size
+    s = instrument.pupil_pitch
+    x = np.arange(cols) - (cols - 1) / 2  # pixel offset from the ROI centre (unstrained 2 theta)
+    y = np.arange(rows) - (rows - 1) / 2
+    gamma = np.arcsin(x * p / d) + theta
+    u = np.arange(instrument.pupil_size) - (instrument.pupil_size - 1) / 2
+    radius = s * np.hypot(u[None, :], u[:, None])
+    donut = (radius > instrument.theta_in) & (radius < instrument.theta_out)
+    return {
+        "qx": k * (math.cos(theta) - np.cos(gamma)),  # (W,)
+        "qz": k * (np.sin(gamma) + math.sin(theta)),  # (W,)
+        "qy": k * y * p / d,  # (H,)
+        "o_qx": -u * s * k * math.sin(theta),  # (U,)
+        "o_qz": u * s * k * math.cos(theta),  # (U,)
+        "o_qy": u * s * k,  # (V,)
+        "donut": donut.astype(np.float64),  # (V, U)
+    }
+
+
+def donut_points(instrument: Instrument | None = None) -> int:
+    """Number of pupil grid points inside the zone-plate donut (6,392 for the default setup)."""
+    return int(_geometry(instrument or Instrument())["donut"].sum())
+
+
+def _const(instrument: Instrument, name: str, device) -> torch.Tensor:
+    return torch.as_tensor(_geometry(instrument)[name], dtype=torch.float64, device=device)
+
+
+def _kernel(q: torch.Tensor, precision: float, kernel: str) -> torch.Tensor:
+    if kernel == "box":
+        return (q.abs() < precision).to(q.dtype)
+    sigma = GAUSS_SIGMA_PER_PRECISION * precision
+    return torch.exp(-0.5 * (q / sigma) ** 2)
+
+
+def laue_matrix(strain, omega_rad, thickness, instrument: Instrument, kernel: str = "box") -> torch.Tensor:
+    """A[n, x, u]: Laue (sinc^2) term times the Qx kernel. Inputs (N,) float64 tensors; output (N, W, U)."""
+    g = instrument.g
+    qz, o_qz = _const(instrument, "qz", strain.device), _const(instrument, "o_qz", strain.device)
+    qx, o_qx = _const(instrument, "qx", strain.device), _const(instrument, "o_qx", strain.device)
+    t = thickness[:, None, None]
+    z = t * (qz[None, :, None] - (g / (1 + strain))[:, None, None] - o_qz[None, None, :]) / 2
+    laue = t * torch.sinc(z / math.pi) ** 2  # torch.sinc(x) = sin(pi x) / (pi x)
+    tilt = _kernel(qx[None, :, None] + (g * omega_rad)[:, None, None] - o_qx[None, None, :],
+                   instrument.box_precision, kernel)
+    return laue * tilt
+
+
+def chi_matrix(chi_rad, instrument: Instrument, kernel: str = "box") -> torch.Tensor:
+    """B[n, y, v]: the Qy kernel. Input (N,) float64 tensor; output (N, H, V)."""
+    qy, o_qy = _const(instrument, "qy", chi_rad.device), _const(instrument, "o_qy", chi_rad.device)
+    return _kernel(qy[None, :, None] + (instrument.g * chi_rad)[:, None, None] - o_qy[None, None, :],
+                   instrument.box_precision, kernel)
+
+
+def _as_params(params, instrument: Instrument, device) -> torch.Tensor:
+    p = torch.as_tensor(params, device=device)
+    if p.ndim == 1:
+        p = p[None]
+    if p.ndim != 2 or p.shape[1] not in (3, 4):
+        raise ValueError(f"params must have shape (N, 3) or (N, 4) = strain, omega (deg), chi (deg)[, thickness (A)]; "
+                         f"got {tuple(p.shape)}")
+    p = p.to(torch.float64)
+    if p.shape[1] == 3:
+        p = torch.cat([p, torch.full_like(p[:, :1], instrument.thickness)], dim=1)
+    if not torch.isfinite(p).all():
+        raise ValueError("params contain NaN or inf")
+    if (p[:, 0] <= -1).any() or (p[:, 3] <= 0).any():
+        raise ValueError("params out of physical range: strain must be > -1 and thickness > 0 angstrom")
+    return p
+
+
+def simulate(params, instrument: Instrument | None = None, *, kernel: str = "box", counts=None, device=None,
+             dtype: torch.dtype = torch.float32, batch_size: int = 4096):
+    """Diffraction patterns for a batch of film states.
+
+    Parameters
+    ----------
+    params : array or tensor, (N, 3) or (N, 4)
+        strain (dimensionless), omega (deg), chi (deg)[, thickness (angstrom); default ``instrument.thickness``].
+    instrument : Instrument, optional
+        The setup (default: the published one).
+    kernel : {"box", "gauss"}
+        "box" is the published formula exactly; "gauss" replaces both boxes by the equal-area Gaussian
+        (sigma = sqrt(2/pi) * box_precision), making the image differentiable in all parameters.
+    counts : None, "published" or float
+        None: raw units of the formula. "published": scaled by the one global factor that makes the brightest
+        pattern of the default 41^3 grid peak at 7 counts. A float c: the same convention with peak c
+        (c = 70 is ten times brighter). No noise is added; see :func:`poisson`.
+    device, dtype : torch device and float dtype of the output (float32 default; float64 for exactness).
+    batch_size : patterns per matrix-product batch (bounds memory).
+
+    Returns
+    -------
+    (N, H, W) images (rows = detector y, cols = detector x): a torch tensor if ``params`` is a tensor
+    (autograd flows through with kernel="gauss"), else a numpy array.
+    """
+    instrument = instrument or Instrument()
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    return_tensor = isinstance(params, torch.Tensor)
+    if device is None:
+        device = params.device if return_tensor else "cpu"
+    p = _as_params(params, instrument, device)
+    donut = _const(instrument, "donut", device).to(dtype)
+    out = []
+    for start in range(0, len(p), batch_size):
+        q = p[start:start + batch_size]
+        a = laue_matrix(q[:, 0], torch.deg2rad(q[:, 1]), q[:, 3], instrument, kernel).to(dtype)
+        b = chi_matrix(torch.deg2rad(q[:, 2]), instrument, kernel).to(dtype)
+        out.append(torch.matmul(torch.matmul(b, donut), a.transpose(1, 2)))
+    images = torch.cat(out) if out else torch.zeros((0, *instrument.roi_shape), dtype=dtype, device=device)
+    if counts is not None:
+        images = images * intensity_scale(instrument, counts)
+    return images if return_tensor else images.detach().cpu().numpy()
+
+
+# --------------------------------------------------------------------------- intensity convention
+PUBLISHED_PEAK_COUNTS = 7.0
+
+
+@functools.lru_cache(maxsize=8)
+def brightest_grid_peak(instrument: Instrument) -> float:
+    """Peak (raw units, box kernel) of the brightest pattern of the default 41^3 grid for this setup.
+
+    About 3,505.8 for the published setup. Computed once per setup on the full grid (a second or two).
+    """
+    from .library import Grid, iter_grid_patterns
+
+    grid = Grid.default()
+    best, best_index = -1.0, 0
+    for start, images in iter_grid_patterns(grid, instrument):  # float32 search, then one exact float64 pattern
+        peaks = images.amax(dim=(1, 2))
+        if float(peaks.max()) > best:
+            best, best_index = float(peaks.max()), start + int(peaks.argmax())
+    brightest = grid.params(instrument)[best_index:best_index + 1]
+    return float(simulate(brightest, instrument, dtype=torch.float64).max())
+
+
+def intensity_scale(instrument: Instrument | None, counts="published") -> float:
+    """Factor from raw formula units to counts: the brightest default-grid pattern peaks at ``counts``.
+
+    ``counts`` is "published" (7 counts, the published convention) or a positive peak count level.
+    """
+    instrument = instrument or Instrument()
+    if isinstance(counts, str):
+        if counts != "published":
+            raise ValueError(f"counts must be None, 'published' or a positive number, got {counts!r}")
+        counts = PUBLISHED_PEAK_COUNTS
+    if not (isinstance(counts, (int, float)) and math.isfinite(counts) and counts > 0):
+        raise ValueError(f"counts must be None, 'published' or a positive number, got {counts!r}")
+    return float(counts) / brightest_grid_peak(instrument)
+
+
+def poisson(images, seed: int | None = None):
+    """Poisson counts drawn from expected images (same type out as in: numpy or torch), seeded.
+
+    Raises ValueError if any expected value is negative or not finite.
+    """
+    is_tensor = isinstance(images, torch.Tensor)
+    rate = images.detach().to(torch.float64) if is_tensor else torch.as_tensor(np.asarray(images, dtype=np.float64))
+    if not torch.isfinite(rate).all() or (rate < 0).any():
+        raise ValueError("poisson() needs finite, non-negative expected counts")
+    gen = torch.Generator(device=rate.device)
+    gen.manual_seed(int(seed) if seed is not None else int(torch.seed()))
+    noisy = torch.poisson(rate, generator=gen)
+    if is_tensor:
+        return noisy.to(images.dtype)
+    return noisy.numpy().astype(np.asarray(images).dtype)
