@@ -21,7 +21,8 @@ SATURATED = "saturated"  # some pixel at or above the detector's saturation leve
 COUNT_LEVEL = "count_level"  # total counts outside the order of magnitude the estimator was made for
 EDGE = "edge"  # estimate at the edge of the trained / library range
 RESIDUAL = "residual"  # the physics model does not explain the frame
-STATUSES = (OK, NONFINITE, NEGATIVE, EMPTY, SATURATED, COUNT_LEVEL, EDGE, RESIDUAL)
+WRONG_SHAPE = "wrong_shape"  # one frame of another shape in a live stream (a whole batch of them raises)
+STATUSES = (OK, NONFINITE, NEGATIVE, EMPTY, SATURATED, COUNT_LEVEL, EDGE, RESIDUAL, WRONG_SHAPE)
 
 PARAMETERS = ("strain", "omega", "chi", "thickness")
 UNITS = {"strain": "", "omega": "deg", "chi": "deg", "thickness": "angstrom"}

@@ -1,0 +1,177 @@
+"""LiveMaps: the per-run analysis state that plans and plots read while the callback writes.
+
+Thread-safe: the analysis worker appends, plans and plots read snapshots. A plan waits for the analysis to
+catch up with the frames taken so far with :meth:`LiveMaps.wait_for`.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from ..estimates import PARAMETERS, Estimates
+
+#: Per-point fields held for every run (besides positions and seq_num).
+FIELDS = PARAMETERS + tuple(p + "_std" for p in PARAMETERS)
+
+
+class RunMap:
+    """Results of one run: positions (um) and per-point estimates, in the order the frames arrived.
+
+    Attributes
+    ----------
+    uid : the raw run's start uid.
+    motors : motor (readback) names, slowest first, as in the start document.
+    shape, extents, snaking : the grid description of a rectilinear scan (None for other paths).
+    """
+
+    def __init__(self, uid: str, motors: list[str], shape=None, extents=None, snaking=None):
+        self.uid = uid
+        self.motors = list(motors)
+        self.shape = tuple(shape) if shape else None
+        self.extents = [tuple(e) for e in extents] if extents else None
+        self.snaking = list(snaking) if snaking else [False] * len(self.shape or ())
+        self.expected = int(np.prod(self.shape)) if self.shape else None
+        self._seq = []
+        self._pos = []
+        self._values = {f: [] for f in FIELDS}
+        self._status = []
+        self._extra: dict[str, dict[int, float]] = {}  # field -> {point index: value}
+        self.received = 0  # frames handed to the analysis (analysed or not)
+        self.skipped = 0  # frames dropped by the back-pressure policy
+        self.errors = 0  # frames lost to an unexpected exception inside the analysis
+        self.done = False
+
+    # ------------------------------------------------------------------ writing (analysis side)
+    def _append(self, seq_nums, positions, est: Estimates) -> None:
+        self._seq.extend(int(s) for s in seq_nums)
+        self._pos.extend(np.asarray(positions, dtype=float).reshape(len(seq_nums), -1).tolist())
+        for f in FIELDS:
+            self._values[f].extend(getattr(est, f).tolist())
+        self._status.extend(est.status.tolist())
+
+    def set_extra(self, key: str, seq_nums, values) -> None:
+        """Attach another per-point field (e.g. texture labels) to stored points, by seq_num."""
+        index = {s: i for i, s in enumerate(self._seq)}
+        column = self._extra.setdefault(key, {})
+        for s, v in zip(seq_nums, values):
+            column[index[int(s)]] = v
+
+    # ------------------------------------------------------------------ reading
+    def __len__(self) -> int:
+        return len(self._seq)
+
+    def scattered(self) -> dict[str, np.ndarray]:
+        """Snapshot of every point: ``seq_num``, one array per motor (um), the estimates, ``status``."""
+        out = {"seq_num": np.asarray(self._seq, dtype=int)}
+        pos = np.asarray(self._pos, dtype=float).reshape(len(self._seq), len(self.motors))
+        for i, m in enumerate(self.motors):
+            out[m] = pos[:, i]
+        out.update({f: np.asarray(v, dtype=float) for f, v in self._values.items()})
+        for key, column in self._extra.items():
+            out[key] = np.array([column.get(i, np.nan) for i in range(len(self._seq))])
+        out["status"] = np.asarray(self._status, dtype=object)
+        return out
+
+    def gridded(self, field: str) -> np.ndarray:
+        """A field on the scan grid (shape of the start document), NaN where not (yet) measured or flagged.
+
+        Row-major over the motors (slowest first); snaked rows are put back in place.
+        """
+        if not self.shape:
+            raise ValueError(f"run {self.uid[:8]} is not a rectilinear grid scan; use scattered()")
+        points = self.scattered()
+        values = points[field].astype(float) if field != "status" else (points["status"] == "ok").astype(float)
+        grid = np.full(int(np.prod(self.shape)), np.nan)
+        index = self._grid_index(points["seq_num"] - 1)
+        keep = (index >= 0) & (index < grid.size)
+        grid[index[keep]] = values[keep]
+        return grid.reshape(self.shape)
+
+    def _grid_index(self, flat: np.ndarray) -> np.ndarray:
+        """Map the order of acquisition onto row-major grid indices (undoing snaking)."""
+        if len(self.shape) != 2 or not any(self.snaking[1:]):
+            return flat
+        rows, cols = np.divmod(flat, self.shape[1])
+        cols = np.where(rows % 2 == 1, self.shape[1] - 1 - cols, cols)
+        return rows * self.shape[1] + cols
+
+    def axes(self) -> list[np.ndarray]:
+        """Motor positions (um) along each grid axis, from the start document's extents."""
+        if not self.shape or not self.extents:
+            raise ValueError(f"run {self.uid[:8]} has no grid extents")
+        return [np.linspace(lo, hi, n) for (lo, hi), n in zip(self.extents, self.shape)]
+
+
+class LiveMaps:
+    """All runs the analysis has seen, by raw-run uid; :attr:`current` is the latest."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._runs: dict[str, RunMap] = {}
+        self._order: list[str] = []
+
+    def begin_run(self, uid: str, motors, shape=None, extents=None, snaking=None) -> RunMap:
+        with self._cond:
+            run = RunMap(uid, motors, shape, extents, snaking)
+            self._runs[uid] = run
+            self._order.append(uid)
+            self._cond.notify_all()
+            return run
+
+    def add(self, uid: str, seq_nums, positions, estimates: Estimates) -> None:
+        """Store analysed points of run ``uid`` (positions: (N, n_motors) um)."""
+        with self._cond:
+            self._runs[uid]._append(seq_nums, positions, estimates)
+            self._cond.notify_all()
+
+    def count(self, uid: str, *, received: int = 0, skipped: int = 0, errors: int = 0) -> None:
+        """Count frames received, skipped by back-pressure, or lost to errors."""
+        with self._cond:
+            run = self._runs[uid]
+            run.received += received
+            run.skipped += skipped
+            run.errors += errors
+            self._cond.notify_all()
+
+    def end_run(self, uid: str) -> None:
+        with self._cond:
+            self._runs[uid].done = True
+            self._cond.notify_all()
+
+    def update(self, uid: str, fn) -> None:
+        """Run ``fn(run_map)`` under the lock (for writers of extra fields, e.g. texture labels)."""
+        with self._cond:
+            fn(self._runs[uid])
+            self._cond.notify_all()
+
+    def __getitem__(self, uid: str) -> RunMap:
+        with self._cond:
+            return self._runs[uid]
+
+    def __contains__(self, uid: str) -> bool:
+        return uid in self._runs
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    @property
+    def current(self) -> RunMap | None:
+        with self._cond:
+            return self._runs[self._order[-1]] if self._order else None
+
+    def wait_for(self, uid: str | None = None, n: int | None = None, timeout: float = 30.0) -> bool:
+        """Block until run ``uid`` (default: current) has accounted for ``n`` frames (default: all received).
+
+        A frame is accounted for once analysed, skipped or lost to an error. Returns False on timeout.
+        """
+        def caught_up():
+            run = self._runs.get(uid) if uid else (self._runs[self._order[-1]] if self._order else None)
+            if run is None:
+                return False
+            target = run.received if n is None else n
+            return len(run) + run.skipped + run.errors >= target
+
+        with self._cond:
+            return self._cond.wait_for(caught_up, timeout=timeout)
