@@ -22,7 +22,8 @@ COUNT_LEVEL = "count_level"  # total counts outside the order of magnitude the e
 EDGE = "edge"  # estimate at the edge of the trained / library range
 RESIDUAL = "residual"  # the physics model does not explain the frame
 WRONG_SHAPE = "wrong_shape"  # one frame of another shape in a live stream (a whole batch of them raises)
-STATUSES = (OK, NONFINITE, NEGATIVE, EMPTY, SATURATED, COUNT_LEVEL, EDGE, RESIDUAL, WRONG_SHAPE)
+NOT_CONVERGED = "not_converged"  # an iterative fit did not converge (or had no finite start)
+STATUSES = (OK, NONFINITE, NEGATIVE, EMPTY, SATURATED, COUNT_LEVEL, EDGE, RESIDUAL, WRONG_SHAPE, NOT_CONVERGED)
 
 PARAMETERS = ("strain", "omega", "chi", "thickness")
 UNITS = {"strain": "", "omega": "deg", "chi": "deg", "thickness": "angstrom"}
