@@ -1,0 +1,202 @@
+"""The nanobeam area detector: renders the sample's diffraction pattern at the beam position.
+
+Intensity convention: ``count_rate`` is the peak count rate (counts/s) of the brightest pattern of the default
+41^3 training grid, the convention of :func:`nanopilot.physics.intensity_scale`; an exposure of ``t`` seconds
+renders at peak level ``count_rate * t``. The defaults (70 counts/s, 0.1 s) give the published 7 counts.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from ophyd import Component as Cpt
+from ophyd import DeviceStatus
+
+from ..physics import Instrument, simulate
+from .hdf5 import HDF5FrameWriter
+from .motion import SimStage
+from .sample import SimSample
+from .signals import SimDevice, SimReadback, SimSignal, non_negative, one_of, positive
+
+#: Dark count rate of a hot pixel (counts/s).
+HOT_PIXEL_RATE = 1e5
+
+#: Beam-footprint averaging: a 7-point, degree-3 cubature of the uniform unit disc (x, y, weight).
+_FOOTPRINT_RULE = np.array([(0.0, 0.0, 0.25)] + [
+    (np.sqrt(2 / 3) * np.cos(a), np.sqrt(2 / 3) * np.sin(a), 0.125) for a in np.arange(6) * np.pi / 3])
+
+
+def frame_statistics(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Total counts and intensity-weighted centroid (column x, row y; pixels) of (N, H, W) frames.
+
+    The centroid of an empty frame is NaN.
+    """
+    frames = np.asarray(frames, dtype=np.float64)
+    total = frames.sum(axis=(1, 2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cx = frames.sum(axis=1) @ np.arange(frames.shape[2]) / total
+        cy = frames.sum(axis=2) @ np.arange(frames.shape[1]) / total
+    return total, cx, cy
+
+
+class NanobeamDetector(SimDevice):
+    """A photon-counting area detector looking at the sample's Bragg reflection through a nanofocused beam.
+
+    ``trigger()`` renders the pattern at the stage's current (x, y) from the sample's ground truth with
+    :func:`nanopilot.physics.simulate`, adds background and hot pixels, draws Poisson counts (unless ``noise``
+    is False), computes the live statistics, then spends ``exposure_time`` on the clock.
+
+    Parameters
+    ----------
+    sample : SimSample
+        The sample under the beam.
+    sample_stage : SimStage
+        The stage that positions it (its x, y readbacks, um, are the beam position on the sample).
+    instrument : Instrument, optional
+        The diffraction setup (default: the published one).
+    seed : int, optional
+        Seed of the noise and of the hot-pixel positions.
+    hot_pixels : int
+        Number of hot pixels (each with :data:`HOT_PIXEL_RATE` dark counts/s).
+    kernel : {"box", "gauss"}
+        Forward-model kernel (see :func:`nanopilot.physics.simulate`).
+
+    Notes
+    -----
+    Readings: ``image`` (kind normal, never hinted; uint32 counts, or float32 expected counts with noise off),
+    ``total`` (counts, hinted), ``centroid_x``/``centroid_y`` (pixels). Configuration: ``exposure_time`` (s),
+    ``count_rate`` (counts/s, see the module notes), ``noise``, ``background`` (counts/s/pixel), ``footprint``
+    (diameter in um of the uniform beam footprint averaged over; 0 = a point beam), ``data_mode`` and
+    ``hdf5_directory``.
+
+    In ``data_mode="hdf5"`` each staging opens an SWMR HDF5 file in ``hdf5_directory`` (checked at stage time),
+    frames go to ``/entry/data/data`` and the image reaches the documents as stream_resource / stream_datum
+    (``external: "STREAM:"``) instead of inline arrays. The pixels are the same in both modes.
+    """
+
+    image = Cpt(SimReadback, kind="normal")
+    total = Cpt(SimReadback, value=0.0, units="counts", kind="hinted")
+    centroid_x = Cpt(SimReadback, value=np.nan, units="pixel", kind="normal")
+    centroid_y = Cpt(SimReadback, value=np.nan, units="pixel", kind="normal")
+    exposure_time = Cpt(SimSignal, value=0.1, units="s", check=positive, kind="config")
+    count_rate = Cpt(SimSignal, value=70.0, units="counts/s", check=positive, kind="config")
+    noise = Cpt(SimSignal, value=True, check=one_of((True, False)), kind="config")
+    background = Cpt(SimSignal, value=0.0, units="counts/s/pixel", check=non_negative, kind="config")
+    footprint = Cpt(SimSignal, value=0.0, units="um", check=non_negative, kind="config")
+    data_mode = Cpt(SimSignal, value="inline", check=one_of(("inline", "hdf5")), kind="config")
+    hdf5_directory = Cpt(SimSignal, value="", kind="config")
+
+    def __init__(self, prefix="", *, name, sample: SimSample, sample_stage: SimStage,
+                 instrument: Instrument | None = None, seed: int | None = None, hot_pixels: int = 0,
+                 kernel: str = "box", **kwargs):
+        super().__init__(prefix, name=name, **kwargs)
+        self.sample, self.sample_stage = sample, sample_stage
+        self.instrument = instrument or Instrument()
+        self.kernel = kernel
+        self.rng = np.random.default_rng(seed)
+        rows, cols = self.instrument.roi_shape
+        if not 0 <= int(hot_pixels) <= rows * cols:
+            raise ValueError(f"hot_pixels must be between 0 and {rows * cols}, got {hot_pixels!r}")
+        self.hot_pixel_index = self.rng.choice(rows * cols, size=int(hot_pixels), replace=False)
+        self.image.put(np.zeros(self.instrument.roi_shape, dtype=self.frame_dtype), internal=True)
+        self._writer: HDF5FrameWriter | None = None
+
+    # ------------------------------------------------------------------ rendering (shared with the flyer)
+    @property
+    def frame_dtype(self) -> np.dtype:
+        """uint32 counts with noise, float32 expected counts without."""
+        return np.dtype(np.uint32) if self.noise.get() else np.dtype(np.float32)
+
+    def beam_positions(self, x, y) -> tuple[np.ndarray, np.ndarray]:
+        """Sample-plane points (um) the beam at each (x, y) covers: K per position, flattened (N * K,)."""
+        x, y = np.atleast_1d(np.asarray(x, dtype=np.float64)), np.atleast_1d(np.asarray(y, dtype=np.float64))
+        radius = self.footprint.get() / 2
+        if radius == 0:
+            return x, y
+        return ((x[:, None] + radius * _FOOTPRINT_RULE[:, 0]).ravel(),
+                (y[:, None] + radius * _FOOTPRINT_RULE[:, 1]).ravel())
+
+    def render(self, parameters: np.ndarray, exposure: float) -> np.ndarray:
+        """Frames for ground-truth ``parameters`` ((N * K, 4) at :meth:`beam_positions`) exposed ``exposure`` s."""
+        patterns = simulate(parameters, self.instrument, kernel=self.kernel,
+                            counts=self.count_rate.get() * exposure)
+        if self.footprint.get() > 0:
+            patterns = np.einsum("nkhw,k->nhw", patterns.reshape(-1, len(_FOOTPRINT_RULE), *patterns.shape[1:]),
+                                 _FOOTPRINT_RULE[:, 2].astype(patterns.dtype))
+        background = self.background.get() * exposure
+        if background:
+            patterns += np.float32(background)
+        if len(self.hot_pixel_index):
+            patterns.reshape(len(patterns), -1)[:, self.hot_pixel_index] += np.float32(HOT_PIXEL_RATE * exposure)
+        if self.noise.get():
+            return self.rng.poisson(patterns).astype(np.uint32)
+        return patterns
+
+    # ------------------------------------------------------------------ bluesky interface
+    def trigger(self) -> DeviceStatus:
+        """Acquire one frame at the stage's current position; finishes after the exposure time."""
+        exposure = self.exposure_time.get()
+        x, y = self.beam_positions(*self.sample_stage.position)
+        frame = self.render(self.sample.parameters(x, y), exposure)
+        total, cx, cy = frame_statistics(frame)
+        now = self.clock.now()
+        self.image.put(frame[0], internal=True, timestamp=now)
+        for signal, value in ((self.total, total), (self.centroid_x, cx), (self.centroid_y, cy)):
+            signal.put(float(value[0]), internal=True, timestamp=now)
+        if self._writer is not None:
+            self._writer.append(frame)
+        status = DeviceStatus(self)
+        self.clock.call_after(exposure, status.set_finished)
+        return status
+
+    def image_description(self) -> dict:
+        """The descriptor entry of the image: shape, numpy dtype, and ``external`` in HDF5 mode."""
+        description = {"source": f"SIM:{self.image.name}", "dtype": "array", "shape": list(self.instrument.roi_shape),
+                       "dtype_numpy": self.frame_dtype.str, "units": "counts"}
+        if self.data_mode.get() == "hdf5":
+            description["external"] = "STREAM:"
+        return description
+
+    def describe(self):
+        description = super().describe()
+        description[self.image.name] = self.image_description()
+        return description
+
+    def read(self):
+        reading = super().read()
+        if self.data_mode.get() == "hdf5":
+            del reading[self.image.name]
+        return reading
+
+    def stage(self):
+        """Stage; in HDF5 mode open a new file in ``hdf5_directory`` (raises here if it is missing/unwritable)."""
+        if self.data_mode.get() == "hdf5":
+            directory = self.hdf5_directory.get()
+            if not directory:
+                raise ValueError(f"{self.name}: data_mode is 'hdf5' but hdf5_directory is not set")
+            self._writer = HDF5FrameWriter(directory, self.image.name, self.instrument.roi_shape, self.frame_dtype,
+                                           prefix=self.name)
+        try:
+            return super().stage()
+        except Exception:
+            self._close_writer()
+            raise
+
+    def unstage(self):
+        try:
+            return super().unstage()
+        finally:
+            self._close_writer()
+
+    def _close_writer(self):
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def get_index(self) -> int:
+        """Frames written to the current HDF5 file (0 in inline mode)."""
+        return self._writer.index if self._writer is not None else 0
+
+    def collect_asset_docs(self, index: int | None = None):
+        """stream_resource / stream_datum documents for frames written since the last call (HDF5 mode)."""
+        if self._writer is not None:
+            yield from self._writer.collect_asset_docs(index)

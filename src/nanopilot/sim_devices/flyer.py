@@ -1,0 +1,149 @@
+"""A fly scan: the stage sweeps a line or a region continuously while the detector streams frames.
+
+Bluesky protocols: ``Flyable`` (kickoff / complete) and ``EventPageCollectable`` (describe_collect /
+collect_pages), so ``bps.collect`` makes the RunEngine emit ``event_page`` documents of up to ``page_size``
+inline frames each.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import numpy as np
+from ophyd import Component as Cpt
+from ophyd import DeviceStatus
+from ophyd.utils import LimitError
+
+from .detector import NanobeamDetector, frame_statistics
+from .signals import SimDevice, SimSignal, positive
+
+
+def _count(value) -> None:
+    if not (isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1):
+        raise ValueError(f"must be an integer >= 1, got {value!r}")
+
+
+class SimFlyer(SimDevice):
+    """Sweeps the detector's stage over a raster of ``num_y`` lines of ``num_x`` frames at ``frame_rate``.
+
+    Line ``j`` lies at ``y = linspace(y_start, y_stop, num_y)[j]``; along it the stage moves at constant speed
+    from ``x_start`` to ``x_stop`` and frame ``i`` is centred on ``linspace(x_start, x_stop, num_x)[i]``; between
+    lines the stage flies back at its own speed. Each frame is exposed for ``1 / frame_rate`` s (so counts
+    scale with it through the detector's ``count_rate``); the detector's noise, background, footprint and hot
+    pixels apply. ``num_y = 1`` sweeps a single line.
+
+    ``kickoff()`` checks the sweep (limits, stage speed) and moves to the start; ``complete()`` spends the
+    sweep's time on the clock, recording the sample's ground truth at each frame as it goes (so a growing or
+    cooling sample changes during the sweep); ``collect_pages()`` renders the frames in batches of ``page_size``
+    and yields them as event pages. Configure it with ``flyer.configure({...})`` or ``bps.mv(flyer.num_x, 64)``.
+
+    Parameters
+    ----------
+    detector : NanobeamDetector
+        Supplies the sample, stage, clock and rendering settings.
+    """
+
+    x_start = Cpt(SimSignal, value=-1.0, units="um", kind="config")
+    x_stop = Cpt(SimSignal, value=1.0, units="um", kind="config")
+    y_start = Cpt(SimSignal, value=0.0, units="um", kind="config")
+    y_stop = Cpt(SimSignal, value=0.0, units="um", kind="config")
+    num_x = Cpt(SimSignal, value=64, check=_count, kind="config")
+    num_y = Cpt(SimSignal, value=1, check=_count, kind="config")
+    frame_rate = Cpt(SimSignal, value=1000.0, units="Hz", check=positive, kind="config")
+    page_size = Cpt(SimSignal, value=512, check=_count, kind="config")
+
+    def __init__(self, prefix="", *, name, detector: NanobeamDetector, **kwargs):
+        super().__init__(prefix, name=name, clock=detector.clock, **kwargs)
+        self.detector = detector
+        self._sweep: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        self._kicked_off = False
+
+    # ------------------------------------------------------------------ the sweep
+    def _lines(self) -> tuple[np.ndarray, np.ndarray]:
+        return (np.linspace(self.x_start.get(), self.x_stop.get(), self.num_x.get()),
+                np.linspace(self.y_start.get(), self.y_stop.get(), self.num_y.get()))
+
+    def _check(self) -> None:
+        stage = self.detector.sample_stage
+        for axis, values in ((stage.x, (self.x_start.get(), self.x_stop.get())),
+                             (stage.y, (self.y_start.get(), self.y_stop.get()))):
+            for value in values:
+                axis.check_value(value)
+        xs, _ = self._lines()
+        speed = (abs(xs[1] - xs[0]) if len(xs) > 1 else 0.0) * self.frame_rate.get()
+        if speed > stage.x.velocity.get():
+            raise LimitError(f"{self.name}: the sweep needs {speed:g} um/s but {stage.x.name} moves at most "
+                             f"{stage.x.velocity.get():g} um/s; lower frame_rate or the step")
+
+    def kickoff(self) -> DeviceStatus:
+        """Check the sweep and move the stage to its start; the status finishes there."""
+        self._check()
+        stage = self.detector.sample_stage
+        xs, ys = self._lines()
+        self._sweep = []
+        self._kicked_off = True
+        return stage.x.set(xs[0]) & stage.y.set(ys[0])
+
+    def complete(self) -> DeviceStatus:
+        """Sweep; the status finishes when the last frame has been exposed (immediately in simulated time)."""
+        if not self._kicked_off:
+            raise RuntimeError(f"{self.name}: complete() called before kickoff()")
+        self._kicked_off = False
+        status = DeviceStatus(self)
+
+        def sweep():
+            try:
+                self._run_sweep()
+            except Exception as error:
+                status.set_exception(error)
+            else:
+                status.set_finished()
+
+        if self.clock.realtime:
+            threading.Thread(target=sweep, daemon=True).start()
+        else:
+            sweep()
+        return status
+
+    def _run_sweep(self) -> None:
+        """Walk the raster on the clock page by page, recording positions, times and ground truth."""
+        stage, detector = self.detector.sample_stage, self.detector
+        xs, ys = self._lines()
+        period, page = 1.0 / self.frame_rate.get(), self.page_size.get()
+        for j, y in enumerate(ys):
+            if j:
+                (stage.x.set(xs[0]) & stage.y.set(y)).wait()
+            for start in range(0, len(xs), page):
+                x = xs[start:start + page]
+                t0 = self.clock.now()
+                truth = self.detector.sample.parameters(*detector.beam_positions(x, np.full_like(x, y)))
+                self._sweep.append((x, np.full_like(x, y), t0 + period * np.arange(len(x)), truth))
+                self.clock.advance(period * len(x))
+            stage.x.readback.put(xs[-1], internal=True, timestamp=self.clock.now())
+
+    # ------------------------------------------------------------------ collection
+    def describe_collect(self) -> dict[str, dict]:
+        """Data keys of the stream: the detector's image and statistics plus the beam position."""
+        detector, stage = self.detector, self.detector.sample_stage
+        image = {**detector.image_description(), "source": f"SIM:{self.name}"}
+        image.pop("external", None)  # the flyer always streams inline frames
+        keys = {detector.image.name: image}
+        for signal, units in ((detector.total, "counts"), (detector.centroid_x, "pixel"),
+                              (detector.centroid_y, "pixel"), (stage.x.readback, "um"), (stage.y.readback, "um")):
+            keys[signal.name] = {"source": f"SIM:{self.name}", "dtype": "number", "shape": [], "units": units}
+        return {self.name: keys}
+
+    def collect_pages(self) -> Iterator[dict]:
+        """Render the recorded sweep and yield one event page per ``page_size`` frames."""
+        detector, stage = self.detector, self.detector.sample_stage
+        exposure = 1.0 / self.frame_rate.get()
+        sweep, self._sweep = self._sweep, []
+        for x, y, times, truth in sweep:
+            frames = detector.render(truth, exposure)
+            total, cx, cy = frame_statistics(frames)
+            data = {detector.image.name: list(frames), detector.total.name: total.tolist(),
+                    detector.centroid_x.name: cx.tolist(), detector.centroid_y.name: cy.tolist(),
+                    stage.x.readback.name: x.tolist(), stage.y.readback.name: y.tolist()}
+            stamps = times.tolist()
+            yield {"time": stamps, "data": data, "timestamps": {key: stamps for key in data}}
