@@ -327,7 +327,7 @@ class GrowthScene(Scene):
     """
 
     name: ClassVar[str] = "growth"
-    initial_thickness: float = 60.0
+    initial_thickness: float = 62.0
     critical_thickness: float | None = None
     growth_rate: float | None = None
     coherent_strain: float = -0.004
