@@ -9,7 +9,7 @@ import sys
 from .. import __version__
 
 #: Subcommand modules, in the order ``nanopilot --help`` lists them.
-COMMAND_MODULES = ["library"]
+COMMAND_MODULES = ["library", "fit"]
 
 
 def build_parser() -> argparse.ArgumentParser:
