@@ -33,16 +33,17 @@ POLICIES = ("block", "decimate")
 class _Run:
     """State of one raw run on the RunEngine side."""
 
-    def __init__(self, start: dict):
+    def __init__(self, start: dict, motors: list[str] | None):
         self.start = start
         self.uid = start["uid"]
         dims = [f for fields, _ in (start.get("hints") or {}).get("dimensions", []) for f in fields]
-        self.motors = list(start.get("motors") or [d for d in dims if d != "time"])
+        self.motors = list(motors or start.get("motors") or [d for d in dims if d != "time"])
         self.descriptors: dict[str, dict] = {}  # descriptor uid -> {"key", "external", "units"}
         self.external = ExternalFrames()
         self.datums: dict[str, dict] = {}
         self.frames_by_seq: dict[tuple[str, int], np.ndarray] = {}  # from stream_datum, waiting for events
         self.positions_by_seq: dict[tuple[str, int], list[float]] = {}  # events waiting for frames
+        self.unreadable: set[tuple[str, int]] = set()  # frames already counted as lost
         self.derived: DerivedRun | None = None
 
 
@@ -59,6 +60,8 @@ class NanobeamAnalysis(DocumentRouter):
     max_queued_frames : bound of the queue between the RunEngine and the worker (memory bound).
     when_behind : back-pressure policy, one of :data:`POLICIES`.
     refine : passed to ``predictor.predict`` (physics refinement of the network's estimates).
+    motors : position data keys, slowest first (default: the start document's ``motors``, else its
+        dimension hints).
     threaded : analyse in a worker thread (default) or inline in the caller's thread.
 
     Derived documents go to the callbacks given to :meth:`subscribe` (e.g. a TiledWriter).
@@ -66,7 +69,8 @@ class NanobeamAnalysis(DocumentRouter):
 
     def __init__(self, predictor=None, image_key: str | None = None, *, maps: LiveMaps | None = None,
                  batch_size: int = 512, max_latency: float = 0.5, max_queued_frames: int = 16384,
-                 when_behind: str = "block", refine: bool = False, threaded: bool = True):
+                 when_behind: str = "block", refine: bool = False, motors: list[str] | None = None,
+                 threaded: bool = True):
         super().__init__()
         if when_behind not in POLICIES:
             raise ValueError(f"when_behind must be one of {POLICIES}, got {when_behind!r}")
@@ -79,6 +83,7 @@ class NanobeamAnalysis(DocumentRouter):
         self.predictor = predictor
         self.frame_shape = tuple(predictor.instrument.roi_shape)
         self.image_key = image_key
+        self.motors = list(motors) if motors else None
         self.maps = maps if maps is not None else LiveMaps()
         self.batch_size, self.max_latency, self.refine = int(batch_size), float(max_latency), bool(refine)
         self.max_queued_frames, self.when_behind = int(max_queued_frames), when_behind
@@ -107,7 +112,7 @@ class NanobeamAnalysis(DocumentRouter):
 
     # ------------------------------------------------------------------ RunEngine side
     def start(self, doc):
-        self._runs[doc["uid"]] = _Run(doc)
+        self._runs[doc["uid"]] = _Run(doc, self.motors)
 
     def descriptor(self, doc):
         run = self._runs.get(doc["run_start"])
@@ -162,9 +167,10 @@ class NanobeamAnalysis(DocumentRouter):
         try:
             seq_nums, frames = run.external.read_stream_datum(doc)
         except Exception as err:  # an unreadable file loses these frames, not the scan
-            n = doc["seq_nums"]["stop"] - doc["seq_nums"]["start"]
+            seqs = range(doc["seq_nums"]["start"], doc["seq_nums"]["stop"])
             logger.error("could not read frames of stream_datum %s: %s", doc["uid"], err)
-            self.maps.count(run.uid, received=n, errors=n)
+            self.maps.count(run.uid, received=len(seqs), errors=len(seqs))
+            run.unreadable.update((doc["descriptor"], s) for s in seqs)
             return
         for seq, frame in zip(seq_nums, frames):
             self._join(run, doc["descriptor"], int(seq), frame=frame)
@@ -197,6 +203,9 @@ class NanobeamAnalysis(DocumentRouter):
 
     def _join(self, run: _Run, descriptor: str, seq: int, *, frame=None, position=None) -> None:
         key = (descriptor, seq)
+        if key in run.unreadable:
+            run.unreadable.discard(key)
+            return
         if frame is not None:
             run.frames_by_seq[key] = frame
         if position is not None:

@@ -94,9 +94,9 @@ class ExternalFrames:
             if not os.path.exists(path):
                 raise FileNotFoundError(f"detector file {path} does not exist")
             try:
-                handle = h5py.File(path, "r", swmr=True, locking=False)
+                handle = h5py.File(path, "r", swmr=True)
             except OSError:  # not written in SWMR mode: a plain read of what is there
-                handle = h5py.File(path, "r", locking=False)
+                handle = h5py.File(path, "r")
             self._files[path] = handle
         return handle[name]
 
