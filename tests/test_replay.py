@@ -1,0 +1,108 @@
+"""Stored runs replayed through the same callbacks reproduce the live maps; analyses are stored beside them."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import bluesky.plans as bp
+import numpy as np
+import pytest
+from bluesky import RunEngine
+from bluesky_tiled_plugins import TiledWriter
+from tiled.queries import Key
+
+from nanopilot.callbacks import NanobeamAnalysis
+from nanopilot.catalog import open_catalog, subscribe_writer
+from nanopilot.replay import iter_documents, replay
+from nanopilot.sim_devices import make_beamline
+from test_callbacks import CentroidPredictor
+
+FIELDS = ("strain", "omega", "chi", "strain_std", "stage_x", "stage_y", "seq_num")
+
+
+def live_scan(catalog, tmp_dir, mode, n_y=4, n_x=6):
+    bl = make_beamline("domains", seed=11, data_mode=mode, hdf5_directory=str(tmp_dir))
+    analysis = NanobeamAnalysis(CentroidPredictor(), batch_size=5, threaded=False)
+    RE = RunEngine({})
+    subscribe_writer(RE, catalog, batch_size=10, backup_directory=tmp_dir / "backup")
+    RE.subscribe(analysis)
+    (uid,) = RE(bp.grid_scan([bl.detector], bl.stage.y, -1, 1, n_y, bl.stage.x, -1, 1, n_x, snake_axes=True))
+    return uid, analysis.maps[uid].scattered()
+
+
+@pytest.mark.parametrize("mode", ["inline", "hdf5"])
+def test_replay_reproduces_the_live_maps(catalog, catalog_dir, mode):
+    uid, live = live_scan(catalog, catalog_dir / f"frames_{mode}", mode)
+    analysis = NanobeamAnalysis(CentroidPredictor(), batch_size=5, threaded=False)
+    n = replay(catalog[uid], analysis)
+    assert n == 24
+    again = analysis.maps[uid].scattered()
+    for field in FIELDS:
+        np.testing.assert_array_equal(again[field], live[field], err_msg=field)
+    assert list(again["status"]) == list(live["status"])
+
+
+def test_replay_is_lazy_in_chunks(catalog, catalog_dir):
+    uid, _ = live_scan(catalog, catalog_dir / "frames_lazy", "inline", 3, 5)
+    docs = list(iter_documents(catalog[uid], chunk_size=4))
+    names = [n for n, _ in docs]
+    assert names[:2] == ["start", "descriptor"] and names[-1] == "stop"
+    sizes = [len(d["seq_num"]) for n, d in docs if n == "event_page"]
+    assert sizes == [4, 4, 4, 3]
+    frames = np.concatenate([np.asarray(d["data"]["det_image"]) for n, d in docs if n == "event_page"])
+    np.testing.assert_array_equal(frames, catalog[uid]["primary"]["det_image"].read())
+    with pytest.raises(ValueError, match="chunk_size"):
+        list(iter_documents(catalog[uid], chunk_size=0))
+
+
+def test_analysis_run_is_stored_next_to_the_raw_run(catalog, catalog_dir):
+    uid, live = live_scan(catalog, catalog_dir / "frames_write", "inline", 2, 3)
+    analysis = NanobeamAnalysis(CentroidPredictor(), threaded=False)
+    analysis.subscribe(TiledWriter(catalog, batch_size=100))
+    replay(catalog[uid], analysis)
+    results = catalog.search(Key("raw_uid") == uid)
+    assert len(results) == 1
+    stored = results.values().first()
+    np.testing.assert_array_equal(stored["primary"]["strain"].read(), live["strain"])
+    assert stored["summary"]["frames_ok"].read()[0] == 6
+    assert stored.stop["exit_status"] == "success"
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_replay_from_a_tiled_server_process(tmp_path, monkeypatch):
+    directory = tmp_path / "served"
+    catalog = open_catalog(directory)
+    uid, live = live_scan(catalog, directory / "frames", "hdf5", 2, 4)
+    port, key = _free_port(), "servertestkey"
+    tiled = os.path.join(os.path.dirname(sys.executable), "tiled")
+    server = subprocess.Popen(
+        [tiled, "serve", "catalog", str(directory / "catalog.db"), "--host", "127.0.0.1", "--port", str(port),
+         "--api-key", key, "-r", str(directory), "-w", str(directory / "data"),
+         "-w", f"sqlite:///{directory / 'storage.sqlite'}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        monkeypatch.setenv("TILED_API_KEY", key)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                remote = open_catalog(f"http://127.0.0.1:{port}/api/v1")
+                break
+            except Exception:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise AssertionError(f"tiled serve did not come up: {server.stderr.read1(4000)!r}")
+                time.sleep(0.5)
+        analysis = NanobeamAnalysis(CentroidPredictor(), batch_size=5, threaded=False)
+        assert replay(remote[uid], analysis) == 8
+        again = analysis.maps[uid].scattered()
+        for field in FIELDS:
+            np.testing.assert_array_equal(again[field], live[field], err_msg=field)
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
