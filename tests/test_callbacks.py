@@ -130,9 +130,10 @@ def test_fly_scan_event_pages_are_analysed():
 
     @bpp.run_decorator(md={"motors": ["stage_y", "stage_x"]})
     def fly():
+        yield from bps.declare_stream(bl.flyer, name="fly", collect=True)
         yield from bps.kickoff(bl.flyer, wait=True)
         yield from bps.complete(bl.flyer, wait=True)
-        yield from bps.collect(bl.flyer)
+        yield from bps.collect(bl.flyer, name="fly")
 
     analysis = NanobeamAnalysis(CentroidPredictor(), batch_size=32)
     uid, docs = run_analysis(fly(), analysis)
@@ -265,3 +266,14 @@ def test_live_maps_are_safe_to_read_while_written():
         maps.add("u", [i + 1], [[i // 10, i % 10]], est)
     thread.join()
     assert not errors and np.nansum(maps["u"].gridded("strain")) == sum(range(100))
+
+
+def test_frame_features_are_stored_per_point():
+    bl = make_beamline("domains", seed=4)
+    analysis = NanobeamAnalysis(CentroidPredictor(), threaded=False, batch_size=4,
+                                frame_features=lambda frames: frames.reshape(len(frames), 64, 64).sum(axis=1))
+    uid, _ = run_analysis(scan(bl, 2, 5), analysis)
+    run = analysis.maps[uid]
+    features = run.features()
+    assert features.shape == (10, 64)
+    np.testing.assert_allclose(features.sum(axis=1), run.scattered()["chi"], rtol=1e-5)  # chi <- total counts

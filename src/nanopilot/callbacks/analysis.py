@@ -62,6 +62,8 @@ class NanobeamAnalysis(DocumentRouter):
     refine : passed to ``predictor.predict`` (physics refinement of the network's estimates).
     motors : position data keys, slowest first (default: the start document's ``motors``, else its
         dimension hints).
+    frame_features : optional ``f(frames (N, H, W) float32) -> (N, k)`` compact descriptor of each frame
+        (e.g. for texture classification), stored per point in the LiveMaps (``RunMap.features()``).
     threaded : analyse in a worker thread (default) or inline in the caller's thread.
 
     Derived documents go to the callbacks given to :meth:`subscribe` (e.g. a TiledWriter).
@@ -70,7 +72,7 @@ class NanobeamAnalysis(DocumentRouter):
     def __init__(self, predictor=None, image_key: str | None = None, *, maps: LiveMaps | None = None,
                  batch_size: int = 512, max_latency: float = 0.5, max_queued_frames: int = 16384,
                  when_behind: str = "block", refine: bool = False, motors: list[str] | None = None,
-                 threaded: bool = True):
+                 frame_features=None, threaded: bool = True):
         super().__init__()
         if when_behind not in POLICIES:
             raise ValueError(f"when_behind must be one of {POLICIES}, got {when_behind!r}")
@@ -84,6 +86,7 @@ class NanobeamAnalysis(DocumentRouter):
         self.frame_shape = tuple(predictor.instrument.roi_shape)
         self.image_key = image_key
         self.motors = list(motors) if motors else None
+        self.frame_features = frame_features
         self.maps = maps if maps is not None else LiveMaps()
         self.batch_size, self.max_latency, self.refine = int(batch_size), float(max_latency), bool(refine)
         self.max_queued_frames, self.when_behind = int(max_queued_frames), when_behind
@@ -309,8 +312,9 @@ class NanobeamAnalysis(DocumentRouter):
         positions = np.concatenate([p[2] for p in pending])
         frames = [f for p in pending for f in p[3]]
         try:
-            estimates = run.derived.analyse(frames, self.refine)
-            self.maps.add(run.uid, seq_nums, positions, estimates)
+            estimates, batch = run.derived.analyse(frames, self.refine)
+            features = self.frame_features(batch) if self.frame_features is not None else None
+            self.maps.add(run.uid, seq_nums, positions, estimates, features)
         except Exception:
             logger.exception("prediction failed for %d frames of run %s", len(seq_nums), run.uid[:8])
             self.maps.count(run.uid, errors=len(seq_nums))

@@ -47,8 +47,11 @@ class DerivedRun:
         self._descriptor = None
 
     # ------------------------------------------------------------------ analysis
-    def analyse(self, frames: list, refine: bool) -> Estimates:
-        """Predict a batch; frames of another shape are flagged ``wrong_shape`` instead of failing the batch."""
+    def analyse(self, frames: list, refine: bool) -> tuple[Estimates, np.ndarray]:
+        """Predict a batch; frames of another shape are flagged ``wrong_shape`` instead of failing the batch.
+
+        Returns the estimates and the batch as analysed, (N, H, W) float32 (wrong-shape frames zeroed).
+        """
         shapes_ok = np.array([np.shape(f)[-2:] == self.frame_shape and np.size(f) == np.prod(self.frame_shape)
                               for f in frames])
         batch = np.zeros((len(frames), *self.frame_shape), dtype=np.float32)
@@ -61,7 +64,7 @@ class DerivedRun:
             for name in ("strain", "omega", "chi", "thickness", "strain_std", "omega_std", "chi_std",
                          "thickness_std", "score"):
                 getattr(estimates, name)[bad] = np.nan
-        return estimates
+        return estimates, batch
 
     # ------------------------------------------------------------------ documents
     def open(self, emit) -> None:

@@ -37,6 +37,7 @@ class RunMap:
         self._pos = []
         self._values = {f: [] for f in FIELDS}
         self._status = []
+        self._features: list[np.ndarray] = []  # per-point frame descriptors, when the analysis computes them
         self._extra: dict[str, dict[int, float]] = {}  # field -> {point index: value}
         self.received = 0  # frames handed to the analysis (analysed or not)
         self.skipped = 0  # frames dropped by the back-pressure policy
@@ -44,7 +45,9 @@ class RunMap:
         self.done = False
 
     # ------------------------------------------------------------------ writing (analysis side)
-    def _append(self, seq_nums, positions, est: Estimates) -> None:
+    def _append(self, seq_nums, positions, est: Estimates, features=None) -> None:
+        if features is not None:
+            self._features.extend(np.asarray(features, dtype=float).reshape(len(seq_nums), -1))
         self._seq.extend(int(s) for s in seq_nums)
         self._pos.extend(np.asarray(positions, dtype=float).reshape(len(seq_nums), -1).tolist())
         for f in FIELDS:
@@ -73,6 +76,12 @@ class RunMap:
             out[key] = np.array([column.get(i, np.nan) for i in range(len(self._seq))])
         out["status"] = np.asarray(self._status, dtype=object)
         return out
+
+    def features(self) -> np.ndarray:
+        """(N, k) frame descriptors of the analysed points (N = len(self)); (N, 0) when none are computed."""
+        if len(self._features) != len(self._seq):
+            return np.zeros((len(self._seq), 0))
+        return np.array(self._features, dtype=float).reshape(len(self._seq), -1)
 
     def gridded(self, field: str) -> np.ndarray:
         """A field on the scan grid (shape of the start document), NaN where not (yet) measured or flagged.
@@ -120,10 +129,10 @@ class LiveMaps:
             self._cond.notify_all()
             return run
 
-    def add(self, uid: str, seq_nums, positions, estimates: Estimates) -> None:
-        """Store analysed points of run ``uid`` (positions: (N, n_motors) um)."""
+    def add(self, uid: str, seq_nums, positions, estimates: Estimates, features=None) -> None:
+        """Store analysed points of run ``uid`` (positions: (N, n_motors) um; features: (N, k) or None)."""
         with self._cond:
-            self._runs[uid]._append(seq_nums, positions, estimates)
+            self._runs[uid]._append(seq_nums, positions, estimates, features)
             self._cond.notify_all()
 
     def count(self, uid: str, *, received: int = 0, skipped: int = 0, errors: int = 0) -> None:
