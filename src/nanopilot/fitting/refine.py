@@ -3,9 +3,9 @@
 Each frame's counts ``c`` are modelled as ``mu = a * simulate(strain, omega, chi[, thickness]) + floor`` with the
 differentiable Gaussian kernel and a free count-level scale ``a``; the Poisson negative log-likelihood
 ``sum(mu - c log mu)`` is minimised by Levenberg-Marquardt on the Fisher information (Fisher scoring with
-Marquardt damping), batched over frames. The Jacobian comes from forward-mode derivatives (``torch.func.jvp``)
-of the separable factors ``A(strain, omega, t)`` and ``B(chi)`` of the image ``B M A^T``
-(PHYSICS.md section 2), so one evaluation costs a few small matrix products per frame.
+Marquardt damping), batched over frames. The Jacobian comes from analytic derivatives of the separable factors
+``A(strain, omega, t)`` and ``B(chi)`` of the image ``B M A^T`` (PHYSICS.md section 2), so one evaluation costs
+a few small matrix products per frame.
 """
 
 from __future__ import annotations
@@ -14,11 +14,10 @@ import math
 
 import numpy as np
 import torch
-from torch.func import jvp
 from tqdm.auto import tqdm
 
 from ..estimates import NOT_CONVERGED, OK, Estimates, check_frames
-from ..physics import Instrument
+from ..physics import GAUSS_SIGMA_PER_PRECISION, Instrument
 from ..physics.forward import _const, chi_matrix, laue_matrix
 
 #: Internal parameter units: strain / 1e-4, omega / 1e-3 deg, chi / 1e-3 deg, log(a), log(thickness) / 1e-2.
@@ -160,20 +159,47 @@ class _Model:
             a_mat = laue_matrix(strain, omega, t, inst, kernel)
             b_m = chi_matrix(chi, inst, kernel) @ self.donut
             return (b_m @ a_mat.transpose(1, 2)).reshape(n, -1), []
-        tangent = torch.ones_like(strain)
-        a_mat, d_strain = jvp(lambda s: laue_matrix(s, omega, t, inst, kernel), (strain,), (tangent * STRAIN_UNIT,))
-        d_a = [d_strain, jvp(lambda o: laue_matrix(strain, o, t, inst, kernel), (omega,),
-                             (tangent * _ANGLE_UNIT_RAD,))[1]]
-        if self.fit_thickness:
-            d_a.append(jvp(lambda tt: laue_matrix(strain, omega, tt, inst, kernel), (t,),
-                           (t * LOG_THICKNESS_UNIT,))[1])
-        b_mat, d_b = jvp(lambda c: chi_matrix(c, inst, kernel), (chi,), (tangent * _ANGLE_UNIT_RAD,))
+        a_mat, d_a = _laue_and_derivatives(strain, omega, t, inst, self.fit_thickness)
+        b_mat, d_b = _chi_and_derivative(chi, inst)
         b_m, d_b_m = b_mat @ self.donut, d_b @ self.donut
         images = b_m[:, None] @ torch.stack([a_mat] + d_a, dim=1).transpose(2, 3)  # (n, 1 + len(d_a), H, W)
         images = images.reshape(n, images.shape[1], -1)
         d_chi = (d_b_m @ a_mat.transpose(1, 2)).reshape(n, -1)
         derivs = [images[:, 1], images[:, 2], d_chi] + ([images[:, 3]] if self.fit_thickness else [])
         return images[:, 0], derivs
+
+
+def _laue_and_derivatives(strain, omega, t, instrument: Instrument, with_thickness: bool):
+    """Gaussian-kernel A[n, x, u] of :func:`laue_matrix` and its derivatives per internal unit of strain, omega
+    and log thickness (analytic: one pass shares the sinc and kernel terms)."""
+    g, device = instrument.g, strain.device
+    qz, o_qz = _const(instrument, "qz", device), _const(instrument, "o_qz", device)
+    qx, o_qx = _const(instrument, "qx", device), _const(instrument, "o_qx", device)
+    t3, s3 = t[:, None, None], strain[:, None, None]
+    z = t3 * (qz[None, :, None] - g / (1 + s3) - o_qz[None, None, :]) / 2
+    sinc = torch.sinc(z / math.pi)  # sin(z) / z
+    small = z.abs() < 1e-4
+    d_sinc = torch.where(small, -z / 3, (torch.cos(z) - sinc) / torch.where(small, torch.ones_like(z), z))
+    sigma = GAUSS_SIGMA_PER_PRECISION * instrument.box_precision
+    q = qx[None, :, None] + g * omega[:, None, None] - o_qx[None, None, :]
+    tilt = torch.exp(-0.5 * (q / sigma) ** 2)
+    laue = t3 * sinc ** 2
+    a_mat = laue * tilt
+    d_laue_dz_tilt = 2 * t3 * sinc * d_sinc * tilt
+    derivs = [d_laue_dz_tilt * (t3 * g / (1 + s3) ** 2 / 2 * STRAIN_UNIT),
+              a_mat * (-q * (g / sigma ** 2) * _ANGLE_UNIT_RAD)]
+    if with_thickness:  # d/d(log t) = t d/dt, and t dz/dt = z
+        derivs.append((a_mat + d_laue_dz_tilt * z) * LOG_THICKNESS_UNIT)
+    return a_mat, derivs
+
+
+def _chi_and_derivative(chi, instrument: Instrument):
+    """Gaussian-kernel B[n, y, v] of :func:`chi_matrix` and its derivative per internal unit of chi."""
+    qy, o_qy = _const(instrument, "qy", chi.device), _const(instrument, "o_qy", chi.device)
+    sigma = GAUSS_SIGMA_PER_PRECISION * instrument.box_precision
+    q = qy[None, :, None] + instrument.g * chi[:, None, None] - o_qy[None, None, :]
+    b_mat = torch.exp(-0.5 * (q / sigma) ** 2)
+    return b_mat, b_mat * (-q * (instrument.g / sigma ** 2) * _ANGLE_UNIT_RAD)
 
 
 def _nll(mu: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
