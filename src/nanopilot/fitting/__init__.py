@@ -4,6 +4,6 @@ The baselines the CNN is measured against, and the fallback when a frame falls o
 """
 
 from .correlation import LIKELIHOOD_FLOOR, METHODS, correlation_fit
-from .refine import refine
+from .refinement import refine
 
 __all__ = ["LIKELIHOOD_FLOOR", "METHODS", "correlation_fit", "refine"]
