@@ -2,7 +2,14 @@
 
 Bluesky protocols: ``Flyable`` (kickoff / complete) and ``EventPageCollectable`` (describe_collect /
 collect_pages), so ``bps.collect`` makes the RunEngine emit ``event_page`` documents of up to ``page_size``
-inline frames each.
+inline frames each (frames are always inline; the detector's ``data_mode`` applies to step scans)::
+
+    @bpp.run_decorator()
+    def fly():
+        yield from bps.declare_stream(flyer, name="fly", collect=True)
+        yield from bps.kickoff(flyer, wait=True)
+        yield from bps.complete(flyer, wait=True)
+        yield from bps.collect(flyer, name="fly")
 """
 
 from __future__ import annotations
@@ -107,24 +114,25 @@ class SimFlyer(SimDevice):
         return status
 
     def _run_sweep(self) -> None:
-        """Walk the raster on the clock page by page, recording positions, times and ground truth."""
+        """Walk the raster on the clock in steps of at most ``page_size`` frames, recording positions, frame
+        times and the ground truth under the beam (the sample is taken as constant within a step)."""
         stage, detector = self.detector.sample_stage, self.detector
         xs, ys = self._lines()
-        period, page = 1.0 / self.frame_rate.get(), self.page_size.get()
+        period, step = 1.0 / self.frame_rate.get(), self.page_size.get()
         for j, y in enumerate(ys):
             if j:
                 (stage.x.set(xs[0]) & stage.y.set(y)).wait()
-            for start in range(0, len(xs), page):
-                x = xs[start:start + page]
-                t0 = self.clock.now()
-                truth = self.detector.sample.parameters(*detector.beam_positions(x, np.full_like(x, y)))
-                self._sweep.append((x, np.full_like(x, y), t0 + period * np.arange(len(x)), truth))
+            for start in range(0, len(xs), step):
+                x, t0 = xs[start:start + step], self.clock.now()
+                y_line = np.full_like(x, y)
+                truth = detector.sample.parameters(*detector.beam_positions(x, y_line))
+                self._sweep.append((x, y_line, t0 + period * np.arange(len(x)), truth))
                 self.clock.advance(period * len(x))
             stage.x.readback.put(xs[-1], internal=True, timestamp=self.clock.now())
 
     # ------------------------------------------------------------------ collection
     def describe_collect(self) -> dict[str, dict]:
-        """Data keys of the stream: the detector's image and statistics plus the beam position."""
+        """Data keys of the collected stream: the detector's image and statistics plus the beam position."""
         detector, stage = self.detector, self.detector.sample_stage
         image = {**detector.image_description(), "source": f"SIM:{self.name}"}
         image.pop("external", None)  # the flyer always streams inline frames
@@ -132,18 +140,27 @@ class SimFlyer(SimDevice):
         for signal, units in ((detector.total, "counts"), (detector.centroid_x, "pixel"),
                               (detector.centroid_y, "pixel"), (stage.x.readback, "um"), (stage.y.readback, "um")):
             keys[signal.name] = {"source": f"SIM:{self.name}", "dtype": "number", "shape": [], "units": units}
-        return {self.name: keys}
+        return keys
 
     def collect_pages(self) -> Iterator[dict]:
-        """Render the recorded sweep and yield one event page per ``page_size`` frames."""
+        """Render the recorded sweep in batches and yield one event page per ``page_size`` frames.
+
+        The page's image entry is one (n, H, W) array (valid as an event-page array, and several times cheaper
+        for the RunEngine's schema validation than a list of n frames).
+        """
         detector, stage = self.detector, self.detector.sample_stage
-        exposure = 1.0 / self.frame_rate.get()
-        sweep, self._sweep = self._sweep, []
-        for x, y, times, truth in sweep:
-            frames = detector.render(truth, exposure)
+        if not self._sweep:
+            return
+        exposure, page = 1.0 / self.frame_rate.get(), self.page_size.get()
+        x, y, times, truth = (np.concatenate(columns) for columns in zip(*self._sweep))
+        self._sweep = []
+        samples = len(truth) // len(x)  # ground-truth rows per frame (the beam footprint)
+        for start in range(0, len(x), page):
+            stop = min(start + page, len(x))
+            frames = detector.render(truth[start * samples:stop * samples], exposure)
             total, cx, cy = frame_statistics(frames)
-            data = {detector.image.name: list(frames), detector.total.name: total.tolist(),
+            data = {detector.image.name: frames, detector.total.name: total.tolist(),
                     detector.centroid_x.name: cx.tolist(), detector.centroid_y.name: cy.tolist(),
-                    stage.x.readback.name: x.tolist(), stage.y.readback.name: y.tolist()}
-            stamps = times.tolist()
+                    stage.x.readback.name: x[start:stop].tolist(), stage.y.readback.name: y[start:stop].tolist()}
+            stamps = times[start:stop].tolist()
             yield {"time": stamps, "data": data, "timestamps": {key: stamps for key in data}}

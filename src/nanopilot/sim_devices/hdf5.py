@@ -35,7 +35,7 @@ class HDF5FrameWriter:
     def __init__(self, directory, data_key: str, frame_shape: tuple[int, int], dtype, prefix: str):
         directory = Path(directory)
         if not directory.is_dir():
-            raise FileNotFoundError(f"HDF5 directory {str(directory)!r} does not exist; create it or set another")
+            raise FileNotFoundError(f"HDF5 directory {str(directory)!r} does not exist or is not a directory")
         if not os.access(directory, os.W_OK | os.X_OK):
             raise PermissionError(f"HDF5 directory {str(directory)!r} is not writable")
         self.path = directory.resolve() / f"{prefix}_{uuid.uuid4().hex[:12]}.h5"
@@ -43,7 +43,7 @@ class HDF5FrameWriter:
         try:
             self._file = h5py.File(self.path, "w", libver="latest")
         except OSError as error:
-            raise PermissionError(f"cannot create HDF5 file {str(self.path)!r}: {error}") from None
+            raise PermissionError(f"HDF5 directory {str(directory)!r} is not writable: {error}") from None
         self._dataset = self._file.create_dataset(DATASET, shape=(0, *frame_shape), maxshape=(None, *frame_shape),
                                                   chunks=(1, *frame_shape), dtype=dtype)
         self._file.swmr_mode = True

@@ -1,0 +1,103 @@
+"""Benchmark the simulated beamline: a step grid scan with the inline detector, and the flyer's frame rate.
+
+Targets (the sim_devices issue): rendering adds <= 20% to the RunEngine's own per-point cost of a 64 x 64 step
+grid scan; the flyer generates and emits >= 5,000 frames/s of 64 x 64 frames.
+
+    python benchmarks/sim_beamline.py [--grid 64] [--fly-lines 64] [--page-size 512]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import bluesky.plan_stubs as bps
+import bluesky.plans as bp
+import bluesky.preprocessors as bpp
+import torch
+from bluesky import RunEngine
+
+from nanopilot.sim_devices import make_beamline
+
+
+class Counter:
+    """Counts the frames in event and event_page documents (a stand-in for a live consumer)."""
+
+    def __init__(self):
+        self.frames = 0
+
+    def __call__(self, name, doc):
+        if name == "event":
+            self.frames += 1
+        elif name == "event_page":
+            self.frames += len(doc["seq_num"])
+
+
+def grid_scan(n: int) -> None:
+    beamline = make_beamline("published", seed=0)
+    detector = beamline.detector
+    detector.trigger()  # warm up: intensity scale and torch kernels
+    render_time = 0.0
+    render = detector.render
+
+    def timed_render(*args, **kwargs):
+        nonlocal render_time
+        start = time.perf_counter()
+        try:
+            return render(*args, **kwargs)
+        finally:
+            render_time += time.perf_counter() - start
+
+    detector.render = timed_render
+    RE, counter = RunEngine({}), Counter()
+    RE.subscribe(counter)
+    stage = beamline.stage
+    start = time.perf_counter()
+    RE(bp.grid_scan([detector], stage.y, -1.6, 1.6, n, stage.x, -1.6, 1.6, n))
+    wall = time.perf_counter() - start
+    overhead = wall - render_time
+    print(f"step grid scan {n} x {n}, inline detector: {counter.frames} frames in {wall:.2f} s "
+          f"= {counter.frames / wall:.0f} frames/s ({1e3 * wall / counter.frames:.2f} ms/point)")
+    print(f"  rendering {1e3 * render_time / counter.frames:.2f} ms/point ({100 * render_time / wall:.0f}% of the "
+          f"scan), RunEngine and devices {1e3 * overhead / counter.frames:.2f} ms/point")
+    print(f"  rendering adds {100 * render_time / overhead:.0f}% to the RunEngine's own per-point cost "
+          f"(target <= 20%)")
+
+
+def fly_scan(lines: int, page_size: int) -> None:
+    beamline = make_beamline("published", seed=0, count_rate=70_000.0)  # 7 counts peak at 10 kHz frames
+    flyer = beamline.flyer
+    flyer.configure({"x_start": -1.6, "x_stop": 1.6, "num_x": 64, "y_start": -1.6, "y_stop": 1.6, "num_y": lines,
+                     "frame_rate": 10_000.0, "page_size": page_size})
+    beamline.stage.x.velocity.put(10_000.0)
+    beamline.detector.trigger()  # warm up
+    RE, counter = RunEngine({}), Counter()
+    RE.subscribe(counter)
+
+    @bpp.run_decorator()
+    def fly():
+        yield from bps.declare_stream(flyer, name="fly", collect=True)
+        yield from bps.kickoff(flyer, wait=True)
+        yield from bps.complete(flyer, wait=True)
+        yield from bps.collect(flyer, name="fly", return_payload=False)
+
+    start = time.perf_counter()
+    RE(fly())
+    wall = time.perf_counter() - start
+    print(f"fly scan 64 x {lines} at a simulated 10 kHz, pages of {page_size}: {counter.frames} frames in "
+          f"{wall:.2f} s = {counter.frames / wall:.0f} frames/s generated and emitted (target >= 5,000)")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--grid", type=int, default=64, help="points per side of the step grid scan")
+    parser.add_argument("--fly-lines", type=int, default=64, help="lines of 64 frames in the fly scan")
+    parser.add_argument("--page-size", type=int, default=512, help="frames per event page")
+    args = parser.parse_args(argv)
+    print(f"torch threads: {torch.get_num_threads()}")
+    grid_scan(args.grid)
+    fly_scan(args.fly_lines, args.page_size)
+
+
+if __name__ == "__main__":
+    main()
