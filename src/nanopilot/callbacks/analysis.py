@@ -87,7 +87,10 @@ class NanobeamAnalysis(DocumentRouter):
         self.image_key = image_key
         self.motors = list(motors) if motors else None
         self.frame_features = frame_features
-        self.maps = maps if maps is not None else LiveMaps()
+        outputs = tuple(getattr(predictor, "outputs", ("strain", "omega", "chi")))
+        self.maps = maps if maps is not None else LiveMaps(predictor.instrument, outputs)
+        if self.maps.instrument is None:
+            self.maps.instrument, self.maps.outputs = predictor.instrument, outputs
         self.batch_size, self.max_latency, self.refine = int(batch_size), float(max_latency), bool(refine)
         self.max_queued_frames, self.when_behind = int(max_queued_frames), when_behind
         self._subscribers: list = []

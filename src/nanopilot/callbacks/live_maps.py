@@ -114,9 +114,15 @@ class RunMap:
 
 
 class LiveMaps:
-    """All runs the analysis has seen, by raw-run uid; :attr:`current` is the latest."""
+    """All runs the analysis has seen, by raw-run uid; :attr:`current` is the latest.
 
-    def __init__(self):
+    ``instrument`` and ``outputs`` describe the model that fills the maps (set by the analysis), so that
+    plans can check the detector against it before anything moves.
+    """
+
+    def __init__(self, instrument=None, outputs: tuple[str, ...] = ()):
+        self.instrument = instrument
+        self.outputs = tuple(outputs)
         self._cond = threading.Condition()
         self._runs: dict[str, RunMap] = {}
         self._order: list[str] = []
@@ -184,3 +190,16 @@ class LiveMaps:
 
         with self._cond:
             return self._cond.wait_for(caught_up, timeout=timeout)
+
+
+_published: list[LiveMaps] = []
+
+
+def publish_maps(maps: LiveMaps | None) -> None:
+    """Make ``maps`` the LiveMaps that plans use when they are not given one (None withdraws it)."""
+    _published[:] = [maps] if maps is not None else []
+
+
+def published_maps() -> LiveMaps | None:
+    """The LiveMaps published by :func:`publish_maps` (by ``nanopilot.session.setup``), or None."""
+    return _published[0] if _published else None

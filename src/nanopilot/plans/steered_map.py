@@ -1,0 +1,163 @@
+"""steered_map: a coarse raster, then fine scans where the live maps say the structure is."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import bluesky.plan_stubs as bps
+import bluesky.preprocessors as bpp
+import numpy as np
+from bluesky.protocols import Movable, Readable
+from bluesky.utils import MsgGenerator
+
+from ..callbacks.live_maps import LiveMaps
+from .common import (
+    DecisionLog,
+    check_instrument,
+    check_positive,
+    check_within,
+    record_decision,
+    resolve_maps,
+    wait_for_analysis,
+)
+from .steering import (
+    FIELDS,
+    Lattice,
+    cell_interest,
+    choose_cells,
+    coarse_cells,
+    corners,
+    noise_scales,
+    snake_order,
+    split,
+)
+
+
+def steered_map(detectors: Sequence[Readable], x: Movable, y: Movable, x_range: Sequence[float],
+                y_range: Sequence[float], *, fine: int = 65, coarse_step: int = 8, budget: float = 0.25,
+                threshold: float = 3.0, cells_per_round: int = 16, maps: LiveMaps | None = None,
+                approve: Callable | None = None, timeout: float = 60.0, md: dict | None = None) -> MsgGenerator[dict]:
+    """Map a region adaptively: a coarse raster, then finer and finer points where the analysis finds structure.
+
+    Parameters
+    ----------
+    detectors : the nanobeam detector (and anything else to read at each point).
+    x, y : stage motors (um).
+    x_range, y_range : (start, stop) of the region (um), inside the motors' limits.
+    fine : points per side of the full fine raster that sets the finest resolution (k * coarse_step + 1).
+    coarse_step : spacing of the first raster in fine-raster steps (a power of two).
+    budget : points to measure in all: a fraction (<= 1) of the full fine raster, or a number of points.
+    threshold : cells whose interest (largest change across the cell in units of the field's noise; texture
+        boundaries and flagged frames add to it) is at or below this are left alone.
+    cells_per_round : at most this many cells are refined per round (one decision each round).
+    maps : the analysis' LiveMaps (default: the published one, see ``nanopilot.session``).
+    approve : optional ``approve(decision) -> bool`` hook that can veto each refinement (human in the loop).
+    timeout : seconds to wait for the analysis to catch up before each decision.
+    md : extra start-document metadata.
+
+    Yields
+    ------
+    Msg : one run: ``primary`` (the frames and positions) and ``decisions`` (one event per decision).
+
+    Returns
+    -------
+    dict with ``points`` measured, ``rounds``, ``reason`` for stopping and the ``lattice``.
+
+    See Also
+    --------
+    nanopilot.plans.steering : the decision logic (pure functions, replayable).
+    """
+    maps = resolve_maps(maps)
+    check_positive("fine", fine, integer=True)
+    check_positive("coarse_step", coarse_step, integer=True)
+    if coarse_step & (coarse_step - 1):
+        raise ValueError(f"coarse_step must be a power of two (cells are split in halves), got {coarse_step}")
+    cells = coarse_cells(int(fine), int(coarse_step))
+    check_positive("budget", budget)
+    check_positive("threshold", threshold)
+    check_positive("cells_per_round", cells_per_round, integer=True)
+    (x0, x1), (y0, y1) = (tuple(map(float, r)) for r in (x_range, y_range))
+    if not (x1 > x0 and y1 > y0):
+        raise ValueError(f"x_range and y_range must be (start, stop) with stop > start, got {x_range}, {y_range}")
+    for motor, lo, hi in ((x, x0, x1), (y, y0, y1)):
+        check_within(f"range of {motor.name}", lo, hi, tuple(getattr(motor, "limits", (0, 0))), "um")
+    for det in detectors:
+        check_instrument(det, maps)
+    lattice = Lattice(x0, x1, y0, y1, int(fine))
+    total = int(round(budget * fine ** 2)) if budget <= 1 else int(budget)
+    first = snake_order(sorted({c for cell in cells for c in corners(cell)}))
+    if total < len(first):
+        raise ValueError(f"budget of {total} points is smaller than the coarse raster ({len(first)} points): "
+                         f"raise budget or coarse_step")
+
+    log = DecisionLog()
+    readables = list(detectors) + [x, y]
+    _md = {"plan_name": "steered_map", "motors": [y.name, x.name], "detectors": [d.name for d in detectors],
+           "plan_args": {"x_range": [x0, x1], "y_range": [y0, y1], "fine": int(fine), "coarse_step": int(coarse_step),
+                         "budget": total, "threshold": float(threshold)},
+           "hints": {"dimensions": [([y.name], "primary"), ([x.name], "primary")]}, **(md or {})}
+    result = {"lattice": lattice, "points": 0, "rounds": 0, "reason": ""}
+
+    def measure(points):
+        for ij in points:
+            px, py = lattice.position(ij)
+            yield from bps.mv(x, px, y, py)
+            yield from bps.trigger_and_read(readables)
+        result["points"] += len(points)
+
+    @bpp.stage_decorator(list(detectors))
+    def inner():
+        nonlocal cells
+        uid = yield from bps.open_run(_md)
+        yield from measure(first)
+        if uid is None:  # a dry run (summarize_plan): no RunEngine, no analysis; show the first stage only
+            result["reason"] = "dry run"
+            yield from bps.close_run()
+            return
+        while True:
+            yield from wait_for_analysis(maps, timeout)
+            run = maps[uid]
+            measured = collect_points(run, lattice, x.name, y.name)
+            values = {f: np.array([p.get(f, np.nan) for p in measured.values()]) for f in FIELDS}
+            stds = {f: np.array([p.get(f + "_std", np.nan) for p in measured.values()]) for f in FIELDS}
+            scales = noise_scales({f: v for f, v in values.items() if np.isfinite(v).any()}, stds)
+            interest = cell_interest(cells, measured, scales)
+            chosen, new = choose_cells(cells, interest, measured, total - result["points"], threshold,
+                                       int(cells_per_round))
+            top = float(interest.max()) if len(interest) else 0.0
+            if not chosen:
+                reason = ("budget spent" if total - result["points"] < 5 else
+                          "nothing interesting left" if top <= threshold else "finest resolution reached")
+                yield from record_decision(log, result["rounds"], "stop", reason,
+                                           {"points": result["points"], "budget": total, "max_interest": top},
+                                           value=top, points=len(run))
+                result["reason"] = reason
+                break
+            decision = yield from record_decision(
+                log, result["rounds"], "refine",
+                f"{len(chosen)} cells with interest {interest.max():.1f} to "
+                f"{min(interest[cells.index(c)] for c in chosen):.1f} noise units",
+                {"cells": [list(c) for c in chosen], "new_points": len(new), "budget_left": total - result["points"],
+                 "noise_scales": scales}, value=top, approve=approve, points=len(run))
+            if not decision["approved"]:
+                result["reason"] = "refinement vetoed"
+                break
+            yield from measure(snake_order(new))
+            cells = [c for c in cells if c not in chosen] + [s for c in chosen for s in split(c)[0]]
+            result["rounds"] += 1
+        yield from bps.close_run()
+
+    yield from inner()
+    result["decisions"] = list(log.history)
+    return result
+
+
+def collect_points(run, lattice: Lattice, x_key: str, y_key: str) -> dict:
+    """The analysed points of a run keyed by lattice index; a point measured twice keeps its latest result."""
+    points = run.scattered()
+    ii, jj = lattice.index(points[x_key], points[y_key])
+    fields = [k for k in points if k not in ("seq_num", x_key, y_key)]
+    out = {}
+    for k, key in enumerate(zip(ii.tolist(), jj.tolist())):
+        out[key] = {f: points[f][k] for f in fields}
+    return out

@@ -1,0 +1,146 @@
+"""The pure decision logic of :func:`steered_map`: adaptive refinement of a square lattice (a quadtree).
+
+The scan region is a lattice of ``fine x fine`` points (the full fine raster). A *cell* is a square of side
+``h`` lattice steps whose four corners are measured. A cell's interest is the largest change across it of
+any analysed field in units of that field's noise (from the network's uncertainty), plus a bonus for a
+texture boundary and for flagged frames. The most interesting cells are split in four, which measures
+their centres and edge midpoints; cells of side 1 are final.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+FIELDS = ("strain", "omega", "chi", "thickness")
+#: interest of a cell whose corners disagree on the texture label, or hold a flagged frame
+BOUNDARY_INTEREST = 10.0
+FLAGGED_INTEREST = 5.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Lattice:
+    """The fine raster: ``n x n`` points from (x0, y0) to (x1, y1) (um)."""
+
+    x0: float
+    x1: float
+    y0: float
+    y1: float
+    n: int
+
+    @property
+    def step(self) -> tuple[float, float]:
+        return (self.x1 - self.x0) / (self.n - 1), (self.y1 - self.y0) / (self.n - 1)
+
+    def position(self, ij) -> tuple[float, float]:
+        """(x, y) in um of lattice index (i = column, j = row)."""
+        i, j = ij
+        dx, dy = self.step
+        return self.x0 + i * dx, self.y0 + j * dy
+
+    def index(self, x, y) -> tuple[np.ndarray, np.ndarray]:
+        """Nearest lattice indices (i, j) of positions (um)."""
+        dx, dy = self.step
+        return (np.rint((np.asarray(x) - self.x0) / dx).astype(int), np.rint((np.asarray(y) - self.y0) / dy).astype(int))
+
+
+def coarse_cells(n: int, side: int) -> list[tuple[int, int, int]]:
+    """Cells (i, j, side) tiling the lattice, with corners on multiples of ``side``."""
+    if (n - 1) % side:
+        raise ValueError(f"the fine raster ({n} points per side) must be a whole number of coarse cells of "
+                         f"{side} steps: choose fine = k * {side} + 1")
+    return [(i, j, side) for j in range(0, n - 1, side) for i in range(0, n - 1, side)]
+
+
+def corners(cell) -> list[tuple[int, int]]:
+    i, j, h = cell
+    return [(i, j), (i + h, j), (i, j + h), (i + h, j + h)]
+
+
+def split(cell) -> tuple[list[tuple[int, int, int]], list[tuple[int, int]]]:
+    """The four sub-cells of a cell and the lattice points they add (centre and edge midpoints)."""
+    i, j, h = cell
+    g = h // 2
+    subcells = [(i, j, g), (i + g, j, g), (i, j + g, g), (i + g, j + g, g)]
+    new = [(i + g, j), (i, j + g), (i + g, j + g), (i + h, j + g), (i + g, j + h)]
+    return subcells, new
+
+
+def noise_scales(values: dict[str, np.ndarray], stds: dict[str, np.ndarray]) -> dict[str, float]:
+    """Per-field noise scale: the median of the network's std, else a robust spread of the values."""
+    scales = {}
+    for field, v in values.items():
+        s = stds.get(field)
+        s = np.nanmedian(s) if s is not None and np.isfinite(s).any() else np.nan
+        if not np.isfinite(s) or s <= 0:
+            finite = v[np.isfinite(v)]
+            s = 1.4826 * np.median(np.abs(finite - np.median(finite))) if finite.size else np.nan
+        if np.isfinite(s) and s > 0:
+            scales[field] = float(s)
+    return scales
+
+
+def cell_interest(cells, measured: dict, scales: dict[str, float]) -> np.ndarray:
+    """Interest of each cell (see the module notes); ``measured[(i, j)]`` is a dict of field values,
+    ``"status"`` and optionally ``"texture"``."""
+    out = np.zeros(len(cells))
+    for k, cell in enumerate(cells):
+        points = [measured[c] for c in corners(cell)]
+        score = 0.0
+        for field, scale in scales.items():
+            v = np.array([p.get(field, np.nan) for p in points], dtype=float)
+            if np.isfinite(v).sum() >= 2:
+                score = max(score, (np.nanmax(v) - np.nanmin(v)) / scale)
+        labels = {p.get("texture") for p in points if p.get("texture") is not None and p.get("texture") >= 0}
+        if len(labels) > 1:
+            score += BOUNDARY_INTEREST
+        if any(p["status"] != "ok" for p in points):
+            score += FLAGGED_INTEREST
+        out[k] = score
+    return out
+
+
+def choose_cells(cells, interest: np.ndarray, measured: dict, budget_left: int, threshold: float,
+                 max_cells: int) -> tuple[list, list[tuple[int, int]]]:
+    """The cells to split this round (most interesting first, interest > threshold, side > 1) and the new
+    lattice points to measure, within ``budget_left`` points."""
+    order = np.argsort(-interest, kind="stable")
+    chosen, points, seen = [], [], set(measured)
+    for k in order:
+        cell = cells[k]
+        if interest[k] <= threshold or len(chosen) >= max_cells:
+            break
+        if cell[2] < 2:
+            continue
+        _, new = split(cell)
+        new = [p for p in new if p not in seen]
+        if len(points) + len(new) > budget_left:
+            break
+        chosen.append(cell)
+        points.extend(new)
+        seen.update(new)
+    return chosen, points
+
+
+def reconstruct(lattice: Lattice, measured: dict, field: str) -> np.ndarray:
+    """The field on the full fine raster (n, n) (rows = y) from the measured points, nearest measured point."""
+    keys = np.array(list(measured))
+    values = np.array([measured[tuple(k)].get(field, np.nan) for k in keys], dtype=float)
+    jj, ii = np.mgrid[0:lattice.n, 0:lattice.n]
+    grid = np.empty((lattice.n, lattice.n))
+    for row in range(lattice.n):
+        d = (ii[row][:, None] - keys[None, :, 0]) ** 2 + (jj[row][:, None] - keys[None, :, 1]) ** 2
+        grid[row] = values[np.argmin(d, axis=1)]
+    return grid
+
+
+def snake_order(points: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Points ordered row by row (y), alternating direction in x: short stage moves."""
+    rows: dict[int, list] = {}
+    for p in points:
+        rows.setdefault(p[1], []).append(p)
+    out = []
+    for n, j in enumerate(sorted(rows)):
+        out.extend(sorted(rows[j], reverse=bool(n % 2)))
+    return out
