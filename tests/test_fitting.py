@@ -124,7 +124,7 @@ def test_library_for_another_instrument_is_refused(library):
 
 # --------------------------------------------------------------------------- refine
 def test_model_matches_simulate_and_its_jacobian_matches_finite_differences():
-    model = _Model(Instrument(), "gauss", True, 1e-4, None)
+    model = _Model(Instrument(), True, 1e-4, None)
     params = np.array([[1e-3, 0.01, -0.02, 100.0], [-2e-3, -0.03, 0.05, 140.0]])
     theta = model.to_internal(params, np.array([2e-3, 5e-3]))
     thickness = torch.as_tensor(params[:, 3])

@@ -69,7 +69,7 @@ def refine(frames, initial, instrument: Instrument | None = None, *, kernel: str
     std = np.full((len(clean), 4), np.nan)
     score = np.full(len(clean), np.nan)
     todo = np.flatnonzero(status == OK)
-    model = _Model(instrument, kernel, fit_thickness, floor, device)
+    model = _Model(instrument, fit_thickness, floor, device)
     with tqdm(total=len(todo), unit="frame", desc="refine", disable=not progress) as bar:
         for first in range(0, len(todo), batch):
             idx = todo[first:first + batch]
@@ -109,10 +109,10 @@ def _start(initial, status: np.ndarray, instrument: Instrument):
 
 
 class _Model:
-    """mu = a * (B(chi) M A(strain, omega, t)^T) + floor and its Jacobian in the internal parameter units."""
+    """mu = a * (B(chi) M A(strain, omega, t)^T) + floor (Gaussian kernel) and its Jacobian in internal units."""
 
-    def __init__(self, instrument: Instrument, kernel: str, fit_thickness: bool, floor: float, device):
-        self.instrument, self.kernel, self.fit_thickness, self.floor = instrument, kernel, fit_thickness, floor
+    def __init__(self, instrument: Instrument, fit_thickness: bool, floor: float, device):
+        self.instrument, self.fit_thickness, self.floor = instrument, fit_thickness, floor
         self.device = torch.device(device or "cpu")
         self.donut = _const(instrument, "donut", self.device)
         self.n_params = 5 if fit_thickness else 4
@@ -150,14 +150,14 @@ class _Model:
         return a * mu0 + self.floor, jac
 
     def _images(self, theta: torch.Tensor, thickness: torch.Tensor, jacobian: bool):
-        inst, kernel = self.instrument, self.kernel
+        inst = self.instrument
         strain = theta[:, 0] * STRAIN_UNIT
         omega, chi = theta[:, 1] * _ANGLE_UNIT_RAD, theta[:, 2] * _ANGLE_UNIT_RAD
         t = torch.exp(theta[:, 4] * LOG_THICKNESS_UNIT) if self.fit_thickness else thickness
         n = len(theta)
         if not jacobian:
-            a_mat = laue_matrix(strain, omega, t, inst, kernel)
-            b_m = chi_matrix(chi, inst, kernel) @ self.donut
+            a_mat = laue_matrix(strain, omega, t, inst, "gauss")
+            b_m = chi_matrix(chi, inst, "gauss") @ self.donut
             return (b_m @ a_mat.transpose(1, 2)).reshape(n, -1), []
         a_mat, d_a = _laue_and_derivatives(strain, omega, t, inst, self.fit_thickness)
         b_mat, d_b = _chi_and_derivative(chi, inst)
