@@ -3,12 +3,16 @@
 Targets (the sim_devices issue): rendering adds <= 20% to the RunEngine's own per-point cost of a 64 x 64 step
 grid scan; the flyer generates and emits >= 5,000 frames/s of 64 x 64 frames.
 
-    python benchmarks/sim_beamline.py [--grid 64] [--fly-lines 64] [--page-size 512]
+    python benchmarks/sim_beamline.py [--grid 64] [--fly-lines 64] [--page-size 512] [--threads 1]
+
+Torch runs single-threaded by default: one 64 x 64 pattern is too small to share between threads, and on a
+loaded machine two spinning torch threads made a single render ~30x slower (16 ms instead of 0.5 ms).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import bluesky.plan_stubs as bps
@@ -18,6 +22,14 @@ import torch
 from bluesky import RunEngine
 
 from nanopilot.sim_devices import make_beamline
+
+
+def run_engine(threads: int) -> tuple[RunEngine, "Counter"]:
+    """A RunEngine with a frame counter; torch's thread count is per OS thread, so set it in the RE's loop too."""
+    RE, counter = RunEngine({}), Counter()
+    RE.subscribe(counter)
+    RE.loop.call_soon_threadsafe(torch.set_num_threads, threads)
+    return RE, counter
 
 
 class Counter:
@@ -49,8 +61,7 @@ def grid_scan(n: int) -> None:
             render_time += time.perf_counter() - start
 
     detector.render = timed_render
-    RE, counter = RunEngine({}), Counter()
-    RE.subscribe(counter)
+    RE, counter = run_engine(torch.get_num_threads())
     stage = beamline.stage
     start = time.perf_counter()
     RE(bp.grid_scan([detector], stage.y, -1.6, 1.6, n, stage.x, -1.6, 1.6, n))
@@ -71,8 +82,7 @@ def fly_scan(lines: int, page_size: int) -> None:
                      "frame_rate": 10_000.0, "page_size": page_size})
     beamline.stage.x.velocity.put(10_000.0)
     beamline.detector.trigger()  # warm up
-    RE, counter = RunEngine({}), Counter()
-    RE.subscribe(counter)
+    RE, counter = run_engine(torch.get_num_threads())
 
     @bpp.run_decorator()
     def fly():
@@ -93,8 +103,11 @@ def main(argv=None) -> None:
     parser.add_argument("--grid", type=int, default=64, help="points per side of the step grid scan")
     parser.add_argument("--fly-lines", type=int, default=64, help="lines of 64 frames in the fly scan")
     parser.add_argument("--page-size", type=int, default=512, help="frames per event page")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     args = parser.parse_args(argv)
-    print(f"torch threads: {torch.get_num_threads()}")
+    torch.set_num_threads(args.threads)
+    load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
+    print(f"torch threads: {torch.get_num_threads()}, CPUs: {os.cpu_count()}, load average before: {load}")
     grid_scan(args.grid)
     fly_scan(args.fly_lines, args.page_size)
 

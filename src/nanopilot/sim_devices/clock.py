@@ -8,7 +8,8 @@ temperature change its ramp-and-settle time, a fly sweep its frame count over it
 ``clock.advance(dt)`` any interval. In the default *simulated* mode that time passes instantly, so a 10-minute
 temperature ramp costs microseconds in a test; every status is already finished when ``set()`` returns.
 Processes that evolve with time (a temperature ramp, a film growing behind an open shutter) are integrated over
-each interval the clock advances, in the order they were registered.
+each interval the clock advances, in the order they were registered. Reading timestamps are simulated times, so
+after an hour-long simulated ramp they lie an hour ahead of the wall clock.
 
 ``bluesky.plan_stubs.sleep`` waits in the RunEngine's wall time and does not advance a simulated clock; in a
 simulated plan, wait for something physical instead (``bps.mv(deposition, thickness)``) or call
