@@ -26,7 +26,7 @@ def rmse(params: np.ndarray, truth: np.ndarray) -> np.ndarray:
 
 
 def row(label: str, values: np.ndarray, extra: str = "") -> None:
-    print(f"{label:<34}{values[0]:>12.3g}{values[1]:>16.3g}{values[2]:>14.3g}  {extra}")
+    print(f"{label:<40}{values[0]:>12.3g}{values[1]:>16.3g}{values[2]:>14.3g}  {extra}")
 
 
 def main():
@@ -48,7 +48,7 @@ def main():
         step_start = truth + steps * rng.choice([-1, 1], size=truth.shape)
         print(f"{args.n} noisy off-grid patterns at the library's count level ({lib.counts}), Poisson noise; "
               f"grid steps {steps[0]:g}, {steps[1]:g} deg, {steps[2]:g} deg")
-        print(f"{'RMSE':<34}{'strain':>12}{'omega (deg)':>16}{'chi (deg)':>14}")
+        print(f"{'RMSE':<40}{'strain':>12}{'omega (deg)':>16}{'chi (deg)':>14}")
         for kernel in ("box", "gauss"):
             frames = poisson(simulate(truth, lib.instrument, kernel=kernel) * lib.scale, seed=args.seed + 1)
             print(f"-- frames rendered with the {kernel} kernel")

@@ -27,7 +27,7 @@ _ANGLE_UNIT_RAD = math.radians(ANGLE_UNIT_DEG)
 
 def refine(frames, initial, instrument: Instrument | None = None, *, kernel: str = "gauss",
            fit_thickness: bool = False, max_iter: int = 50, tol: float = 1e-6, floor: float = 1e-4,
-           batch: int = 1024, device=None, progress: bool = False) -> Estimates:
+           batch: int = 256, device=None, progress: bool = False) -> Estimates:
     """Refine estimates by maximising each frame's Poisson likelihood under the forward model.
 
     Parameters
@@ -44,7 +44,7 @@ def refine(frames, initial, instrument: Instrument | None = None, *, kernel: str
     tol : convergence threshold on the Newton decrement g^T I^-1 g (twice the expected decrease of the
         negative log-likelihood; 1e-6 means the optimum is within 1e-3 standard deviations).
     floor : expected background counts per pixel added to the model (keeps log mu finite).
-    batch : frames refined together.
+    batch : frames refined together (memory grows by about 1 MB per frame of the batch).
     device : torch device for the computation (default CPU).
     progress : show a progress bar over frames.
 
