@@ -167,6 +167,7 @@ def test_stock_plans_run(RE):
         "rel_grid_scan": (bp.rel_grid_scan([det], stage.y, -0.2, 0.2, 2, stage.x, -0.2, 0.2, 2), 4),
         "list_scan": (bp.list_scan([det, bl.temperature], stage.x, [0.1, 0.4, 0.7]), 3),
         "count": (bp.count([det, bl.deposition], num=2), 2),
+        "scan": (bp.scan([det], bl.temperature, 290.0, 280.0, 3), 3),
     }
     for name, (plan, n) in plans.items():
         docs = collect(RE, plan)

@@ -64,6 +64,8 @@ def test_bad_hdf5_directory_fails_at_stage_time(tmp_path, problem):
         RE(bp.grid_scan([beamline.detector], beamline.stage.y, 1, 2, 2, beamline.stage.x, 1, 2, 2),
            lambda name, doc: docs.append(name))
     assert "event" not in docs and beamline.stage.position == (0.0, 0.0)
+    with pytest.raises(RuntimeError, match="stage it"):
+        beamline.detector.trigger()
 
 
 def test_fly_scan_pages_are_stored(catalog):

@@ -1,10 +1,10 @@
 """Simulated beamline: an Ophyd stage, nanobeam detector, fly scanner, temperature controller and deposition
-source, all acting on one living sample whose ground truth is queryable.
+source, all acting on one living sample whose ground truth is queryable::
 
-    >>> from nanopilot.sim_devices import make_beamline
-    >>> bl = make_beamline("domains", seed=1)
-    >>> RE(bp.grid_scan([bl.detector], bl.stage.y, -1, 1, 32, bl.stage.x, -1, 1, 32))
-    >>> bl.sample.truth(0.5, -0.2).strain, bl.sample.labels([0, 1], [0, 1])
+    from nanopilot.sim_devices import make_beamline
+    bl = make_beamline("domains", seed=1)
+    RE(bp.grid_scan([bl.detector], bl.stage.y, -1, 1, 32, bl.stage.x, -1, 1, 32))
+    bl.sample.truth(0.5, -0.2).strain, bl.sample.labels([0, 1], [0, 1])
 
 Time is simulated by default (moves, exposures, ramps and growth cost no wall time); see
 :mod:`nanopilot.sim_devices.clock`.

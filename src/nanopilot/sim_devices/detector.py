@@ -11,7 +11,7 @@ import numpy as np
 from ophyd import Component as Cpt
 from ophyd import DeviceStatus
 
-from ..physics import Instrument, simulate
+from ..physics import KERNELS, Instrument, simulate
 from .hdf5 import HDF5FrameWriter
 from .motion import SimStage
 from .sample import SimSample
@@ -91,6 +91,8 @@ class NanobeamDetector(SimDevice):
         super().__init__(prefix, name=name, **kwargs)
         self.sample, self.sample_stage = sample, sample_stage
         self.instrument = instrument or Instrument()
+        if kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
         self.kernel = kernel
         self.rng = np.random.default_rng(seed)
         rows, cols = self.instrument.roi_shape
@@ -137,6 +139,9 @@ class NanobeamDetector(SimDevice):
     # ------------------------------------------------------------------ bluesky interface
     def trigger(self) -> DeviceStatus:
         """Acquire one frame at the stage's current position; finishes after the exposure time."""
+        if self.data_mode.get() == "hdf5" and self._writer is None:
+            raise RuntimeError(f"{self.name}: in data_mode 'hdf5' the detector writes files only while staged; "
+                               "stage it (bluesky plans do) before triggering")
         exposure = self.exposure_time.get()
         x, y = self.beam_positions(*self.sample_stage.position)
         frame = self.render(self.sample.parameters(x, y), exposure)
