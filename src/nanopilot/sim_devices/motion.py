@@ -10,7 +10,6 @@ from ophyd import DeviceStatus
 from ophyd.positioner import PositionerBase
 from ophyd.utils import LimitError
 
-from .clock import SimClock
 from .sample import SimSample
 from .signals import SimDevice, SimReadback, SimSignal, non_negative, one_of, positive
 
