@@ -1,0 +1,217 @@
+"""TextureCallback: the analysis run's documents in -> texture labels in LiveMaps and a texture run out.
+
+Subscribe it to a :class:`nanopilot.callbacks.NanobeamAnalysis` (``analysis.subscribe(textures)``). At the
+analysis run's stop (and every ``update_every`` points while it runs) it classifies the run's points from the
+LiveMaps, writes the labels as the per-point field ``"texture"`` (``maps[raw_uid].scattered()["texture"]``,
+``gridded("texture")``) and, at stop, emits a texture run to its own subscribers:
+
+start (``raw_uid``, ``analysis_uid``, classifier and feature set) -> descriptor "primary" -> one event page
+(``texture`` label and ``raw_seq_num`` per point, positions) -> descriptor "summary" -> one event (status,
+number of textures, points per label, stripes: period um, orientation deg, coverage; period and orientation
+are -1 when no stripes were found) -> stop (exit_status "fail" when no labels could be given).
+
+One classifier serves every run it sees, so labels keep their meaning over a series of maps.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import numpy as np
+from event_model import DocumentRouter, compose_run
+
+from .classifier import NOT_ENOUGH_DATA, OK, UNLABELLED, TextureClassifier
+from .features import texture_features
+from .stripes import run_stripes
+
+logger = logging.getLogger(__name__)
+
+TEXTURE_NAME = "nanopilot.TextureCallback"
+
+
+class TextureCallback(DocumentRouter):
+    """Texture labels for every analysed scan point (an ``event_model.DocumentRouter``).
+
+    Parameters
+    ----------
+    maps : nanopilot.callbacks.LiveMaps
+        The analysis' LiveMaps (``analysis.maps``): read for the points, written with the labels.
+    classifier : TextureClassifier, optional
+        The classifier (default ``TextureClassifier()``); fitted on each run, keeping labels across runs.
+    update_every : int, optional
+        Also relabel the running map every this many analysed points (None: only at stop).
+    stripe_field : str or None
+        Field searched for stripes on 2-D grid scans (None: no stripe search).
+    n_neighbours : int
+        Neighbourhood of the feature statistics (see :func:`texture_features`).
+    group_weights : dict, optional
+        Feature group weights (see :data:`GROUP_WEIGHTS`).
+    """
+
+    def __init__(self, maps, classifier: TextureClassifier | None = None, *, update_every: int | None = None,
+                 stripe_field: str | None = "strain", n_neighbours: int = 8, group_weights: dict | None = None):
+        super().__init__()
+        if update_every is not None and update_every < 1:
+            raise ValueError(f"update_every must be a positive number of points or None, got {update_every!r}")
+        self.maps = maps
+        self.classifier = classifier if classifier is not None else TextureClassifier()
+        self.update_every, self.stripe_field = update_every, stripe_field
+        self.n_neighbours, self.group_weights = n_neighbours, group_weights
+        self._subscribers: list = []
+        self._runs: dict[str, dict] = {}  # analysis uid -> {"raw_uid", "motors", "units", "next"}
+        self._descriptors: dict[str, str] = {}  # primary descriptor uid -> analysis uid
+        self.results: dict[str, dict] = {}  # raw uid -> summary of the last classification
+
+    def subscribe(self, callback) -> None:
+        """Send every texture-run document to ``callback(name, doc)``."""
+        self._subscribers.append(callback)
+
+    def live_plot(self, fields=("strain", "omega", "chi", "texture"), **kwargs):
+        """A :class:`~nanopilot.callbacks.plot.LiveMapPlot` with a texture panel, subscribed to this callback
+        (it redraws when the labels are written); ``kwargs`` go to LiveMapPlot."""
+        from ..callbacks.plot import LiveMapPlot
+
+        plot = LiveMapPlot(self.maps, fields, **kwargs)
+        self.subscribe(plot)
+        return plot
+
+    def _emit(self, name: str, doc: dict) -> None:
+        for cb in self._subscribers:
+            try:
+                cb(name, doc)
+            except Exception:  # a failing subscriber must not stop the labelling
+                logger.exception("subscriber %r failed on a texture %s document", cb, name)
+
+    # ------------------------------------------------------------------ analysis documents in
+    def start(self, doc):
+        if "raw_uid" in doc:
+            self._runs[doc["uid"]] = {"raw_uid": doc["raw_uid"], "units": {}, "next": self.update_every,
+                                      "motors": list(doc.get("motors", []))}
+
+    def descriptor(self, doc):
+        run = self._runs.get(doc["run_start"])
+        if run is not None and doc.get("name") == "primary":
+            self._descriptors[doc["uid"]] = doc["run_start"]
+            run["units"] = {m: doc["data_keys"].get(m, {}).get("units", "") for m in run["motors"]}
+
+    def event_page(self, doc):
+        run = self._runs.get(self._descriptors.get(doc["descriptor"]))
+        if run is None or not run["next"] or run["raw_uid"] not in self.maps:
+            return
+        if len(self.maps[run["raw_uid"]]) >= run["next"]:
+            run["next"] += self.update_every
+            self.classify(run["raw_uid"])
+
+    def stop(self, doc):
+        run = self._runs.pop(doc["run_start"], None)
+        self._descriptors = {d: a for d, a in self._descriptors.items() if a != doc["run_start"]}
+        if run is None or run["raw_uid"] not in self.maps:
+            return
+        result = self.classify(run["raw_uid"])
+        try:
+            self._emit_run(doc["run_start"], run, result)
+        except Exception:
+            logger.exception("could not emit the texture run of raw run %s", run["raw_uid"][:8])
+
+    # ------------------------------------------------------------------ classification
+    def classify(self, raw_uid: str) -> dict:
+        """Label the points of raw run ``raw_uid`` now and write them into the LiveMaps (field ``"texture"``).
+
+        Returns
+        -------
+        dict
+            ``seq_num`` and ``labels`` arrays, ``status`` (``"ok"``, ``"not_enough_data"`` or ``"error: ..."``)
+            and, on 2-D grids, ``stripes`` (a :class:`Stripes` or None).
+        """
+        run = self.maps[raw_uid]
+        result = {"status": NOT_ENOUGH_DATA, "stripes": None}
+        try:
+            features = texture_features(run, n_neighbours=self.n_neighbours, group_weights=self.group_weights)
+            result["seq_num"] = features.seq_num
+            result["labels"] = np.full(len(features), UNLABELLED)
+            if not hasattr(self.classifier, "n_features_in_"):
+                self.classifier.set_params(feature_weights=features.weights)
+            if features.X.shape[1] == 0:
+                result["status"] = NOT_ENOUGH_DATA
+            else:
+                self.classifier.fit(features.X)
+                result["status"] = self.classifier.status_
+                result["labels"] = self.classifier.labels_
+            result["feature_names"] = features.names
+            if self.stripe_field and run.shape and len(run.shape) == 2 and run.extents:
+                result["stripes"] = run_stripes(run, self.stripe_field)
+        except Exception as err:  # a labelling problem never stops the analysis
+            logger.exception("texture classification failed for run %s", raw_uid[:8])
+            result["status"] = f"error: {err}"
+            result.setdefault("seq_num", run.scattered()["seq_num"])
+            result["labels"] = np.full(len(result["seq_num"]), UNLABELLED)
+        seq_nums, labels = result["seq_num"], result["labels"]
+        self.maps.update(raw_uid, lambda r: r.set_extra("texture", seq_nums, labels.astype(float)))
+        self.results[raw_uid] = result
+        return result
+
+    # ------------------------------------------------------------------ texture run out
+    def _emit_run(self, analysis_uid: str, run: dict, result: dict) -> None:
+        raw_uid = run["raw_uid"]
+        metadata = {"raw_uid": raw_uid, "analysis_uid": analysis_uid, "plan_name": "nanopilot_texture",
+                    "analysis": TEXTURE_NAME, "motors": run["motors"],
+                    "classifier": json.loads(json.dumps(self.classifier.get_params(deep=False), default=str)),
+                    "features": list(result.get("feature_names", []))}
+        bundle = compose_run(metadata=metadata)
+        self._emit("start", bundle.start_doc)
+        source = TEXTURE_NAME
+        keys = {"texture": {"dtype": "integer", "shape": [], "source": source},
+                "raw_seq_num": {"dtype": "integer", "shape": [], "source": source}}
+        keys.update({m: {"dtype": "number", "shape": [], "source": f"analysis {analysis_uid}", "units": u}
+                     for m, u in run["units"].items()})
+        points = self.maps[raw_uid].scattered()
+        order = {int(s): i for i, s in enumerate(points["seq_num"])}
+        rows = [order[int(s)] for s in result["seq_num"]]
+        n = len(rows)
+        if n:
+            desc = bundle.compose_descriptor(name="primary", data_keys=keys,
+                                             hints={"nanopilot_texture": {"fields": ["texture"]}})
+            self._emit("descriptor", desc.descriptor_doc)
+            data = {"texture": [int(v) for v in result["labels"]],
+                    "raw_seq_num": [int(s) for s in result["seq_num"]]}
+            data.update({m: points[m][rows].tolist() for m in run["units"] if m in points})
+            now = [time.time()] * n
+            self._emit("event_page", desc.compose_event_page(
+                data=data, timestamps={k: now for k in data}, seq_num=list(range(1, n + 1)), time=now))
+        summary = self._summary(result)
+        summary_keys = {k: {"dtype": {str: "string", bool: "boolean", int: "integer"}.get(type(v), "number"),
+                            "shape": [], "source": source} for k, v in summary.items()}
+        summary_keys["stripe_period"]["units"] = "um"
+        summary_keys["stripe_orientation"]["units"] = "deg"
+        desc = bundle.compose_descriptor(name="summary", data_keys=summary_keys)
+        self._emit("descriptor", desc.descriptor_doc)
+        now = time.time()
+        self._emit("event", desc.compose_event(data=summary, timestamps={k: now for k in summary}, seq_num=1,
+                                               time=now))
+        self._emit("stop", bundle.compose_stop(exit_status="success" if summary["status"] == OK else "fail",
+                                               reason=self._reason(summary)))
+
+    @staticmethod
+    def _summary(result: dict) -> dict:
+        labels = np.asarray(result["labels"], dtype=int)
+        values, counts = np.unique(labels[labels != UNLABELLED], return_counts=True)
+        stripes = result["stripes"]
+        return {"status": str(result["status"]), "n_textures": int(len(values)),
+                "points_per_texture": json.dumps({str(v): int(c) for v, c in zip(values, counts)}),
+                "unlabelled": int((labels == UNLABELLED).sum()),
+                "stripes_found": bool(stripes is not None and stripes.found),
+                "stripe_period": float(stripes.period) if stripes is not None and stripes.found else -1.0,
+                "stripe_orientation": float(stripes.orientation) if stripes is not None and stripes.found else -1.0,
+                "stripe_coverage": float(stripes.coverage) if stripes is not None else 0.0}
+
+    @staticmethod
+    def _reason(summary: dict) -> str:
+        if summary["status"] != OK:
+            return f"no texture labels: {summary['status']} ({summary['unlabelled']} points unlabelled)"
+        stripes = (f"; stripes: period {summary['stripe_period']:.3f} um, orientation "
+                   f"{summary['stripe_orientation']:.1f} deg, coverage {100 * summary['stripe_coverage']:.0f}%"
+                   if summary["stripes_found"] else "; no stripes")
+        return (f"{summary['n_textures']} texture(s) {summary['points_per_texture']}, "
+                f"{summary['unlabelled']} points unlabelled{stripes}")

@@ -1,0 +1,251 @@
+"""TextureClassifier: k-means over standardised per-point features, with labels that keep their meaning.
+
+A label names a texture, not a k-means cluster index: each time the model is refitted (more points, the next
+map of a temperature series) the new clusters are matched to every texture seen so far (Hungarian assignment
+on centre distances), a match keeps its label, and a cluster that matches none gets the next unused label.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+from scipy.spatial.distance import cdist
+from sklearn.base import BaseEstimator, ClusterMixin
+from sklearn.cluster import MiniBatchKMeans
+from sklearn.utils.validation import check_is_fitted
+from threadpoolctl import threadpool_limits
+
+#: Label of a point without a texture (flagged frame, NaN features, or a model without enough data).
+UNLABELLED = -1
+#: Status values of :attr:`TextureClassifier.status_`.
+OK = "ok"
+NOT_ENOUGH_DATA = "not_enough_data"
+
+
+class TextureClassifier(ClusterMixin, BaseEstimator):
+    """k-means texture classification of scan points (scikit-learn estimator).
+
+    Parameters
+    ----------
+    n_clusters : int or (int, int)
+        A fixed number of textures, or the inclusive range (lo, hi) to choose it from. The choice (bisection):
+        starting from one cluster, the largest cluster is split in two by k-means while the two halves, projected
+        on the line through their centres, are at least ``min_separation`` pooled standard deviations apart
+        (a single Gaussian blob gives about 2.7 in any dimension) and fewer than hi clusters exist; at least lo.
+    feature_weights : array (d,), optional
+        Multiplies each standardised column (e.g. :attr:`TextureFeatures.weights`); default all 1.
+    min_points : int
+        Fewer valid (all-finite) rows than this, or than the number of clusters, is "not enough data".
+    min_separation : float
+        Separation (pooled standard deviations) above which a cluster is split (see ``n_clusters``).
+    match_factor : float
+        A new cluster keeps a known texture's label when their centres are closer than ``match_factor`` times
+        the root sum of squares of their radii (RMS member distance to the centre, standardised units).
+    batch_size, n_init : int
+        Passed to :class:`sklearn.cluster.MiniBatchKMeans`.
+    random_state : int or None
+        Seed of k-means.
+
+    Attributes
+    ----------
+    mean_, scale_ : arrays (d,)
+        Standardisation (feature units), learned at the first fit with enough data and kept afterwards, so that
+        distances, radii and labels are comparable over a series of maps.
+    cluster_centers_ : array (n_clusters_, d)
+        Cluster centres in feature units (the units of X).
+    cluster_labels_ : array (n_clusters_,)
+        Stable texture label of each cluster.
+    cluster_radius_ : array (n_clusters_,)
+        RMS distance of a cluster's members to its centre (standardised, weighted units).
+    n_clusters_ : int
+        Number of clusters of the current model (0 without enough data).
+    labels_ : array (N,)
+        Texture label of each row of the last fit (:data:`UNLABELLED` for rows with NaN).
+    separations_ : list of float
+        Separation of every split tried by the last automatic choice of k.
+    textures_ : dict
+        Every texture seen so far: label -> (centre (d,) standardised, radius).
+    status_ : str
+        :data:`OK` or :data:`NOT_ENOUGH_DATA` for the last fit.
+    """
+
+    def __init__(self, n_clusters=(1, 8), *, feature_weights=None, min_points: int = 20,
+                 min_separation: float = 4.0, match_factor: float = 1.0, batch_size: int = 1024, n_init: int = 3,
+                 random_state=0):
+        self.n_clusters = n_clusters
+        self.feature_weights = feature_weights
+        self.min_points = min_points
+        self.min_separation = min_separation
+        self.match_factor = match_factor
+        self.batch_size = batch_size
+        self.n_init = n_init
+        self.random_state = random_state
+
+    # ------------------------------------------------------------------ helpers
+    def _range(self) -> tuple[int, int]:
+        k = self.n_clusters
+        lo, hi = (k, k) if np.isscalar(k) else tuple(k)
+        if not (1 <= int(lo) <= int(hi)):
+            raise ValueError(f"n_clusters must be an int >= 1 or a range (lo, hi) with 1 <= lo <= hi, got {k!r}")
+        return int(lo), int(hi)
+
+    def _check(self, X) -> tuple[np.ndarray, np.ndarray]:
+        X = np.asarray(X, dtype=float)
+        if X.ndim != 2:
+            raise ValueError(f"X must be a 2-D (points, features) array, got shape {X.shape}")
+        if hasattr(self, "n_features_in_") and X.shape[1] != self.n_features_in_:
+            raise ValueError(f"X has {X.shape[1]} features; this classifier was fitted with {self.n_features_in_}")
+        return X, np.isfinite(X).all(axis=1) if X.shape[1] else np.zeros(len(X), bool)
+
+    def standardise(self, X) -> np.ndarray:
+        """Standardised, weighted features: ``(X - mean_) / scale_ * weights`` (N, d)."""
+        check_is_fitted(self, "mean_")
+        X, _ = self._check(X)
+        return (X - self.mean_) / self.scale_ * self._weights
+
+    def _kmeans(self, k: int, Z: np.ndarray) -> MiniBatchKMeans:
+        return MiniBatchKMeans(n_clusters=k, batch_size=self.batch_size, n_init=self.n_init,
+                               random_state=self.random_state).fit(Z)
+
+    def _separation(self, Z: np.ndarray) -> tuple[float, np.ndarray]:
+        """Split Z in two with k-means; the halves' separation along the line through their centres, in units
+        of their pooled standard deviation along it (about 2.7 for a single Gaussian blob), and the halves."""
+        halves = self._kmeans(2, Z).predict(Z)
+        if np.bincount(halves, minlength=2).min() < 2:
+            return 0.0, halves
+        a, b = Z[halves == 0].mean(axis=0), Z[halves == 1].mean(axis=0)
+        axis = (b - a) / (np.linalg.norm(b - a) + 1e-300)
+        t = Z @ axis
+        pooled = np.sqrt((t[halves == 0].var() * (halves == 0).sum() + t[halves == 1].var() * (halves == 1).sum())
+                         / len(t))
+        return float(np.linalg.norm(b - a) / (pooled + 1e-300)), halves
+
+    def _choose(self, Z: np.ndarray) -> MiniBatchKMeans:
+        """k-means with a fixed k, or with k chosen by bisection: starting from one cluster, split the largest
+        cluster not yet examined while its two halves are separated by at least ``min_separation`` (see
+        :meth:`_separation`) and k < hi; then k = max(k, lo), refined by one k-means started from the halves."""
+        lo, hi = self._range()
+        hi = max(lo, min(hi, len(Z) // 2))
+        self.separations_ = []
+        if lo == hi:
+            return self._kmeans(lo, Z)
+        groups, final = [Z], []
+        while groups and len(groups) + len(final) < hi:
+            group = groups.pop(int(np.argmax([len(g) for g in groups])))
+            separation, halves = self._separation(group) if len(group) >= 4 else (0.0, None)
+            self.separations_.append(separation)
+            if separation >= self.min_separation:
+                groups += [group[halves == 0], group[halves == 1]]
+            else:
+                final.append(group)
+        groups += final
+        k = max(lo, len(groups))
+        if k > len(groups):
+            return self._kmeans(k, Z)
+        init = np.array([g.mean(axis=0) for g in groups])
+        return MiniBatchKMeans(n_clusters=k, init=init, n_init=1, batch_size=self.batch_size,
+                               random_state=self.random_state).fit(Z)
+
+    def _set_model(self, Z: np.ndarray, centres: np.ndarray, members: np.ndarray) -> None:
+        k = len(centres)
+        radius = np.array([np.sqrt(((Z[members == i] - centres[i]) ** 2).sum(axis=1).mean())
+                           if (members == i).any() else 0.0 for i in range(k)])
+        self.cluster_radius_ = radius
+        self.cluster_centers_ = centres / self._weights * self.scale_ + self.mean_
+        self._centres = centres
+        self.n_clusters_ = k
+
+    def _match(self, sizes: np.ndarray) -> None:
+        """Give each cluster the label of the known texture it matches, or a new label (biggest first)."""
+        labels = np.full(self.n_clusters_, UNLABELLED)
+        known = sorted(self.textures_)
+        if known:
+            centres = np.array([self.textures_[t][0] for t in known])
+            radii = np.array([self.textures_[t][1] for t in known])
+            cost = cdist(self._centres, centres)
+            for i, j in zip(*linear_sum_assignment(cost)):
+                if cost[i, j] <= self.match_factor * np.hypot(self.cluster_radius_[i], radii[j]):
+                    labels[i] = known[j]
+        for i in sorted(np.flatnonzero(labels == UNLABELLED), key=lambda i: -sizes[i]):
+            labels[i] = self.next_label_
+            self.next_label_ += 1
+        self.cluster_labels_ = labels
+        for i, label in enumerate(labels):
+            self.textures_[int(label)] = (self._centres[i].copy(), float(self.cluster_radius_[i]))
+
+    # ------------------------------------------------------------------ estimator API
+    def fit(self, X, y=None):
+        """Cluster the rows of X (N, d); rows with any NaN are left unlabelled.
+
+        Keeps the standardisation of the first fit and the labels of known textures (see the class docstring).
+        With fewer valid rows than ``min_points``, sets ``status_`` to :data:`NOT_ENOUGH_DATA`, removes the
+        current clusters (known textures are remembered) and labels nothing.
+        """
+        X, valid = self._check(X)
+        lo, _ = self._range()
+        if not hasattr(self, "textures_"):
+            self.textures_, self.next_label_ = {}, 0
+        self.labels_ = np.full(len(X), UNLABELLED)
+        if valid.sum() < max(self.min_points, lo, 1):
+            self.status_, self.n_clusters_ = NOT_ENOUGH_DATA, 0
+            self.cluster_centers_ = np.zeros((0, X.shape[1]))
+            self.cluster_labels_ = self.cluster_radius_ = np.zeros(0)
+            self.n_features_in_ = X.shape[1]
+            return self
+        if not hasattr(self, "mean_"):
+            weights = np.ones(X.shape[1]) if self.feature_weights is None else np.asarray(self.feature_weights, float)
+            if weights.shape != (X.shape[1],):
+                raise ValueError(f"feature_weights has shape {weights.shape}; X has {X.shape[1]} features")
+            self.n_features_in_, self._weights = X.shape[1], weights
+            self.mean_ = X[valid].mean(axis=0)
+            scale = X[valid].std(axis=0)
+            self.scale_ = np.where(scale > 1e-12 * (np.abs(self.mean_) + 1e-300), scale, 1.0)
+        Z = self.standardise(X[valid])
+        with threadpool_limits(1):  # small problems: OpenMP threads only contend (10-50x slower on busy cores)
+            self._kmeans_model = self._choose(Z)
+        members = self._kmeans_model.predict(Z)
+        self._set_model(Z, self._kmeans_model.cluster_centers_, members)
+        self._match(np.bincount(members, minlength=self.n_clusters_))
+        self.status_ = OK
+        self.labels_[valid] = self.cluster_labels_[members]
+        return self
+
+    def partial_fit(self, X, y=None):
+        """Update the current clusters with a batch of rows (streaming): MiniBatchKMeans.partial_fit.
+
+        The number of clusters stays fixed, so labels never change meaning here; a texture that appears in
+        the stream is found by the next :meth:`fit`. Without a model yet, this is :meth:`fit`.
+        """
+        if getattr(self, "status_", NOT_ENOUGH_DATA) != OK:
+            return self.fit(X)
+        X, valid = self._check(X)
+        Z = self.standardise(X[valid])
+        if len(Z) == 0:
+            return self
+        with threadpool_limits(1):
+            self._kmeans_model.partial_fit(Z)
+        centres = self._kmeans_model.cluster_centers_
+        self.cluster_centers_ = centres / self._weights * self.scale_ + self.mean_
+        self._centres = np.array(centres)
+        for i, label in enumerate(self.cluster_labels_):
+            self.textures_[int(label)] = (self._centres[i].copy(), float(self.cluster_radius_[i]))
+        return self
+
+    def transform(self, X) -> np.ndarray:
+        """Distances (N, n_clusters_) of each row to each cluster centre (standardised units; NaN rows NaN)."""
+        check_is_fitted(self, "status_")
+        X, valid = self._check(X)
+        out = np.full((len(X), self.n_clusters_), np.nan)
+        if self.n_clusters_ and valid.any():
+            out[valid] = cdist(self.standardise(X[valid]), self._centres)
+        return out
+
+    def predict(self, X) -> np.ndarray:
+        """Texture label (N,) of each row: the label of the nearest cluster; :data:`UNLABELLED` for rows with
+        NaN and for every row when the last fit had not enough data."""
+        distance = self.transform(X)
+        labels = np.full(len(distance), UNLABELLED)
+        if self.n_clusters_:
+            valid = np.isfinite(distance).all(axis=1)
+            labels[valid] = self.cluster_labels_[np.argmin(distance[valid], axis=1)]
+        return labels
