@@ -132,7 +132,7 @@ class TextureCallback(DocumentRouter):
             result["seq_num"] = features.seq_num
             result["labels"] = np.full(len(features), UNLABELLED)
             if not hasattr(self.classifier, "n_features_in_"):
-                self.classifier.set_params(feature_weights=features.weights)
+                self.classifier.set_params(feature_weights=features.weights, feature_scale=features.scale)
             if features.X.shape[1] == 0:
                 result["status"] = NOT_ENOUGH_DATA
             else:

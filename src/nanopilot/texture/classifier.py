@@ -28,16 +28,19 @@ class TextureClassifier(ClusterMixin, BaseEstimator):
     Parameters
     ----------
     n_clusters : int or (int, int)
-        A fixed number of textures, or the inclusive range (lo, hi) to choose it from. The choice (bisection):
-        starting from one cluster, the largest cluster is split in two by k-means while the two halves, projected
-        on the line through their centres, are at least ``min_separation`` pooled standard deviations apart
-        (a single Gaussian blob gives about 2.7 in any dimension) and fewer than hi clusters exist; at least lo.
+        A fixed number of textures, or the inclusive range (lo, hi) to choose it from. The choice: the largest
+        k in the range whose k-means clusters are all pairwise separated, along the line through each pair's
+        centres, by at least ``min_separation`` pooled standard deviations (the two halves of a single Gaussian
+        blob give about 2.7, in any dimension); lo when no k >= 2 is.
     feature_weights : array (d,), optional
         Multiplies each standardised column (e.g. :attr:`TextureFeatures.weights`); default all 1.
+    feature_scale : array (d,), optional
+        Fixed scale of each column (e.g. :attr:`TextureFeatures.scale`, the noise level); where NaN or not
+        given, the column's standard deviation at the first fit.
     min_points : int
         Fewer valid (all-finite) rows than this, or than the number of clusters, is "not enough data".
     min_separation : float
-        Separation (pooled standard deviations) above which a cluster is split (see ``n_clusters``).
+        Pairwise separation (pooled standard deviations) that distinct textures must have (see ``n_clusters``).
     match_factor : float
         A new cluster keeps a known texture's label when their centres are closer than ``match_factor`` times
         the root sum of squares of their radii (RMS member distance to the centre, standardised units).
@@ -49,8 +52,8 @@ class TextureClassifier(ClusterMixin, BaseEstimator):
     Attributes
     ----------
     mean_, scale_ : arrays (d,)
-        Standardisation (feature units), learned at the first fit with enough data and kept afterwards, so that
-        distances, radii and labels are comparable over a series of maps.
+        Standardisation (feature units): ``feature_scale`` where given, else learned at the first fit with
+        enough data; kept afterwards, so that distances, radii and labels are comparable over a series of maps.
     cluster_centers_ : array (n_clusters_, d)
         Cluster centres in feature units (the units of X).
     cluster_labels_ : array (n_clusters_,)
@@ -61,19 +64,20 @@ class TextureClassifier(ClusterMixin, BaseEstimator):
         Number of clusters of the current model (0 without enough data).
     labels_ : array (N,)
         Texture label of each row of the last fit (:data:`UNLABELLED` for rows with NaN).
-    separations_ : list of float
-        Separation of every split tried by the last automatic choice of k.
+    separations_ : dict
+        Smallest pairwise separation of each k tried by the last automatic choice.
     textures_ : dict
         Every texture seen so far: label -> (centre (d,) standardised, radius).
     status_ : str
         :data:`OK` or :data:`NOT_ENOUGH_DATA` for the last fit.
     """
 
-    def __init__(self, n_clusters=(1, 8), *, feature_weights=None, min_points: int = 20,
+    def __init__(self, n_clusters=(1, 8), *, feature_weights=None, feature_scale=None, min_points: int = 20,
                  min_separation: float = 4.0, match_factor: float = 1.0, batch_size: int = 1024, n_init: int = 3,
                  random_state=0):
         self.n_clusters = n_clusters
         self.feature_weights = feature_weights
+        self.feature_scale = feature_scale
         self.min_points = min_points
         self.min_separation = min_separation
         self.match_factor = match_factor
@@ -107,44 +111,40 @@ class TextureClassifier(ClusterMixin, BaseEstimator):
         return MiniBatchKMeans(n_clusters=k, batch_size=self.batch_size, n_init=self.n_init,
                                random_state=self.random_state).fit(Z)
 
-    def _separation(self, Z: np.ndarray) -> tuple[float, np.ndarray]:
-        """Split Z in two with k-means; the halves' separation along the line through their centres, in units
-        of their pooled standard deviation along it (about 2.7 for a single Gaussian blob), and the halves."""
-        halves = self._kmeans(2, Z).predict(Z)
-        if np.bincount(halves, minlength=2).min() < 2:
-            return 0.0, halves
-        a, b = Z[halves == 0].mean(axis=0), Z[halves == 1].mean(axis=0)
-        axis = (b - a) / (np.linalg.norm(b - a) + 1e-300)
-        t = Z @ axis
-        pooled = np.sqrt((t[halves == 0].var() * (halves == 0).sum() + t[halves == 1].var() * (halves == 1).sum())
-                         / len(t))
-        return float(np.linalg.norm(b - a) / (pooled + 1e-300)), halves
+    @staticmethod
+    def _separation(Z: np.ndarray, centres: np.ndarray, members: np.ndarray) -> float:
+        """The smallest, over pairs of clusters, separation of their centres along the line joining them, in
+        units of the pair's pooled standard deviation along that line (about 2.7 for the halves of one
+        Gaussian blob, in any dimension)."""
+        smallest = np.inf
+        for i in range(len(centres)):
+            for j in range(i + 1, len(centres)):
+                gap = centres[j] - centres[i]
+                distance = np.linalg.norm(gap)
+                pair = (members == i) | (members == j)
+                if distance == 0 or pair.sum() < 3:
+                    return 0.0
+                t = (Z[pair] - centres[i]) @ (gap / distance)
+                near = members[pair] == i
+                pooled = np.sqrt((((t[near]) ** 2).sum() + ((t[~near] - distance) ** 2).sum()) / pair.sum())
+                smallest = min(smallest, distance / max(pooled, 1e-300))
+        return float(smallest)
 
     def _choose(self, Z: np.ndarray) -> MiniBatchKMeans:
-        """k-means with a fixed k, or with k chosen by bisection: starting from one cluster, split the largest
-        cluster not yet examined while its two halves are separated by at least ``min_separation`` (see
-        :meth:`_separation`) and k < hi; then k = max(k, lo), refined by one k-means started from the halves."""
+        """k-means with a fixed k, or with the largest k of the range whose clusters are all pairwise separated
+        by at least ``min_separation`` (see :meth:`_separation`); lo when none is."""
         lo, hi = self._range()
         hi = max(lo, min(hi, len(Z) // 2))
-        self.separations_ = []
+        self.separations_ = {}
         if lo == hi:
             return self._kmeans(lo, Z)
-        groups, final = [Z], []
-        while groups and len(groups) + len(final) < hi:
-            group = groups.pop(int(np.argmax([len(g) for g in groups])))
-            separation, halves = self._separation(group) if len(group) >= 4 else (0.0, None)
-            self.separations_.append(separation)
-            if separation >= self.min_separation:
-                groups += [group[halves == 0], group[halves == 1]]
-            else:
-                final.append(group)
-        groups += final
-        k = max(lo, len(groups))
-        if k > len(groups):
-            return self._kmeans(k, Z)
-        init = np.array([g.mean(axis=0) for g in groups])
-        return MiniBatchKMeans(n_clusters=k, init=init, n_init=1, batch_size=self.batch_size,
-                               random_state=self.random_state).fit(Z)
+        best = None
+        for k in range(max(lo, 2), hi + 1):
+            model = self._kmeans(k, Z)
+            self.separations_[k] = self._separation(Z, model.cluster_centers_, model.predict(Z))
+            if self.separations_[k] >= self.min_separation:
+                best = model
+        return best if best is not None else self._kmeans(lo, Z)
 
     def _set_model(self, Z: np.ndarray, centres: np.ndarray, members: np.ndarray) -> None:
         k = len(centres)
@@ -199,6 +199,11 @@ class TextureClassifier(ClusterMixin, BaseEstimator):
             self.n_features_in_, self._weights = X.shape[1], weights
             self.mean_ = X[valid].mean(axis=0)
             scale = X[valid].std(axis=0)
+            if self.feature_scale is not None:
+                fixed = np.asarray(self.feature_scale, dtype=float)
+                if fixed.shape != (X.shape[1],):
+                    raise ValueError(f"feature_scale has shape {fixed.shape}; X has {X.shape[1]} features")
+                scale = np.where(np.isfinite(fixed) & (fixed > 0), fixed, scale)
             self.scale_ = np.where(scale > 1e-12 * (np.abs(self.mean_) + 1e-300), scale, 1.0)
         Z = self.standardise(X[valid])
         with threadpool_limits(1):  # small problems: OpenMP threads only contend (10-50x slower on busy cores)

@@ -11,7 +11,10 @@ Feature set (one row per scan point, in this column order; see :func:`texture_fe
 
 Every column is later standardised by :class:`~nanopilot.texture.TextureClassifier` and multiplied by the
 weight of its group (:data:`GROUP_WEIGHTS`), so a group's influence on the clustering does not depend on how
-many columns it has.
+many columns it has. The estimate-derived columns are standardised in units of the estimator's own uncertainty
+(the median of its ``*_std`` over the map; per um for gradients), not of their spread over the map: a
+parameter that only carries noise (e.g. a uniform thickness) then stays small instead of being blown up to
+unit variance, where k-means would split its smoothed noise into false textures.
 """
 
 from __future__ import annotations
@@ -120,6 +123,8 @@ class TextureFeatures:
         Column names, e.g. ``local_spread:strain``, ``frame:3``.
     weights : array (d,)
         Weight of each column after standardisation (its group's weight / sqrt(columns in the group)).
+    scale : array (d,)
+        Noise scale of each column (its units), NaN where unknown (the classifier then uses the spread).
     seq_num : array (N,)
         Raw-run seq_num of each row.
     """
@@ -127,6 +132,7 @@ class TextureFeatures:
     X: np.ndarray
     names: list[str]
     weights: np.ndarray
+    scale: np.ndarray
     seq_num: np.ndarray
 
     def __len__(self) -> int:
@@ -166,10 +172,14 @@ def texture_features(run, *, n_neighbours: int = 8, group_weights: dict[str, flo
     positions = np.column_stack([points[m] for m in motors]) if motors else np.arange(n, dtype=float)[:, None]
     mean, spread, gradient = neighbourhood(positions, values, n_neighbours)
     blocks = {"estimate": values, "local_mean": mean, "local_spread": spread, "local_gradient": gradient}
+    noise = np.array([np.nanmedian(points[p + "_std"][ok]) if np.isfinite(points[p + "_std"][ok]).any()
+                      else np.nan for p in names])
+    step = _step(positions)
+    scales = {"estimate": noise, "local_mean": noise, "local_spread": noise, "local_gradient": noise / step}
     frames = run.features() if use_frames else np.zeros((n, 0))
     if frames.shape[1]:
         blocks["frame"] = np.where(ok[:, None], frames, np.nan)
-    columns, column_names, column_weights = [], [], []
+    columns, column_names, column_weights, column_scales = [], [], [], []
     for group, block in blocks.items():
         if weights[group] <= 0 or block.shape[1] == 0:
             continue
@@ -177,5 +187,16 @@ def texture_features(run, *, n_neighbours: int = 8, group_weights: dict[str, flo
         labels = names if group != "frame" else [str(i) for i in range(block.shape[1])]
         column_names += [f"{group}:{label}" for label in labels]
         column_weights += [weights[group] / np.sqrt(block.shape[1])] * block.shape[1]
+        column_scales += list(scales.get(group, np.full(block.shape[1], np.nan)))
     X = np.hstack(columns) if columns else np.zeros((n, 0))
-    return TextureFeatures(X=X, names=column_names, weights=np.asarray(column_weights), seq_num=points["seq_num"])
+    return TextureFeatures(X=X, names=column_names, weights=np.asarray(column_weights),
+                           scale=np.asarray(column_scales, dtype=float), seq_num=points["seq_num"])
+
+
+def _step(positions: np.ndarray) -> float:
+    """Median distance (um) from a point to its nearest neighbour (1.0 with fewer than 2 points)."""
+    if len(positions) < 2:
+        return 1.0
+    distance = NearestNeighbors(n_neighbors=2).fit(positions).kneighbors(positions)[0][:, 1]
+    step = float(np.median(distance))
+    return step if step > 0 else 1.0

@@ -104,7 +104,7 @@ def texture_change(reference, current, *, coverage_threshold: float = 0.01, shif
         raise ValueError(f"the maps have different features ({len(ref.names)} vs {len(cur.names)} columns): "
                          "analyse both with the same estimator and frame_features")
     model = classifier if classifier is not None else TextureClassifier()
-    model.set_params(feature_weights=ref.weights).fit(ref.X)
+    model.set_params(feature_weights=ref.weights, feature_scale=ref.scale).fit(ref.X)
     valid = np.isfinite(cur.X).all(axis=1) if cur.X.shape[1] else np.zeros(len(cur), bool)
     if model.status_ != OK or valid.sum() < model.min_points:
         return TextureChange(False, 0.0, 0.0, 0.0, novel, cur.seq_num, NOT_ENOUGH_DATA,
