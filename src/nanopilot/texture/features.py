@@ -11,8 +11,9 @@ Feature set (one row per scan point, in this column order; see :func:`texture_fe
 
 Every column is later standardised by :class:`~nanopilot.texture.TextureClassifier` and multiplied by the
 weight of its group (:data:`GROUP_WEIGHTS`), so a group's influence on the clustering does not depend on how
-many columns it has. The estimate-derived columns are standardised in units of the estimator's own uncertainty
-(the median of its ``*_std`` over the map; per um for gradients), not of their spread over the map: a
+many columns it has. The estimate-derived columns are standardised in units of their noise, measured on the map itself (the
+robust spread, 1.4826 x median absolute deviation, of each point from its local mean; per um for gradients),
+not of their spread over the map, and not from the estimator's ``*_std`` (which it may not give): a
 parameter that only carries noise (e.g. a uniform thickness) then stays small instead of being blown up to
 unit variance, where k-means would split its smoothed noise into false textures.
 """
@@ -172,8 +173,9 @@ def texture_features(run, *, n_neighbours: int = 8, group_weights: dict[str, flo
     positions = np.column_stack([points[m] for m in motors]) if motors else np.arange(n, dtype=float)[:, None]
     mean, spread, gradient = neighbourhood(positions, values, n_neighbours)
     blocks = {"estimate": values, "local_mean": mean, "local_spread": spread, "local_gradient": gradient}
-    noise = np.array([np.nanmedian(points[p + "_std"][ok]) if np.isfinite(points[p + "_std"][ok]).any()
-                      else np.nan for p in names])
+    with np.errstate(invalid="ignore"):  # the noise of each parameter, from the map itself (robust MAD)
+        residual = np.abs(values - mean) / np.sqrt(n_neighbours / (n_neighbours + 1.0))
+        noise = 1.4826 * np.array([np.nanmedian(r) if np.isfinite(r).any() else np.nan for r in residual.T])
     step = _step(positions)
     scales = {"estimate": noise, "local_mean": noise, "local_spread": noise, "local_gradient": noise / step}
     frames = run.features() if use_frames else np.zeros((n, 0))

@@ -100,6 +100,9 @@ def texture_change(reference, current, *, coverage_threshold: float = 0.01, shif
     ref = _features(reference, n_neighbours=n_neighbours, **feature_kwargs)
     cur = _features(current, n_neighbours=n_neighbours, **feature_kwargs)
     novel = np.zeros(len(cur), bool)
+    if not (ref.X.shape[1] and cur.X.shape[1]):  # e.g. every frame of a map flagged
+        return TextureChange(False, 0.0, 0.0, 0.0, novel, cur.seq_num, NOT_ENOUGH_DATA,
+                             "not enough data: a map has no valid point (every frame flagged or no estimates)")
     if ref.names != cur.names:
         raise ValueError(f"the maps have different features ({len(ref.names)} vs {len(cur.names)} columns): "
                          "analyse both with the same estimator and frame_features")

@@ -70,14 +70,14 @@ def detect_stripes(grid, spacing: tuple[float, float], *, min_snr: float = 30.0,
     Stripes
     """
     grid = np.asarray(grid, dtype=float)
-    if grid.ndim != 2 or min(grid.shape) < 4:
-        raise ValueError(f"stripe detection needs a 2-D grid of at least 4 x 4 points, got shape {grid.shape}")
+    if grid.ndim != 2:
+        raise ValueError(f"stripe detection needs a 2-D grid (rows y, columns x), got shape {grid.shape}")
     dy, dx = (float(s) for s in spacing)
     if not (dy > 0 and dx > 0):
         raise ValueError(f"grid spacing must be positive (um), got {spacing!r}")
     measured = np.isfinite(grid)
     nothing = Stripes(False, np.nan, np.nan, 0.0, 0.0, np.where(measured, 0.0, np.nan), np.zeros(grid.shape, bool))
-    if measured.sum() < 16:
+    if measured.sum() < 16 or min(grid.shape) < 4:  # too small to say
         return nothing
     field = np.where(measured, grid - grid[measured].mean(), 0.0)
     ny, nx = field.shape
