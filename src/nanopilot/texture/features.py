@@ -11,11 +11,11 @@ Feature set (one row per scan point, in this column order; see :func:`texture_fe
 
 Every column is later standardised by :class:`~nanopilot.texture.TextureClassifier` and multiplied by the
 weight of its group (:data:`GROUP_WEIGHTS`), so a group's influence on the clustering does not depend on how
-many columns it has. The estimate-derived columns are standardised in units of their noise, measured on the map itself (the
-robust spread, 1.4826 x median absolute deviation, of each point from its local mean; per um for gradients),
-not of their spread over the map, and not from the estimator's ``*_std`` (which it may not give): a
-parameter that only carries noise (e.g. a uniform thickness) then stays small instead of being blown up to
-unit variance, where k-means would split its smoothed noise into false textures.
+many columns it has. The estimate-derived columns are standardised in units of their noise, measured on the
+map itself (the robust spread, 1.4826 x median absolute deviation, of each point from its local mean; per um
+for gradients), not of their spread over the map, and not from the estimator's ``*_std`` (which it may not
+give or get wrong): a parameter that only carries noise (e.g. a uniform thickness) then stays small instead
+of being blown up to unit variance, where k-means would split its smoothed noise into false textures.
 """
 
 from __future__ import annotations
