@@ -1,0 +1,55 @@
+"""``nanopilot train``: train a NanobeamNN model (or ensemble) from a YAML config."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("train", help="train a NanobeamNN model or ensemble from a YAML config",
+                              description="Train one network per seed of the config (simulated on the fly or from "
+                                          "an HDF5 library) and write NAME.pt + NAME.json. The shipped configs are "
+                                          "in nanopilot/model/configs/ (default.yaml, thickness.yaml).")
+    p.add_argument("--config", required=True,
+                   help="YAML training config, or the name of a shipped one ('default', 'thickness')")
+    p.add_argument("--out", help="model file to write, NAME or NAME.json (default: ./<config name>)")
+    p.add_argument("--seeds", help="comma-separated seeds overriding the config's, e.g. '1' or '1,2,3'")
+    p.add_argument("--threads", type=int, help="torch threads (overrides the config)")
+    p.add_argument("--device", default="cpu", help="torch device for training (default: %(default)s)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(run=run)
+
+
+def config_path(name: str) -> Path:
+    """A config file path, or the path of the shipped config of that name."""
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        return path
+    from importlib.resources import files
+
+    return Path(str(files("nanopilot.model") / "configs" / f"{name}.yaml"))
+
+
+def run(args) -> int:
+    from ..model.training import TrainConfig, train
+
+    path = config_path(args.config)
+    config = TrainConfig.load(path)
+    changes = {}
+    if args.seeds:
+        try:
+            changes["seeds"] = tuple(int(s) for s in args.seeds.split(","))
+        except ValueError:
+            raise ValueError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
+    if args.threads:
+        changes["threads"] = args.threads
+    config = dataclasses.replace(config, **changes)
+    out = args.out or config.name
+    t0 = time.perf_counter()
+    print(f"training {config.name} from {path}: {len(config.seeds)} member(s), seeds {list(config.seeds)}, "
+          f"device {args.device}, threads {config.threads or 'default'}")
+    train(config, out, device=args.device, progress=not args.no_progress)
+    print(f"training wall time {time.perf_counter() - t0:.0f} s")
+    return 0

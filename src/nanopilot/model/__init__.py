@@ -1,0 +1,15 @@
+"""The NanobeamNN model: network, training on the simulator, ensembles, model files and the inference engine.
+
+``Predictor.load()`` loads the shipped default ensemble; ``nanopilot train --config FILE`` trains new models.
+"""
+
+from .files import ModelFile, load_model, save_model
+from .network import Architecture, LabelScaler, NanobeamNN, StackedEnsemble, count_parameters, multiply_adds
+from .predictor import DEFAULT_MODEL, THICKNESS_MODEL, Predictor, residual_statistic, shipped_model_path
+from .training import TrainConfig, TrainResult, train, train_model
+
+__all__ = [
+    "DEFAULT_MODEL", "THICKNESS_MODEL", "Architecture", "LabelScaler", "ModelFile", "NanobeamNN", "Predictor",
+    "StackedEnsemble", "TrainConfig", "TrainResult", "count_parameters", "load_model", "multiply_adds",
+    "residual_statistic", "save_model", "shipped_model_path", "train", "train_model",
+]

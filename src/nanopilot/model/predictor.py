@@ -1,0 +1,194 @@
+"""The inference engine: frames in, strain / tilts (/ thickness), their uncertainty and a per-frame status out.
+
+All ensemble members run in one pass of a :class:`~nanopilot.model.network.StackedEnsemble` (grouped
+convolutions, channels-last, ``torch.inference_mode``) over fixed-size chunks, so results are deterministic for
+the same inputs and settings. Bad frames are reported in the status, never raised.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..estimates import COUNT_LEVEL, EDGE, OK, RESIDUAL, Estimates, check_frames
+from ..physics import Instrument, simulate
+from .files import ModelFile, load_model
+from .network import StackedEnsemble
+
+#: The shipped default ensemble (3 outputs) and thickness model, inside the package.
+DEFAULT_MODEL = "default"
+THICKNESS_MODEL = "thickness"
+#: Frames whose total counts lie more than this factor outside the training data's range are flagged.
+COUNT_LEVEL_FACTOR = math.sqrt(10)
+#: Expected-count floor per pixel (counts) in the residual's Poisson deviance.
+RESIDUAL_FLOOR = 1e-2
+
+
+def shipped_model_path(name: str = DEFAULT_MODEL) -> Path:
+    """Path (sidecar) of a model shipped inside the package: "default" or "thickness"."""
+    return Path(str(importlib.resources.files("nanopilot.model") / "weights" / f"{name}.json"))
+
+
+def residual_statistic(frames: np.ndarray, params: np.ndarray, instrument: Instrument, kernel: str = "box",
+                       batch_size: int = 1024) -> np.ndarray:
+    """Poisson deviance per count of each frame against the pattern its estimate predicts (free count scale).
+
+    frames (N, H, W) counts; params (N, 3|4) estimates. The expected pattern is scaled to the frame's total counts
+    and floored at :data:`RESIDUAL_FLOOR` counts per pixel. Returns (N,); NaN where params are not finite.
+    """
+    out = np.full(len(frames), np.nan)
+    good = np.flatnonzero(np.isfinite(params).all(axis=1))
+    for start in range(0, len(good), batch_size):
+        idx = good[start:start + batch_size]
+        model = torch.as_tensor(simulate(params[idx], instrument, kernel=kernel, dtype=torch.float64))
+        counts = torch.as_tensor(frames[idx], dtype=torch.float64)
+        total = counts.sum(dim=(1, 2), keepdim=True)
+        mu = model * total / model.sum(dim=(1, 2), keepdim=True).clamp_min(1e-300) + RESIDUAL_FLOOR
+        term = torch.where(counts > 0, counts * torch.log(counts / mu), torch.zeros_like(mu)) - (counts - mu)
+        out[idx] = (2 * term.sum(dim=(1, 2)) / total[:, 0, 0]).numpy()
+    return out
+
+
+class Predictor:
+    """A loaded model (single network or ensemble) ready to analyse frames.
+
+    Parameters
+    ----------
+    model : ModelFile from :func:`~nanopilot.model.files.load_model`.
+    instrument : the configured setup; a model trained for another one is refused (the error names the fields).
+    threads : torch intra-op threads used by :meth:`predict` (None: leave torch's setting).
+    batch_size : frames per network pass (fixed, so results do not depend on how frames are grouped into calls).
+    saturation : counts at or above which a pixel is saturated (None: not checked).
+    edge_margin : an estimate within this fraction of the trained span of a range end is flagged ``edge``.
+    """
+
+    def __init__(self, model: ModelFile, *, instrument: Instrument | None = None, threads: int | None = None,
+                 batch_size: int = 1024, saturation: float | None = None, edge_margin: float = 0.005):
+        meta = model.metadata
+        self.model_instrument = model.instrument
+        if instrument is not None:
+            self.model_instrument.require_same(instrument, f"model {model.path}")
+        self.instrument = self.model_instrument
+        self.path, self.metadata = model.path, meta
+        self.outputs = tuple(model.architecture.names)
+        self.scaler = model.scaler
+        self.n_members = len(model.networks)
+        self.threads, self.batch_size, self.saturation = threads, int(batch_size), saturation
+        self.edge_margin = float(edge_margin)
+        self.kernel = meta["kernel"]
+        self.ranges = np.array([meta["ranges"][name] for name in self.outputs], dtype=np.float64)
+        self.count_range = (meta["count_stats"]["p001"] / COUNT_LEVEL_FACTOR,
+                            meta["count_stats"]["p999"] * COUNT_LEVEL_FACTOR)
+        self.residual_threshold = meta.get("residual_threshold")
+        network = StackedEnsemble(model.networks) if self.n_members > 1 else model.networks[0]
+        self.network = network.eval().to(memory_format=torch.channels_last)
+        for p in self.network.parameters():
+            p.requires_grad_(False)
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, **kwargs) -> Predictor:
+        """Load a model file (``NAME``, ``NAME.pt`` or ``NAME.json``); None loads the shipped default ensemble.
+
+        Keyword arguments go to :class:`Predictor` (``instrument``, ``threads``, ``batch_size``, ...).
+        """
+        return cls(load_model(shipped_model_path() if path is None else path), **kwargs)
+
+    def __repr__(self) -> str:
+        return (f"<Predictor {Path(self.path).name}: {self.n_members} member(s), outputs {list(self.outputs)}, "
+                f"instrument {self.instrument.fingerprint()}>")
+
+    # ----------------------------------------------------------------- network
+    def _check_shape(self, frames) -> np.ndarray:
+        arr = np.asarray(frames)
+        if arr.ndim == 2:
+            arr = arr[None]
+        if arr.ndim != 3 or arr.shape[1:] != self.instrument.roi_shape:
+            rows, cols = self.instrument.roi_shape
+            raise ValueError(f"frames must have shape (N, {rows}, {cols}) for model {Path(self.path).name} "
+                             f"(instrument {self.instrument.fingerprint()}); got {arr.shape}")
+        return arr
+
+    def predict_raw(self, frames) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Network outputs without frame checks: (mean (N, K), std (N, K), members (N, M, K)), physical units.
+
+        ``std`` is the sample standard deviation over ensemble members (NaN for a single network).
+        """
+        arr = self._check_shape(frames)
+        if self.threads:
+            torch.set_num_threads(int(self.threads))
+        x = torch.as_tensor(np.ascontiguousarray(arr, dtype=np.float32))
+        chunks = []
+        with torch.inference_mode():
+            for start in range(0, len(x), self.batch_size):
+                chunk = x[start:start + self.batch_size].unsqueeze(1).contiguous(memory_format=torch.channels_last)
+                chunks.append(self.network(chunk).reshape(len(chunk), self.n_members, -1))
+        labels = torch.cat(chunks) if chunks else torch.zeros((0, self.n_members, len(self.outputs)))
+        members = self.scaler.to_values(labels.double()).numpy()
+        mean = members.mean(axis=1)
+        std = members.std(axis=1, ddof=1) if self.n_members > 1 else np.full_like(mean, np.nan)
+        return mean, std, members
+
+    # ----------------------------------------------------------------- the public call
+    def predict(self, frames, *, refine: bool | float = False, residual: bool = False) -> Estimates:
+        """Estimates for a batch of frames.
+
+        Parameters
+        ----------
+        frames : (N, H, W) or (H, W) counts, float or integer; rows = detector y.
+        refine : False; True to pass every ok frame's estimate through :func:`nanopilot.fitting.refine`
+            (Poisson likelihood, smooth kernel); or a float k to refine only frames whose ensemble spread exceeds
+            k times the median spread of the training validation set in any output.
+        residual : also flag frames the physics model does not explain (``residual``; about 0.3 ms per frame).
+
+        Returns
+        -------
+        Estimates with strain, omega (deg), chi (deg), thickness (A; NaN for a 3-output model), their standard
+        deviations (ensemble spread; Fisher std where refined) and status per frame: ok or the first problem
+        found (nonfinite, negative, empty, saturated, count_level, edge, residual, not_converged).
+
+        Raises
+        ------
+        ValueError for a batch of the wrong shape (before any work).
+        """
+        arr = self._check_shape(frames)
+        clean, status = check_frames(arr, self.instrument, saturation=self.saturation)
+        mean, std, _ = self.predict_raw(clean)
+        totals = clean.reshape(len(clean), -1).sum(axis=1, dtype=np.float64)
+        ok = status == OK
+        status[ok & ((totals < self.count_range[0]) | (totals > self.count_range[1]))] = COUNT_LEVEL
+        span = self.ranges[:, 1] - self.ranges[:, 0]
+        inner_lo, inner_hi = self.ranges[:, 0] + self.edge_margin * span, self.ranges[:, 1] - self.edge_margin * span
+        at_edge = ((mean < inner_lo) | (mean > inner_hi)).any(axis=1)
+        params, out_std = mean.copy(), std.copy()
+        if refine is not False:
+            params, out_std, status = self._refine(clean, params, out_std, status, refine)
+        status[(status == OK) & at_edge] = EDGE
+        if residual and self.residual_threshold is not None:
+            check = np.flatnonzero(status == OK)
+            stat = residual_statistic(clean[check], params[check], self.instrument, self.kernel)
+            status[check[stat > self.residual_threshold]] = RESIDUAL
+        return Estimates.from_params(params, status, std=out_std)
+
+    def _refine(self, clean, params, std, status, refine):
+        from ..fitting import refine as physics_refine
+
+        todo = status == OK
+        if refine is not True:
+            typical = np.asarray(self.metadata.get("typical_std", [np.nan] * len(self.outputs)))
+            todo &= (std > float(refine) * typical).any(axis=1)
+        idx = np.flatnonzero(todo)
+        if len(idx) == 0:
+            return params, std, status
+        fit_thickness = len(self.outputs) == 4
+        result = physics_refine(clean[idx], params[idx], self.instrument, fit_thickness=fit_thickness)
+        k = len(self.outputs)
+        refined = result.params(with_thickness=True)[:, :k]
+        refined_std = np.stack([getattr(result, n + "_std") for n in self.outputs], axis=1)
+        good = result.ok
+        params[idx[good]], std[idx[good]] = refined[good], refined_std[good]
+        status[idx[~good]] = result.status[~good]
+        return params, std, status

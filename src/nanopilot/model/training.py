@@ -1,0 +1,279 @@
+"""Training NanobeamNN networks: configuration, the training loop, and ensembles of seeds.
+
+A :class:`TrainConfig` is read from YAML (``nanopilot train --config FILE``) with sections ``model``, ``data``,
+``training`` and a list of ``seeds`` (one member per seed). Data are simulated on the fly (random off-grid film
+states, fresh Poisson noise every batch) or read from an HDF5 library; a fixed, seeded validation set decides
+early stopping and which epoch's weights are kept.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from ..physics import Instrument
+from .data import DEFAULT_RANGES, LibrarySource, SimulatedSource
+from .network import Architecture, LabelScaler, NanobeamNN, seed_everything
+
+OPTIMIZERS = ("adam", "adamw")
+SCHEDULES = ("onecycle", "cosine", "constant")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything that defines a training run (see ``src/nanopilot/model/configs/*.yaml`` for examples).
+
+    model : architecture (``channels`` per block, ``outputs`` 3 or 4).
+    data : ``library`` (HDF5 path) or None for on-the-fly simulation; ``ranges`` {name: [low, high]} (strain,
+        omega deg, chi deg, thickness A); ``counts`` ("published" or a peak count level); ``kernel``;
+        ``samples_per_epoch`` and ``val_samples`` (simulation) or ``val_fraction`` (library).
+    training : ``epochs``, ``batch_size``, ``lr`` (peak), ``weight_decay``, ``optimizer``, ``schedule``,
+        ``patience`` (epochs without validation improvement before stopping; not applied in the first half of
+        the epochs, while the one-cycle learning rate is high), ``threads``.
+    seeds : one ensemble member per seed.
+    instrument : instrument fields (dict) or None for the published setup.
+    """
+
+    name: str = "nanobeamnn"
+    architecture: Architecture = dataclasses.field(default_factory=Architecture)
+    library: str | None = None
+    ranges: dict = dataclasses.field(default_factory=lambda: dict(DEFAULT_RANGES))
+    counts: str | float = "published"
+    kernel: str = "box"
+    samples_per_epoch: int = 65536
+    val_samples: int = 4096
+    val_fraction: float = 0.1
+    epochs: int = 40
+    batch_size: int = 256
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    optimizer: str = "adamw"
+    schedule: str = "onecycle"
+    patience: int = 10
+    threads: int | None = None
+    seeds: tuple[int, ...] = (0,)
+    instrument: dict | None = None
+
+    def __post_init__(self):
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"training.optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"training.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        for name in ("samples_per_epoch", "val_samples", "epochs", "batch_size", "patience"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if not (self.lr > 0 and self.weight_decay >= 0):
+            raise ValueError(f"training.lr must be > 0 and weight_decay >= 0, got {self.lr}, {self.weight_decay}")
+        self.seeds = tuple(int(s) for s in self.seeds)
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be a non-empty list of distinct integers, got {list(self.seeds)}")
+        names = self.architecture.names
+        missing = [n for n in names if n not in self.ranges]
+        if missing:
+            raise ValueError(f"data.ranges lacks {missing} (needed for outputs {list(names)})")
+        self.ranges = {n: (float(self.ranges[n][0]), float(self.ranges[n][1])) for n in names}
+        if any(lo >= hi for lo, hi in self.ranges.values()):
+            raise ValueError(f"data.ranges need low < high, got {self.ranges}")
+
+    def get_instrument(self) -> Instrument:
+        return Instrument.from_dict(self.instrument) if self.instrument else Instrument()
+
+    # ----------------------------------------------------------------- YAML layout
+    def to_dict(self) -> dict:
+        """Nested dict in the YAML layout (sections model / data / training / seeds / instrument)."""
+        return {
+            "name": self.name,
+            "model": self.architecture.to_dict(),
+            "data": {"library": self.library, "ranges": {k: list(v) for k, v in self.ranges.items()},
+                     "counts": self.counts, "kernel": self.kernel, "samples_per_epoch": self.samples_per_epoch,
+                     "val_samples": self.val_samples, "val_fraction": self.val_fraction},
+            "training": {k: getattr(self, k) for k in ("epochs", "batch_size", "lr", "weight_decay", "optimizer",
+                                                       "schedule", "patience", "threads")},
+            "seeds": list(self.seeds),
+            "instrument": self.instrument,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        """Inverse of :meth:`to_dict`; unknown sections or keys are errors that name them."""
+        data = dict(data)
+        sections = {"name", "model", "data", "training", "seeds", "instrument"}
+        unknown = sorted(set(data) - sections)
+        if unknown:
+            raise ValueError(f"unknown config section(s) {unknown}; known: {sorted(sections)}")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        kwargs: dict = {}
+        for section in ("data", "training"):
+            values = data.get(section) or {}
+            bad = sorted(set(values) - fields)
+            if bad:
+                raise ValueError(f"unknown key(s) {bad} in config section {section!r}")
+            kwargs.update(values)
+        if "ranges" in kwargs:
+            kwargs["ranges"] = {**DEFAULT_RANGES, **kwargs["ranges"]}
+        return cls(name=data.get("name", cls.name), architecture=Architecture.from_dict(data.get("model") or {}),
+                   seeds=tuple(data.get("seeds", (0,))), instrument=data.get("instrument"), **kwargs)
+
+    @classmethod
+    def load(cls, path: str | Path) -> TrainConfig:
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as err:
+            raise FileNotFoundError(f"cannot read training config {path}: {err}") from err
+        try:
+            return cls.from_dict(yaml.safe_load(text) or {})
+        except (ValueError, TypeError, yaml.YAMLError) as err:
+            raise ValueError(f"bad training config {path}: {err}") from err
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """One trained member: the network, its seed, validation metrics (RMSE per parameter, physical units),
+    the per-epoch history, the best epoch, the training wall time (s) and the validation frames' count statistics."""
+
+    network: NanobeamNN
+    seed: int
+    metrics: dict
+    history: list
+    best_epoch: int
+    seconds: float
+    count_stats: dict
+
+
+def _source(config: TrainConfig, instrument: Instrument, seed: int, device):
+    if config.library:
+        return LibrarySource(config.library, instrument, config.architecture.outputs,
+                             val_fraction=config.val_fraction, seed=seed)
+    return SimulatedSource(instrument, config.ranges, config.architecture.outputs, counts=config.counts,
+                           kernel=config.kernel, device=device)
+
+
+def evaluate(network: torch.nn.Module, frames: torch.Tensor, params: torch.Tensor, scaler: LabelScaler,
+             batch_size: int = 2048) -> tuple[float, dict]:
+    """Validation loss (MSE in label units) and RMSE per parameter (physical units) of one network."""
+    network.eval()
+    with torch.inference_mode():
+        labels = torch.cat([network(frames[i:i + batch_size].unsqueeze(1).contiguous(
+            memory_format=torch.channels_last)) for i in range(0, len(frames), batch_size)])
+    target = scaler.to_labels(params.to(labels.dtype))
+    loss = float(((labels - target) ** 2).mean())
+    err = scaler.to_values(labels.double()) - params
+    rmse = torch.sqrt((err ** 2).mean(0))
+    return loss, {name: float(v) for name, v in zip(network.arch.names, rmse)}
+
+
+def train_model(config: TrainConfig, seed: int, *, device="cpu", progress: bool = True, log=print) -> TrainResult:
+    """Train one network with ``seed`` on ``device``; returns the weights of the epoch with the lowest
+    validation loss (on the CPU)."""
+    if config.threads:
+        torch.set_num_threads(int(config.threads))
+    instrument = config.get_instrument()
+    rng = seed_everything(seed)
+    source = _source(config, instrument, seed, device)
+    val_rng = np.random.default_rng([seed, 1])
+    if config.library:
+        val_frames, val_params = source.validation(val_rng)
+        val_frames, val_params = val_frames.to(device), val_params.to(device)
+    else:
+        val_frames, val_params = source.batch(config.val_samples, val_rng)
+    scaler = LabelScaler()
+    network = NanobeamNN(config.architecture).to(device, memory_format=torch.channels_last)
+    opt_cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    optimizer = opt_cls(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    n_train = len(source.train_index) if config.library else config.samples_per_epoch
+    steps = config.epochs * math.ceil(n_train / config.batch_size)
+    if config.schedule == "onecycle":
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, total_steps=steps, pct_start=0.15)
+    elif config.schedule == "cosine":
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    else:
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    best = (math.inf, None, 0, {})
+    history = []
+    t0 = time.perf_counter()
+    bar = tqdm(range(1, config.epochs + 1), desc=f"{config.name} seed {seed}", unit="epoch", disable=not progress)
+    for epoch in bar:
+        network.train()
+        total, count = 0.0, 0
+        for frames, params in source.epoch(n_train, config.batch_size, rng):
+            frames, params = frames.to(device), params.to(device)
+            x = frames.unsqueeze(1).contiguous(memory_format=torch.channels_last)
+            loss = torch.nn.functional.mse_loss(network(x), scaler.to_labels(params.float()))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total, count = total + loss.item() * len(frames), count + len(frames)
+        val_loss, rmse = evaluate(network, val_frames, val_params, scaler)
+        history.append({"epoch": epoch, "train_loss": total / count, "val_loss": val_loss,
+                        "seconds": time.perf_counter() - t0, **{f"rmse_{k}": v for k, v in rmse.items()}})
+        if val_loss < best[0]:
+            best = (val_loss, copy.deepcopy(network.state_dict()), epoch, rmse)
+        bar.set_postfix(train=f"{total / count:.2e}", val=f"{val_loss:.2e}", best=best[2],
+                        strain=f"{rmse['strain']:.2e}")
+        if epoch > config.epochs // 2 and epoch - best[2] >= config.patience:
+            log(f"early stop at epoch {epoch}: no validation improvement for {config.patience} epochs")
+            break
+    bar.close()
+    seconds = time.perf_counter() - t0
+    network.load_state_dict(best[1])
+    network = network.to("cpu", memory_format=torch.contiguous_format).eval()
+    totals = val_frames.sum(dim=(1, 2)).double().cpu()
+    count_stats = {"median": float(totals.median()), "p001": float(torch.quantile(totals, 0.001)),
+                   "p999": float(torch.quantile(totals, 0.999))}
+    log(f"{config.name} seed {seed}: best epoch {best[2]}, val RMSE "
+        + ", ".join(f"{k} {v:.3g}" for k, v in best[3].items()) + f"; {seconds:.0f} s")
+    return TrainResult(network, seed, {"val_loss": best[0], **{f"rmse_{k}": v for k, v in best[3].items()}},
+                       history, best[2], seconds, count_stats)
+
+
+def train(config: TrainConfig, out: str | Path, *, device="cpu", progress: bool = True, log=print) -> Path:
+    """Train one member per seed of ``config``, calibrate the ensemble and write the model file ``out``.
+
+    Calibration, on a validation set of its own (seeded by the first seed): ensemble RMSE per parameter,
+    the median ensemble spread (``typical_std``, used by ``Predictor.predict(refine=k)``), and the residual
+    threshold (99.9th percentile of the validation frames' residual statistic, times 1.5).
+    Returns the sidecar path.
+    """
+    from .. import __version__
+    from .files import ModelFile, save_model
+    from .predictor import Predictor, residual_statistic
+
+    t0 = time.perf_counter()
+    results = [train_model(config, seed, device=device, progress=progress, log=log) for seed in config.seeds]
+    instrument = config.get_instrument()
+    rng = np.random.default_rng([config.seeds[0], 2])
+    source = _source(config, instrument, config.seeds[0], "cpu")
+    frames, params = source.validation(rng) if config.library else source.batch(config.val_samples, rng)
+    stats = results[0].count_stats
+    metadata = {"name": config.name, "label_scaler": LabelScaler().to_dict(), "instrument": instrument.to_dict(),
+                "counts": source.counts, "kernel": source.kernel, "count_stats": stats,
+                "ranges": {k: list(v) for k, v in source.ranges.items()},
+                "config": config.to_dict(), "seeds": list(config.seeds), "nanopilot_version": __version__,
+                "members": [{"seed": r.seed, "best_epoch": r.best_epoch, "seconds": round(r.seconds, 1),
+                             "validation": r.metrics} for r in results]}
+    model = ModelFile(Path(out), [r.network for r in results], metadata)
+    predictor = Predictor(model)
+    mean, std, _ = predictor.predict_raw(frames.numpy())
+    err = mean - params.numpy()
+    metadata["validation"] = {"frames": len(frames), **{f"rmse_{k}": float(v) for k, v in
+                                                          zip(predictor.outputs, np.sqrt((err ** 2).mean(0)))}}
+    metadata["typical_std"] = np.median(std, axis=0).tolist() if len(results) > 1 else [None] * len(mean[0])
+    residual = residual_statistic(frames.numpy(), mean, instrument, source.kernel)
+    metadata["residual_threshold"] = float(1.5 * np.quantile(residual, 0.999))
+    metadata["training_seconds"] = round(time.perf_counter() - t0, 1)
+    metadata["device"] = str(device)
+    path = save_model(out, model.networks, metadata)
+    log(f"wrote {path} ({len(results)} member(s)); validation RMSE "
+        + ", ".join(f"{k} {v:.3g}" for k, v in metadata["validation"].items() if k != "frames")
+        + f"; total {metadata['training_seconds']:.0f} s")
+    return path
