@@ -140,7 +140,8 @@ class Predictor:
         ----------
         frames : (N, H, W) or (H, W) counts, float or integer; rows = detector y.
         refine : False; True to pass every ok frame's estimate through :func:`nanopilot.fitting.refine`
-            (Poisson likelihood, smooth kernel); or a float k to refine only frames whose ensemble spread exceeds
+            (Poisson likelihood, smooth kernel) and combine the two by inverse variance (network: its validation
+            RMSE; refinement: its Fisher std); or a float k to refine only frames whose ensemble spread exceeds
             k times the median spread of the training validation set in any output.
         residual : also flag frames the physics model does not explain (``residual``; about 0.3 ms per frame).
 
@@ -187,8 +188,14 @@ class Predictor:
         result = physics_refine(clean[idx], params[idx], self.instrument, fit_thickness=fit_thickness)
         k = len(self.outputs)
         refined = result.params(with_thickness=True)[:, :k]
-        refined_std = np.stack([getattr(result, n + "_std") for n in self.outputs], axis=1)
-        good = result.ok
-        params[idx[good]], std[idx[good]] = refined[good], refined_std[good]
+        refined_var = np.stack([getattr(result, n + "_std") for n in self.outputs], axis=1) ** 2
+        # Inverse-variance combination with the network (variance: its validation RMSE^2): the smooth-kernel fit
+        # and the network err largely independently, and the combination beats either alone.
+        net_var = np.array([self.metadata["validation"][f"rmse_{n}"] for n in self.outputs]) ** 2
+        weight = net_var / (net_var + refined_var)
+        combined = params[idx] + weight * (refined - params[idx])
+        good = result.ok & np.isfinite(combined).all(axis=1)
+        params[idx[good]] = combined[good]
+        std[idx[good]] = np.sqrt(net_var * refined_var / (net_var + refined_var))[good]
         status[idx[~good]] = result.status[~good]
         return params, std, status

@@ -1,0 +1,241 @@
+"""NanobeamNN: architecture, stacked ensembles, training data, model files, the Predictor and ``nanopilot train``."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from nanopilot.cli import main
+from nanopilot.estimates import COUNT_LEVEL, EDGE, EMPTY, NEGATIVE, NONFINITE, OK, SATURATED
+from nanopilot.model import (Architecture, NanobeamNN, Predictor, StackedEnsemble, TrainConfig, count_parameters,
+                             load_model, multiply_adds, save_model, shipped_model_path)
+from nanopilot.model.data import DEFAULT_RANGES, SimulatedSource
+from nanopilot.physics import Instrument, poisson, simulate
+
+TINY = Architecture(channels=((2, 4), (4, 8), (8, 8)))
+
+
+def frames_for(params, seed=0, counts="published"):
+    return poisson(simulate(np.asarray(params, dtype=float), counts=counts), seed)
+
+
+def random_params(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return np.c_[rng.uniform(-0.004, 0.004, n), rng.uniform(-0.04, 0.04, n), rng.uniform(-0.08, 0.08, n)]
+
+
+def tiny_metadata(outputs=3, instrument=None):
+    names = ("strain", "omega", "chi", "thickness")[:outputs]
+    return {"label_scaler": {"scale": [100.0, 10.0, 5.0, 1 / 240], "offset": [0.0, 0.0, 0.0, 180.0]},
+            "instrument": (instrument or Instrument()).to_dict(), "counts": "published", "kernel": "box",
+            "count_stats": {"median": 6400.0, "p001": 3500.0, "p999": 7300.0},
+            "ranges": {k: list(DEFAULT_RANGES[k]) for k in names}, "members": [], "residual_threshold": 50.0}
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    torch.manual_seed(3)
+    path = tmp_path_factory.mktemp("model") / "tiny"
+    save_model(path, [NanobeamNN(TINY) for _ in range(3)], tiny_metadata())
+    return path
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return Predictor.load(threads=2)
+
+
+def test_published_architecture():
+    net = NanobeamNN()
+    assert count_parameters(net) == 27_771
+    assert abs(multiply_adds(net.arch) - 3.4e6) < 0.05e6
+    assert net(torch.zeros(5, 64, 64)).shape == (5, 3)
+    assert NanobeamNN(Architecture(outputs=4))(torch.zeros(2, 1, 64, 64)).shape == (2, 4)
+    with pytest.raises(ValueError, match="outputs"):
+        Architecture(outputs=5)
+    with pytest.raises(ValueError, match="too small"):
+        Architecture(channels=((2, 2, 2, 2, 2, 2, 2, 2),) * 3)
+
+
+def test_stacked_ensemble_equals_member_loop():
+    torch.manual_seed(0)
+    members = [NanobeamNN(TINY).eval() for _ in range(4)]
+    x = torch.as_tensor(frames_for(random_params(16)), dtype=torch.float32)
+    with torch.inference_mode():
+        stacked = StackedEnsemble(members).eval()(x)
+        loop = torch.stack([m(x) for m in members], dim=1)
+    assert stacked.shape == (16, 4, 3)
+    torch.testing.assert_close(stacked, loop, rtol=1e-5, atol=1e-6)
+
+
+def test_simulated_source_matches_simulate():
+    source = SimulatedSource(Instrument(), DEFAULT_RANGES, 4, reuse=4)
+    images, params = source.expected(32, np.random.default_rng(1))
+    assert params.shape == (32, 4) and len(np.unique(params[:, 2].numpy())) == 8  # 32 / reuse chi values
+    assert len(np.unique(params[:, [0, 2]].numpy(), axis=0)) > 16
+    lo = np.array([DEFAULT_RANGES[k][0] for k in ("strain", "omega", "chi", "thickness")])
+    hi = np.array([DEFAULT_RANGES[k][1] for k in ("strain", "omega", "chi", "thickness")])
+    assert ((params.numpy() >= lo) & (params.numpy() <= hi)).all()
+    torch.testing.assert_close(images, simulate(params, counts="published"), rtol=1e-4, atol=1e-5)
+
+
+def test_file_round_trip_gives_identical_predictions(tiny_model, tmp_path):
+    frames = frames_for(random_params(40), seed=2)
+    first = Predictor.load(tiny_model).predict_raw(frames)
+    again = Predictor.load(str(tiny_model) + ".pt").predict_raw(frames)
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a, b)
+    meta = json.loads(tiny_model.with_suffix(".json").read_text())
+    assert meta["instrument_fingerprint"] == Instrument().fingerprint()
+    assert meta["weights"]["members"] == 3 and meta["outputs"] == ["strain", "omega", "chi"]
+    assert first[2].shape == (40, 3, 3) and np.isfinite(first[1]).all()
+
+
+def test_instrument_mismatch_names_fields(tiny_model):
+    other = Instrument(energy_kev=10.0, detector_distance=1.0)
+    with pytest.raises(ValueError, match="energy_kev.*detector_distance|detector_distance.*energy_kev"):
+        Predictor.load(tiny_model, instrument=other)
+    assert Predictor.load(tiny_model, instrument=Instrument()).n_members == 3
+
+
+def test_corrupted_or_incompatible_files_name_the_file(tiny_model, tmp_path):
+    weights, sidecar = tiny_model.with_suffix(".pt"), tiny_model.with_suffix(".json")
+    bad = tmp_path / "bad"
+    (tmp_path / "bad.json").write_text(sidecar.read_text())
+    (tmp_path / "bad.pt").write_bytes(weights.read_bytes()[:-100])
+    with pytest.raises(ValueError, match="bad.pt"):
+        load_model(bad)
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ValueError, match="bad.json"):
+        load_model(bad)
+    meta = json.loads(sidecar.read_text())
+    meta["architecture"]["channels"] = [[2, 4], [8, 16], [32, 64]]
+    (tmp_path / "bad.json").write_text(json.dumps(meta))
+    (tmp_path / "bad.pt").write_bytes(weights.read_bytes())
+    with pytest.raises(ValueError, match="bad.pt.*do not fit"):
+        load_model(bad)
+    with pytest.raises(FileNotFoundError, match="missing.json"):
+        load_model(tmp_path / "missing")
+
+
+def test_unsafe_pickle_is_refused(tiny_model, tmp_path):
+    import hashlib
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("unpickled!",))
+
+    torch.save({"member0.x": Evil()}, tmp_path / "evil.pt")
+    meta = json.loads(tiny_model.with_suffix(".json").read_text())
+    meta["weights"]["sha256"] = hashlib.sha256((tmp_path / "evil.pt").read_bytes()).hexdigest()
+    (tmp_path / "evil.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="evil.pt cannot be read safely"):
+        load_model(tmp_path / "evil")
+
+
+def test_wrong_shape_fails_before_work(tiny_model):
+    predictor = Predictor.load(tiny_model)
+    with pytest.raises(ValueError, match=r"\(N, 64, 64\)"):
+        predictor.predict(np.zeros((3, 32, 64)))
+
+
+def test_bad_frames_get_statuses_not_exceptions(shipped):
+    params = random_params(8, seed=4)
+    params[7] = [0.0075, 0.0, 0.0]  # strain beyond the trained range: the estimate sits at its edge
+    frames = frames_for(params, seed=5).astype(np.float64)
+    frames[0, 3, 3] = np.nan
+    frames[1, 5, 5] = -1
+    frames[2] = 0
+    frames[3] *= 30  # 30x the training count level
+    frames[4, 10, 10] = 1e6
+    predictor = Predictor.load(threads=2, saturation=1e5)
+    est = predictor.predict(frames)
+    assert list(est.status[:5]) == [NONFINITE, NEGATIVE, EMPTY, COUNT_LEVEL, SATURATED]
+    assert list(est.status[5:7]) == [OK, OK] and est.status[7] == EDGE
+    assert np.isnan(est.strain[:5]).all() and np.isfinite(est.strain[5:7]).all()
+    assert np.isfinite(est.strain_std[5:7]).all() and np.isnan(est.thickness).all()
+
+
+def test_shipped_ensemble_is_accurate_and_deterministic(shipped):
+    params = random_params(200, seed=6)
+    frames = frames_for(params, seed=7)
+    est = shipped.predict(frames)
+    again = shipped.predict(frames.astype(np.int32))
+    np.testing.assert_array_equal(est.params(), again.params())
+    assert est.ok.mean() > 0.95
+    rmse = np.sqrt(np.nanmean((est.params()[est.ok] - params[est.ok]) ** 2, axis=0))
+    assert (rmse < [2e-4, 8e-4, 2.5e-3]).all(), rmse
+    single = est[0]
+    assert len(single) == 1 and single.status[0] == est.status[0]
+
+
+def test_refine_passes_estimates_through_fitting():
+    params = random_params(48, seed=8)
+    frames = frames_for(params, seed=9)
+    predictor = Predictor.load(threads=2)
+    net = predictor.predict(frames)
+    refined = predictor.predict(frames, refine=True)
+    assert (refined.status == net.status).all() and refined.ok.sum() > 40
+    ok = refined.ok
+    assert not np.allclose(refined.params()[ok], net.params()[ok])
+    rmse_net = np.sqrt(((net.params()[ok] - params[ok]) ** 2).mean(axis=0))
+    rmse_ref = np.sqrt(((refined.params()[ok] - params[ok]) ** 2).mean(axis=0))
+    assert rmse_ref[1] < rmse_net[1] and rmse_ref[2] < rmse_net[2]
+    assert (refined.strain_std[ok] < np.nanmean(net.strain_std) * 5).all()
+    untouched = predictor.predict(frames, refine=1e9)  # only frames with a huge spread would be refined
+    np.testing.assert_array_equal(untouched.params(), net.params())
+    some = predictor.predict(frames, refine=1.5)
+    changed = (some.params() != net.params()).any(axis=1)
+    assert 0 < changed.sum() < ok.sum()
+
+
+def test_shipped_thickness_model():
+    predictor = Predictor.load(shipped_model_path("thickness"), threads=2)
+    assert predictor.outputs == ("strain", "omega", "chi", "thickness")
+    meta = predictor.metadata
+    assert meta["ranges"]["thickness"][0] <= 60 and meta["ranges"]["thickness"][1] >= 300
+    params = np.c_[random_params(64, seed=10), np.linspace(80, 280, 64)]
+    est = predictor.predict(frames_for(params, seed=11))
+    assert np.sqrt(np.nanmean((est.thickness - params[:, 3]) ** 2)) < 8
+
+
+def test_train_config_errors(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("training: {epochs: 2, learning_rate: 1}\n")
+    with pytest.raises(ValueError, match="learning_rate"):
+        TrainConfig.load(path)
+    with pytest.raises(ValueError, match="thickness"):
+        TrainConfig(architecture=Architecture(outputs=4), ranges={"strain": (0, 1), "omega": (0, 1), "chi": (0, 1)})
+
+
+def test_nanopilot_train_tiny(tmp_path, capsys):
+    config = tmp_path / "tiny.yaml"
+    config.write_text("name: tiny\nmodel: {channels: [[2, 4], [4, 8], [8, 8]], outputs: 3}\n"
+                      "data: {samples_per_epoch: 256, val_samples: 128}\n"
+                      "training: {epochs: 2, batch_size: 64, lr: 2.0e-3, threads: 2}\nseeds: [1, 2]\n")
+    out = tmp_path / "tiny"
+    assert main(["train", "--config", str(config), "--out", str(out), "--no-progress"]) == 0
+    assert "training wall time" in capsys.readouterr().out
+    model = load_model(out)
+    meta = model.metadata
+    assert len(model.networks) == 2 and meta["seeds"] == [1, 2]
+    assert meta["config"]["training"]["epochs"] == 2 and meta["counts"] == "published"
+    assert set(meta["validation"]) >= {"rmse_strain", "rmse_omega", "rmse_chi"}
+    assert meta["instrument"] == Instrument().to_dict() and meta["residual_threshold"] > 0
+    assert [m["seed"] for m in meta["members"]] == [1, 2]
+    # the same seed trains the same network
+    assert main(["train", "--config", str(config), "--out", str(tmp_path / "again"), "--seeds", "1,2",
+                 "--no-progress"]) == 0
+    for a, b in zip(model.networks, load_model(tmp_path / "again").networks):
+        for (name, ta), tb in zip(a.state_dict().items(), b.state_dict().values()):
+            torch.testing.assert_close(ta, tb, msg=name)
+
+
+@pytest.mark.slow
+def test_shipped_ensemble_accuracy_on_held_out_set(shipped):
+    params = random_params(2000, seed=12) * np.array([1.25, 1.25, 1.25])
+    frames = frames_for(params, seed=13)
+    mean, _, _ = shipped.predict_raw(frames)
+    rmse = np.sqrt(((mean - params) ** 2).mean(axis=0))
+    assert (rmse <= [1.4e-4, 5.5e-4, 1.7e-3]).all(), rmse
