@@ -1,0 +1,94 @@
+"""Accuracy of the NanobeamNN models on a held-out set of random off-grid film states.
+
+Held-out set: N random parameter sets (uniform over the published ranges, never on the grid), box kernel,
+published count level, Poisson noise (seeded). Prints the RMSE per parameter for: one member of the default
+ensemble, the default ensemble, the ensemble + physics refinement; the ensemble spread against the actual error;
+the accuracy at 10x and 0.3x the training count level; and the thickness model's RMSE (thickness 60-300 A).
+
+    python benchmarks/accuracy.py [--frames 2000] [--seed 0] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from nanopilot.model import Predictor, load_model, shipped_model_path
+from nanopilot.model.data import DEFAULT_RANGES, sample_params
+from nanopilot.model.files import ModelFile
+from nanopilot.physics import poisson, simulate
+
+BARS = {"single model": (1.4e-4, 5.5e-4, 1.7e-3), "default ensemble": (1.25e-4, 4.8e-4, 1.6e-3),
+        "ensemble + refine": (1.05e-4, 4.0e-4, 1.45e-3)}
+
+
+def held_out(n: int, seed: int, outputs: int = 3, counts="published"):
+    params = sample_params(n, DEFAULT_RANGES, outputs, np.random.default_rng([seed, 7]))
+    return params, poisson(simulate(params, counts=counts), seed)
+
+
+def rmse(est: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    return np.sqrt(((est - truth) ** 2).mean(axis=0))
+
+
+def row(name: str, values, bars=None, extra: str = "") -> str:
+    cells = "".join(f"{v:>12.3e}" for v in values)
+    mark = "" if bars is None else ("  meets bar" if (np.asarray(values) <= bars).all() else
+                                    "  MISSES bar " + " / ".join(f"{b:.3g}" for b in bars))
+    return f"{name:<26}{cells}{mark}{extra}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--frames", type=int, default=2000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+
+    ensemble = Predictor.load(threads=args.threads)
+    model = load_model(shipped_model_path())
+    single = Predictor(ModelFile(model.path, model.networks[:1], model.metadata), threads=args.threads)
+    params, frames = held_out(args.frames, args.seed)
+    print(f"held-out set: {args.frames} random off-grid states, box kernel, published count level, seed {args.seed}")
+    print(f"{'mode':<26}{'strain':>12}{'omega (deg)':>12}{'chi (deg)':>12}")
+    mean_single, _, _ = single.predict_raw(frames)
+    print(row("single model", rmse(mean_single, params), BARS["single model"]))
+    mean, std, _ = ensemble.predict_raw(frames)
+    print(row(f"default ensemble ({ensemble.n_members})", rmse(mean, params), BARS["default ensemble"]))
+    t0 = time.perf_counter()
+    refined = ensemble.predict(frames, refine=True)
+    seconds = time.perf_counter() - t0
+    ok = refined.ok
+    print(row("ensemble + refine", rmse(refined.params()[ok], params[ok]), BARS["ensemble + refine"],
+              f"  ({ok.sum()} ok frames, {1e3 * seconds / len(frames):.1f} ms/frame)"))
+    est = ensemble.predict(frames)
+    print(f"statuses (ensemble): {est.counts()}")
+
+    print("\nuncertainty calibration (ensemble spread vs actual error):")
+    err = np.abs(mean - params)
+    for i, name in enumerate(ensemble.outputs):
+        z = err[:, i] / std[:, i]
+        corr = np.corrcoef(std[:, i], err[:, i])[0, 1]
+        print(f"  {name:<8} RMS spread {np.sqrt((std[:, i] ** 2).mean()):.3e}  RMS error {rmse(mean, params)[i]:.3e}"
+              f"  ratio {rmse(mean, params)[i] / np.sqrt((std[:, i] ** 2).mean()):.2f}"
+              f"  |error| < 1 spread: {100 * (z < 1).mean():.0f}% (68% if calibrated)  corr(spread, |error|) {corr:.2f}")
+
+    print("\ncount level (ensemble, raw network output on every frame; flagged = status count_level):")
+    for factor in (10.0, 0.3):
+        p, f = held_out(args.frames, args.seed + 1, counts=7.0 * factor)
+        m, _, _ = ensemble.predict_raw(f)
+        flagged = (ensemble.predict(f).status == "count_level").mean()
+        print(row(f"{factor:g}x training counts", rmse(m, p), extra=f"  flagged {100 * flagged:.0f}%"))
+
+    thick = Predictor.load(shipped_model_path("thickness"), threads=args.threads)
+    p4, f4 = held_out(args.frames, args.seed + 2, outputs=4)
+    m4, _, _ = thick.predict_raw(f4)
+    r4 = rmse(m4, p4)
+    print(f"\nthickness model (thickness 60-300 A, published count level): RMSE strain {r4[0]:.3e}, omega {r4[1]:.3e}"
+          f" deg, chi {r4[2]:.3e} deg, thickness {r4[3]:.2f} A (target <= 3 A)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""Inference throughput on the CPU: the Predictor (single model and default ensemble with uncertainty, frame checks
+included) next to a plain eager PyTorch implementation of the published architecture, measured in the same run.
+
+    python benchmarks/inference.py [--frames 8192] [--threads 2] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from nanopilot.model import Predictor, load_model, shipped_model_path
+from nanopilot.model.files import ModelFile
+from nanopilot.physics import poisson, simulate
+
+
+def plain_published_network() -> nn.Module:
+    """The published architecture written the obvious way (NCHW, nn.Sequential, eager)."""
+    return nn.Sequential(
+        nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Conv2d(2, 4, 3), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(4, 8, 3), nn.ReLU(), nn.Conv2d(8, 16, 3), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3), nn.ReLU(), nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(1024, 3)).eval()
+
+
+def best_rate(fn, n: int, repeats: int) -> float:
+    fn()  # warm-up
+    best = min(_timed(fn) for _ in range(repeats))
+    return n / best
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--frames", type=int, default=8192)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    rng = np.random.default_rng(0)
+    params = np.c_[rng.uniform(-0.005, 0.005, args.frames), rng.uniform(-0.05, 0.05, args.frames),
+                   rng.uniform(-0.1, 0.1, args.frames)]
+    frames = poisson(simulate(params, counts="published"), 1).astype(np.float32)
+
+    plain = plain_published_network()
+    x = torch.as_tensor(frames).unsqueeze(1)
+
+    def run_plain(batch=64):
+        with torch.no_grad():
+            for start in range(0, len(x), batch):
+                plain(x[start:start + batch])
+
+    model = load_model(shipped_model_path())
+    single = Predictor(ModelFile(model.path, model.networks[:1], model.metadata), threads=args.threads)
+    ensemble = Predictor.load(threads=args.threads)
+
+    print(f"{args.frames} frames of 64 x 64 counts, {args.threads} threads, torch {torch.__version__}, CPU only")
+    rate_plain64 = best_rate(lambda: run_plain(64), len(x), args.repeats)
+    rate_plain1k = best_rate(lambda: run_plain(1024), len(x), args.repeats)
+    rate_single = best_rate(lambda: single.predict(frames), args.frames, args.repeats)
+    rate_ensemble = best_rate(lambda: ensemble.predict(frames), args.frames, args.repeats)
+    rate_residual = best_rate(lambda: ensemble.predict(frames[:2048], residual=True), 2048, 1)
+    plain_best = max(rate_plain64, rate_plain1k)
+    print(f"plain eager PyTorch, published architecture, batch 64:   {rate_plain64:10,.0f} frames/s")
+    print(f"plain eager PyTorch, published architecture, batch 1024: {rate_plain1k:10,.0f} frames/s")
+    print(f"Predictor, single model (checks + statuses):             {rate_single:10,.0f} frames/s"
+          f"   ratio to best plain {rate_single / plain_best:.2f}   (bar >= 5,000 frames/s, ratio >= 1)")
+    print(f"Predictor, default ensemble of {ensemble.n_members} with uncertainty:       {rate_ensemble:10,.0f} frames/s"
+          f"   (bar >= 1,500 frames/s)")
+    print(f"Predictor, default ensemble + residual check:            {rate_residual:10,.0f} frames/s")
+
+
+if __name__ == "__main__":
+    main()
