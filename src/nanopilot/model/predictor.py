@@ -61,13 +61,14 @@ class Predictor:
     model : ModelFile from :func:`~nanopilot.model.files.load_model`.
     instrument : the configured setup; a model trained for another one is refused (the error names the fields).
     threads : torch intra-op threads used by :meth:`predict` (None: leave torch's setting).
-    batch_size : frames per network pass (fixed, so results do not depend on how frames are grouped into calls).
+    batch_size : frames per network pass (fixed, so results do not depend on how frames are grouped into calls;
+        128 keeps the channels-last activations in cache: about 4x the throughput of 1024 on 2 cores).
     saturation : counts at or above which a pixel is saturated (None: not checked).
     edge_margin : an estimate within this fraction of the trained span of a range end is flagged ``edge``.
     """
 
     def __init__(self, model: ModelFile, *, instrument: Instrument | None = None, threads: int | None = None,
-                 batch_size: int = 1024, saturation: float | None = None, edge_margin: float = 0.005):
+                 batch_size: int = 128, saturation: float | None = None, edge_margin: float = 0.005):
         meta = model.metadata
         self.model_instrument = model.instrument
         if instrument is not None:
