@@ -71,9 +71,10 @@ def main() -> None:
     for i, name in enumerate(ensemble.outputs):
         z = err[:, i] / std[:, i]
         corr = np.corrcoef(std[:, i], err[:, i])[0, 1]
-        print(f"  {name:<8} RMS spread {np.sqrt((std[:, i] ** 2).mean()):.3e}  RMS error {rmse(mean, params)[i]:.3e}"
-              f"  ratio {rmse(mean, params)[i] / np.sqrt((std[:, i] ** 2).mean()):.2f}"
-              f"  |error| < 1 spread: {100 * (z < 1).mean():.0f}% (68% if calibrated)  corr(spread, |error|) {corr:.2f}")
+        spread, error = np.sqrt((std[:, i] ** 2).mean()), rmse(mean, params)[i]
+        print(f"  {name:<8} RMS spread {spread:.3e}  RMS error {error:.3e}  ratio {error / spread:.2f}"
+              f"  |error| < 1 spread: {100 * (z < 1).mean():.0f}% (68% if calibrated)"
+              f"  corr(spread, |error|) {corr:.2f}")
 
     print("\ncount level (ensemble, raw network output on every frame; flagged = status count_level):")
     for factor in (10.0, 0.3):
