@@ -119,3 +119,42 @@ def check_instrument(detector, maps: LiveMaps) -> None:
     det_inst = getattr(detector, "instrument", None)
     if det_inst is not None and maps.instrument is not None:
         maps.instrument.require_same(det_inst, f"the detector {getattr(detector, 'name', detector)!r}")
+
+
+def _clock_of(devices):
+    return next((d.clock for d in devices if hasattr(getattr(d, "clock", None), "advance")), None)
+
+
+def device_time(*devices) -> float:
+    """Now (s since the epoch) on the devices' clock: a simulated beamline's clock if they share one, else the wall."""
+    clock = _clock_of(devices)
+    return clock.now() if clock is not None else time.time()
+
+
+def sleep_for(seconds: float, *devices) -> MsgGenerator[None]:
+    """Plan stub: let ``seconds`` pass on the devices' clock (a simulated clock advances instantly), else
+    ``bps.sleep`` in the RunEngine's time."""
+    clock = _clock_of(devices)
+    if clock is None or clock.realtime:
+        yield from bps.sleep(seconds)
+    else:
+        yield from bps.null()
+        clock.advance(seconds)
+
+
+class SafeStateGuard:
+    """Callback that puts ``signal`` back to ``safe_value`` when a run stops with it elsewhere.
+
+    The plan's own cleanup (``finalize_wrapper``) covers success, exceptions, abort and pause-then-abort;
+    a halt (``RE.halt()``, or a KeyboardInterrupt raised inside a device) skips plan cleanup, and this guard,
+    subscribed for the run, still restores the safe state when the stop document goes out.
+    """
+
+    def __init__(self, signal, safe_value, timeout: float = 30.0):
+        self.signal, self.safe_value, self.timeout = signal, safe_value, timeout
+        self.restored = 0
+
+    def __call__(self, name: str, doc: dict) -> None:
+        if name == "stop" and self.signal.get() != self.safe_value:
+            self.signal.set(self.safe_value).wait(self.timeout)
+            self.restored += 1

@@ -1,0 +1,140 @@
+"""grow_until: stops at the target or at relaxation, and the shutter is closed on every exit path."""
+
+import threading
+
+import numpy as np
+import pytest
+from bluesky import RunEngine
+from bluesky.utils import RunEngineInterrupted
+
+from nanopilot.callbacks import NanobeamAnalysis
+from nanopilot.estimates import Estimates, check_frames
+from nanopilot.physics import Instrument
+from nanopilot.plans import grow_until
+from nanopilot.plans.growth import GrowthMonitor
+from nanopilot.sim_devices import make_beamline
+
+
+class TruthPredictor:
+    """Stand-in estimator with known accuracy for testing plan logic: the ground truth under the beam when the
+    frame is analysed (the analysis runs inline, batch size 1) plus Gaussian noise of the shipped models' size."""
+
+    instrument = Instrument()
+    outputs = ("strain", "omega", "chi", "thickness")
+    sigma = np.array([1.3e-4, 5e-4, 1.6e-3, 2.0])
+
+    def __init__(self, beamline, seed=0):
+        self.bl, self.rng = beamline, np.random.default_rng(seed)
+
+    def predict(self, frames, refine=False):
+        _, status = check_frames(frames, self.instrument)
+        truth = self.bl.sample.truth(np.array([self.bl.stage.x.position]), np.array([self.bl.stage.y.position]))
+        values = np.array([[truth["strain"][0], truth["omega"][0], truth["chi"][0], truth["thickness"][0]]])
+        values = values + self.rng.normal(0, self.sigma, values.shape)
+        return Estimates.from_params(values, status, std=np.tile(self.sigma, (len(values), 1)))
+
+
+def growth_run(seed, target, plan_kwargs=None, RE=None, **scene):
+    bl = make_beamline("growth", seed=seed, scene_parameters=scene or None)
+    analysis = NanobeamAnalysis(TruthPredictor(bl, seed), batch_size=1, threaded=False)
+    RE = RE or RunEngine({}, call_returns_result=True)
+    RE.subscribe(analysis)
+    plan = grow_until([bl.detector], bl.deposition, bl.stage.x, bl.stage.y, target, maps=analysis.maps,
+                      interval=2.0, **(plan_kwargs or {}))
+    return bl, RE, plan
+
+
+def film_thickness(bl):
+    return bl.sample.scene.initial_thickness + bl.sample.deposited
+
+
+def test_stops_at_the_target_thickness():
+    bl, RE, plan = growth_run(1, 100.0, critical_thickness=190.0)
+    result = RE(plan).plan_result
+    assert result["reason"] == "target"
+    assert film_thickness(bl) == pytest.approx(100.0, abs=3.0)
+    assert bl.deposition.shutter.get() == "closed"
+    actions = [d["action"] for d in result["decisions"]]
+    assert actions[0] == "open shutter" and actions[-1] == "close shutter"
+
+
+def test_stops_when_the_film_starts_to_relax():
+    bl, RE, plan = growth_run(2, 280.0, critical_thickness=130.0)
+    result = RE(plan).plan_result
+    assert result["reason"] == "relaxation"
+    assert film_thickness(bl) < 140.0
+    assert bl.deposition.shutter.get() == "closed"
+
+
+@pytest.mark.parametrize("fault", ["exception", "keyboard", "pause_abort", "pause_stop", "pause_halt"])
+def test_the_shutter_is_closed_on_every_exit_path(fault):
+    bl, RE, plan = growth_run(3, 250.0, critical_thickness=200.0)
+    trigger = bl.detector.trigger
+    fired = []
+
+    def faulty_trigger():
+        if bl.deposition.shutter.get() == "open" and not fired:  # mid-growth, shutter open
+            fired.append(True)
+            if fault == "exception":
+                raise RuntimeError("injected detector failure")
+            if fault == "keyboard":
+                raise KeyboardInterrupt
+            if fault.startswith("pause"):  # like Ctrl+C: a pause requested from another thread
+                threading.Thread(target=RE.request_pause, kwargs={"defer": False}).start()
+        return trigger()
+
+    bl.detector.trigger = faulty_trigger
+    if fault == "exception":
+        with pytest.raises(RuntimeError, match="injected"):
+            RE(plan)
+    elif fault == "keyboard":  # the RunEngine halts: plan cleanup is skipped, the guard still closes the shutter
+        with pytest.raises((KeyboardInterrupt, RunEngineInterrupted)):
+            RE(plan)
+    else:
+        try:
+            RE(plan)
+        except Exception:
+            pass
+        assert fired
+        if RE.state == "paused":
+            assert bl.deposition.shutter.get() == "open"  # paused mid-growth: the operator decides
+            {"pause_abort": RE.abort, "pause_stop": RE.stop, "pause_halt": RE.halt}[fault]()
+    assert fired and bl.deposition.shutter.get() == "closed"
+    assert RE.state == "idle"
+
+
+def test_configuration_errors_before_anything_moves():
+    bl = make_beamline("growth", seed=1)
+    from test_callbacks import CentroidPredictor
+
+    analysis = NanobeamAnalysis(CentroidPredictor())
+    with pytest.raises(ValueError, match="thickness"):
+        next(grow_until([bl.detector], bl.deposition, bl.stage.x, bl.stage.y, 150.0, maps=analysis.maps))
+    analysis = NanobeamAnalysis(TruthPredictor(bl))
+    with pytest.raises(ValueError, match="target_thickness"):
+        next(grow_until([bl.detector], bl.deposition, bl.stage.x, bl.stage.y, -5.0, maps=analysis.maps))
+    with pytest.raises(ValueError, match="limits"):
+        next(grow_until([bl.detector], bl.deposition, bl.stage.x, bl.stage.y, 150.0, maps=analysis.maps,
+                        points=[(0, 0), (500, 0)]))
+    assert bl.deposition.shutter.get() == "closed" and bl.sample.deposited == 0
+
+
+def test_monitor_rate_and_relaxation_logic():
+    monitor = GrowthMonitor(target=150.0, z_crit=5.0, baseline_rounds=3, confirm=2)
+    rng = np.random.default_rng(0)
+    for k in range(6):
+        monitor.add_round(10.0 * k, {"thickness": 80 + 2.0 * k + rng.normal(0, 0.5, 9),
+                                     "strain": -0.004 + rng.normal(0, 1e-4, 9),
+                                     "omega": rng.normal(0, 5e-4, 9), "chi": rng.normal(0, 1e-3, 9)})
+        assert not monitor.relaxation()[0]
+    rate, fitted = monitor.rate()
+    assert rate == pytest.approx(0.2, abs=0.02) and fitted == pytest.approx(90, abs=1)
+    remaining, evidence = monitor.time_to_target(50.0)
+    assert remaining == pytest.approx((150 - 90) / 0.2, rel=0.1)
+    for k in range(2):  # one point's tilt jumps by 20 noise units
+        omega = rng.normal(0, 5e-4, 9)
+        omega[4] += 0.01
+        monitor.add_round(60.0 + k, {"thickness": np.full(9, 92.0), "strain": np.full(9, -0.004),
+                                     "omega": omega, "chi": rng.normal(0, 1e-3, 9)})
+    relaxed, evidence = monitor.relaxation()
+    assert relaxed and evidence["field"] == "omega" and evidence["test"] == "one point" and evidence["point"] == 4
