@@ -66,24 +66,66 @@ def _kernel(q: torch.Tensor, precision: float, kernel: str) -> torch.Tensor:
     return torch.exp(-0.5 * (q / sigma) ** 2)
 
 
+def _box_band(base: torch.Tensor, offsets: torch.Tensor, precision: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where |base[n, r] - offsets[u]| < precision, for an evenly spaced ``offsets`` (U,).
+
+    Returns ``(index, inside)``, both (N, R, band): the few pupil indices u around each row's box (clamped to
+    the grid) and whether the box is 1 there. Exact: the same float64 expression as the dense kernel.
+    """
+    step = float(offsets[1] - offsets[0])
+    ends = torch.stack([(base - precision - offsets[0]) / step, (base + precision - offsets[0]) / step])
+    start = torch.floor(ends.amin(dim=0)).long() - 1
+    raw = start[..., None] + torch.arange(int(math.ceil(2 * precision / abs(step))) + 3, device=base.device)
+    index = raw.clamp(0, len(offsets) - 1)
+    inside = (raw >= 0) & (raw < len(offsets)) & ((base[..., None] - offsets[index]).abs() < precision)
+    return index, inside
+
+
 def laue_matrix(strain, omega_rad, thickness, instrument: Instrument, kernel: str = "box") -> torch.Tensor:
-    """A[n, x, u]: Laue (sinc^2) term times the Qx kernel. Inputs (N,) float64 tensors; output (N, W, U)."""
+    """A[n, x, u]: Laue (sinc^2) term times the Qx kernel. Inputs (N,) float64 tensors; output (N, W, U).
+
+    With the box kernel only a narrow band of u per column is non-zero (2 * precision / pupil pitch in Qx):
+    the Laue term is evaluated on that band alone and scattered into A.
+    """
     g = instrument.g
-    qz, o_qz = _const(instrument, "qz", strain.device), _const(instrument, "o_qz", strain.device)
-    qx, o_qx = _const(instrument, "qx", strain.device), _const(instrument, "o_qx", strain.device)
+    device = strain.device
+    qz, o_qz = _const(instrument, "qz", device), _const(instrument, "o_qz", device)
+    qx, o_qx = _const(instrument, "qx", device), _const(instrument, "o_qx", device)
     t = thickness[:, None, None]
-    z = t * (qz[None, :, None] - (g / (1 + strain))[:, None, None] - o_qz[None, None, :]) / 2
-    laue = t * torch.sinc(z / math.pi) ** 2  # torch.sinc(x) = sin(pi x) / (pi x)
-    tilt = _kernel(qx[None, :, None] + (g * omega_rad)[:, None, None] - o_qx[None, None, :],
-                   instrument.box_precision, kernel)
-    return laue * tilt
+    level = (g / (1 + strain))[:, None, None]
+    base = qx[None, :] + (g * omega_rad)[:, None]  # (N, W)
+    if kernel == "box":
+        index, inside = _box_band(base, o_qx, instrument.box_precision)
+        z = t * (qz[None, :, None] - level - o_qz[index]) / 2
+        band = t * torch.sinc(z / math.pi) ** 2 * inside  # torch.sinc(x) = sin(pi x) / (pi x)
+        return torch.zeros((*base.shape, len(o_qx)), dtype=band.dtype, device=device).scatter_add_(2, index, band)
+    z = t * (qz[None, :, None] - level - o_qz[None, None, :]) / 2
+    laue = t * torch.sinc(z / math.pi) ** 2
+    return laue * _kernel(base[:, :, None] - o_qx[None, None, :], instrument.box_precision, kernel)
 
 
 def chi_matrix(chi_rad, instrument: Instrument, kernel: str = "box") -> torch.Tensor:
     """B[n, y, v]: the Qy kernel. Input (N,) float64 tensor; output (N, H, V)."""
     qy, o_qy = _const(instrument, "qy", chi_rad.device), _const(instrument, "o_qy", chi_rad.device)
-    return _kernel(qy[None, :, None] + (instrument.g * chi_rad)[:, None, None] - o_qy[None, None, :],
-                   instrument.box_precision, kernel)
+    base = qy[None, :] + (instrument.g * chi_rad)[:, None]  # (N, H)
+    if kernel == "box":
+        index, inside = _box_band(base, o_qy, instrument.box_precision)
+        out = torch.zeros((*base.shape, len(o_qy)), dtype=torch.float64, device=chi_rad.device)
+        return out.scatter_add_(2, index, inside.to(torch.float64))
+    return _kernel(base[:, :, None] - o_qy[None, None, :], instrument.box_precision, kernel)
+
+
+def chi_donut(chi_rad, instrument: Instrument, kernel: str, donut: torch.Tensor) -> torch.Tensor:
+    """B(chi) @ M, (N, H, U) in the dtype of ``donut``. With the box kernel each detector row selects a few
+    pupil rows, so the product is a sum of those donut rows (exact: 0/1 values)."""
+    if kernel != "box":
+        return torch.matmul(chi_matrix(chi_rad, instrument, kernel).to(donut.dtype), donut)
+    qy, o_qy = _const(instrument, "qy", chi_rad.device), _const(instrument, "o_qy", chi_rad.device)
+    index, inside = _box_band(qy[None, :] + (instrument.g * chi_rad)[:, None], o_qy, instrument.box_precision)
+    out = torch.zeros((*index.shape[:2], donut.shape[1]), dtype=donut.dtype, device=donut.device)
+    for k in range(index.shape[2]):
+        out += donut[index[..., k]] * inside[..., k, None]
+    return out
 
 
 def _as_params(params, instrument: Instrument, device) -> torch.Tensor:
@@ -140,8 +182,7 @@ def simulate(params, instrument: Instrument | None = None, *, kernel: str = "box
     for start in range(0, len(p), batch_size):
         q = p[start:start + batch_size]
         a = laue_matrix(q[:, 0], torch.deg2rad(q[:, 1]), q[:, 3], instrument, kernel).to(dtype)
-        b = chi_matrix(torch.deg2rad(q[:, 2]), instrument, kernel).to(dtype)
-        out.append(torch.matmul(torch.matmul(b, donut), a.transpose(1, 2)))
+        out.append(torch.matmul(chi_donut(torch.deg2rad(q[:, 2]), instrument, kernel, donut), a.transpose(1, 2)))
     images = torch.cat(out) if out else torch.zeros((0, *instrument.roi_shape), dtype=dtype, device=device)
     if counts is not None:
         images = images * intensity_scale(instrument, counts)
