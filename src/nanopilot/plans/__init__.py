@@ -3,5 +3,6 @@
 from .common import DECISION_STREAM, Decision, DecisionLog
 from .growth import grow_until
 from .steered_map import steered_map
+from .temperature import find_texture_temperature
 
-__all__ = ["DECISION_STREAM", "Decision", "DecisionLog", "grow_until", "steered_map"]
+__all__ = ["DECISION_STREAM", "Decision", "DecisionLog", "find_texture_temperature", "grow_until", "steered_map"]

@@ -1,0 +1,147 @@
+"""find_texture_temperature on the simulated cooling scene: bracketing with hysteresis, decisions, validation."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+from bluesky import RunEngine
+from bluesky.simulators import summarize_plan
+
+from nanopilot.callbacks import NanobeamAnalysis, publish_maps
+from nanopilot.plans import find_texture_temperature
+from nanopilot.sim_devices import make_beamline
+from nanopilot.texture import frame_descriptor
+from test_callbacks import CentroidPredictor
+
+SMALL = {"quick": 6, "fine": 8, "step": 4.0, "tolerance": 1.0}
+
+
+def run_search(bl, stop=244.0, **kw):
+    analysis = NanobeamAnalysis(CentroidPredictor(), frame_features=frame_descriptor, batch_size=64,
+                                max_latency=0.02)
+    RE = RunEngine({}, call_returns_result=True)
+    RE.subscribe(analysis)
+    docs, temperatures = [], []
+    RE.subscribe(lambda name, doc: docs.append((name, doc)))
+    bl.temperature.readback.subscribe(lambda value, **_: temperatures.append(value), run=False)
+    plan = find_texture_temperature([bl.detector], bl.temperature, bl.stage.x, bl.stage.y, (-2, 2), (-2, 2), stop,
+                                    maps=analysis.maps, **{**SMALL, **kw})
+    return RE(plan), docs, temperatures
+
+
+def decisions_of(docs):
+    names = {d["uid"]: d["name"] for n, d in docs if n == "descriptor"}
+    return [d["data"] for n, d in docs if n == "event" and names[d["descriptor"]] == "decisions"]
+
+
+def test_brackets_the_transition_and_maps_it():
+    bl = make_beamline("cooling", seed=1, noise=False, temperature=266.0)
+    scene = bl.sample.scene
+    res, docs, temperatures = run_search(bl)
+    result = res.plan_result
+    assert result["reason"] == "bracketed"
+    unchanged, changed = result["bracket"]
+    assert unchanged - changed <= SMALL["tolerance"]
+    assert scene.transition_temperature - 3.0 <= result["transition"] <= scene.transition_temperature + 0.5
+    # the fine map is the last map, taken at the changed end of the bracket, and shows the texture
+    first, last = result["fine_map"]
+    assert last - first + 1 == SMALL["fine"] ** 2
+    assert bl.temperature.position == pytest.approx(changed, abs=0.2)
+    # every changed map during the bisection was followed by a re-warm beyond the hysteresis
+    bisections = [d for d in result["decisions"] if d["action"] == "bisect"]
+    assert bisections and any(d["evidence"]["reset"] is not None for d in bisections)
+    for d in bisections:
+        if d["evidence"]["reset"] is not None:
+            assert d["evidence"]["reset"] >= d["evidence"]["unchanged"] + scene.hysteresis
+    assert max(temperatures[len(temperatures) // 3:]) >= changed + scene.hysteresis
+    # decisions are stored in the run's decisions stream, one per recorded decision
+    stored = decisions_of(docs)
+    assert [d["decision_action"] for d in stored] == [d["action"] for d in result["decisions"]]
+    assert stored[0]["decision_action"] == "reference" and stored[-1]["decision_action"] == "fine map"
+    classified = [json.loads(d["decision_evidence"]) for d in stored if d["decision_action"] == "classify"]
+    assert len(classified) == len(result["history"]) == result["maps"] - 2
+    assert classified[-1]["score"] >= 1 or any(c["score"] >= 1 for c in classified)
+    # one run; the primary stream holds every point of every map
+    assert sum(n == "start" for n, _ in docs) == 1
+    primary = [d for n, d in docs if n == "event" and "temperature" in d["data"]]
+    assert len(primary) == (result["maps"] - 1) * SMALL["quick"] ** 2 + SMALL["fine"] ** 2
+
+
+def test_no_texture_above_the_transition():
+    bl = make_beamline("cooling", seed=1, noise=False, temperature=275.0)
+    res, docs, _ = run_search(bl, stop=265.0, step=5.0)
+    result = res.plan_result
+    assert result["reason"] == "no new texture" and result["bracket"] is None and np.isnan(result["transition"])
+    assert result["maps"] == 3 and result["fine_map"] is None
+    assert decisions_of(docs)[-1]["decision_action"] == "classify"
+
+
+def test_restore_goes_back_to_the_start_temperature():
+    bl = make_beamline("cooling", seed=1, noise=False, temperature=275.0)
+    res, _, _ = run_search(bl, stop=265.0, step=5.0, restore=True)
+    assert res.plan_result["reason"] == "no new texture"
+    assert bl.temperature.position == pytest.approx(275.0, abs=0.2)
+
+
+def test_the_approval_hook_can_veto():
+    bl = make_beamline("cooling", seed=1, noise=False, temperature=266.0)
+    seen = []
+    res, docs, _ = run_search(bl, approve=lambda d: seen.append(d["action"]) or False)
+    assert res.plan_result["reason"] == "vetoed" and seen == ["step"] and res.plan_result["maps"] == 1
+    assert bl.temperature.position == pytest.approx(266.0, abs=0.2)
+    assert decisions_of(docs)[-1]["decision_approved"] is False
+
+
+def test_dry_run_shows_the_reference_map(capsys):
+    bl = make_beamline("cooling", seed=1, temperature=266.0)
+    analysis = NanobeamAnalysis(CentroidPredictor())
+    publish_maps(analysis.maps)
+    try:
+        summarize_plan(find_texture_temperature([bl.detector], bl.temperature, bl.stage.x, bl.stage.y, (-1, 1),
+                                                (-1, 1), 250.0, quick=5))
+    finally:
+        publish_maps(None)
+    out = capsys.readouterr().out
+    assert out.count("Read ['det', 'stage_x', 'stage_y', 'temperature']") == 25 and "Close Run" in out
+    assert "temperature -> 266" in out
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"stop": 5.0}, "limits"),
+    ({"hysteresis": 400.0}, "limits"),
+    ({"stop": 266.0}, "other than start"),
+    ({"step": 0}, "step"),
+    ({"tolerance": -1}, "tolerance"),
+    ({"quick": 3}, "quick"),
+    ({"quick": 10, "fine": 8}, "quick"),
+    ({"quick": 6.5}, "quick"),
+    ({"hysteresis": -1}, "hysteresis"),
+    ({"x_range": (-500, 0)}, "limits"),
+    ({"y_range": (1, -1)}, "stop > start"),
+])
+def test_bad_arguments_fail_before_anything_moves(kwargs, message):
+    bl = make_beamline("cooling", seed=1, temperature=266.0)
+    analysis = NanobeamAnalysis(CentroidPredictor())
+    args = {"x_range": (-1, 1), "y_range": (-1, 1), "stop": 250.0, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        next(find_texture_temperature([bl.detector], bl.temperature, bl.stage.x, bl.stage.y, maps=analysis.maps,
+                                      **args))
+    assert bl.temperature.position == 266.0 and bl.stage.x.position == 0
+
+
+def test_a_model_for_another_instrument_is_refused():
+    bl = make_beamline("cooling", seed=1, temperature=266.0)
+    predictor = CentroidPredictor()
+    predictor.instrument = dataclasses.replace(predictor.instrument, energy_kev=predictor.instrument.energy_kev + 1)
+    analysis = NanobeamAnalysis(predictor)
+    with pytest.raises(ValueError, match="energy_kev"):
+        next(find_texture_temperature([bl.detector], bl.temperature, bl.stage.x, bl.stage.y, (-1, 1), (-1, 1),
+                                      250.0, maps=analysis.maps))
+
+
+def test_no_analysis_is_a_clear_error():
+    bl = make_beamline("cooling", seed=1)
+    with pytest.raises(ValueError, match="no live analysis"):
+        next(find_texture_temperature([bl.detector], bl.temperature, bl.stage.x, bl.stage.y, (-1, 1), (-1, 1),
+                                      250.0))
