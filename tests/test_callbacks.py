@@ -277,3 +277,22 @@ def test_frame_features_are_stored_per_point():
     features = run.features()
     assert features.shape == (10, 64)
     np.testing.assert_allclose(features.sum(axis=1), run.scattered()["chi"], rtol=1e-5)  # chi <- total counts
+
+
+def test_a_page_with_one_frame_of_another_shape_flags_only_that_frame():
+    analysis = NanobeamAnalysis(CentroidPredictor(), threaded=False)
+    good = simulate(np.zeros((2, 3)), counts=70.0)
+    from event_model import compose_run
+
+    bundle = compose_run(metadata={"motors": ["m"]})
+    desc = bundle.compose_descriptor(name="primary", data_keys={
+        "cam_image": {"source": "t", "dtype": "array", "shape": [64, 64]},
+        "m": {"source": "t", "dtype": "number", "shape": []}})
+    page = desc.compose_event_page(data={"cam_image": [good[0], np.ones((8, 8)), good[1]], "m": [0, 1, 2]},
+                                   timestamps={"cam_image": [0] * 3, "m": [0] * 3}, seq_num=[1, 2, 3],
+                                   time=[0] * 3, validate=False)
+    for name, doc in [("start", bundle.start_doc), ("descriptor", desc.descriptor_doc), ("event_page", page),
+                      ("stop", bundle.compose_stop())]:
+        analysis(name, doc)
+    points = analysis.maps[bundle.start_doc["uid"]].scattered()
+    assert points["status"].tolist() == ["ok", "wrong_shape", "ok"]

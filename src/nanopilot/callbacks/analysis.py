@@ -313,9 +313,8 @@ class NanobeamAnalysis(DocumentRouter):
         run = pending[0][0]
         seq_nums = np.concatenate([p[1] for p in pending])
         positions = np.concatenate([p[2] for p in pending])
-        frames = [f for p in pending for f in p[3]]
         try:
-            estimates, batch = run.derived.analyse(frames, self.refine)
+            estimates, batch = run.derived.analyse([p[3] for p in pending], self.refine)
             features = self.frame_features(batch) if self.frame_features is not None else None
             self.maps.add(run.uid, seq_nums, positions, estimates, features)
         except Exception:
