@@ -1,0 +1,223 @@
+"""Benchmark the closed-loop plans on the simulated beamline, every figure measured in this run.
+
+(a) ``steered_map`` on the ``published`` and ``domains`` scenes with the shipped network (``Predictor.load()``),
+    next to a full fine raster and a random sparse sampling of the same number of points; the sparse maps are
+    filled by nearest neighbour (:func:`nanopilot.plans.steering.reconstruct`). Printed: the points used (bar:
+    <= 25% of the full fine raster), the RMS error against the ground truth *near features* (the fine-raster
+    pixels whose 3 x 3 neighbourhood changes by more than 3 noise units (the network's median std) in any of
+    strain, omega, chi) and, for ``domains``, the wall-position error: the ground-truth labels at the measured
+    positions, filled by nearest neighbour, give a label map whose walls (label changes between 4-neighbours)
+    are compared with the true walls (``bl.sample.labels``) by the symmetric mean distance (um).
+(b) ``grow_until`` over randomised ``growth`` scenes (seeds) with the shipped thickness model
+    (``Predictor.load(shipped_model_path("thickness"))``). Even seeds: target below the critical thickness
+    (uniform in 0.5-0.85 h_c): the RMS of (film thickness at the stop - target). Odd seeds: target above it
+    (1.3 h_c): the share of runs stopped before the relaxation onset, defined as the film reaching the
+    scene's mean critical thickness h_c (patches start earlier: the local critical thickness varies by
+    +-10%), and the film thickness at the stop relative to h_c.
+(c) ``find_texture_temperature`` over cooling scenes (seeds, transition temperatures varied) with the network:
+    |found - true transition| and the maps used, against a fixed 0.5 K ramp from the same start (the same plan
+    with ``step=0.5``, so no bisection), both with quick maps of the same size.
+
+    python benchmarks/plans.py [--full] [--growth-scenes 50] [--cooling-scenes 3]
+
+Torch runs single-threaded (one 64 x 64 frame is too small to share; see benchmarks/sim_beamline.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import bluesky.plan_stubs as bps
+import numpy as np
+import torch
+from bluesky import RunEngine
+from scipy import ndimage
+
+from nanopilot.callbacks import NanobeamAnalysis
+from nanopilot.model import Predictor
+from nanopilot.model.predictor import shipped_model_path
+from nanopilot.plans import find_texture_temperature, grow_until, steered_map
+from nanopilot.plans.steered_map import collect_points
+from nanopilot.plans.steering import Lattice, reconstruct, snake_order
+from nanopilot.sim_devices import make_beamline
+from nanopilot.texture import frame_descriptor
+
+FIELDS = ("strain", "omega", "chi")
+UNITS = {"strain": (1e4, "1e-4"), "omega": (1e3, "mdeg"), "chi": (1e3, "mdeg")}
+
+
+def run_engine(analysis) -> RunEngine:
+    RE = RunEngine({}, call_returns_result=True)
+    RE.loop.call_soon_threadsafe(torch.set_num_threads, 1)
+    RE.subscribe(analysis)
+    return RE
+
+
+def lattice_plan(bl, lattice, points):
+    """Measure the given lattice points (snake order) in one run; returns the run uid."""
+    def inner():
+        uid = yield from bps.open_run({"plan_name": "benchmark raster", "motors": ["stage_y", "stage_x"]})
+        for ij in snake_order(points):
+            px, py = lattice.position(ij)
+            yield from bps.mv(bl.stage.x, px, bl.stage.y, py)
+            yield from bps.trigger_and_read([bl.detector, bl.stage.x, bl.stage.y])
+        yield from bps.close_run()
+        return uid
+    return inner()
+
+
+def walls(labels: np.ndarray) -> np.ndarray:
+    out = np.zeros(labels.shape, bool)
+    out[:, 1:] |= labels[:, 1:] != labels[:, :-1]
+    out[1:, :] |= labels[1:, :] != labels[:-1, :]
+    return out
+
+
+def wall_error(true_labels, labels, step) -> float:
+    """Symmetric mean distance (um) between the walls of two label maps."""
+    a, b = walls(true_labels), walls(labels)
+    if not a.any() or not b.any():
+        return float("nan")
+    to_b, to_a = ndimage.distance_transform_edt(~b), ndimage.distance_transform_edt(~a)
+    return float(step * (to_b[a].mean() + to_a[b].mean()) / 2)
+
+
+def bench_steering(fine: int, seed: int, predictor) -> None:
+    print(f"(a) steered_map vs full fine raster vs random sparse: fine raster {fine} x {fine} = {fine ** 2} points, "
+          f"region 4 x 4 um, coarse_step 8, budget 0.25, scene seed {seed}")
+    for scene in ("published", "domains"):
+        bl = make_beamline(scene, seed=seed)
+        analysis = NanobeamAnalysis(predictor, batch_size=256, max_latency=0.05)
+        RE = run_engine(analysis)
+        t = time.perf_counter()
+        res = RE(steered_map([bl.detector], bl.stage.x, bl.stage.y, (-2, 2), (-2, 2), fine=fine, coarse_step=8,
+                             budget=0.25, maps=analysis.maps))
+        steer_s = time.perf_counter() - t
+        lattice = res.plan_result["lattice"]
+        n = res.plan_result["points"]
+        everything = [(i, j) for j in range(fine) for i in range(fine)]
+        rng = np.random.default_rng(seed)
+        sparse = [everything[k] for k in rng.choice(len(everything), n, replace=False)]
+        uids = {"steered": res.run_start_uids[0]}
+        for name, points in (("full raster", everything), ("random sparse", sparse)):
+            uids[name] = RE(lattice_plan(bl, lattice, points)).plan_result
+        jj, ii = np.mgrid[0:fine, 0:fine]
+        gx, gy = lattice.x0 + ii * lattice.step[0], lattice.y0 + jj * lattice.step[1]
+        truth = bl.sample.truth(gx, gy)
+        true_labels = bl.sample.labels(gx.ravel(), gy.ravel()).reshape(fine, fine)
+        full = collect_points(analysis.maps[uids["full raster"]], lattice, "stage_x", "stage_y")
+        noise = {f: float(np.nanmedian([p[f + "_std"] for p in full.values()])) for f in FIELDS}
+        near = np.zeros((fine, fine), bool)
+        for f in FIELDS:
+            local = ndimage.maximum_filter(truth[f], 3) - ndimage.minimum_filter(truth[f], 3)
+            near |= local > 3 * noise[f]
+        print(f"  {scene}: {near.sum()} of {fine ** 2} pixels near features; steered_map took {steer_s:.1f} s, "
+              f"{res.plan_result['rounds']} rounds, stop: {res.plan_result['reason']}")
+        for name, uid in uids.items():
+            measured = collect_points(analysis.maps[uid], lattice, "stage_x", "stage_y")
+            errors = []
+            for f in FIELDS:
+                grid = reconstruct(lattice, measured, f)
+                rms = np.sqrt(np.nanmean((grid[near] - truth[f][near]) ** 2)) if near.any() else np.nan
+                errors.append(f"{f} {UNITS[f][0] * rms:.2f} {UNITS[f][1]}")
+            line = (f"    {name:13s}: {len(measured):5d} points ({100 * len(measured) / fine ** 2:5.1f}%), "
+                    f"RMS error near features: {', '.join(errors)}")
+            if scene == "domains":
+                for ij, p in measured.items():
+                    x, y = lattice.position(ij)
+                    p["label"] = float(bl.sample.labels(np.array([x]), np.array([y]))[0])
+                labels = reconstruct(lattice, measured, "label")
+                line += (f"; walls: mean distance {wall_error(true_labels, labels, lattice.step[0]):.3f} um, "
+                         f"labels wrong {100 * np.mean(labels != true_labels):.1f}%")
+            print(line)
+    print("  bar: steered_map uses <= 25% of the full raster's points")
+
+
+def bench_growth(n_scenes: int, predictor) -> None:
+    print(f"(b) grow_until over {n_scenes} growth scenes (seeds 0..{n_scenes - 1}), thickness model, 3 x 3 points "
+          f"per round, interval 5 s; onset = the scene's mean critical thickness h_c")
+    target_errors, before, ratios, reasons = [], [], [], {}
+    t = time.perf_counter()
+    for seed in range(n_scenes):
+        bl = make_beamline("growth", seed=seed)
+        scene = bl.sample.scene
+        h_c = scene.critical_thickness
+        rng = np.random.default_rng(1000 + seed)
+        target_first = seed % 2 == 0
+        target = rng.uniform(max(0.5 * h_c, scene.initial_thickness + 20), 0.85 * h_c) if target_first else 1.3 * h_c
+        analysis = NanobeamAnalysis(predictor, batch_size=9, max_latency=0.02)
+        RE = run_engine(analysis)
+        result = RE(grow_until([bl.detector], bl.deposition, bl.stage.x, bl.stage.y, target,
+                               maps=analysis.maps)).plan_result
+        film = scene.initial_thickness + bl.sample.deposited
+        key = ("target first" if target_first else "relaxation first", result["reason"])
+        reasons[key] = reasons.get(key, 0) + 1
+        if target_first:
+            target_errors.append(film - target)
+        else:
+            before.append(film < h_c)
+            ratios.append(film / h_c)
+    errors = np.array(target_errors)
+    print(f"  {len(errors)} target-first scenes: film thickness at the stop - target: RMS {np.sqrt(np.mean(errors ** 2)):.2f} A, "
+          f"mean {errors.mean():+.2f} A, max |err| {np.abs(errors).max():.2f} A")
+    print(f"  {len(before)} relaxation-first scenes: stopped before the onset (film < h_c) in {sum(before)} / "
+          f"{len(before)} = {100 * np.mean(before):.0f}%; film / h_c at the stop: median {np.median(ratios):.3f}, "
+          f"max {np.max(ratios):.3f}")
+    print(f"  stop reasons: {', '.join(f'{a} -> {b}: {c}' for (a, b), c in sorted(reasons.items()))}; "
+          f"{time.perf_counter() - t:.0f} s")
+
+
+def bench_cooling(n_scenes: int, quick: int, predictor) -> None:
+    start, stop = 272.0, 240.0
+    transitions = [260.0, 255.5, 263.2, 258.7, 261.9][:n_scenes]
+    print(f"(c) find_texture_temperature vs a fixed 0.5 K ramp: {n_scenes} cooling scenes, start {start:g} K, "
+          f"quick maps {quick} x {quick} over 4 x 4 um, fine map 24 x 24, hysteresis allowance 10 K, "
+          f"tolerance 0.5 K; maps counted without the fine map, the reference included")
+    rows = {"adaptive (step 2 K)": [], "fixed 0.5 K ramp": []}
+    for seed, t_c in enumerate(transitions, start=1):
+        for name, step in (("adaptive (step 2 K)", 2.0), ("fixed 0.5 K ramp", 0.5)):
+            bl = make_beamline("cooling", seed=seed, temperature=start, scene_parameters={"transition_temperature": t_c})
+            analysis = NanobeamAnalysis(predictor, frame_features=frame_descriptor, batch_size=256, max_latency=0.05)
+            RE = run_engine(analysis)
+            t0, clock0 = time.perf_counter(), bl.clock.now()
+            result = RE(find_texture_temperature([bl.detector], bl.temperature, bl.stage.x, bl.stage.y, (-2, 2),
+                                                 (-2, 2), stop, step=step, quick=quick, fine=24,
+                                                 maps=analysis.maps)).plan_result
+            quick_maps = result["maps"] - (result["fine_map"] is not None)
+            error = abs(result["transition"] - t_c)
+            rows[name].append((error, quick_maps))
+            print(f"  seed {seed}, true {t_c:.1f} K, {name:19s}: {result['reason']}, bracket {result['bracket']}, "
+                  f"found {result['transition']:.2f} K, |error| {error:.2f} K, {quick_maps} quick maps, "
+                  f"beamline time {(bl.clock.now() - clock0) / 60:.0f} min, {time.perf_counter() - t0:.0f} s")
+    for name, values in rows.items():
+        errors, counts = np.array(values).T
+        print(f"  {name:19s}: mean |found - true| {errors.mean():.2f} K (max {errors.max():.2f}), "
+              f"mean {counts.mean():.1f} quick maps")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--full", action="store_true", help="65 x 65 fine raster, 50 growth scenes, 5 cooling")
+    parser.add_argument("--fine", type=int, default=33, help="points per side of the fine raster (8 k + 1)")
+    parser.add_argument("--growth-scenes", type=int, default=50)
+    parser.add_argument("--cooling-scenes", type=int, default=3)
+    parser.add_argument("--quick", type=int, default=10, help="points per side of the quick temperature maps")
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args(argv)
+    if args.full:
+        args.fine, args.growth_scenes, args.cooling_scenes = 65, max(args.growth_scenes, 50), 5
+    torch.set_num_threads(1)
+    t = time.perf_counter()
+    network = Predictor.load()
+    print(f"network: {network}")
+    bench_steering(args.fine, args.seed, network)
+    thickness = Predictor.load(shipped_model_path("thickness"))
+    print(f"thickness model: {thickness}")
+    bench_growth(args.growth_scenes, thickness)
+    bench_cooling(args.cooling_scenes, args.quick, network)
+    print(f"total {time.perf_counter() - t:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
