@@ -106,3 +106,16 @@ def test_replay_from_a_tiled_server_process(tmp_path, monkeypatch):
     finally:
         server.terminate()
         server.wait(timeout=20)
+
+
+def test_cli_replay_writes_the_analysis_and_a_plot(catalog, catalog_dir, tmp_path, capsys):
+    from nanopilot.cli import main
+
+    uid, _ = live_scan(catalog, catalog_dir / "frames_cli", "inline", 3, 4)
+    png = tmp_path / "replayed.png"
+    assert main(["replay", uid[:8], "--catalog", str(catalog_dir), "--write", "--plot", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert f"replayed run {uid[:8]}" in out and "frames ok" in out and png.stat().st_size > 10_000
+    stored = catalog.search(Key("raw_uid") == uid).values().last()
+    assert stored.start["model"]["class"] == "Predictor" and len(stored["primary"]["strain"].read()) == 12
+    assert main(["replay", "nosuchrun", "--catalog", str(catalog_dir)]) == 1

@@ -8,7 +8,7 @@ import time
 def register(subparsers) -> None:
     p = subparsers.add_parser("replay", help="replay a stored run through the analysis (and store the result)",
                               description="Stream a stored run's documents, lazily, through NanobeamAnalysis.")
-    p.add_argument("run", help="run uid (or its first 5+ characters), scan_id, or -1 for the latest")
+    p.add_argument("run_id", metavar="RUN", help="run uid (or its first 5+ characters), scan_id, or -1 for the latest")
     p.add_argument("--catalog", default=None,
                    help="catalogue directory or http(s) URI (default: the embedded catalogue; see `nanopilot.catalog`)")
     p.add_argument("--model", default=None, help="model file (default: the shipped default ensemble)")
@@ -38,7 +38,7 @@ def run(args) -> int:
     from ..replay import replay
 
     catalog = open_catalog(args.catalog)
-    stored = lookup(catalog, args.run)
+    stored = lookup(catalog, args.run_id)
     analysis = NanobeamAnalysis(Predictor.load(args.model), refine=args.refine, threaded=False)
     if args.write:
         from bluesky_tiled_plugins import TiledWriter
