@@ -159,8 +159,9 @@ def bench_growth(n_scenes: int, predictor) -> None:
             before.append(film < h_c)
             ratios.append(film / h_c)
     errors = np.array(target_errors)
-    print(f"  {len(errors)} target-first scenes: film thickness at the stop - target: RMS {np.sqrt(np.mean(errors ** 2)):.2f} A, "
-          f"mean {errors.mean():+.2f} A, max |err| {np.abs(errors).max():.2f} A")
+    print(f"  {len(errors)} target-first scenes: film thickness at the stop - target: "
+          f"RMS {np.sqrt(np.mean(errors ** 2)):.2f} A, mean {errors.mean():+.2f} A, "
+          f"max |err| {np.abs(errors).max():.2f} A")
     print(f"  {len(before)} relaxation-first scenes: stopped before the onset (film < h_c) in {sum(before)} / "
           f"{len(before)} = {100 * np.mean(before):.0f}%; film / h_c at the stop: median {np.median(ratios):.3f}, "
           f"max {np.max(ratios):.3f}")
@@ -177,7 +178,8 @@ def bench_cooling(n_scenes: int, quick: int, predictor) -> None:
     rows = {"adaptive (step 2 K)": [], "fixed 0.5 K ramp": []}
     for seed, t_c in enumerate(transitions, start=1):
         for name, step in (("adaptive (step 2 K)", 2.0), ("fixed 0.5 K ramp", 0.5)):
-            bl = make_beamline("cooling", seed=seed, temperature=start, scene_parameters={"transition_temperature": t_c})
+            bl = make_beamline("cooling", seed=seed, temperature=start,
+                               scene_parameters={"transition_temperature": t_c})
             analysis = NanobeamAnalysis(predictor, frame_features=frame_descriptor, batch_size=256, max_latency=0.05)
             RE = run_engine(analysis)
             t0, clock0 = time.perf_counter(), bl.clock.now()
