@@ -96,7 +96,10 @@ class GrowthMonitor:
         best = {"z_max": 0.0, "field": None, "test": None, "point": None}
         for field in RELAXATION_FIELDS:
             stack = np.stack([r[field] for r in base])  # (rounds, points)
-            noise = np.sqrt(np.nanmean(np.nanvar(stack, axis=0, ddof=1)))  # pooled within-point scatter
+            counts = np.isfinite(stack).sum(axis=0)
+            if (counts >= 2).sum() == 0:
+                continue
+            noise = np.sqrt(np.mean(np.nanvar(stack[:, counts >= 2], axis=0, ddof=1)))  # pooled within-point scatter
             if not np.isfinite(noise) or noise == 0:
                 continue
             z = (last[field] - np.nanmean(stack, axis=0)) / (noise * math.sqrt(1 + 1 / self.baseline_rounds))
