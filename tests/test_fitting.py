@@ -7,7 +7,7 @@ import torch
 from nanopilot.cli import main
 from nanopilot.estimates import EMPTY, NEGATIVE, NONFINITE, NOT_CONVERGED, OK, Estimates
 from nanopilot.fitting import correlation_fit, refine
-from nanopilot.fitting.refinement import _Model
+from nanopilot.fitting.refinement import _BoxModel, _Model
 from nanopilot.physics import Grid, Instrument, Library, intensity_scale, poisson, simulate
 
 SMALL = "strain=-0.005:0.005:9,omega=-0.05:0.05:9,chi=-0.1:0.1:9"
@@ -127,7 +127,7 @@ def test_model_matches_simulate_and_its_jacobian_matches_finite_differences():
     model = _Model(Instrument(), True, 1e-4, None)
     params = np.array([[1e-3, 0.01, -0.02, 100.0], [-2e-3, -0.03, 0.05, 140.0]])
     theta = model.to_internal(params, np.array([2e-3, 5e-3]))
-    thickness = torch.as_tensor(params[:, 3])
+    thickness = model.fixed(params)
     mu, jac = model.evaluate(theta, thickness)
     expected = simulate(params, kernel="gauss", dtype=torch.float64).reshape(2, -1) * np.array([[2e-3], [5e-3]])
     np.testing.assert_allclose(mu.numpy() - 1e-4, expected, rtol=1e-9, atol=1e-12)
@@ -186,8 +186,8 @@ def test_refine_flags_bad_frames_and_starts(scale, library):
     assert refine(simulate(truth, kernel="gauss") * scale, initial).status[4] == EMPTY
     with pytest.raises(ValueError, match="initial"):
         refine(frames, truth[:3])
-    with pytest.raises(ValueError, match="gauss"):
-        refine(frames, truth, kernel="box")
+    with pytest.raises(ValueError, match="kernel"):
+        refine(frames, truth, kernel="lorentz")
 
 
 def test_refine_from_likelihood_fit_on_box_frames(library, scale):
@@ -198,6 +198,59 @@ def test_refine_from_likelihood_fit_on_box_frames(library, scale):
     assert (est.status == OK).all(), est.counts()
     rmse = lambda e: np.sqrt(((e.params() - truth) ** 2).mean(axis=0))  # noqa: E731
     assert (rmse(est) < rmse(coarse)).all(), (rmse(est), rmse(coarse))
+
+
+# --------------------------------------------------------------------------- refine, box kernel
+NET_STD = np.array([1.3e-4, 5e-4, 1.4e-3])  # typical network errors: strain, omega (deg), chi (deg)
+
+
+def test_box_model_matches_simulate_and_its_jacobian_matches_finite_differences():
+    model = _BoxModel(Instrument(), True, 1e-4, None)
+    params = np.array([[1e-3, 0.01, -0.02, 100.0], [-2e-3, -0.03, 0.05, 140.0]])
+    theta = model.to_internal(params, np.array([2e-3, 5e-3]))
+    fixed = model.fixed(params)
+    mu, jac = model.evaluate(theta, fixed)
+    expected = simulate(params, dtype=torch.float64).reshape(2, -1) * np.array([[2e-3], [5e-3]])
+    np.testing.assert_allclose(mu.numpy() - 1e-4, expected, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(model.to_params(theta, fixed), params, rtol=1e-12)
+    for k in range(3):
+        h = torch.zeros_like(theta)
+        h[:, k] = 1e-4
+        numeric = (model.evaluate(theta + h, fixed)[0] - model.evaluate(theta - h, fixed)[0]) / 2e-4
+        np.testing.assert_allclose(jac[:, k].numpy(), numeric.numpy(), rtol=1e-4, atol=1e-6 * numeric.abs().max())
+
+
+def box_start(truth, seed):
+    """Starts one network std away from the truth in every parameter, with that std attached."""
+    start = truth + NET_STD * np.random.default_rng(seed).choice([-1, 1], size=truth.shape)
+    return Estimates.from_params(start, np.full(len(truth), OK, dtype=object), std=np.tile(NET_STD, (len(truth), 1)))
+
+
+def test_box_refine_recovers_noiseless_box_truth_far_better_than_gauss(scale):
+    truth = random_states(24, seed=11)
+    frames = simulate(truth, dtype=torch.float64) * scale
+    start = box_start(truth, seed=12)
+    box, gauss = refine(frames, start, kernel="box"), refine(frames, start.params())
+    assert (box.status == OK).all() and (gauss.status == OK).all()
+    rmse = lambda e: np.sqrt(((e.params() - truth) ** 2).mean(axis=0))  # noqa: E731
+    assert rmse(box)[0] < 0.3 * rmse(gauss)[0], (rmse(box), rmse(gauss))
+    assert (rmse(box)[1:] < 0.8 * rmse(gauss)[1:]).all(), (rmse(box), rmse(gauss))
+    assert (rmse(box) < 0.7 * NET_STD).all(), rmse(box)
+    assert np.median(box.score) < 0.5 * np.median(gauss.score), (np.median(box.score), np.median(gauss.score))
+
+
+def test_box_refine_improves_noisy_frames_with_calibrated_std(scale):
+    truth = random_states(40, seed=13)
+    frames = poisson(simulate(truth) * scale, seed=14)
+    start = box_start(truth, seed=15)
+    est = refine(frames, start, kernel="box")
+    assert (est.status == OK).all(), est.counts()
+    error = est.params() - truth
+    rmse = np.sqrt((error ** 2).mean(axis=0))
+    assert (rmse < 0.9 * NET_STD).all(), rmse
+    z = error / np.stack([est.strain_std, est.omega_std, est.chi_std], axis=1)
+    assert ((z.std(axis=0) > 0.5) & (z.std(axis=0) < 2.0)).all(), z.std(axis=0)
+    assert np.isnan(est.thickness_std).all() and np.isnan(est.thickness).all()
 
 
 # --------------------------------------------------------------------------- nanopilot fit

@@ -26,6 +26,9 @@ THICKNESS_MODEL = "thickness"
 COUNT_LEVEL_FACTOR = math.sqrt(10)
 #: Expected-count floor per pixel (counts) in the residual's Poisson deviance.
 RESIDUAL_FLOOR = 1e-2
+#: Box-kernel refinement: the tilts' prior std is this factor times the network's validation RMSE (wider than
+#: the RMSE because the network's errors have heavy tails near the ends of the trained ranges).
+TILT_PRIOR_FACTOR = 2.0
 
 
 def shipped_model_path(name: str = DEFAULT_MODEL) -> Path:
@@ -141,9 +144,11 @@ class Predictor:
         ----------
         frames : (N, H, W) or (H, W) counts, float or integer; rows = detector y.
         refine : False; True to pass every ok frame's estimate through :func:`nanopilot.fitting.refine`
-            (Poisson likelihood, smooth kernel) and combine the two by inverse variance (network: its validation
-            RMSE; refinement: its Fisher std); or a float k to refine only frames whose ensemble spread exceeds
-            k times the median spread of the training validation set in any output.
+            under the model's kernel (Poisson likelihood); or a float k to refine only frames whose ensemble
+            spread exceeds k times the median spread of the training validation set in any output. A box-kernel
+            model's estimate is the start and the tilts' prior (std :data:`TILT_PRIOR_FACTOR` x its validation
+            RMSE) and the refinement replaces it; a smooth-kernel model's estimate is combined with the fit by
+            inverse variance (network: its validation RMSE; refinement: its Fisher std).
         residual : also flag frames the physics model does not explain (``residual``; about 0.3 ms per frame).
 
         Returns
@@ -185,18 +190,26 @@ class Predictor:
         idx = np.flatnonzero(todo)
         if len(idx) == 0:
             return params, std, status
-        fit_thickness = len(self.outputs) == 4
-        result = physics_refine(clean[idx], params[idx], self.instrument, fit_thickness=fit_thickness)
         k = len(self.outputs)
+        fit_thickness = k == 4
+        net_std = np.array([self.metadata["validation"][f"rmse_{n}"] for n in self.outputs])
+        if self.kernel == "box":
+            prior = np.full((len(idx), 4), np.nan)
+            prior[:, 1:3] = TILT_PRIOR_FACTOR * net_std[1:3]
+            start = Estimates.from_params(params[idx], np.full(len(idx), OK, dtype=object), std=prior[:, :k])
+            result = physics_refine(clean[idx], start, self.instrument, kernel="box", fit_thickness=fit_thickness)
+        else:
+            result = physics_refine(clean[idx], params[idx], self.instrument, fit_thickness=fit_thickness)
         refined = result.params(with_thickness=True)[:, :k]
         refined_var = np.stack([getattr(result, n + "_std") for n in self.outputs], axis=1) ** 2
-        # Inverse-variance combination with the network (variance: its validation RMSE^2): the smooth-kernel fit
-        # and the network err largely independently, and the combination beats either alone.
-        net_var = np.array([self.metadata["validation"][f"rmse_{n}"] for n in self.outputs]) ** 2
-        weight = net_var / (net_var + refined_var)
-        combined = params[idx] + weight * (refined - params[idx])
+        if self.kernel == "box":  # the network's estimate already entered as the tilts' prior
+            combined, combined_std = refined, np.sqrt(refined_var)
+        else:  # the smooth-kernel fit and the network err largely independently: inverse-variance combination
+            net_var = net_std ** 2
+            combined = params[idx] + net_var / (net_var + refined_var) * (refined - params[idx])
+            combined_std = np.sqrt(net_var * refined_var / (net_var + refined_var))
         good = result.ok & np.isfinite(combined).all(axis=1)
         params[idx[good]] = combined[good]
-        std[idx[good]] = np.sqrt(net_var * refined_var / (net_var + refined_var))[good]
+        std[idx[good]] = combined_std[good]
         status[idx[~good]] = result.status[~good]
         return params, std, status
