@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import os
+import threading
 from pathlib import Path
 
 #: Environment variable that overrides the default data directory of the embedded catalogue.
@@ -82,9 +83,25 @@ def _embedded_client(directory: Path):
     return from_context(Context.from_app(app))
 
 
-def subscribe_writer(RE, catalog, *, batch_size: int = DEFAULT_BATCH_SIZE,
-                     backup_directory: str | os.PathLike | None = None) -> int:
-    """Subscribe bluesky-tiled-plugins' TiledWriter to ``RE``; returns the subscription token.
+#: One lock for every writer made here: the raw-run writer (RunEngine thread) and the analysis writers
+#: (worker threads) must not write to one SQLite catalogue at the same time ("database is locked").
+_WRITE_LOCK = threading.RLock()
+
+
+class SerializedWriter:
+    """A document callback (e.g. a TiledWriter) called under the module's write lock."""
+
+    def __init__(self, callback):
+        self.callback = callback
+
+    def __call__(self, name: str, doc: dict):
+        with _WRITE_LOCK:
+            return self.callback(name, doc)
+
+
+def make_writer(catalog, *, batch_size: int = DEFAULT_BATCH_SIZE,
+                backup_directory: str | os.PathLike | None = None) -> SerializedWriter:
+    """bluesky-tiled-plugins' TiledWriter for ``catalog``, serialised with every other writer made here.
 
     ``batch_size`` bounds both latency (data visible every ``batch_size`` events) and cost. With a
     ``backup_directory`` (default: ``default_data_dir() / "backup"``) a storage failure does not abort the
@@ -99,5 +116,10 @@ def subscribe_writer(RE, catalog, *, batch_size: int = DEFAULT_BATCH_SIZE,
         backup.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise ValueError(f"cannot create the backup directory {backup}: {err}") from err
-    writer = TiledWriter(catalog, batch_size=int(batch_size), backup_directory=str(backup))
-    return RE.subscribe(writer)
+    return SerializedWriter(TiledWriter(catalog, batch_size=int(batch_size), backup_directory=str(backup)))
+
+
+def subscribe_writer(RE, catalog, *, batch_size: int = DEFAULT_BATCH_SIZE,
+                     backup_directory: str | os.PathLike | None = None) -> int:
+    """Subscribe a :func:`make_writer` writer to ``RE``; returns the subscription token."""
+    return RE.subscribe(make_writer(catalog, batch_size=batch_size, backup_directory=backup_directory))

@@ -41,9 +41,9 @@ def run(args) -> int:
     stored = lookup(catalog, args.run_id)
     analysis = NanobeamAnalysis(Predictor.load(args.model), refine=args.refine, threaded=False)
     if args.write:
-        from bluesky_tiled_plugins import TiledWriter
+        from ..catalog import make_writer
 
-        analysis.subscribe(TiledWriter(catalog, batch_size=1000))
+        analysis.subscribe(make_writer(catalog, batch_size=1000))
     derived = {}
     analysis.subscribe(lambda name, doc: derived.update({name: doc}) if name in ("start", "stop") else None)
     plot = LiveMapPlot(analysis.maps, save=args.plot, min_interval=1e9) if args.plot else None

@@ -1,0 +1,129 @@
+"""``nanopilot demo``: the closed-loop plans on the simulated beamline, stored in the embedded Tiled catalogue."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+PARTS = ("steer", "grow", "temperature")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("demo", help="run the closed-loop plans on the simulated beamline",
+                              description="A steered map of a domain structure, a growth stopped at its target "
+                                          "thickness, and a search for the temperature where a stripe texture "
+                                          "forms, on simulated devices, analysed live and stored in Tiled.")
+    p.add_argument("--only", choices=PARTS, action="append", help="run only this part (repeatable)")
+    p.add_argument("--catalog", default=None, help="catalogue directory or URI (default: the embedded catalogue)")
+    p.add_argument("--out", default="nanopilot-demo", help="folder for the PNG maps (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=1, help="seed of the simulated samples")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    import torch
+    from bluesky import RunEngine
+
+    from ..catalog import default_data_dir, open_catalog
+    from ..session import setup
+
+    parts = args.only or list(PARTS)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    print("opening the catalogue ...", flush=True)
+    catalog = open_catalog(args.catalog)
+    rows = []
+    for part in parts:
+        RE = RunEngine({}, call_returns_result=True)
+        RE.loop.call_soon_threadsafe(torch.set_num_threads, 1)  # devices render in the RunEngine's thread
+        print(f"-- {part}: running ...", flush=True)
+        t0 = time.perf_counter()
+        row = DEMOS[part](RE, setup, catalog, out, args.seed)
+        row["seconds"] = time.perf_counter() - t0
+        rows.append(row)
+        print(f"   {row['result']}  ({row['seconds']:.0f} s)", flush=True)
+    print()
+    print(f"{'plan':26s} {'decisions':>9s} {'points':>7s}  {'seconds':>7s}  result against the scene's truth")
+    for row in rows:
+        print(f"{row['plan']:26s} {row['decisions']:9d} {row['points']:7d}  {row['seconds']:7.0f}  {row['result']}")
+    location = args.catalog or default_data_dir() / "catalog"
+    print(f"\nmaps: {', '.join(str(r['png']) for r in rows)}")
+    print(f"data: Tiled catalogue at {location}")
+    for row in rows:
+        option = f" --catalog {args.catalog}" if args.catalog else ""
+        print(f"replay the {row['plan']} run: nanopilot replay{option} {row['uid'][:8]}")
+    return 0
+
+
+def _count(result) -> int:
+    return len(result.plan_result["decisions"])
+
+
+def demo_steer(RE, setup, catalog, out, seed) -> dict:
+    from ..plans import steered_map
+    from ..plans.steered_map import collect_points
+    from ..sim_devices import make_beamline
+
+    bl = make_beamline("domains", seed=seed)
+    png = out / "steered_map.png"
+    session = setup(RE, detector=bl.detector, x=bl.stage.x, y=bl.stage.y, catalog=catalog, plot=png)
+    res = RE(steered_map([bl.detector], bl.stage.x, bl.stage.y, (-2, 2), (-2, 2), fine=33, budget=0.25))
+    result = res.plan_result
+    session.analysis.flush()
+    points = collect_points(session.maps[res.run_start_uids[0]], result["lattice"], "stage_x", "stage_y")
+    xy = np.array([result["lattice"].position(k) for k in points])
+    truth = bl.sample.truth(xy[:, 0], xy[:, 1])
+    est = {f: np.array([p[f] for p in points.values()]) for f in ("strain", "omega", "chi")}
+    rms = {f: float(np.sqrt(np.nanmean((est[f] - truth[f]) ** 2))) for f in est}
+    text = (f"{result['points']} of {33 * 33} raster points ({result['points'] / 33 ** 2:.0%}), {result['rounds']} "
+            f"refinement rounds; RMS error strain {rms['strain']:.2e}, omega {rms['omega']:.2e} deg, "
+            f"chi {rms['chi']:.2e} deg")
+    return {"plan": "steered_map (domains)", "decisions": _count(res), "points": result["points"],
+            "result": text, "uid": res.run_start_uids[0], "png": png}
+
+
+def demo_grow(RE, setup, catalog, out, seed) -> dict:
+    from ..model import THICKNESS_MODEL, shipped_model_path
+    from ..plans import grow_until
+    from ..sim_devices import make_beamline
+
+    bl = make_beamline("growth", seed=seed)
+    png = out / "growth.png"
+    session = setup(RE, detector=bl.detector, x=bl.stage.x, y=bl.stage.y, deposition=bl.deposition,
+                    catalog=catalog, plot=png, model=shipped_model_path(THICKNESS_MODEL))
+    target = 100.0
+    res = RE(grow_until([bl.detector], bl.deposition, bl.stage.x, bl.stage.y, target, interval=2.0))
+    result = res.plan_result
+    session.analysis.flush()
+    film = bl.sample.scene.initial_thickness + bl.sample.deposited
+    text = (f"stopped ({result['reason']}) at {film:.1f} A for a target of {target:g} A "
+            f"(estimated {result['thickness']:.1f} A; critical thickness {bl.sample.scene.critical_thickness:.0f} A); "
+            f"shutter {bl.deposition.shutter.get()}")
+    points = len(session.maps[res.run_start_uids[0]])
+    return {"plan": "grow_until (growth)", "decisions": _count(res), "points": points, "result": text,
+            "uid": res.run_start_uids[0], "png": png}
+
+
+def demo_temperature(RE, setup, catalog, out, seed) -> dict:
+    from ..plans import find_texture_temperature
+    from ..sim_devices import make_beamline
+
+    bl = make_beamline("cooling", seed=seed, temperature=272.0)
+    png = out / "texture_temperature.png"
+    session = setup(RE, detector=bl.detector, x=bl.stage.x, y=bl.stage.y, temperature=bl.temperature,
+                    catalog=catalog, plot=png)
+    res = RE(find_texture_temperature([bl.detector], bl.temperature, bl.stage.x, bl.stage.y, (-2, 2), (-2, 2),
+                                      240.0, quick=10, fine=24))
+    result = res.plan_result
+    session.analysis.flush()
+    true = bl.sample.scene.transition_temperature
+    text = (f"{result['reason']}: transition at {result['transition']:.2f} K (true {true:.2f} K, error "
+            f"{abs(result['transition'] - true):.2f} K) with {result['maps']} maps")
+    points = len(session.maps[res.run_start_uids[0]])
+    return {"plan": "find_texture_temperature", "decisions": _count(res), "points": points, "result": text,
+            "uid": res.run_start_uids[0], "png": png}
+
+
+DEMOS = {"steer": demo_steer, "grow": demo_grow, "temperature": demo_temperature}
