@@ -7,7 +7,8 @@ import torch
 from nanopilot.cli import main
 from nanopilot.estimates import EMPTY, NEGATIVE, NONFINITE, NOT_CONVERGED, OK, Estimates
 from nanopilot.fitting import correlation_fit, refine
-from nanopilot.fitting.refinement import _BoxModel, _Model
+from nanopilot.fitting.box_tilts import _BoxModel
+from nanopilot.fitting.likelihood import _Model
 from nanopilot.physics import Grid, Instrument, Library, intensity_scale, poisson, simulate
 
 SMALL = "strain=-0.005:0.005:9,omega=-0.05:0.05:9,chi=-0.1:0.1:9"

@@ -1,0 +1,222 @@
+"""Box-kernel refinement: the tilts by a posterior over the cells where the box image is constant (normal prior
+from the start, scale profiled out), strain / scale[ / thickness] by Levenberg-Marquardt at the most probable cell."""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+import torch
+
+from ..physics import Instrument
+from ..physics.forward import _const, chi_matrix, laue_matrix
+from .likelihood import LOG_THICKNESS_UNIT, STRAIN_UNIT, _fit, _laue_and_derivatives, _laue_argument
+
+_SQRT_2PI = math.sqrt(2 * math.pi)
+
+#: Box kernel: the tilt search spans +-TILT_WINDOW prior std around the start, omega in OMEGA_CELLS cells.
+TILT_WINDOW, OMEGA_CELLS = 4.0, 33
+
+
+_POSTERIOR_CHUNK = 8  # frames per tilt-posterior evaluation (about 15 MB each)
+
+
+class _BoxModel:
+    """mu = a * (B(chi) M A(strain, omega, t)^T) + floor (box kernel) with the tilts held fixed; Jacobian in the
+    internal parameters strain / 1e-4, log(a)[, log(thickness) / 1e-2]."""
+
+    def __init__(self, instrument: Instrument, fit_thickness: bool, floor: float, device):
+        self.instrument, self.fit_thickness, self.floor = instrument, fit_thickness, floor
+        self.device = torch.device(device or "cpu")
+        self.donut = _const(instrument, "donut", self.device)
+        self.n_params = 3 if fit_thickness else 2
+        #: (output column, internal index) pairs of the parameters with a Fisher std: strain[, thickness].
+        self.std_columns = [(0, 0)] + ([(3, 2)] if fit_thickness else [])
+
+    def fixed(self, params: np.ndarray) -> torch.Tensor:
+        """(n, 3) per-frame values held fixed: thickness (A), omega (rad), chi (rad) of (n, 4) ``params``."""
+        values = np.stack([params[:, 3], np.radians(params[:, 1]), np.radians(params[:, 2])], axis=1)
+        return torch.as_tensor(values, dtype=torch.float64, device=self.device)
+
+    def to_internal(self, params: np.ndarray, scale: np.ndarray) -> torch.Tensor:
+        """(n, 4) strain, omega, chi, thickness and (n,) scale a -> (n, P) internal parameters."""
+        theta = [params[:, 0] / STRAIN_UNIT, np.log(scale)]
+        if self.fit_thickness:
+            theta.append(np.log(params[:, 3]) / LOG_THICKNESS_UNIT)
+        return torch.as_tensor(np.stack(theta, axis=1), dtype=torch.float64, device=self.device)
+
+    def _thickness(self, theta: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
+        return torch.exp(theta[:, 2] * LOG_THICKNESS_UNIT) if self.fit_thickness else fixed[:, 0]
+
+    def to_params(self, theta: torch.Tensor, fixed: torch.Tensor) -> np.ndarray:
+        """(n, P) internal parameters -> (n, 4) strain, omega (deg), chi (deg), thickness (A)."""
+        return torch.stack([theta[:, 0] * STRAIN_UNIT, torch.rad2deg(fixed[:, 1]), torch.rad2deg(fixed[:, 2]),
+                            self._thickness(theta, fixed)], dim=1).cpu().numpy()
+
+    def units(self, theta: torch.Tensor) -> torch.Tensor:
+        """(n, 4) physical units of one internal step for strain and thickness (NaN for the fixed tilts)."""
+        ones = torch.ones_like(theta[:, 0])
+        t_unit = torch.exp(theta[:, 2] * LOG_THICKNESS_UNIT) * LOG_THICKNESS_UNIT if self.fit_thickness \
+            else ones * math.nan
+        return torch.stack([ones * STRAIN_UNIT, ones * math.nan, ones * math.nan, t_unit], dim=1)
+
+    def shape(self, theta: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
+        """(n, H*W) noiseless raw-unit images at internal parameters (no scale, no floor)."""
+        a_mat = laue_matrix(theta[:, 0] * STRAIN_UNIT, fixed[:, 1], self._thickness(theta, fixed),
+                            self.instrument, "box")
+        b_m = chi_matrix(fixed[:, 2], self.instrument, "box") @ self.donut
+        return (b_m @ a_mat.transpose(1, 2)).reshape(len(theta), -1)
+
+    def evaluate(self, theta: torch.Tensor, fixed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """mu (n, H*W) and its Jacobian (n, P, H*W) with respect to the internal parameters."""
+        n = len(theta)
+        a_mat, d_a = _laue_and_derivatives(theta[:, 0] * STRAIN_UNIT, fixed[:, 1], self._thickness(theta, fixed),
+                                           self.instrument, self.fit_thickness, "box")
+        b_m = chi_matrix(fixed[:, 2], self.instrument, "box") @ self.donut
+        images = (b_m[:, None] @ torch.stack([a_mat] + d_a, dim=1).transpose(2, 3)).reshape(n, 1 + len(d_a), -1)
+        a = torch.exp(theta[:, 1])[:, None]
+        jac = torch.stack([images[:, 1], images[:, 0]] + ([images[:, 2]] if self.fit_thickness else []), dim=1)
+        return a * images[:, 0] + self.floor, jac * a[:, :, None]
+
+
+def _chi_transitions(instrument: Instrument) -> np.ndarray:
+    """Sorted chi values (deg) where a box edge of B(chi) crosses a pupil row: the image is constant between."""
+    geometry = {name: _const(instrument, name, "cpu").numpy() for name in ("qy", "o_qy")}
+    offsets = geometry["o_qy"][None, :] - geometry["qy"][:, None]
+    edges = np.concatenate([offsets + instrument.box_precision, offsets - instrument.box_precision]).ravel()
+    edges = np.sort(np.degrees(edges / instrument.g))
+    return edges[np.concatenate([[True], np.diff(edges) > 1e-12])]
+
+
+def _cell_moments(left: torch.Tensor, right: torch.Tensor, centre: torch.Tensor, sigma: torch.Tensor):
+    """Log prior mass, mean and variance of a normal(centre, sigma) prior restricted to cells [left, right]."""
+    alpha, beta = (left - centre) / sigma, (right - centre) / sigma
+    mass = (torch.special.ndtr(beta) - torch.special.ndtr(alpha)).clamp_min(1e-300)
+    pdf_a, pdf_b = torch.exp(-alpha ** 2 / 2) / _SQRT_2PI, torch.exp(-beta ** 2 / 2) / _SQRT_2PI
+    shift = (pdf_a - pdf_b) / mass
+    variance = sigma ** 2 * (1 + (alpha * pdf_a - beta * pdf_b) / mass - shift ** 2)
+    return torch.log(mass), centre + sigma * shift, variance.clamp_min(0)
+
+
+def _cell_posterior(counts, images, floor, left, right, valid, centre, sigma):
+    """Posterior over the cells of one tilt: the Poisson likelihood of each cell's image (scale profiled out,
+    ``a = sum(counts) / sum(image)``) times the normal prior's mass in the cell.
+
+    counts (n, H*W); images (n, H*W, C); left, right, valid (n, C) cells (deg); centre, sigma (n,) prior (deg).
+    Returns the most probable cell's index (n,), the posterior mean (n,) and std (n,), deg.
+    """
+    total = images.sum(dim=1)  # (n, C)
+    scale = counts.sum(dim=1, keepdim=True) / total
+    log_like = (torch.special.xlogy(counts[:, :, None], scale[:, None] * images + floor).sum(dim=1)
+                - scale * total)
+    log_prior, mean, variance = _cell_moments(left, right, centre[:, None], sigma[:, None])
+    log_post = torch.where(valid & ~torch.isnan(log_like), log_like + log_prior, -math.inf)
+    weight = torch.softmax(log_post, dim=1)
+    post_mean = (weight * mean).sum(dim=1)
+    post_var = (weight * (variance + mean ** 2)).sum(dim=1) - post_mean ** 2
+    return log_post.argmax(dim=1), post_mean, torch.sqrt(post_var.clamp_min(0))
+
+
+def _omega_posterior(instrument: Instrument, counts, strain, t, chi, centre, sigma, floor):
+    """Posterior of omega at fixed strain, thickness (A) and chi (deg) under the box model: :data:`OMEGA_CELLS`
+    equal cells across +-TILT_WINDOW prior std around ``centre`` (deg). With ``P[y, x, u] = sum_{u' < u}
+    (B M)[y, u'] Laue[x, u']`` (over the band of u that the cells' boxes reach) each cell's image is a difference
+    of two entries of P per pixel.
+
+    Returns each frame's most probable cell centre, posterior mean and std, all (n,) deg.
+    """
+    device, prec = counts.device, instrument.box_precision
+    rows, cols = instrument.roi_shape
+    n = len(counts)
+    steps = torch.linspace(-TILT_WINDOW, TILT_WINDOW, OMEGA_CELLS + 1, dtype=torch.float64, device=device)
+    edges = centre[:, None] + sigma[:, None] * steps
+    left, right = edges[:, :-1], edges[:, 1:]
+    omega = (left + right) / 2
+    ascending = -_const(instrument, "o_qx", device)  # o_qx decreases with u; the box is o_qx in (r - prec, r + prec)
+    r = _const(instrument, "qx", device) + instrument.g * torch.deg2rad(omega)[:, :, None]  # (n, K, W)
+    u_lo = torch.searchsorted(ascending, -(r + prec), right=True)
+    u_hi = torch.searchsorted(ascending, (prec - r).contiguous())
+    # only the band of pupil columns u that some cell's box reaches enters, per detector column x
+    band_start = u_lo.amin(dim=1)  # (n, W)
+    band = torch.arange(int((u_hi.amax(dim=1) - band_start).max()), device=device)
+    u_band = (band_start[:, :, None] + band).clamp(max=instrument.pupil_size - 1)  # (n, W, Bw)
+    laue = t[:, None, None] * torch.sinc(_laue_argument(strain, t, instrument) / math.pi) ** 2  # (n, W, U)
+    laue = torch.gather(laue, 2, u_band)
+    b_m = chi_matrix(torch.deg2rad(chi), instrument, "box") @ _const(instrument, "donut", device)  # (n, H, U)
+    b_m = torch.gather(b_m, 2, u_band.reshape(n, 1, -1).expand(n, rows, -1)).reshape(n, rows, cols, -1)
+    prefix = torch.nn.functional.pad(torch.cumsum(b_m * laue[:, None], dim=3), (1, 0))  # (n, H, W, Bw + 1)
+    size = (n, rows, cols, OMEGA_CELLS)
+    u_lo = (u_lo - band_start[:, None]).transpose(1, 2)[:, None].expand(size)
+    u_hi = (u_hi - band_start[:, None]).transpose(1, 2)[:, None].expand(size)
+    images = (torch.gather(prefix, 3, u_hi) - torch.gather(prefix, 3, u_lo)).reshape(n, rows * cols, -1)
+    best, mean, std = _cell_posterior(counts, images, floor, left, right, torch.ones_like(left, dtype=torch.bool),
+                                      centre, sigma)
+    return omega[torch.arange(n, device=device), best], mean, std
+
+
+def _chi_posterior(instrument: Instrument, counts, strain, t, omega, centre, sigma, floor):
+    """Posterior of chi at fixed strain, thickness (A) and omega (deg) under the box model, on the exact intervals
+    of chi where B(chi) is constant, across +-TILT_WINDOW prior std around ``centre`` (deg). With the prefix sum of
+    ``M A^T`` over pupil rows v each interval's image is a difference of two of its rows per detector row.
+
+    Returns each frame's most probable interval's midpoint, posterior mean and std, all (n,) deg.
+    """
+    device, prec = counts.device, instrument.box_precision
+    rows, cols = instrument.roi_shape
+    n = len(counts)
+    transitions = torch.as_tensor(_chi_transitions(instrument), device=device)
+    lo, hi = centre - TILT_WINDOW * sigma, centre + TILT_WINDOW * sigma
+    first = torch.searchsorted(transitions, lo, right=True)
+    n_cells = torch.searchsorted(transitions, hi) - first + 1
+    m = torch.arange(int(n_cells.max()), device=device)
+    last = len(transitions) - 1
+    valid = m < n_cells[:, None]
+    left = torch.where(m == 0, lo[:, None], transitions[(first[:, None] + m - 1).clamp(0, last)])
+    right = torch.where(m == n_cells[:, None] - 1, hi[:, None], transitions[(first[:, None] + m).clamp(0, last)])
+    right = torch.where(valid, right, left)
+    chi = torch.where(valid, (left + right) / 2, centre[:, None])
+    a_mat = laue_matrix(strain, torch.deg2rad(omega), t, instrument, "box")
+    columns = _const(instrument, "donut", device) @ a_mat.transpose(1, 2)  # (n, V, W)
+    prefix = torch.nn.functional.pad(torch.cumsum(columns, dim=1), (0, 0, 1, 0))  # (n, V + 1, W)
+    o_qy = _const(instrument, "o_qy", device)
+    r = _const(instrument, "qy", device) + instrument.g * torch.deg2rad(chi)[:, :, None]  # (n, L, H)
+    size = (n, r.shape[1] * rows, cols)
+    v_lo = torch.searchsorted(o_qy, (r - prec).contiguous(), right=True).reshape(n, -1, 1).expand(size)
+    v_hi = torch.searchsorted(o_qy, (r + prec).contiguous()).reshape(n, -1, 1).expand(size)
+    images = (torch.gather(prefix, 1, v_hi) - torch.gather(prefix, 1, v_lo)).reshape(n, -1, rows * cols)
+    best, mean, std = _cell_posterior(counts, images.transpose(1, 2), floor, left, right, valid, centre, sigma)
+    return chi[torch.arange(n, device=device), best], mean, std
+
+
+def _fit_box(model: _BoxModel, counts: torch.Tensor, start: np.ndarray, prior: np.ndarray, max_iter: int,
+             tol: float, rounds: int):
+    """Alternate the tilt posteriors (chi at the current omega, then omega at the most probable chi) and a strain
+    (scale[, thickness]) fit at the most probable tilts.
+
+    Returns params (n, 4), std (n, 4), deviance per pixel (n,) and converged (n,) like :func:`_fit`, with the
+    tilts and their std the (conditional) posterior means and std.
+    """
+    as_tensor = functools.partial(torch.as_tensor, dtype=torch.float64, device=model.device)
+    centre, sigma = as_tensor(start[:, 1:3]), as_tensor(prior)
+
+    def posterior(params):
+        out = np.empty((len(params), 3, 2))  # (most probable, mean, std) x (omega, chi)
+        for i in range(0, len(params), _POSTERIOR_CHUNK):
+            part = slice(i, i + _POSTERIOR_CHUNK)
+            c, p = counts[part], as_tensor(params[part])
+            chi = _chi_posterior(model.instrument, c, p[:, 0], p[:, 3], p[:, 1], centre[part, 1], sigma[part, 1],
+                                 model.floor)
+            omega = _omega_posterior(model.instrument, c, p[:, 0], p[:, 3], chi[0], centre[part, 0],
+                                     sigma[part, 0], model.floor)
+            out[part] = torch.stack([torch.stack(omega, dim=1), torch.stack(chi, dim=1)], dim=2).cpu().numpy()
+        return out
+
+    params = start.copy()
+    for _ in range(rounds):
+        params[:, 1:3] = posterior(params)[:, 0]
+        fitted, std, deviance, converged = _fit(model, counts, params, max_iter, tol)
+        params = np.where(np.isfinite(fitted), fitted, params)
+    tilts = posterior(params)
+    params[:, 1:3], std[:, 1:3] = tilts[:, 1], tilts[:, 2]
+    return params, std, deviance, converged
