@@ -239,3 +239,12 @@ def test_shipped_ensemble_accuracy_on_held_out_set(shipped):
     mean, _, _ = shipped.predict_raw(frames)
     rmse = np.sqrt(((mean - params) ** 2).mean(axis=0))
     assert (rmse <= [1.4e-4, 5.5e-4, 1.7e-3]).all(), rmse
+
+
+def test_shipped_models_load_by_name():
+    from nanopilot.model import Predictor
+
+    assert Predictor.load("thickness").outputs == ("strain", "omega", "chi", "thickness")
+    assert Predictor.load("default").n_members == Predictor.load().n_members
+    with pytest.raises(FileNotFoundError, match="nosuchmodel"):
+        Predictor.load("nosuchmodel")

@@ -85,14 +85,14 @@ def demo_steer(RE, setup, catalog, out, seed) -> dict:
 
 
 def demo_grow(RE, setup, catalog, out, seed) -> dict:
-    from ..model import THICKNESS_MODEL, shipped_model_path
+    from ..model import THICKNESS_MODEL
     from ..plans import grow_until
     from ..sim_devices import make_beamline
 
     bl = make_beamline("growth", seed=seed)
     png = out / "growth.png"
     session = setup(RE, detector=bl.detector, x=bl.stage.x, y=bl.stage.y, deposition=bl.deposition,
-                    catalog=catalog, plot=png, model=shipped_model_path(THICKNESS_MODEL))
+                    catalog=catalog, plot=png, model=THICKNESS_MODEL)
     target = 100.0
     res = RE(grow_until([bl.detector], bl.deposition, bl.stage.x, bl.stage.y, target, interval=2.0))
     result = res.plan_result

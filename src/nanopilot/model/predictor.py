@@ -31,6 +31,10 @@ RESIDUAL_FLOOR = 1e-2
 TILT_PRIOR_FACTOR = 2.0
 
 
+#: Models shipped inside the package, loadable by name.
+SHIPPED_MODELS = (DEFAULT_MODEL, THICKNESS_MODEL)
+
+
 def shipped_model_path(name: str = DEFAULT_MODEL) -> Path:
     """Path (sidecar) of a model shipped inside the package: "default" or "thickness"."""
     return Path(str(importlib.resources.files("nanopilot.model") / "weights" / f"{name}.json"))
@@ -95,11 +99,14 @@ class Predictor:
 
     @classmethod
     def load(cls, path: str | Path | None = None, **kwargs) -> Predictor:
-        """Load a model file (``NAME``, ``NAME.pt`` or ``NAME.json``); None loads the shipped default ensemble.
+        """Load a model file (``NAME``, ``NAME.pt`` or ``NAME.json``) or a shipped model by name ("default",
+        "thickness"); None loads the shipped default ensemble.
 
         Keyword arguments go to :class:`Predictor` (``instrument``, ``threads``, ``batch_size``, ...).
         """
-        return cls(load_model(shipped_model_path() if path is None else path), **kwargs)
+        if path is None or (isinstance(path, str) and path in SHIPPED_MODELS and not Path(path).exists()):
+            path = shipped_model_path(path or DEFAULT_MODEL)
+        return cls(load_model(path), **kwargs)
 
     def __repr__(self) -> str:
         return (f"<Predictor {Path(self.path).name}: {self.n_members} member(s), outputs {list(self.outputs)}, "
