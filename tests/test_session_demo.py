@@ -36,3 +36,33 @@ def test_demo_growth_part(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "grow_until (growth)" in out and "shutter closed" in out
     assert "nanopilot replay --catalog" in out and (tmp_path / "out" / "growth.png").exists()
+
+
+def test_ipython_session_driven_by_a_script(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "session_script.py"
+    result = tmp_path / "result.json"
+    script.write_text(
+        "uid, = RE(bp.grid_scan([det], y, -1, 1, 4, x, -1, 1, 5))\n"
+        "analysis.flush()\n"
+        "import json\n"
+        f"json.dump({{'points': len(maps[uid]), 'stored': uid in catalog, 'ipython': get_ipython() is not None}}, "
+        f"open({str(result)!r}, 'w'))\n")
+    nanopilot = os.path.join(os.path.dirname(sys.executable), "nanopilot")
+    done = subprocess.run([nanopilot, "session", str(script), "--catalog", str(tmp_path / "cat"),
+                           "--plot", str(tmp_path / "maps_{uid}.png")],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "MPLBACKEND": "Agg"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "nanopilot session:" in done.stdout  # the cheat sheet
+    assert json.loads(result.read_text()) == {"points": 20, "stored": True, "ipython": True}
+
+
+def test_session_devices_file_must_define_the_devices(tmp_path, capsys):
+    bad = tmp_path / "devices.py"
+    bad.write_text("detector = None\n")
+    assert main(["session", "--devices", str(bad), "--catalog", str(tmp_path / "cat")]) == 1
+    assert "missing: x, y" in capsys.readouterr().err
