@@ -66,15 +66,19 @@ def main() -> None:
     est = ensemble.predict(frames)
     print(f"statuses (ensemble): {est.counts()}")
 
-    print("\nuncertainty calibration (ensemble spread vs actual error):")
+    print("\nuncertainty calibration (ensemble spread vs actual error; calibrated = spread x the sidecar's factor):")
     err = np.abs(mean - params)
     for i, name in enumerate(ensemble.outputs):
         z = err[:, i] / std[:, i]
         corr = np.corrcoef(std[:, i], err[:, i])[0, 1]
         spread, error = np.sqrt((std[:, i] ** 2).mean()), rmse(mean, params)[i]
+        factor = ensemble.spread_factor[i]
         print(f"  {name:<8} RMS spread {spread:.3e}  RMS error {error:.3e}  ratio {error / spread:.2f}"
               f"  |error| < 1 spread: {100 * (z < 1).mean():.0f}% (68% if calibrated)"
               f"  corr(spread, |error|) {corr:.2f}")
+        print(f"  {'':<8} calibrated (factor {factor:.2f}): RMS(error / std) {np.sqrt((z ** 2).mean()) / factor:.2f}"
+              f" (1 if calibrated)  |error| < 1 std: {100 * (z < factor).mean():.0f}%"
+              f"  < 2 std: {100 * (z < 2 * factor).mean():.0f}% (95% if normal)")
 
     print("\ncount level (ensemble, raw network output on every frame; flagged = status count_level):")
     for factor in (10.0, 0.3):

@@ -223,6 +223,7 @@ def test_nanopilot_train_tiny(tmp_path, capsys):
     assert meta["config"]["training"]["epochs"] == 2 and meta["counts"] == "published"
     assert set(meta["validation"]) >= {"rmse_strain", "rmse_omega", "rmse_chi"}
     assert meta["instrument"] == Instrument().to_dict() and meta["residual_threshold"] > 0
+    assert set(meta["spread_factor"]) == {"strain", "omega", "chi"}
     assert [m["seed"] for m in meta["members"]] == [1, 2]
     # the same seed trains the same network
     assert main(["train", "--config", str(config), "--out", str(tmp_path / "again"), "--seeds", "1,2",
@@ -248,3 +249,46 @@ def test_shipped_models_load_by_name():
     assert Predictor.load("default").n_members == Predictor.load().n_members
     with pytest.raises(FileNotFoundError, match="nosuchmodel"):
         Predictor.load("nosuchmodel")
+
+
+def test_spread_factors_make_rms_z_one():
+    from nanopilot.model.calibration import spread_factors
+
+    rng = np.random.default_rng(4)
+    spread = rng.uniform(0.5, 2.0, (500, 2))
+    error = spread * rng.normal(0, [3.0, 0.5], (500, 2))
+    factors = spread_factors(error, spread)
+    np.testing.assert_allclose(np.sqrt(((error / (factors * spread)) ** 2).mean(axis=0)), 1.0)
+
+
+def test_calibration_round_trip_and_old_sidecars(tiny_model, tmp_path):
+    import shutil
+
+    from nanopilot.model.calibration import calibrate
+
+    frames = frames_for(random_params(16), seed=5)
+    old = Predictor.load(tiny_model)  # a sidecar without spread factors loads with factors 1
+    assert "spread_factor" not in old.metadata
+    np.testing.assert_array_equal(old.spread_factor, 1.0)
+    np.testing.assert_array_equal(old.predict(frames).strain_std, old.predict_raw(frames)[1][:, 0])
+    for suffix in (".pt", ".json"):
+        shutil.copy(str(tiny_model) + suffix, tmp_path / f"tiny{suffix}")
+    path = tmp_path / "tiny"
+    assert main(["train", "--calibrate", str(path), "--frames", "64", "--seed", "3"]) == 0
+    meta = load_model(path).metadata  # the weights' checksum still holds
+    assert meta["spread_calibration"] == {"frames": 64, "seed": 3, "kernel": "box", "counts": "published"}
+    assert calibrate(path, frames=64, seed=3, log=lambda line: None) == meta["spread_factor"]
+    new = Predictor.load(path)
+    factors = np.array([meta["spread_factor"][k] for k in ("strain", "omega", "chi")])
+    np.testing.assert_array_equal(new.spread_factor, factors)
+    est, (_, raw, _) = new.predict(frames), new.predict_raw(frames)
+    np.testing.assert_allclose(np.stack([est.strain_std, est.omega_std, est.chi_std], axis=1), raw * factors)
+
+
+def test_shipped_default_is_calibrated_and_single_network_refused():
+    from nanopilot.model.calibration import calibrate
+
+    factors = Predictor.load().spread_factor
+    assert ((factors > 1) & (factors < 10)).all(), factors
+    with pytest.raises(ValueError, match="single network"):
+        calibrate(shipped_model_path("thickness"), frames=8)

@@ -12,8 +12,14 @@ def register(subparsers) -> None:
                               description="Train one network per seed of the config (simulated on the fly or from "
                                           "an HDF5 library) and write NAME.pt + NAME.json. The shipped configs are "
                                           "in nanopilot/model/configs/ (default.yaml, thickness.yaml).")
-    p.add_argument("--config", required=True,
-                   help="YAML training config, or the name of a shipped one ('default', 'thickness')")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--config", help="YAML training config, or the name of a shipped one ('default', 'thickness')")
+    what.add_argument("--calibrate", metavar="MODEL",
+                      help="instead of training, fit the ensemble spread's calibration factors of an existing model "
+                           "file (NAME or NAME.json; 'default' is the shipped ensemble) on fresh simulated frames "
+                           "and store them in its sidecar")
+    p.add_argument("--frames", type=int, default=4000, help="--calibrate: simulated frames (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=11, help="--calibrate: seed of the frames (default: %(default)s)")
     p.add_argument("--out", help="model file to write, NAME or NAME.json (default: ./<config name>)")
     p.add_argument("--seeds", help="comma-separated seeds overriding the config's, e.g. '1' or '1,2,3'")
     p.add_argument("--threads", type=int, help="torch threads (overrides the config)")
@@ -33,6 +39,8 @@ def config_path(name: str) -> Path:
 
 
 def run(args) -> int:
+    if args.calibrate:
+        return calibrate(args)
     from ..model.training import TrainConfig, train
 
     path = config_path(args.config)
@@ -52,4 +60,16 @@ def run(args) -> int:
           f"device {args.device}, threads {config.threads or 'default'}")
     train(config, out, device=args.device, progress=not args.no_progress)
     print(f"training wall time {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+def calibrate(args) -> int:
+    """``nanopilot train --calibrate MODEL``: fit and store the spread factors of an existing model file."""
+    from ..model.calibration import calibrate as calibrate_model
+    from ..model.predictor import SHIPPED_MODELS, shipped_model_path
+
+    path = args.calibrate
+    if path in SHIPPED_MODELS and not Path(path).exists():
+        path = shipped_model_path(path)
+    calibrate_model(path, frames=args.frames, seed=args.seed, threads=args.threads)
     return 0

@@ -92,6 +92,9 @@ class Predictor:
         self.count_range = (meta["count_stats"]["p001"] / COUNT_LEVEL_FACTOR,
                             meta["count_stats"]["p999"] * COUNT_LEVEL_FACTOR)
         self.residual_threshold = meta.get("residual_threshold")
+        factors = meta.get("spread_factor") or {}
+        #: (K,) factors applied to the ensemble spread in :meth:`predict` (1.0 where the sidecar has none).
+        self.spread_factor = np.array([float(factors.get(name, 1.0)) for name in self.outputs])
         network = StackedEnsemble(model.networks) if self.n_members > 1 else model.networks[0]
         self.network = network.eval().to(memory_format=torch.channels_last)
         for p in self.network.parameters():
@@ -126,7 +129,8 @@ class Predictor:
     def predict_raw(self, frames) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Network outputs without frame checks: (mean (N, K), std (N, K), members (N, M, K)), physical units.
 
-        ``std`` is the sample standard deviation over ensemble members (NaN for a single network).
+        ``std`` is the sample standard deviation over ensemble members, not calibrated (NaN for a single
+        network); :meth:`predict` scales it by :attr:`spread_factor`.
         """
         arr = self._check_shape(frames)
         if self.threads:
@@ -161,7 +165,8 @@ class Predictor:
         Returns
         -------
         Estimates with strain, omega (deg), chi (deg), thickness (A; NaN for a 3-output model), their standard
-        deviations (ensemble spread; Fisher std where refined) and status per frame: ok or the first problem
+        deviations (ensemble spread times the sidecar's calibration factor, see
+        :mod:`nanopilot.model.calibration`; Fisher / posterior std where refined) and status per frame: ok or the first problem
         found (nonfinite, negative, empty, saturated, count_level, edge, residual, not_converged).
 
         Raises
@@ -177,7 +182,7 @@ class Predictor:
         span = self.ranges[:, 1] - self.ranges[:, 0]
         inner_lo, inner_hi = self.ranges[:, 0] + self.edge_margin * span, self.ranges[:, 1] - self.edge_margin * span
         at_edge = ((mean < inner_lo) | (mean > inner_hi)).any(axis=1)
-        params, out_std = mean.copy(), std.copy()
+        params, out_std = mean.copy(), std * self.spread_factor
         if refine is not False:
             params, out_std, status = self._refine(clean, params, out_std, status, refine)
         status[(status == OK) & at_edge] = EDGE
@@ -193,7 +198,7 @@ class Predictor:
         todo = status == OK
         if refine is not True:
             typical = np.asarray(self.metadata.get("typical_std", [np.nan] * len(self.outputs)))
-            todo &= (std > float(refine) * typical).any(axis=1)
+            todo &= (std > float(refine) * typical * self.spread_factor).any(axis=1)
         idx = np.flatnonzero(todo)
         if len(idx) == 0:
             return params, std, status

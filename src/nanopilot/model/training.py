@@ -240,11 +240,13 @@ def train(config: TrainConfig, out: str | Path, *, device="cpu", progress: bool 
     """Train one member per seed of ``config``, calibrate the ensemble and write the model file ``out``.
 
     Calibration, on a validation set of its own (seeded by the first seed): ensemble RMSE per parameter,
-    the median ensemble spread (``typical_std``, used by ``Predictor.predict(refine=k)``), and the residual
+    the median ensemble spread (``typical_std``, used by ``Predictor.predict(refine=k)``), the spread's
+    calibration factors (``spread_factor``, see :mod:`~nanopilot.model.calibration`), and the residual
     threshold (99.9th percentile of the validation frames' residual statistic, times 1.5).
     Returns the sidecar path.
     """
     from .. import __version__
+    from .calibration import spread_factors
     from .files import ModelFile, save_model
     from .predictor import Predictor, residual_statistic
 
@@ -268,6 +270,8 @@ def train(config: TrainConfig, out: str | Path, *, device="cpu", progress: bool 
     metadata["validation"] = {"frames": len(frames), **{f"rmse_{k}": float(v) for k, v in
                                                           zip(predictor.outputs, np.sqrt((err ** 2).mean(0)))}}
     metadata["typical_std"] = np.median(std, axis=0).tolist() if len(results) > 1 else [None] * len(mean[0])
+    if len(results) > 1:
+        metadata["spread_factor"] = dict(zip(predictor.outputs, spread_factors(err, std).tolist()))
     residual = residual_statistic(frames.numpy(), mean, instrument, source.kernel)
     metadata["residual_threshold"] = float(1.5 * np.quantile(residual, 0.999))
     metadata["training_seconds"] = round(time.perf_counter() - t0, 1)
