@@ -117,3 +117,6 @@ def test_cell_logic_is_pure_and_ordered():
     lattice = Lattice(-1, 1, -1, 1, 9)
     grid = reconstruct(lattice, measured, "strain")
     assert grid.shape == (9, 9) and grid[0, 0] == 0 and grid[0, 8] == 1
+    ramp = {k: {"strain": float(k[0]), "status": "ok"} for k in measured}  # a linear field: bilinear is exact
+    np.testing.assert_allclose(reconstruct(lattice, ramp, "strain", cells), np.tile(np.arange(9.0), (9, 1)))
+    assert not np.allclose(reconstruct(lattice, ramp, "strain"), np.tile(np.arange(9.0), (9, 1)))

@@ -61,7 +61,8 @@ def steered_map(detectors: Sequence[Readable], x: Movable, y: Movable, x_range: 
 
     Returns
     -------
-    dict with ``points`` measured, ``rounds``, ``reason`` for stopping and the ``lattice``.
+    dict with ``points`` measured, ``rounds``, ``reason`` for stopping, the ``lattice``, the final ``cells``
+    (quadtree leaves, see :func:`~nanopilot.plans.steering.reconstruct`) and the ``decisions``.
 
     See Also
     --------
@@ -149,6 +150,7 @@ def steered_map(detectors: Sequence[Readable], x: Movable, y: Movable, x_range: 
 
     yield from inner()
     result["decisions"] = list(log.history)
+    result["cells"] = list(cells)
     return result
 
 

@@ -123,8 +123,14 @@ def choose_cells(cells, interest: np.ndarray, measured: dict, budget_left: int, 
     return chosen, points
 
 
-def reconstruct(lattice: Lattice, measured: dict, field: str) -> np.ndarray:
-    """The field on the full fine raster (n, n) (rows = y) from the measured points, nearest measured point."""
+def reconstruct(lattice: Lattice, measured: dict, field: str, cells=None) -> np.ndarray:
+    """The field on the full fine raster (n, n) (rows = y) from the measured points.
+
+    With the final ``cells`` of the refinement (the quadtree's leaves), each raster point is interpolated
+    bilinearly from the corners of the leaf that holds it (the natural reconstruction of a quadtree sampling);
+    points of leaves with a missing corner, and every point when ``cells`` is None, take the nearest measured
+    point's value.
+    """
     keys = np.array(list(measured))
     values = np.array([measured[tuple(k)].get(field, np.nan) for k in keys], dtype=float)
     jj, ii = np.mgrid[0:lattice.n, 0:lattice.n]
@@ -132,6 +138,13 @@ def reconstruct(lattice: Lattice, measured: dict, field: str) -> np.ndarray:
     for row in range(lattice.n):
         d = (ii[row][:, None] - keys[None, :, 0]) ** 2 + (jj[row][:, None] - keys[None, :, 1]) ** 2
         grid[row] = values[np.argmin(d, axis=1)]
+    for i, j, h in cells or ():
+        c = [measured.get(k, {}).get(field, np.nan) for k in corners((i, j, h))]  # (i,j) (i+h,j) (i,j+h) (i+h,j+h)
+        if not np.isfinite(c).all():
+            continue
+        fy, fx = np.mgrid[0:h + 1, 0:h + 1] / h
+        grid[j:j + h + 1, i:i + h + 1] = (c[0] * (1 - fx) * (1 - fy) + c[1] * fx * (1 - fy) + c[2] * (1 - fx) * fy
+                                          + c[3] * fx * fy)
     return grid
 
 
