@@ -5,6 +5,10 @@ Hysteresis: a texture formed on cooling survives re-warming up to the transition
 bracketing temperature must be approached from the untextured side. After a map that shows the new texture,
 the plan goes back past the unchanged end of the bracket by more than ``hysteresis`` before stepping toward
 the next bracketing temperature; after an unchanged map it simply carries on in the search direction.
+
+Point estimate: a new texture is detected only once it covers a few map points, so the changed end of the
+bracket lags the transition. The plan extrapolates the measured coverage to zero instead (see
+:func:`onset_from_coverage`).
 """
 
 from __future__ import annotations
@@ -70,9 +74,44 @@ def grid_points(x_range, y_range, n: int) -> list[tuple[float, float]]:
     return [(float(xs[i]), float(ys[j])) for i, j in snake_order([(i, j) for j in range(n) for i in range(n)])]
 
 
+def onset_from_coverage(history: Sequence[tuple], unchanged: float, changed: float, limit: float) -> float:
+    """The transition temperature (K) extrapolated to zero coverage of the new texture.
+
+    Model: the new texture grows outward from nuclei with a radius proportional to the undercooling, so
+    the covered fraction grows as its square and ``sqrt(coverage)`` is linear in temperature. The line
+    through the two changed maps nearest the transition (the least covered, so the least saturated, at
+    distinct temperatures) is extrapolated to zero coverage.
+
+    Parameters
+    ----------
+    history : (temperature K, changed, score, new coverage 0-1) per quick map.
+    unchanged, changed : the final bracket (K).
+    limit : the far bound (K) beyond ``unchanged`` for the estimate (a texture can go undetected there).
+
+    Returns
+    -------
+    float: the estimate (K), inside ``changed..limit``; the middle of the bracket when the changed maps do
+    not support a line (fewer than two temperatures, or coverage not growing with the undercooling).
+    """
+    middle = (unchanged + changed) / 2
+    sign = 1.0 if changed > unchanged else -1.0  # -1: cooling
+    seen = {}
+    for t, is_changed, _, coverage in history:
+        if is_changed and coverage > 0:
+            seen.setdefault(float(t), []).append(float(coverage))
+    if len(seen) < 2:
+        return middle
+    (t1, c1), (t2, c2) = sorted(((t, np.sqrt(np.mean(c))) for t, c in seen.items()), key=lambda tc: sign * tc[0])[:2]
+    slope = (c2 - c1) / (t2 - t1)
+    if not sign * slope > 0:
+        return middle
+    onset = t1 - c1 / slope
+    return float(np.clip(onset, *sorted((changed, limit))))
+
+
 def find_texture_temperature(detectors: Sequence[Readable], temperature: Movable, x: Movable, y: Movable,
                              x_range: Sequence[float], y_range: Sequence[float], stop: float, *,
-                             start: float | None = None, step: float = 2.0, tolerance: float = 0.5,
+                             start: float | None = None, step: float = 4.0, tolerance: float = 0.5,
                              hysteresis: float = 10.0, quick: int = 12, fine: int = 33, dwell: float = 0.0,
                              restore: bool = False, maps: LiveMaps | None = None, approve: Callable | None = None,
                              timeout: float = 60.0, md: dict | None = None) -> MsgGenerator[dict]:
@@ -117,9 +156,10 @@ def find_texture_temperature(detectors: Sequence[Readable], temperature: Movable
 
     Returns
     -------
-    dict: ``reason`` ("bracketed", "no new texture", "vetoed", "dry run"), ``transition`` (K, the middle of
-    the final bracket; NaN when not bracketed), ``bracket`` ((unchanged, changed) temperatures in K),
-    ``maps`` (maps taken, the fine one included), ``history`` (list of (temperature K, changed, score) per
+    dict: ``reason`` ("bracketed", "no new texture", "vetoed", "dry run"), ``transition`` (K, extrapolated
+    to zero coverage by :func:`onset_from_coverage`, within ``step`` beyond the unchanged end of the bracket;
+    NaN when not bracketed), ``bracket`` ((unchanged, changed) temperatures in K), ``maps`` (maps taken,
+    the fine one included), ``history`` (list of (temperature K, changed, score, new coverage 0-1) per
     quick map after the reference), ``fine_map`` ((first, last) primary seq_num of the fine map, or None),
     ``decisions``.
 
@@ -189,7 +229,7 @@ def find_texture_temperature(detectors: Sequence[Readable], temperature: Movable
         yield from wait_for_analysis(maps, timeout)
         run = maps[uid]
         change = texture_change(MapView(run, *reference), MapView(run, *current))
-        result["history"].append((float(t), bool(change.changed), float(change.score)))
+        result["history"].append((float(t), bool(change.changed), float(change.score), float(change.new_coverage)))
         evidence = {"temperature": float(t), "readback": float(temperature.position), "seq_nums": list(current),
                     "score": change.score, "new_coverage": change.new_coverage, "max_shift": change.max_shift,
                     "status": change.status}
@@ -248,7 +288,8 @@ def find_texture_temperature(detectors: Sequence[Readable], temperature: Movable
                 unchanged = t
         if changed is not None:
             result["bracket"] = (unchanged, changed)
-            result["transition"] = (unchanged + changed) / 2
+            result["transition"] = onset_from_coverage(result["history"], unchanged, changed,
+                                                       unchanged - sign * float(step))
         if changed is not None and move["approved"]:
             move = yield from decide("fine map", f"new texture between {unchanged:g} and {changed:g} K: "
                                      f"{fine} x {fine} map at {changed:g} K", {"unchanged": unchanged,
