@@ -10,6 +10,7 @@ from bluesky.simulators import summarize_plan
 
 from nanopilot.callbacks import NanobeamAnalysis, publish_maps
 from nanopilot.plans import find_texture_temperature
+from nanopilot.plans.temperature import onset_from_coverage
 from nanopilot.sim_devices import make_beamline
 from nanopilot.texture import frame_descriptor
 from test_callbacks import CentroidPredictor
@@ -145,3 +146,13 @@ def test_no_analysis_is_a_clear_error():
     with pytest.raises(ValueError, match="no live analysis"):
         next(find_texture_temperature([bl.detector], bl.temperature, bl.stage.x, bl.stage.y, (-1, 1), (-1, 1),
                                       250.0))
+
+
+def test_onset_extrapolated_to_zero_coverage():
+    # cooling: sqrt(coverage) 0.2 at 266 K and 0.6 at 264 K extrapolates to zero at 267 K
+    history = [(268.0, False, 0.0, 0.0), (264.0, True, 3.0, 0.36), (266.0, True, 1.5, 0.04), (267.5, False, 0.0, 0.0)]
+    assert onset_from_coverage(history, 267.5, 266.0, 271.5) == pytest.approx(267.0)
+    assert onset_from_coverage(history, 267.5, 266.0, 266.8) == pytest.approx(266.8)  # bounded
+    assert onset_from_coverage(history[:2], 268.0, 264.0, 272.0) == 266.0  # one changed map: the middle
+    flat = [(264.0, True, 3.0, 0.36), (266.0, True, 3.0, 0.49)]  # coverage not growing with undercooling
+    assert onset_from_coverage(flat, 267.0, 266.0, 271.0) == 266.5
