@@ -11,6 +11,7 @@ a plot) see one ordered stream. ``threaded=False`` does the same work inline (de
 
 from __future__ import annotations
 
+import atexit
 import logging
 import queue
 import threading
@@ -103,6 +104,10 @@ class NanobeamAnalysis(DocumentRouter):
         self._pending_since = 0.0
         if threaded:
             threading.Thread(target=self._work, name="nanopilot-analysis", daemon=True).start()
+            # Finish (and store) the analysis before the interpreter shuts down. threading's exit hooks run before
+            # other threads' resources (e.g. an in-process Tiled app's portal) are torn down; atexit runs after.
+            register = getattr(threading, "_register_atexit", atexit.register)
+            register(self.flush, 60.0)
 
     # ------------------------------------------------------------------ subscribers of derived documents
     def subscribe(self, callback) -> None:
