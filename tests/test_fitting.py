@@ -278,3 +278,14 @@ def test_fit_command_fits_and_saves_recorded_frames(library, tmp_path, capsys):
     saved = np.load(tmp_path / "frames_fit.npz")
     assert list(saved["status"]) == [OK, NONFINITE, OK]
     assert main(["fit", "--library", str(library.path), "--out", str(tmp_path / "x.txt")]) == 1
+
+
+def test_box_strain_prior_pulls_towards_the_start_and_narrows_the_std(scale):
+    truth = random_states(16, seed=21)
+    frames = poisson(simulate(truth) * scale, seed=22)
+    start = box_start(truth, seed=23)
+    free, tight = refine(frames, start, kernel="box"), refine(frames, start, kernel="box", strain_prior=True)
+    assert (free.status == OK).all() and (tight.status == OK).all()
+    assert (np.abs(tight.strain - start.strain) <= np.abs(free.strain - start.strain) + 1e-9).all()
+    assert (tight.strain_std < free.strain_std).all()
+    np.testing.assert_allclose(1 / tight.strain_std ** 2, 1 / free.strain_std ** 2 + 1 / NET_STD[0] ** 2, rtol=0.2)

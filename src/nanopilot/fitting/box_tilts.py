@@ -194,11 +194,15 @@ def _fit_box(model: _BoxModel, counts: torch.Tensor, start: np.ndarray, prior: n
     """Alternate the tilt posteriors (chi at the current omega, then omega at the most probable chi) and a strain
     (scale[, thickness]) fit at the most probable tilts.
 
+    ``prior`` (n, 3): std of the normal priors centred on ``start`` of strain (NaN: none), omega and chi (deg).
     Returns params (n, 4), std (n, 4), deviance per pixel (n,) and converged (n,) like :func:`_fit`, with the
     tilts and their std the (conditional) posterior means and std.
     """
     as_tensor = functools.partial(torch.as_tensor, dtype=torch.float64, device=model.device)
-    centre, sigma = as_tensor(start[:, 1:3]), as_tensor(prior)
+    centre, sigma = as_tensor(start[:, 1:3]), as_tensor(prior[:, 1:3])
+    strain_prior = torch.zeros((len(start), model.n_params), dtype=torch.float64, device=model.device)
+    strain_prior[:, 0] = as_tensor(np.nan_to_num((STRAIN_UNIT / prior[:, 0]) ** 2))
+    strain_prior = (model.to_internal(start, np.ones(len(start))), strain_prior)
 
     def posterior(params):
         out = np.empty((len(params), 3, 2))  # (most probable, mean, std) x (omega, chi)
@@ -215,7 +219,7 @@ def _fit_box(model: _BoxModel, counts: torch.Tensor, start: np.ndarray, prior: n
     params = start.copy()
     for _ in range(rounds):
         params[:, 1:3] = posterior(params)[:, 0]
-        fitted, std, deviance, converged = _fit(model, counts, params, max_iter, tol)
+        fitted, std, deviance, converged = _fit(model, counts, params, max_iter, tol, strain_prior)
         params = np.where(np.isfinite(fitted), fitted, params)
     tilts = posterior(params)
     params[:, 1:3], std[:, 1:3] = tilts[:, 1], tilts[:, 2]

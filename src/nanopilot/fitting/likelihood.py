@@ -18,8 +18,6 @@ STRAIN_UNIT, ANGLE_UNIT_DEG, LOG_THICKNESS_UNIT = 1e-4, 1e-3, 1e-2
 _ANGLE_UNIT_RAD = math.radians(ANGLE_UNIT_DEG)
 
 
-
-
 class _Model:
     """mu = a * (B(chi) M A(strain, omega, t)^T) + floor (Gaussian kernel) and its Jacobian in internal units."""
 
@@ -141,16 +139,31 @@ def _fisher_and_gradient(mu, jac, counts):
     return fisher, gradient
 
 
-def _fit(model: _Model, counts: torch.Tensor, start: np.ndarray, max_iter: int, tol: float):
-    """Levenberg-Marquardt on one batch. Returns params (n, 4), std (n, 4), deviance per pixel (n,), converged."""
+def _fit(model: _Model, counts: torch.Tensor, start: np.ndarray, max_iter: int, tol: float,
+         prior: tuple[torch.Tensor, torch.Tensor] | None = None):
+    """Levenberg-Marquardt on one batch, optionally with independent normal priors on the internal parameters.
+
+    ``prior``: (centre, precision), both (n, P) in internal units (precision 1 / std^2; 0 where there is none):
+    the objective is the Poisson NLL plus ``precision * (theta - centre)^2 / 2`` and the std are posterior std.
+    Returns params (n, 4), std (n, 4), deviance per pixel (n,), converged."""
     n = len(counts)
     fixed = model.fixed(start)
     shape = model.shape(model.to_internal(start, np.ones(n)), fixed)
     total = shape.sum(dim=1)
     scale = torch.where(total > 0, counts.sum(dim=1) / total, torch.nan)  # Poisson MLE of a for a fixed shape
     theta = model.to_internal(start, scale.cpu().numpy())
+    centre, precision = prior if prior is not None else (torch.zeros_like(theta), torch.zeros_like(theta))
+
+    def objective(mu, counts, theta, rows):
+        return _nll(mu, counts) + 0.5 * (precision[rows] * (theta - centre[rows]) ** 2).sum(dim=1)
+
+    def fisher_and_gradient(rows):
+        fisher, gradient = _fisher_and_gradient(mu[rows], jac[rows], counts[rows])
+        return (fisher + torch.diag_embed(precision[rows]),
+                gradient + precision[rows] * (theta[rows] - centre[rows]))
+
     mu, jac = model.evaluate(theta, fixed)
-    nll = _nll(mu, counts)
+    nll = objective(mu, counts, theta, slice(None))
     damping = torch.full((n,), 1e-3, dtype=torch.float64, device=model.device)
     converged = torch.zeros(n, dtype=torch.bool, device=model.device)
     failed = ~torch.isfinite(nll)
@@ -159,7 +172,7 @@ def _fit(model: _Model, counts: torch.Tensor, start: np.ndarray, max_iter: int, 
         active = torch.nonzero(~converged & ~failed)[:, 0]
         if len(active) == 0:
             break
-        fisher, gradient = _fisher_and_gradient(mu[active], jac[active], counts[active])
+        fisher, gradient = fisher_and_gradient(active)
         newton, info = torch.linalg.solve_ex(fisher, -gradient[..., None])
         decrement = -(gradient * newton[..., 0]).sum(dim=1)
         done = (info == 0) & (decrement < tol)
@@ -172,14 +185,14 @@ def _fit(model: _Model, counts: torch.Tensor, start: np.ndarray, max_iter: int, 
         step = torch.linalg.solve_ex(damped, -gradient[..., None])[0][..., 0]
         trial = theta[active] + step
         mu_trial, jac_trial = model.evaluate(trial, fixed[active])
-        nll_trial = _nll(mu_trial, counts[active])
+        nll_trial = objective(mu_trial, counts[active], trial, active)
         accept = torch.isfinite(nll_trial) & (nll_trial <= nll[active])
         accepted = active[accept]
         theta[accepted], mu[accepted], jac[accepted], nll[accepted] = \
             trial[accept], mu_trial[accept], jac_trial[accept], nll_trial[accept]
         damping[active] = torch.where(accept, damping[active] / 3, damping[active] * 4)
         failed |= damping > 1e12  # no step lowers the likelihood, yet the optimum is not reached
-    fisher, _ = _fisher_and_gradient(mu, jac, counts)
+    fisher, _ = fisher_and_gradient(slice(None))
     covariance, info = torch.linalg.inv_ex(fisher)
     variances = torch.diagonal(covariance, dim1=1, dim2=2)
     columns, internal = zip(*model.std_columns)

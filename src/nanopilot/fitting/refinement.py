@@ -30,7 +30,8 @@ DEFAULT_TILT_STD_DEG = (5e-4, 1.5e-3)
 
 def refine(frames, initial, instrument: Instrument | None = None, *, kernel: str = "gauss",
            fit_thickness: bool = False, max_iter: int = 50, tol: float = 1e-6, floor: float = 1e-4,
-           batch: int = 256, rounds: int = 2, device=None, progress: bool = False) -> Estimates:
+           batch: int = 256, rounds: int = 2, strain_prior: bool = False, device=None,
+           progress: bool = False) -> Estimates:
     """Refine estimates by maximising each frame's Poisson likelihood under the forward model.
 
     Parameters
@@ -41,7 +42,7 @@ def refine(frames, initial, instrument: Instrument | None = None, *, kernel: str
         Starting strain, omega (deg), chi (deg)[, thickness (A)]; a missing or NaN thickness means
         ``instrument.thickness``. Frames whose initial Estimates status is not ok keep that status. With
         ``kernel="box"`` the start is also the prior of the tilts: normal with the Estimates' ``omega_std`` and
-        ``chi_std`` (deg) where finite, else :data:`DEFAULT_TILT_STD_DEG`.
+        ``chi_std`` (deg) where finite, else :data:`DEFAULT_TILT_STD_DEG` (and of strain with ``strain_prior``).
     instrument : the setup (default: the published one).
     kernel : "gauss" (the differentiable kernel: Levenberg-Marquardt in all parameters) or "box" (the published
         kernel: tilt posterior on a cell grid alternated with Levenberg-Marquardt in strain; about 5 ms per frame
@@ -53,6 +54,8 @@ def refine(frames, initial, instrument: Instrument | None = None, *, kernel: str
     floor : expected background counts per pixel added to the model (keeps log mu finite).
     batch : frames refined together (memory grows by about 1 MB per frame of the batch).
     rounds : box kernel: alternations of tilt posterior and strain fit (one more tilt posterior follows).
+    strain_prior : box kernel: also a normal prior on strain, centred on the start with the initial Estimates'
+        ``strain_std`` where finite (the returned ``strain_std`` is then the posterior std).
     device : torch device for the computation (default CPU).
     progress : show a progress bar over frames.
 
@@ -77,7 +80,7 @@ def refine(frames, initial, instrument: Instrument | None = None, *, kernel: str
     score = np.full(len(clean), np.nan)
     todo = np.flatnonzero(status == OK)
     model = (_BoxModel if kernel == "box" else _Model)(instrument, fit_thickness, floor, device)
-    prior = _tilt_prior(initial, len(clean))
+    prior = _prior(initial, len(clean), strain_prior)
     with tqdm(total=len(todo), unit="frame", desc="refine", disable=not progress) as bar:
         for first in range(0, len(todo), batch):
             idx = todo[first:first + batch]
@@ -94,12 +97,13 @@ def refine(frames, initial, instrument: Instrument | None = None, *, kernel: str
     return Estimates.from_params(params, status, std=std, score=score)
 
 
-def _tilt_prior(initial, n: int) -> np.ndarray:
-    """(n, 2) prior std (deg) of omega and chi: the initial Estimates' std where finite and positive, else the
-    default."""
-    prior = np.tile(np.asarray(DEFAULT_TILT_STD_DEG, dtype=np.float64), (n, 1))
+def _prior(initial, n: int, strain_prior: bool) -> np.ndarray:
+    """(n, 3) box-kernel prior std of strain, omega (deg) and chi (deg): the initial Estimates' std where finite and
+    positive (strain only with ``strain_prior``), else none for strain (NaN) and :data:`DEFAULT_TILT_STD_DEG`."""
+    prior = np.tile(np.asarray((np.nan, *DEFAULT_TILT_STD_DEG), dtype=np.float64), (n, 1))
     if isinstance(initial, Estimates):
-        given = np.stack([initial.omega_std, initial.chi_std], axis=1).astype(np.float64)
+        given = np.stack([initial.strain_std, initial.omega_std, initial.chi_std], axis=1).astype(np.float64)
+        given[:, 0] = given[:, 0] if strain_prior else np.nan
         prior = np.where(np.isfinite(given) & (given > 0), given, prior)
     return prior
 

@@ -157,8 +157,8 @@ class Predictor:
         refine : False; True to pass every ok frame's estimate through :func:`nanopilot.fitting.refine`
             under the model's kernel (Poisson likelihood); or a float k to refine only frames whose ensemble
             spread exceeds k times the median spread of the training validation set in any output. A box-kernel
-            model's estimate is the start and the tilts' prior (std :data:`TILT_PRIOR_FACTOR` x its validation
-            RMSE) and the refinement replaces it; a smooth-kernel model's estimate is combined with the fit by
+            model's estimate is the start and the prior of the tilts (std :data:`TILT_PRIOR_FACTOR` x its
+            validation RMSE) and of strain (std its validation RMSE), and the refinement replaces it; a smooth-kernel model's estimate is combined with the fit by
             inverse variance (network: its validation RMSE; refinement: its Fisher std).
         residual : also flag frames the physics model does not explain (``residual``; about 0.3 ms per frame).
 
@@ -207,9 +207,10 @@ class Predictor:
         net_std = np.array([self.metadata["validation"][f"rmse_{n}"] for n in self.outputs])
         if self.kernel == "box":
             prior = np.full((len(idx), 4), np.nan)
-            prior[:, 1:3] = TILT_PRIOR_FACTOR * net_std[1:3]
+            prior[:, 0], prior[:, 1:3] = net_std[0], TILT_PRIOR_FACTOR * net_std[1:3]
             start = Estimates.from_params(params[idx], np.full(len(idx), OK, dtype=object), std=prior[:, :k])
-            result = physics_refine(clean[idx], start, self.instrument, kernel="box", fit_thickness=fit_thickness)
+            result = physics_refine(clean[idx], start, self.instrument, kernel="box", fit_thickness=fit_thickness,
+                                    strain_prior=True)
         else:
             result = physics_refine(clean[idx], params[idx], self.instrument, fit_thickness=fit_thickness)
         refined = result.params(with_thickness=True)[:, :k]
