@@ -30,7 +30,7 @@ DEFAULT_TILT_STD_DEG = (5e-4, 1.5e-3)
 
 def refine(frames, initial, instrument: Instrument | None = None, *, kernel: str = "gauss",
            fit_thickness: bool = False, max_iter: int = 50, tol: float = 1e-6, floor: float = 1e-4,
-           batch: int = 256, rounds: int = 2, strain_prior: bool = False, device=None,
+           batch: int = 256, rounds: int = 1, strain_prior: bool = False, device=None,
            progress: bool = False) -> Estimates:
     """Refine estimates by maximising each frame's Poisson likelihood under the forward model.
 
@@ -53,7 +53,8 @@ def refine(frames, initial, instrument: Instrument | None = None, *, kernel: str
         negative log-likelihood; 1e-6 means the optimum is within 1e-3 standard deviations).
     floor : expected background counts per pixel added to the model (keeps log mu finite).
     batch : frames refined together (memory grows by about 1 MB per frame of the batch).
-    rounds : box kernel: alternations of tilt posterior and strain fit (one more tilt posterior follows).
+    rounds : box kernel: alternations of tilt posterior and strain fit (one more tilt posterior follows; a second
+        round changed the network-started RMSE by < 0.5% on 300 frames at about twice the cost).
     strain_prior : box kernel: also a normal prior on strain, centred on the start with the initial Estimates'
         ``strain_std`` where finite (the returned ``strain_std`` is then the posterior std).
     device : torch device for the computation (default CPU).
