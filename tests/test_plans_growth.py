@@ -139,3 +139,22 @@ def test_monitor_rate_and_relaxation_logic():
         relaxed, evidence = monitor.relaxation()
         assert relaxed == (k == 1)  # confirmed on the second round in a row
     assert evidence["field"] == "omega" and evidence["z_max"] > 20
+
+
+def test_monitor_follows_a_drift_common_to_all_points():
+    monitor = GrowthMonitor(target=300.0)  # the estimator's bias drifts with thickness, the same at every point
+    rng = np.random.default_rng(1)
+    for k in range(30):
+        drift = 2e-4 * k  # 0.4 noise units per round, 12 over the run
+        monitor.add_round(float(k), {"thickness": np.full(16, 80.0 + k),
+                                     "strain": -0.004 + drift + rng.normal(0, 1e-4, 16),
+                                     "omega": 5 * drift + rng.normal(0, 5e-4, 16), "chi": rng.normal(0, 1e-3, 16)})
+        assert not monitor.relaxation()[0]
+    chi = rng.normal(0, 1e-3, 16)
+    chi[:4] += 0.02  # a patch relaxes: its tilts move away from the rest
+    for k in range(2):
+        monitor.add_round(30.0 + k, {"thickness": np.full(16, 110.0), "strain": np.full(16, -0.004),
+                                     "omega": rng.normal(0, 5e-4, 16), "chi": chi + rng.normal(0, 1e-3, 16)})
+        relaxed, evidence = monitor.relaxation()
+        assert relaxed == (k == 1)
+    assert evidence["field"] == "chi"

@@ -31,7 +31,9 @@ from .common import (
 )
 
 #: Fields whose change at a point, against that point's own baseline, signals relaxation: strain moves
-#: toward zero and the tilts spread (mosaicity) as misfit dislocations form.
+#: toward zero and the tilts spread (mosaicity) as misfit dislocations form. Each value is taken relative
+#: to the median over the round's points: relaxation starts in patches, while the estimator's slow drift
+#: with the thickness (its bias depends on it) is common to every point and cancels.
 RELAXATION_FIELDS = ("strain", "omega", "chi")
 
 
@@ -43,13 +45,17 @@ class GrowthMonitor:
     ----------
     target : thickness (angstrom) at which to stop.
     z_crit : a point has changed when a field leaves its baseline by more than ``z_crit`` noise units.
-    baseline_rounds : rounds after the shutter opens that define each point's coherent baseline.
+    baseline_rounds : rounds that define each point's baseline: those ending ``gap`` rounds before the
+        newest one (a sliding window, so the baseline follows the estimator's slow drift with thickness);
+        the first test comes once ``min(baseline_rounds, 3)`` rounds define it.
+    gap : rounds between the baseline and the newest round (a relaxing patch changes over a few rounds).
     confirm : consecutive rounds with a changed point before relaxation is declared.
     """
 
     target: float
     z_crit: float = 5.0
-    baseline_rounds: int = 3
+    baseline_rounds: int = 10
+    gap: int = 4
     confirm: int = 2
     times: list = dataclasses.field(default_factory=list)
     rounds: list = dataclasses.field(default_factory=list)
@@ -86,27 +92,31 @@ class GrowthMonitor:
 
     def relaxation(self) -> tuple[bool, dict]:
         """Has relaxation started? Each point's change from its own baseline, in noise units ``z``, is
-        tested three ways per field: one point moved (max |z|), all points moved together
-        (sum z / sqrt(n): strain relaxing toward zero), the points spread apart ((sum z^2 - n) / sqrt(2n):
-        tilt mosaicity). Each statistic is about N(0, 1) while nothing changes."""
-        if len(self.rounds) <= self.baseline_rounds:
+        tested two ways per field: one point moved (max |z|) and the points spread apart
+        ((sum z^2 - n) / sqrt(2n): patches relaxing, tilt mosaicity). Values are relative to the round's
+        median over the points (see :data:`RELAXATION_FIELDS`), so a change common to every point, such as
+        the estimator's drift with the thickness, is not taken for relaxation. The spread statistic is
+        about N(0, 1) while nothing changes."""
+        first = min(self.baseline_rounds, 3)
+        if len(self.rounds) <= first:
             return False, {"reason": "baseline"}
-        base = self.rounds[: self.baseline_rounds]
+        end = max(first, len(self.rounds) - 1 - self.gap)
+        base = self.rounds[max(0, end - self.baseline_rounds):end]
         last = self.rounds[-1]
         best = {"z_max": 0.0, "field": None, "test": None, "point": None}
         for field in RELAXATION_FIELDS:
-            stack = np.stack([r[field] for r in base])  # (rounds, points)
+            stack = np.stack([relative(r[field]) for r in base])  # (rounds, points)
             counts = np.isfinite(stack).sum(axis=0)
             if (counts >= 2).sum() == 0:
                 continue
             noise = np.sqrt(np.mean(np.nanvar(stack[:, counts >= 2], axis=0, ddof=1)))  # pooled within-point scatter
             if not np.isfinite(noise) or noise == 0:
                 continue
-            z = (last[field] - np.nanmean(stack, axis=0)) / (noise * math.sqrt(1 + 1 / self.baseline_rounds))
+            z = (relative(last[field]) - np.nanmean(stack, axis=0)) / (noise * math.sqrt(1 + 1 / len(base)))
             z = z[np.isfinite(z)]
             if not z.size:
                 continue
-            tests = {"one point": float(np.abs(z).max()), "all points": float(abs(z.sum()) / math.sqrt(z.size)),
+            tests = {"one point": float(np.abs(z).max()),
                      "spread": float((np.sum(z ** 2) - z.size) / math.sqrt(2 * z.size))}
             for test, value in tests.items():
                 if value > best["z_max"]:
@@ -117,9 +127,15 @@ class GrowthMonitor:
         return self._streak >= self.confirm, best
 
 
+def relative(values: np.ndarray) -> np.ndarray:
+    """Per-point values relative to their median over the points (NaN where not finite)."""
+    finite = np.isfinite(values)
+    return values - np.median(values[finite]) if finite.any() else values
+
+
 def grow_until(detectors: Sequence[Readable], deposition: Movable, x: Movable, y: Movable,
                target_thickness: float, *, points: Sequence[Sequence[float]] | None = None,
-               interval: float = 5.0, max_time: float = 3600.0, z_crit: float = 5.0, baseline_rounds: int = 3,
+               interval: float = 1.0, max_time: float = 3600.0, z_crit: float = 5.0, baseline_rounds: int = 10,
                confirm: int = 2, maps: LiveMaps | None = None, approve: Callable | None = None,
                timeout: float = 60.0, md: dict | None = None) -> MsgGenerator[dict]:
     """Grow a film with the shutter open, measuring as it grows; close at the target thickness or at relaxation.
@@ -131,7 +147,8 @@ def grow_until(detectors: Sequence[Readable], deposition: Movable, x: Movable, y
     x, y : stage motors (um).
     target_thickness : film thickness (angstrom) at which to close the shutter; the closing time is
         anticipated from the measured growth rate.
-    points : (x, y) positions (um) measured each round (default: a 3 x 3 grid over +-0.5 um).
+    points : (x, y) positions (um) measured each round (default: a 4 x 4 grid over +-1.5 um, points 1 um
+        apart: more than the correlation length of the relaxation patches, so more patches are watched).
     interval : seconds between rounds (on the beamline's clock).
     max_time : the shutter is closed after this many seconds whatever happens.
     z_crit, baseline_rounds, confirm : relaxation criterion, see :class:`GrowthMonitor`.
@@ -157,8 +174,9 @@ def grow_until(detectors: Sequence[Readable], deposition: Movable, x: Movable, y
     if "thickness" not in maps.outputs:
         raise ValueError("grow_until needs a model that estimates thickness (4 outputs); the analysis' model has "
                          f"{maps.outputs}: load the shipped thickness model (Predictor.load('thickness'))")
+    grid = (-1.5, -0.5, 0.5, 1.5)
     points = [tuple(map(float, p)) for p in (points if points is not None else
-                                             [(px, py) for py in (-0.5, 0, 0.5) for px in (-0.5, 0, 0.5)])]
+                                             [(px, py) for py in grid for px in grid])]
     if not points or any(len(p) != 2 for p in points):
         raise ValueError("points must be a non-empty list of (x, y) positions in um")
     for motor, values in ((x, [p[0] for p in points]), (y, [p[1] for p in points])):
@@ -166,7 +184,8 @@ def grow_until(detectors: Sequence[Readable], deposition: Movable, x: Movable, y
     for det in detectors:
         check_instrument(det, maps)
 
-    monitor = GrowthMonitor(float(target_thickness), float(z_crit), int(baseline_rounds), int(confirm))
+    monitor = GrowthMonitor(float(target_thickness), z_crit=float(z_crit), baseline_rounds=int(baseline_rounds),
+                            confirm=int(confirm))
     log = DecisionLog()
     readables = list(detectors) + [x, y, deposition]
     _md = {"plan_name": "grow_until", "motors": [y.name, x.name], "detectors": [d.name for d in detectors],
