@@ -11,7 +11,7 @@ import torch
 
 from ..physics import Instrument
 from ..physics.forward import _const, chi_matrix, laue_matrix
-from .likelihood import LOG_THICKNESS_UNIT, STRAIN_UNIT, _fit, _laue_and_derivatives, _laue_argument
+from .likelihood import LOG_THICKNESS_UNIT, STRAIN_UNIT, _fit, _laue_and_derivatives
 
 _SQRT_2PI = math.sqrt(2 * math.pi)
 
@@ -80,6 +80,13 @@ class _BoxModel:
         return a * images[:, 0] + self.floor, jac * a[:, :, None]
 
 
+@functools.lru_cache(maxsize=8)
+def _omega_grid(instrument: Instrument) -> tuple[float, float]:
+    """``o_qx[0]`` and the spacing ``o_qx[u] - o_qx[u + 1]`` (1/A) of the evenly spaced pupil Qx offsets."""
+    o_qx = _const(instrument, "o_qx", "cpu")
+    return float(o_qx[0]), float(o_qx[0] - o_qx[1])
+
+
 def _chi_transitions(instrument: Instrument) -> np.ndarray:
     """Sorted chi values (deg) where a box edge of B(chi) crosses a pupil row: the image is constant between."""
     geometry = {name: _const(instrument, name, "cpu").numpy() for name in ("qy", "o_qy")}
@@ -133,16 +140,19 @@ def _omega_posterior(instrument: Instrument, counts, strain, t, chi, centre, sig
     edges = centre[:, None] + sigma[:, None] * steps
     left, right = edges[:, :-1], edges[:, 1:]
     omega = (left + right) / 2
-    ascending = -_const(instrument, "o_qx", device)  # o_qx decreases with u; the box is o_qx in (r - prec, r + prec)
+    # the box is o_qx in (r - prec, r + prec); o_qx = -u * step + first is evenly spaced, decreasing with u
+    first, step = _omega_grid(instrument)
     r = _const(instrument, "qx", device) + instrument.g * torch.deg2rad(omega)[:, :, None]  # (n, K, W)
-    u_lo = torch.searchsorted(ascending, -(r + prec), right=True)
-    u_hi = torch.searchsorted(ascending, (prec - r).contiguous())
+    u_lo = (torch.floor((first - r - prec) / step) + 1).clamp(0, instrument.pupil_size).long()
+    u_hi = torch.ceil((first - r + prec) / step).clamp(0, instrument.pupil_size).long()
     # only the band of pupil columns u that some cell's box reaches enters, per detector column x
     band_start = u_lo.amin(dim=1)  # (n, W)
     band = torch.arange(int((u_hi.amax(dim=1) - band_start).max()), device=device)
     u_band = (band_start[:, :, None] + band).clamp(max=instrument.pupil_size - 1)  # (n, W, Bw)
-    laue = t[:, None, None] * torch.sinc(_laue_argument(strain, t, instrument) / math.pi) ** 2  # (n, W, U)
-    laue = torch.gather(laue, 2, u_band)
+    # the Laue term on the band only (the expression of _laue_argument)
+    qz, o_qz = _const(instrument, "qz", device), _const(instrument, "o_qz", device)
+    z = t[:, None, None] * (qz[None, :, None] - instrument.g / (1 + strain[:, None, None]) - o_qz[u_band]) / 2
+    laue = t[:, None, None] * torch.sinc(z / math.pi) ** 2  # (n, W, Bw)
     b_m = chi_matrix(torch.deg2rad(chi), instrument, "box") @ _const(instrument, "donut", device)  # (n, H, U)
     b_m = torch.gather(b_m, 2, u_band.reshape(n, 1, -1).expand(n, rows, -1)).reshape(n, rows, cols, -1)
     prefix = torch.nn.functional.pad(torch.cumsum(b_m * laue[:, None], dim=3), (1, 0))  # (n, H, W, Bw + 1)
