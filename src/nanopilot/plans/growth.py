@@ -47,7 +47,8 @@ class GrowthMonitor:
     z_crit : a point has changed when a field leaves its baseline by more than ``z_crit`` noise units.
     baseline_rounds : rounds that define each point's baseline: those ending ``gap`` rounds before the
         newest one (a sliding window, so the baseline follows the estimator's slow drift with thickness);
-        the first test comes once ``min(baseline_rounds, 3)`` rounds define it.
+        the first test comes once ``max(3, baseline_rounds // 2)`` rounds define it (a noise estimate from
+        fewer rounds is too uncertain).
     gap : rounds between the baseline and the newest round (a relaxing patch changes over a few rounds).
     confirm : consecutive rounds with a changed point before relaxation is declared.
     """
@@ -97,7 +98,7 @@ class GrowthMonitor:
         median over the points (see :data:`RELAXATION_FIELDS`), so a change common to every point, such as
         the estimator's drift with the thickness, is not taken for relaxation. The spread statistic is
         about N(0, 1) while nothing changes."""
-        first = min(self.baseline_rounds, 3)
+        first = max(3, self.baseline_rounds // 2)
         if len(self.rounds) <= first:
             return False, {"reason": "baseline"}
         end = max(first, len(self.rounds) - 1 - self.gap)
