@@ -54,10 +54,10 @@ class GrowthMonitor:
     """
 
     target: float
-    z_crit: float = 5.0
+    z_crit: float = 5.5
     baseline_rounds: int = 10
     gap: int = 4
-    confirm: int = 2
+    confirm: int = 1
     times: list = dataclasses.field(default_factory=list)
     rounds: list = dataclasses.field(default_factory=list)
     _streak: int = 0
@@ -136,8 +136,8 @@ def relative(values: np.ndarray) -> np.ndarray:
 
 def grow_until(detectors: Sequence[Readable], deposition: Movable, x: Movable, y: Movable,
                target_thickness: float, *, points: Sequence[Sequence[float]] | None = None,
-               interval: float = 1.0, max_time: float = 3600.0, z_crit: float = 5.0, baseline_rounds: int = 10,
-               confirm: int = 2, maps: LiveMaps | None = None, approve: Callable | None = None,
+               interval: float = 1.0, max_time: float = 3600.0, z_crit: float = 5.5, baseline_rounds: int = 10,
+               confirm: int = 1, maps: LiveMaps | None = None, approve: Callable | None = None,
                timeout: float = 60.0, md: dict | None = None) -> MsgGenerator[dict]:
     """Grow a film with the shutter open, measuring as it grows; close at the target thickness or at relaxation.
 
