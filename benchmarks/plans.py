@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from bluesky import RunEngine
 from scipy import ndimage
+from scipy.interpolate import griddata as interpolate_griddata
 
 from nanopilot.callbacks import NanobeamAnalysis
 from nanopilot.model import Predictor
@@ -83,9 +84,20 @@ def wall_error(true_labels, labels, step) -> float:
     return float(step * (to_b[a].mean() + to_a[b].mean()) / 2)
 
 
+def interpolate(lattice, measured: dict, field: str) -> np.ndarray:
+    """Scattered points onto the fine raster: linear on their Delaunay triangulation, nearest point outside it."""
+    keys = np.array(list(measured), dtype=float)
+    values = np.array([measured[tuple(int(v) for v in k)][field] for k in keys], dtype=float)
+    jj, ii = np.mgrid[0:lattice.n, 0:lattice.n]
+    linear = interpolate_griddata(keys, values, (ii, jj), method="linear")
+    nearest = interpolate_griddata(keys, values, (ii, jj), method="nearest")
+    return np.where(np.isfinite(linear), linear, nearest)
+
+
 def bench_steering(fine: int, seed: int, predictor) -> None:
     print(f"(a) steered_map vs full fine raster vs random sparse: fine raster {fine} x {fine} = {fine ** 2} points, "
-          f"region 4 x 4 um, coarse_step 8, budget 0.25, scene seed {seed}")
+          f"region 4 x 4 um, coarse_step 8, budget 0.25, scene seed {seed}; maps rebuilt bilinearly in the quadtree's "
+          f"leaves (steered) or linearly on the Delaunay triangulation (raster, random); wall labels: nearest point")
     for scene in ("published", "domains"):
         bl = make_beamline(scene, seed=seed)
         analysis = NanobeamAnalysis(predictor, batch_size=256, max_latency=0.05)
@@ -118,7 +130,8 @@ def bench_steering(fine: int, seed: int, predictor) -> None:
             measured = collect_points(analysis.maps[uid], lattice, "stage_x", "stage_y")
             errors = []
             for f in FIELDS:
-                grid = reconstruct(lattice, measured, f)
+                grid = (reconstruct(lattice, measured, f, res.plan_result["cells"]) if name == "steered"
+                        else interpolate(lattice, measured, f))
                 rms = np.sqrt(np.nanmean((grid[near] - truth[f][near]) ** 2)) if near.any() else np.nan
                 errors.append(f"{f} {UNITS[f][0] * rms:.2f} {UNITS[f][1]}")
             line = (f"    {name:13s}: {len(measured):5d} points ({100 * len(measured) / fine ** 2:5.1f}%), "
