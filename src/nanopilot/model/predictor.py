@@ -171,8 +171,9 @@ class Predictor:
         -------
         Estimates with strain, omega (deg), chi (deg), thickness (A; NaN for a 3-output model), their standard
         deviations (ensemble spread times the sidecar's calibration factor, see
-        :mod:`nanopilot.model.calibration`; Fisher / posterior std where refined) and status per frame: ok or the first problem
-        found (nonfinite, negative, empty, saturated, count_level, edge, residual, not_converged).
+        :mod:`nanopilot.model.calibration`; Fisher / posterior std where refined) and status per frame: ok or
+        the first problem found (nonfinite, negative, empty, saturated, count_level, edge, residual,
+        not_converged).
 
         Raises
         ------
