@@ -48,6 +48,13 @@ def make_documents(frames: np.ndarray, page: int) -> list[tuple[str, dict]]:
     return docs
 
 
+def settled(measure):
+    """Run ``measure`` after a pause: the OpenMP pool of the thread that ran the previous measurement keeps
+    spinning for a while after its work and would otherwise steal the cores from this one."""
+    time.sleep(1.0)
+    return measure()
+
+
 def run_analysis(predictor, docs, n, **kwargs) -> tuple[float, NanobeamAnalysis, int]:
     derived = []
     analysis = NanobeamAnalysis(predictor, **kwargs)
@@ -94,10 +101,11 @@ def main() -> None:
 
         rates = {"bare": [], "threaded": [], "inline": []}
         for _ in range(args.repeats):  # interleaved, best of each: the machine is shared
-            rates["bare"].append(bare())
-            rates["threaded"].append(run_analysis(predictor, docs, args.frames, batch_size=args.page)[0])
-            rates["inline"].append(run_analysis(predictor, docs, args.frames, batch_size=args.page,
-                                                threaded=False)[0])
+            rates["bare"].append(settled(bare))
+            rates["threaded"].append(settled(lambda: run_analysis(predictor, docs, args.frames,
+                                                                  batch_size=args.page)[0]))
+            rates["inline"].append(settled(lambda: run_analysis(predictor, docs, args.frames, batch_size=args.page,
+                                                                threaded=False)[0]))
         best = {k: max(v) for k, v in rates.items()}
         print(f"{label:18s} bare Predictor {best['bare']:8,.0f} frames/s | NanobeamAnalysis threaded "
               f"{best['threaded']:8,.0f} (ratio {best['threaded'] / best['bare']:.2f}), inline {best['inline']:8,.0f} "
