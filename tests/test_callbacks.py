@@ -296,3 +296,16 @@ def test_a_page_with_one_frame_of_another_shape_flags_only_that_frame():
         analysis(name, doc)
     points = analysis.maps[bundle.start_doc["uid"]].scattered()
     assert points["status"].tolist() == ["ok", "wrong_shape", "ok"]
+
+
+def test_a_failing_subscriber_does_not_stop_the_others(caplog):
+    bl = make_beamline("published", seed=1)
+    analysis = NanobeamAnalysis(CentroidPredictor(), threaded=False)
+
+    def broken(name, doc):
+        raise RuntimeError("subscriber bug")
+
+    analysis.subscribe(broken)
+    uid, docs = run_analysis(scan(bl, 2, 2), analysis)
+    assert [n for n, _ in docs][0] == "start" and docs[-1][0] == "stop" and len(analysis.maps[uid]) == 4
+    assert "subscriber" in caplog.text and "subscriber bug" in caplog.text

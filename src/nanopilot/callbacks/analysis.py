@@ -23,6 +23,7 @@ from event_model import DocumentRouter
 from .derived import DerivedRun
 from .frame_sources import ExternalFrames, find_image_key, frame_shape_of
 from .live_maps import LiveMaps
+from .subscribers import Subscribers
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ class NanobeamAnalysis(DocumentRouter):
             self.maps.instrument, self.maps.outputs = predictor.instrument, outputs
         self.batch_size, self.max_latency, self.refine = int(batch_size), float(max_latency), bool(refine)
         self.max_queued_frames, self.when_behind = int(max_queued_frames), when_behind
-        self._subscribers: list = []
+        self._emit = Subscribers("analysis")  # derived documents go to each subscriber
         self._runs: dict[str, _Run] = {}
         self._descriptor_run: dict[str, _Run] = {}
         self._room = threading.Condition()
@@ -112,14 +113,7 @@ class NanobeamAnalysis(DocumentRouter):
     # ------------------------------------------------------------------ subscribers of derived documents
     def subscribe(self, callback) -> None:
         """Send every derived document to ``callback(name, doc)``."""
-        self._subscribers.append(callback)
-
-    def _emit(self, name: str, doc: dict) -> None:
-        for cb in self._subscribers:
-            try:
-                cb(name, doc)
-            except Exception:  # a failing subscriber must not stop the analysis
-                logger.exception("subscriber %r failed on a derived %s document", cb, name)
+        self._emit.append(callback)
 
     # ------------------------------------------------------------------ RunEngine side
     def start(self, doc):

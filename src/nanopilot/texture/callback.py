@@ -22,6 +22,7 @@ import time
 import numpy as np
 from event_model import DocumentRouter, compose_run
 
+from ..callbacks.subscribers import Subscribers
 from .classifier import NOT_ENOUGH_DATA, OK, UNLABELLED, TextureClassifier
 from .features import texture_features
 from .stripes import run_stripes
@@ -59,14 +60,14 @@ class TextureCallback(DocumentRouter):
         self.classifier = classifier if classifier is not None else TextureClassifier()
         self.update_every, self.stripe_field = update_every, stripe_field
         self.n_neighbours, self.group_weights = n_neighbours, group_weights
-        self._subscribers: list = []
+        self._emit = Subscribers("texture")  # texture-run documents go to each subscriber
         self._runs: dict[str, dict] = {}  # analysis uid -> {"raw_uid", "motors", "units", "next"}
         self._descriptors: dict[str, str] = {}  # primary descriptor uid -> analysis uid
         self.results: dict[str, dict] = {}  # raw uid -> summary of the last classification
 
     def subscribe(self, callback) -> None:
         """Send every texture-run document to ``callback(name, doc)``."""
-        self._subscribers.append(callback)
+        self._emit.append(callback)
 
     def live_plot(self, fields=("strain", "omega", "chi", "texture"), **kwargs):
         """A :class:`~nanopilot.callbacks.plot.LiveMapPlot` with a texture panel, subscribed to this callback
@@ -76,13 +77,6 @@ class TextureCallback(DocumentRouter):
         plot = LiveMapPlot(self.maps, fields, **kwargs)
         self.subscribe(plot)
         return plot
-
-    def _emit(self, name: str, doc: dict) -> None:
-        for cb in self._subscribers:
-            try:
-                cb(name, doc)
-            except Exception:  # a failing subscriber must not stop the labelling
-                logger.exception("subscriber %r failed on a texture %s document", cb, name)
 
     # ------------------------------------------------------------------ analysis documents in
     def start(self, doc):
