@@ -1,5 +1,6 @@
 """Inference throughput on the CPU: the Predictor (single model and default ensemble with uncertainty, frame checks
-included) next to a plain eager PyTorch implementation of the published architecture, measured in the same run.
+included) next to a plain eager PyTorch implementation of the published architecture, measured in the same run
+and in the same thread (nanopilot's inference thread, see :mod:`nanopilot.model.inference_thread`).
 
     python benchmarks/inference.py [--frames 8192] [--threads 2] [--repeats 3]
 """
@@ -15,6 +16,7 @@ from torch import nn
 
 from nanopilot.model import Predictor, load_model, shipped_model_path
 from nanopilot.model.files import ModelFile
+from nanopilot.model.inference_thread import run_in_inference_thread
 from nanopilot.physics import poisson, simulate
 
 
@@ -56,9 +58,14 @@ def main() -> None:
     x = torch.as_tensor(frames).unsqueeze(1)
 
     def run_plain(batch=64):
-        with torch.no_grad():
-            for start in range(0, len(x), batch):
-                plain(x[start:start + batch])
+        # in the thread that runs the Predictor's network passes: both then use the same OpenMP pool
+        def passes():
+            torch.set_num_threads(args.threads)
+            with torch.no_grad():
+                for start in range(0, len(x), batch):
+                    plain(x[start:start + batch])
+
+        run_in_inference_thread(passes)
 
     model = load_model(shipped_model_path())
     single = Predictor(ModelFile(model.path, model.networks[:1], model.metadata), threads=args.threads)

@@ -292,3 +292,24 @@ def test_shipped_default_is_calibrated_and_single_network_refused():
     assert ((factors > 1) & (factors < 10)).all(), factors
     with pytest.raises(ValueError, match="single network"):
         calibrate(shipped_model_path("thickness"), frames=8)
+
+
+def test_network_passes_run_in_one_inference_thread(tiny_model):
+    import threading
+
+    from nanopilot.model.inference_thread import run_in_inference_thread
+
+    seen = []
+    predictor = Predictor.load(tiny_model)
+    network_pass = predictor._network_pass
+    predictor._network_pass = lambda x: (seen.append(threading.current_thread().name), network_pass(x))[1]
+    frames = np.ones((3, 64, 64), np.float32)
+    caller = threading.Thread(target=predictor.predict, args=(frames,))
+    caller.start()
+    caller.join()
+    predictor.predict(frames)
+    assert seen == ["nanopilot-inference"] * 2
+    assert run_in_inference_thread(lambda a, b: a + b, 2, 3) == 5
+    with pytest.raises(ZeroDivisionError):
+        run_in_inference_thread(lambda: 1 / 0)
+    assert run_in_inference_thread(run_in_inference_thread, len, "abc") == 3  # nested calls do not deadlock

@@ -17,6 +17,7 @@ import torch
 from ..estimates import COUNT_LEVEL, EDGE, OK, RESIDUAL, Estimates, check_frames
 from ..physics import Instrument, simulate
 from .files import ModelFile, load_model
+from .inference_thread import run_in_inference_thread
 from .network import StackedEnsemble
 
 #: The shipped default ensemble (3 outputs) and thickness model, inside the package.
@@ -137,19 +138,23 @@ class Predictor:
         network); :meth:`predict` scales it by :attr:`spread_factor`.
         """
         arr = self._check_shape(frames)
+        x = torch.as_tensor(np.ascontiguousarray(arr, dtype=np.float32))
+        labels = run_in_inference_thread(self._network_pass, x)
+        members = self.scaler.to_values(labels.double()).numpy()
+        mean = members.mean(axis=1)
+        std = members.std(axis=1, ddof=1) if self.n_members > 1 else np.full_like(mean, np.nan)
+        return mean, std, members
+
+    def _network_pass(self, x: torch.Tensor) -> torch.Tensor:
+        """Labels (N, M, K) of frames x (N, H, W) float32, in fixed-size chunks (runs in the inference thread)."""
         if self.threads:
             torch.set_num_threads(int(self.threads))
-        x = torch.as_tensor(np.ascontiguousarray(arr, dtype=np.float32))
         chunks = []
         with torch.inference_mode():
             for start in range(0, len(x), self.batch_size):
                 chunk = x[start:start + self.batch_size].unsqueeze(1).contiguous(memory_format=torch.channels_last)
                 chunks.append(self.network(chunk).reshape(len(chunk), self.n_members, -1))
-        labels = torch.cat(chunks) if chunks else torch.zeros((0, self.n_members, len(self.outputs)))
-        members = self.scaler.to_values(labels.double()).numpy()
-        mean = members.mean(axis=1)
-        std = members.std(axis=1, ddof=1) if self.n_members > 1 else np.full_like(mean, np.nan)
-        return mean, std, members
+        return torch.cat(chunks) if chunks else torch.zeros((0, self.n_members, len(self.outputs)))
 
     # ----------------------------------------------------------------- the public call
     def predict(self, frames, *, refine: bool | float = False, residual: bool = False) -> Estimates:
