@@ -3,7 +3,7 @@
 Held-out set: N random parameter sets (uniform over the published ranges, never on the grid), box kernel,
 published count level, Poisson noise (seeded). Prints the RMSE per parameter for: one member of the default
 ensemble, the default ensemble, the ensemble + physics refinement; the ensemble spread against the actual error;
-the accuracy at 10x and 0.3x the training count level; and the thickness model's RMSE (thickness 60-300 A).
+the accuracy at 10x and 0.3x the training count level; and the thickness model's RMSE (thickness 60-300 A), alone and with refinement.
 
     python benchmarks/accuracy.py [--frames 2000] [--seed 0] [--threads 2]
 """
@@ -93,6 +93,14 @@ def main() -> None:
     r4 = rmse(m4, p4)
     print(f"\nthickness model (thickness 60-300 A, published count level): RMSE strain {r4[0]:.3e}, omega {r4[1]:.3e}"
           f" deg, chi {r4[2]:.3e} deg, thickness {r4[3]:.2f} A (target <= 3 A)")
+    t0 = time.perf_counter()
+    refined = thick.predict(f4, refine=True)
+    seconds = time.perf_counter() - t0
+    ok = refined.ok
+    r4, n4 = rmse(refined.params(with_thickness=True)[ok], p4[ok]), rmse(m4[ok], p4[ok])
+    print(f"thickness model + refine ({ok.sum()} ok frames, {1e3 * seconds / len(f4):.1f} ms/frame): RMSE strain "
+          f"{r4[0]:.3e}, omega {r4[1]:.3e} deg, chi {r4[2]:.3e} deg, thickness {r4[3]:.2f} A "
+          f"(network alone on the same frames: {n4[3]:.2f} A)")
 
 
 if __name__ == "__main__":
