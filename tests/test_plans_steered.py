@@ -114,9 +114,28 @@ def test_cell_logic_is_pure_and_ordered():
     assert chosen == [cells[0], cells[2]] and len(new) == 9  # 5 + 5 points, one shared edge midpoint
     sub, points = split((0, 0, 4))
     assert sub == [(0, 0, 2), (2, 0, 2), (0, 2, 2), (2, 2, 2)] and (2, 2) in points
+    # a large cell with moderate contrast goes before a small one with more: priority is interest x side
+    mixed = [(0, 0, 4), (4, 0, 1)]
+    measured_mixed = {**measured, (5, 0): measured[(4, 0)], (4, 1): measured[(4, 0)], (5, 1): measured[(4, 0)]}
+    chosen, _ = choose_cells(mixed, np.array([5.0, 15.0]), measured_mixed, 100, 3, 1)
+    assert chosen == [(0, 0, 4)]
+
+
+def test_reconstruct_is_exact_for_linear_fields_and_never_overshoots_a_wall():
     lattice = Lattice(-1, 1, -1, 1, 9)
-    grid = reconstruct(lattice, measured, "strain")
-    assert grid.shape == (9, 9) and grid[0, 0] == 0 and grid[0, 8] == 1
-    ramp = {k: {"strain": float(k[0]), "status": "ok"} for k in measured}  # a linear field: bilinear is exact
-    np.testing.assert_allclose(reconstruct(lattice, ramp, "strain", cells), np.tile(np.arange(9.0), (9, 1)))
-    assert not np.allclose(reconstruct(lattice, ramp, "strain"), np.tile(np.arange(9.0), (9, 1)))
+    points = [(i, j) for i in range(0, 9, 2) for j in range(0, 9, 2)] + [(3, 3), (5, 6)]
+    ramp = {k: {"strain": 0.5 * k[0] - 0.25 * k[1]} for k in points}
+    truth = 0.5 * np.arange(9.0)[None, :] - 0.25 * np.arange(9.0)[:, None]
+    for method in ("cubic", "linear"):
+        np.testing.assert_allclose(reconstruct(lattice, ramp, "strain", method), truth, atol=1e-6)
+    assert not np.allclose(reconstruct(lattice, ramp, "strain", "nearest"), truth)
+    wall = {k: {"strain": float(k[0] >= 4), "label": 1.0 + (k[0] >= 4)} for k in points}
+    cubic = reconstruct(lattice, wall, "strain")
+    assert cubic.min() >= 0 and cubic.max() <= 1 and cubic[:, :3].max() == 0 and cubic[:, 5:].min() == 1
+    assert set(np.unique(reconstruct(lattice, wall, "label", "nearest"))) == {1.0, 2.0}
+    bowl = {k: {"strain": (k[0] - 4.0) ** 2 / 16} for k in points}  # smooth: the cubic beats the linear one
+    smooth = (np.arange(9.0)[None, :] - 4) ** 2 / 16 + 0 * truth
+    errors = {m: np.abs(reconstruct(lattice, bowl, "strain", m) - smooth).max() for m in ("cubic", "linear")}
+    assert errors["cubic"] < 0.6 * errors["linear"]
+    with pytest.raises(ValueError, match="method"):
+        reconstruct(lattice, ramp, "strain", "spline")

@@ -62,7 +62,8 @@ def steered_map(detectors: Sequence[Readable], x: Movable, y: Movable, x_range: 
     Returns
     -------
     dict with ``points`` measured, ``rounds``, ``reason`` for stopping, the ``lattice``, the final ``cells``
-    (quadtree leaves, see :func:`~nanopilot.plans.steering.reconstruct`) and the ``decisions``.
+    (the quadtree's leaves, each with its four corners measured) and the ``decisions``; rebuild a map on the
+    fine raster with :func:`~nanopilot.plans.steering.reconstruct`.
 
     See Also
     --------

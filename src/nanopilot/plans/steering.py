@@ -3,8 +3,9 @@
 The scan region is a lattice of ``fine x fine`` points (the full fine raster). A *cell* is a square of side
 ``h`` lattice steps whose four corners are measured. A cell's interest is the largest change across it of
 any analysed field in units of that field's noise (from the network's uncertainty), plus a bonus for a
-texture boundary and for flagged frames. The most interesting cells are split in four, which measures
-their centres and edge midpoints; cells of side 1 are final.
+texture boundary and for flagged frames. The cells with the highest interest times side are split in four,
+which measures their centres and edge midpoints; cells of side 1 are final. :func:`reconstruct` rebuilds the
+map on the fine raster from the scattered points.
 """
 
 from __future__ import annotations
@@ -12,11 +13,14 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+from scipy import interpolate, spatial
 
 FIELDS = ("strain", "omega", "chi", "thickness")
 #: interest of a cell whose corners disagree on the texture label, or hold a flagged frame
 BOUNDARY_INTEREST = 10.0
 FLAGGED_INTEREST = 5.0
+#: methods of :func:`reconstruct`
+RECONSTRUCTIONS = ("cubic", "linear", "nearest")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,15 +107,21 @@ def cell_interest(cells, measured: dict, scales: dict[str, float]) -> np.ndarray
 
 def choose_cells(cells, interest: np.ndarray, measured: dict, budget_left: int, threshold: float,
                  max_cells: int) -> tuple[list, list[tuple[int, int]]]:
-    """The cells to split this round (most interesting first, interest > threshold, side > 1) and the new
-    lattice points to measure, within ``budget_left`` points."""
-    order = np.argsort(-interest, kind="stable")
+    """The cells to split this round and the new lattice points to measure, within ``budget_left`` points.
+
+    Candidates are the cells of side > 1 with interest above ``threshold``; they are taken in order of
+    interest times side (the reconstruction error a cell leaves scales with its size as well as its
+    contrast: a large cell over a smooth gradient is refined before a small one on a wall it already
+    brackets closely).
+    """
+    priority = interest * np.array([cell[2] for cell in cells], dtype=float)
+    order = np.argsort(-priority, kind="stable")
     chosen, points, seen = [], [], set(measured)
     for k in order:
         cell = cells[k]
-        if interest[k] <= threshold or len(chosen) >= max_cells:
+        if len(chosen) >= max_cells:
             break
-        if cell[2] < 2:
+        if interest[k] <= threshold or cell[2] < 2:
             continue
         _, new = split(cell)
         new = [p for p in new if p not in seen]
@@ -123,29 +133,39 @@ def choose_cells(cells, interest: np.ndarray, measured: dict, budget_left: int, 
     return chosen, points
 
 
-def reconstruct(lattice: Lattice, measured: dict, field: str, cells=None) -> np.ndarray:
+def reconstruct(lattice: Lattice, measured: dict, field: str, method: str = "cubic") -> np.ndarray:
     """The field on the full fine raster (n, n) (rows = y) from the measured points.
 
-    With the final ``cells`` of the refinement (the quadtree's leaves), each raster point is interpolated
-    bilinearly from the corners of the leaf that holds it (the natural reconstruction of a quadtree sampling);
-    points of leaves with a missing corner, and every point when ``cells`` is None, take the nearest measured
-    point's value.
+    method : "cubic" (default): the piecewise-cubic C1 interpolant on the points' Delaunay triangulation
+        (Clough-Tocher), clipped to the range of the three values of the triangle that holds each raster point,
+        so that it is smooth where the field is smooth and never overshoots across a wall; "linear": linear on
+        the triangulation; "nearest": the nearest measured point's value (for labels). Raster points outside
+        the triangulation take the nearest point's value. Points whose value is not finite are left out.
     """
-    keys = np.array(list(measured))
-    values = np.array([measured[tuple(k)].get(field, np.nan) for k in keys], dtype=float)
+    if method not in RECONSTRUCTIONS:
+        raise ValueError(f"method must be one of {RECONSTRUCTIONS}, got {method!r}")
+    keys = np.array(list(measured), dtype=float).reshape(-1, 2)
+    values = np.array([measured[tuple(int(v) for v in k)].get(field, np.nan) for k in keys], dtype=float)
+    keys, values = keys[np.isfinite(values)], values[np.isfinite(values)]
     jj, ii = np.mgrid[0:lattice.n, 0:lattice.n]
-    grid = np.empty((lattice.n, lattice.n))
-    for row in range(lattice.n):
-        d = (ii[row][:, None] - keys[None, :, 0]) ** 2 + (jj[row][:, None] - keys[None, :, 1]) ** 2
-        grid[row] = values[np.argmin(d, axis=1)]
-    for i, j, h in cells or ():
-        c = [measured.get(k, {}).get(field, np.nan) for k in corners((i, j, h))]  # (i,j) (i+h,j) (i,j+h) (i+h,j+h)
-        if not np.isfinite(c).all():
-            continue
-        fy, fx = np.mgrid[0:h + 1, 0:h + 1] / h
-        grid[j:j + h + 1, i:i + h + 1] = (c[0] * (1 - fx) * (1 - fy) + c[1] * fx * (1 - fy) + c[2] * (1 - fx) * fy
-                                          + c[3] * fx * fy)
-    return grid
+    query = np.c_[ii.ravel(), jj.ravel()].astype(float)
+    if len(values) == 0:
+        return np.full((lattice.n, lattice.n), np.nan)
+    nearest = interpolate.NearestNDInterpolator(keys, values)(query)
+    if method == "nearest" or len(values) < 3:
+        return nearest.reshape(lattice.n, lattice.n)
+    try:
+        triangulation = spatial.Delaunay(keys)
+    except spatial.QhullError:  # all points on a line
+        return nearest.reshape(lattice.n, lattice.n)
+    simplex = triangulation.find_simplex(query)
+    if method == "linear":
+        grid = interpolate.LinearNDInterpolator(triangulation, values)(query)
+    else:
+        vertices = values[triangulation.simplices[simplex]]
+        grid = np.clip(interpolate.CloughTocher2DInterpolator(triangulation, values)(query),
+                       vertices.min(axis=1), vertices.max(axis=1))
+    return np.where((simplex >= 0) & np.isfinite(grid), grid, nearest).reshape(lattice.n, lattice.n)
 
 
 def snake_order(points: list[tuple[int, int]]) -> list[tuple[int, int]]:
