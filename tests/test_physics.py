@@ -16,6 +16,7 @@ from nanopilot.physics import (
     poisson,
     simulate,
 )
+from nanopilot.physics.forward import simulate_box
 
 REFERENCE = Path(__file__).parent / "data" / "published_formula_patterns.npz"
 INSTRUMENT = Instrument()
@@ -190,6 +191,39 @@ def test_simulate_batches_float32_and_tensors_consistently():
     assert isinstance(as_tensor, torch.Tensor) and as_tensor.shape == (9, 64, 64)
     np.testing.assert_allclose(as_tensor.numpy(), whole, rtol=1e-6)
     assert simulate(params[0]).shape == (1, 64, 64)
+
+
+# the published sets plus the centre, the training-range corners and tilts that push the box off the pupil grid
+FAST_PATH_SETS = PARAM_SETS + [(0.0, 0.0, 0.0, 117.0), (0.005, 0.05, -0.1, 300.0), (-0.005, -0.05, 0.1, 60.0),
+                               (0.001, 0.15, -0.25, 117.0), (-0.002, -0.2, 0.3, 90.0)]
+
+
+@pytest.mark.parametrize("counts", [None, "published", 70.0])
+def test_simulate_box_fast_path_matches_simulate(counts):
+    rng = np.random.default_rng(5)
+    random = np.column_stack([rng.uniform(-5e-3, 5e-3, 64), rng.uniform(-0.05, 0.05, 64),
+                              rng.uniform(-0.1, 0.1, 64), rng.uniform(60, 300, 64)])
+    params = np.vstack([FAST_PATH_SETS, random])
+    expected = simulate(params, counts=counts)
+    fast = simulate_box(params, counts=counts)
+    assert fast.dtype == np.float32 and fast.shape == expected.shape and expected.max() > 0
+    np.testing.assert_allclose(fast, expected, rtol=1e-6, atol=0)  # also zero exactly where simulate is
+    exact = simulate(params, counts=counts, dtype=torch.float64)
+    assert np.abs(fast - exact).max() / exact.max() <= 1e-6
+    for i, row in enumerate(params[:len(FAST_PATH_SETS)]):  # one pattern at a time, and batches split anywhere
+        np.testing.assert_array_equal(simulate_box(row, counts=counts)[0], fast[i])
+    np.testing.assert_array_equal(simulate_box(params, counts=counts, batch_size=3), fast)
+
+
+def test_simulate_box_reproduces_published_reference_patterns_and_rejects_bad_params():
+    ref = np.load(REFERENCE)
+    got = simulate_box(ref["params"])
+    assert np.abs(got - ref["images"]).max() / ref["images"].max() <= 1e-6
+    np.testing.assert_array_equal(simulate_box(np.zeros((2, 3))), simulate_box([[0, 0, 0, INSTRUMENT.thickness]] * 2))
+    for bad, message in [(np.zeros((2, 5)), r"\(N, 3\) or \(N, 4\)"), (np.array([[np.nan, 0, 0]]), "NaN"),
+                         (np.array([[0, 0, 0, -5.0]]), "thickness"), (np.array([[-1.0, 0, 0]]), "strain")]:
+        with pytest.raises(ValueError, match=message):
+            simulate_box(bad)
 
 
 @pytest.mark.parametrize("bad, message", [

@@ -8,6 +8,7 @@ The pupil sum is separable, so each pattern is two small matrix products::
     M[v, u] = donut mask of the zone plate minus central stop
 
 The matrices are built in float64 (the box edges are exact) and multiplied in the requested dtype.
+:func:`simulate_box` is a numpy twin of the box-kernel path for the CPU (few torch dispatches per pattern).
 """
 
 from __future__ import annotations
@@ -121,18 +122,17 @@ def chi_matrix(chi_rad, instrument: Instrument, kernel: str = "box") -> torch.Te
 
 
 def chi_donut(chi_rad, instrument: Instrument, kernel: str, donut: torch.Tensor) -> torch.Tensor:
-    """B(chi) @ M, (N, H, U) in the dtype of ``donut``. With the box kernel each detector row selects a few
-    pupil rows, so the product is a sum of those donut rows (exact: 0/1 values)."""
+    """B(chi) @ M, (N, H, U) in the dtype of ``donut``. With the box kernel each detector row selects a run of
+    consecutive pupil rows, so the product is a difference of two prefix sums of donut rows (exact: integers)."""
     if kernel != "box":
         return torch.matmul(chi_matrix(chi_rad, instrument, kernel).to(donut.dtype), donut)
     qy, o_qy = _const(instrument, "qy", chi_rad.device), _const(instrument, "o_qy", chi_rad.device)
     index, inside = _box_band(qy[None, :] + (instrument.g * chi_rad)[:, None], o_qy, instrument.box_precision)
-    if index.shape[0] <= 32:  # few patterns: one gather (fewer, larger ops)
-        return (donut[index] * inside[..., None]).sum(dim=2)
-    out = torch.zeros((*index.shape[:2], donut.shape[1]), dtype=donut.dtype, device=donut.device)
-    for k in range(index.shape[2]):  # many patterns: one band offset at a time (bounded memory)
-        out += donut[index[..., k]] * inside[..., k, None]
-    return out
+    first = torch.gather(index, 2, inside.to(torch.uint8).argmax(dim=2, keepdim=True))[..., 0]
+    stop = first + inside.sum(dim=2)  # an empty run (first == stop) gives a zero row
+    prefix = torch.cat([torch.zeros_like(donut[:1]), torch.cumsum(donut, dim=0)])  # (V + 1, U)
+    rows = torch.nn.functional.embedding  # a row gather, several times faster on the CPU than prefix[stop]
+    return rows(stop, prefix) - rows(first, prefix)
 
 
 def _as_params(params, instrument: Instrument, device) -> torch.Tensor:
@@ -194,6 +194,90 @@ def simulate(params, instrument: Instrument | None = None, *, kernel: str = "box
     if counts is not None:
         images = images * intensity_scale(instrument, counts)
     return images if return_tensor else images.detach().cpu().numpy()
+
+
+# --------------------------------------------------------------------------- numpy twin (box kernel, CPU)
+@functools.lru_cache(maxsize=8)
+def _donut_prefix(instrument: Instrument) -> np.ndarray:
+    """Running sums of the donut's pupil rows, (V + 1, U) float32: row v sums rows 0..v-1 (exact integers)."""
+    donut = _geometry(instrument)["donut"]
+    return np.concatenate([np.zeros((1, donut.shape[1])), np.cumsum(donut, axis=0)]).astype(np.float32)
+
+
+def _band_np(base: np.ndarray, offsets: np.ndarray, precision: float):
+    """numpy twin of :func:`_box_band` for ``base`` (N, R): ``(raw, index, inside)``, each (N, R, band).
+
+    ``raw`` are the unclamped pupil indices (the first one is the band's start), ``index`` the same clamped to
+    the grid, ``inside`` where the box is 1 (the same float64 expression as the torch path, so the same set).
+    """
+    step = offsets[1] - offsets[0]
+    start = np.floor((base - math.copysign(precision, step) - offsets[0]) / step).astype(np.int64) - 1
+    raw = start[..., None] + np.arange(math.ceil(2 * precision / abs(step)) + 3)
+    index = np.clip(raw, 0, len(offsets) - 1)
+    return raw, index, (raw == index) & (np.abs(base[..., None] - offsets[index]) < precision)
+
+
+def simulate_box(params, instrument: Instrument | None = None, *, counts=None, batch_size: int = 32) -> np.ndarray:
+    """``simulate(params, instrument, counts=counts)`` (box kernel, float32, CPU) with few ops per pattern.
+
+    The same formula, box edges and float32 product as :func:`simulate`, set up in numpy: B(chi) @ M as the
+    difference of two running sums of donut rows, the Laue term on the Qx band only, then one torch product
+    per batch (so it follows torch's thread setting). Agrees with :func:`simulate` to float32 rounding (in
+    practice bit for bit); several times faster for a single pattern, about three times faster per pattern
+    in batches (CPU).
+
+    Parameters
+    ----------
+    params : array, (N, 3), (N, 4) or (4,)
+        strain (dimensionless), omega (deg), chi (deg)[, thickness (angstrom); default ``instrument.thickness``].
+    instrument : Instrument, optional
+        The setup (default: the published one).
+    counts : None, "published" or float
+        The intensity convention of :func:`simulate`.
+    batch_size : int
+        Patterns per product (32 keeps the intermediates in cache).
+
+    Returns
+    -------
+    (N, H, W) float32 numpy array.
+    """
+    instrument = instrument or _default_instrument()
+    p = np.atleast_2d(np.asarray(params, dtype=np.float64))
+    if p.ndim != 2 or p.shape[1] not in (3, 4):
+        raise ValueError(f"params must have shape (N, 3) or (N, 4) = strain, omega (deg), chi (deg)[, thickness (A)]; "
+                         f"got {p.shape}")
+    if p.shape[1] == 3:
+        p = np.column_stack([p, np.full(len(p), instrument.thickness)])
+    if not np.isfinite(p).all():
+        raise ValueError("params contain NaN or inf")
+    if (p[:, 0] <= -1).any() or (p[:, 3] <= 0).any():
+        raise ValueError("params out of physical range: strain must be > -1 and thickness > 0 angstrom")
+    geometry, prefix = _geometry(instrument), _donut_prefix(instrument)
+    qx, qz, o_qz = geometry["qx"], geometry["qz"][:, None], geometry["o_qz"]
+    g, precision, (rows, cols), pupil = instrument.g, instrument.box_precision, instrument.roi_shape, len(o_qz)
+    scale = None if counts is None else intensity_scale(instrument, counts)
+    out = np.empty((len(p), rows, cols), dtype=np.float32)
+    for start in range(0, len(p), batch_size):
+        q = p[start:start + batch_size]
+        n = len(q)
+        # B(chi) @ M: detector row y sums pupil rows first..stop-1
+        raw, _, inside = _band_np(geometry["qy"] + (g * np.radians(q[:, 2]))[:, None], geometry["o_qy"], precision)
+        first = np.clip(raw[..., 0] + inside.argmax(axis=2), 0, len(prefix) - 1)
+        b_m = prefix[first + inside.sum(axis=2)] - prefix[first]  # (n, H, U)
+        # A: the Laue term on the band, written into columns 1..U of a zeroed (n, W, U + 2) array (columns 0
+        # and U + 1 take the band ends that fall off the grid, all zeros)
+        raw, index, inside = _band_np(qx + (g * np.radians(q[:, 1]))[:, None], geometry["o_qx"], precision)
+        t = q[:, 3, None, None]
+        z = t * (qz - (g / (1 + q[:, 0]))[:, None, None] - o_qz[index]) / 2
+        band = t * np.sinc(z / np.pi) ** 2 * inside
+        a = np.zeros((n, cols, pupil + 2), dtype=np.float32)
+        rows_at = (np.arange(n * cols) * (pupil + 2)).reshape(n, cols, 1)
+        a.ravel()[rows_at + np.clip(raw, -1, pupil) + 1] = band
+        images = torch.from_numpy(out[start:start + n])
+        torch.matmul(torch.from_numpy(b_m), torch.from_numpy(a[:, :, 1:-1]).transpose(1, 2), out=images)
+        if counts is not None:
+            images.mul_(scale)  # as simulate() scales: after the float32 product
+    return out
 
 
 # --------------------------------------------------------------------------- intensity convention
