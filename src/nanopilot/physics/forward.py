@@ -213,7 +213,7 @@ def _band_np(base: np.ndarray, offsets: np.ndarray, precision: float):
     step = offsets[1] - offsets[0]
     start = np.floor((base - math.copysign(precision, step) - offsets[0]) / step).astype(np.int64) - 1
     raw = start[..., None] + np.arange(math.ceil(2 * precision / abs(step)) + 3)
-    index = np.clip(raw, 0, len(offsets) - 1)
+    index = np.minimum(np.maximum(raw, 0), len(offsets) - 1)  # (np.clip is slower on small int arrays)
     return raw, index, (raw == index) & (np.abs(base[..., None] - offsets[index]) < precision)
 
 
@@ -262,7 +262,7 @@ def simulate_box(params, instrument: Instrument | None = None, *, counts=None, b
         n = len(q)
         # B(chi) @ M: detector row y sums pupil rows first..stop-1
         raw, _, inside = _band_np(geometry["qy"] + (g * np.radians(q[:, 2]))[:, None], geometry["o_qy"], precision)
-        first = np.clip(raw[..., 0] + inside.argmax(axis=2), 0, len(prefix) - 1)
+        first = np.minimum(np.maximum(raw[..., 0] + inside.argmax(axis=2), 0), len(prefix) - 1)
         b_m = prefix[first + inside.sum(axis=2)] - prefix[first]  # (n, H, U)
         # A: the Laue term on the band, written into columns 1..U of a zeroed (n, W, U + 2) array (columns 0
         # and U + 1 take the band ends that fall off the grid, all zeros)
@@ -272,11 +272,11 @@ def simulate_box(params, instrument: Instrument | None = None, *, counts=None, b
         band = t * np.sinc(z / np.pi) ** 2 * inside
         a = np.zeros((n, cols, pupil + 2), dtype=np.float32)
         rows_at = (np.arange(n * cols) * (pupil + 2)).reshape(n, cols, 1)
-        a.ravel()[rows_at + np.clip(raw, -1, pupil) + 1] = band
-        images = torch.from_numpy(out[start:start + n])
-        torch.matmul(torch.from_numpy(b_m), torch.from_numpy(a[:, :, 1:-1]).transpose(1, 2), out=images)
-        if counts is not None:
-            images.mul_(scale)  # as simulate() scales: after the float32 product
+        a.ravel()[rows_at + np.minimum(np.maximum(raw, -1), pupil) + 1] = band
+        torch.bmm(torch.from_numpy(b_m), torch.from_numpy(a[:, :, 1:-1]).transpose(1, 2),
+                  out=torch.from_numpy(out[start:start + n]))
+    if counts is not None:
+        out *= np.float32(scale)  # as simulate() scales: the float32 product times the float32 factor
     return out
 
 
