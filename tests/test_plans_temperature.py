@@ -10,7 +10,7 @@ from bluesky.simulators import summarize_plan
 
 from nanopilot.callbacks import NanobeamAnalysis, publish_maps
 from nanopilot.plans import find_texture_temperature
-from nanopilot.plans.temperature import onset_from_coverage
+from nanopilot.plans.temperature import MapView, novel_window, onset_from_radius
 from nanopilot.sim_devices import make_beamline
 from nanopilot.texture import frame_descriptor
 from test_callbacks import CentroidPredictor
@@ -148,11 +148,40 @@ def test_no_analysis_is_a_clear_error():
                                       250.0))
 
 
-def test_onset_extrapolated_to_zero_coverage():
-    # cooling: sqrt(coverage) 0.2 at 266 K and 0.6 at 264 K extrapolates to zero at 267 K
-    history = [(268.0, False, 0.0, 0.0), (264.0, True, 3.0, 0.36), (266.0, True, 1.5, 0.04), (267.5, False, 0.0, 0.0)]
-    assert onset_from_coverage(history, 267.5, 266.0, 271.5) == pytest.approx(267.0)
-    assert onset_from_coverage(history, 267.5, 266.0, 266.8) == pytest.approx(266.8)  # bounded
-    assert onset_from_coverage(history[:2], 268.0, 264.0, 272.0) == 266.0  # one changed map: the middle
-    flat = [(264.0, True, 3.0, 0.36), (266.0, True, 3.0, 0.49)]  # coverage not growing with undercooling
-    assert onset_from_coverage(flat, 267.0, 266.0, 271.0) == 266.5
+def test_onset_extrapolated_to_zero_radius():
+    # cooling: radius 0.1 um at 266 K and 0.3 um at 264 K extrapolates to zero at 267 K, growing 0.1 um/K
+    history = [(268.0, False, 0.0, 0.0, 0.0), (264.0, True, 3.0, 0.36, 0.3), (266.0, True, 1.5, 0.04, 0.1),
+               (262.0, True, 3.0, 0.5, np.nan)]  # the last one a map of the whole region: no radius
+    onset, rate = onset_from_radius(history, cooling=True)
+    assert onset == pytest.approx(267.0) and rate == pytest.approx(0.1)
+    assert np.isnan(onset_from_radius(history[:2], cooling=True)[0])  # one zoomed map: no line
+    shrinking = [(264.0, True, 3.0, 0.36, 0.1), (266.0, True, 3.0, 0.49, 0.3)]  # radius not growing on cooling
+    assert np.isnan(onset_from_radius(shrinking, cooling=True)[0])
+    warming = [(270.0, True, 1.0, 0.1, 0.2), (271.0, True, 1.0, 0.2, 0.4)]
+    assert onset_from_radius(warming, cooling=False)[0] == pytest.approx(269.0)
+
+
+class GridMap:
+    motors = ["stage_y", "stage_x"]
+
+    def __init__(self, x, y):
+        self._points = {"stage_x": x, "stage_y": y, "seq_num": np.arange(1, len(x) + 1)}
+
+    def scattered(self):
+        return self._points
+
+
+def test_the_window_surrounds_the_largest_novel_patch():
+    n, region = 5, ((-2.0, 2.0), (-2.0, 2.0))
+    ys, xs = np.meshgrid(np.linspace(-2, 2, n), np.linspace(-2, 2, n), indexing="ij")
+    view = MapView(GridMap(xs.ravel(), ys.ravel()), 1, n * n)
+    novel = np.zeros((n, n), bool)
+    novel[1:3, 2:4] = True  # a 2 x 2 patch: x 0..1, y -1..0 um
+    novel[4, 0] = True  # a lone point elsewhere
+    (x0, x1), (y0, y1) = novel_window(view, novel.ravel(), region, n, region)
+    assert (x0, x1, y0, y1) == pytest.approx((-1.0, 2.0, -2.0, 1.0))  # grown by one spacing (1 um) each side
+    edge = np.zeros((n, n), bool)
+    edge[0, 3:] = True  # at the region's edge: the window is shifted inside
+    (x0, x1), (y0, y1) = novel_window(view, edge.ravel(), region, n, region)
+    assert x1 == pytest.approx(2.0) and y0 == pytest.approx(-2.0) and x1 - x0 == pytest.approx(y1 - y0)
+    assert novel_window(view, np.zeros(n * n, bool), region, n, region) is None

@@ -6,9 +6,17 @@ bracketing temperature must be approached from the untextured side. After a map 
 the plan goes back past the unchanged end of the bracket by more than ``hysteresis`` before stepping toward
 the next bracketing temperature; after an unchanged map it simply carries on in the search direction.
 
-Point estimate: a new texture is detected only once it covers a few map points, so the changed end of the
-bracket lags the transition. The plan extrapolates the measured coverage to zero instead (see
-:func:`onset_from_coverage`).
+Zoom: a new texture forms at nucleation sites and grows from there, so just below the transition it covers
+regions far smaller than the spacing of a quick map over the whole region, and a coarse map sees it only
+once it has grown onto a map point (a lag of up to a few kelvin). Each bracketing map is therefore a quick map
+of a window around the new texture seen on the last map that showed it (see :func:`novel_window`): the
+texture at a temperature nearer the transition lies inside that window, and the window's finer spacing sees
+it sooner. Maps of different spacings are compared on the per-point features only (:data:`PER_POINT`: the
+neighbourhood statistics depend on the spacing).
+
+Point estimate: the novel area of each bracketing map gives the radius of the new texture (um); it grows in
+proportion to the undercooling, so the line through the radii is extrapolated to zero (see
+:func:`onset_from_radius`).
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import bluesky.preprocessors as bpp
 import numpy as np
 from bluesky.protocols import Movable, Readable
 from bluesky.utils import MsgGenerator
+from scipy import ndimage
 
 from ..callbacks.live_maps import LiveMaps
 from ..texture import texture_change
@@ -38,6 +47,11 @@ from .steering import snake_order
 
 #: Fewest points per side of a quick map: texture_change needs 20 valid points per map and neighbours.
 MIN_QUICK = 5
+
+#: Feature weights for comparing a map with a reference of another spacing: the per-point features only
+#: (estimates and frame descriptors); the neighbourhood statistics (a gradient per um, a spread over the
+#: nearest points) depend on the spacing.
+PER_POINT = {"local_mean": 0.0, "local_spread": 0.0, "local_gradient": 0.0}
 
 
 class MapView:
@@ -74,54 +88,92 @@ def grid_points(x_range, y_range, n: int) -> list[tuple[float, float]]:
     return [(float(xs[i]), float(ys[j])) for i, j in snake_order([(i, j) for j in range(n) for i in range(n)])]
 
 
-def onset_from_coverage(history: Sequence[tuple], unchanged: float, changed: float, limit: float) -> float:
-    """The transition temperature (K) extrapolated to zero coverage of the new texture.
-
-    Model: the new texture grows outward from nuclei with a radius proportional to the undercooling, so
-    the covered fraction grows as its square and ``sqrt(coverage)`` is linear in temperature. The line
-    through the two changed maps nearest the transition (the least covered, so the least saturated, at
-    distinct temperatures) is extrapolated to zero coverage.
+def novel_window(view: MapView, novel: np.ndarray, window: tuple, n: int, region: tuple) -> tuple | None:
+    """The square window (um) around the largest connected patch of novel points of an ``n x n`` map.
 
     Parameters
     ----------
-    history : (temperature K, changed, score, new coverage 0-1) per quick map.
-    unchanged, changed : the final bracket (K).
-    limit : the far bound (K) beyond ``unchanged`` for the estimate (a texture can go undetected there).
+    view : the map (positions of its points, in the order of ``novel``).
+    novel : (n * n,) bool, the novel points (:attr:`~nanopilot.texture.TextureChange.novel`).
+    window : ((x0, x1), (y0, y1)) the map's region (um).
+    n : points per side of the map.
+    region : ((x0, x1), (y0, y1)) the plan's region (um); the window is shifted to stay inside it.
 
     Returns
     -------
-    float: the estimate (K), inside ``changed..limit``; the middle of the bracket when the changed maps do
-    not support a line (fewer than two temperatures, or coverage not growing with the undercooling).
+    ((x0, x1), (y0, y1)) in um: the patch's bounding box grown by one map spacing on each side and made
+    square (the texture nearer the transition covers less than the patch, around the same nuclei); None
+    when no point is novel.
     """
-    middle = (unchanged + changed) / 2
-    sign = 1.0 if changed > unchanged else -1.0  # -1: cooling
+    points = view.scattered()
+    xy = np.column_stack([points[m] for m in view.motors[::-1][:2]])
+    (x0, x1), (y0, y1) = window
+    spacing = np.array([(x1 - x0) / (n - 1), (y1 - y0) / (n - 1)])
+    index = np.rint((xy - [x0, y0]) / spacing).astype(int)
+    grid = np.zeros((n, n), bool)
+    keep = np.asarray(novel, bool) & (index >= 0).all(axis=1) & (index < n).all(axis=1)
+    grid[index[keep, 1], index[keep, 0]] = True
+    labels, count = ndimage.label(grid, structure=np.ones((3, 3)))
+    if not count:
+        return None
+    largest = 1 + int(np.argmax(ndimage.sum(grid, labels, range(1, count + 1))))
+    rows, cols = np.nonzero(labels == largest)
+    low = np.array([cols.min(), rows.min()]) * spacing + [x0, y0] - spacing
+    high = np.array([cols.max(), rows.max()]) * spacing + [x0, y0] + spacing
+    (rx0, rx1), (ry0, ry1) = region
+    side = min(float((high - low).max()), rx1 - rx0, ry1 - ry0)
+    centre = np.clip((low + high) / 2, [rx0 + side / 2, ry0 + side / 2], [rx1 - side / 2, ry1 - side / 2])
+    return tuple((float(c - side / 2), float(c + side / 2)) for c in centre)
+
+
+def onset_from_radius(history: Sequence[tuple], cooling: bool) -> tuple[float, float]:
+    """The transition temperature (K) extrapolated to zero radius of the new texture.
+
+    Model: the new texture grows outward from nuclei with a radius proportional to the undercooling. The
+    radius of a zoomed map that showed it (the radius of a disc of its novel area, um) is linear in
+    temperature; the line through the two such maps nearest the transition (the finest windows) is
+    extrapolated to zero radius.
+
+    Parameters
+    ----------
+    history : (temperature K, changed, score, new coverage 0-1, radius um) per quick map; the radius is NaN
+        for the maps of the whole region (their coarse spacing does not resolve it).
+    cooling : the search goes down in temperature.
+
+    Returns
+    -------
+    (float, float): the estimate (K) and the radius' growth (um per K of undercooling); NaN, NaN when the
+    radii do not support a line (fewer than two temperatures, or a radius not growing with the undercooling).
+    """
+    sign = -1.0 if cooling else 1.0
     seen = {}
-    for t, is_changed, _, coverage in history:
-        if is_changed and coverage > 0:
-            seen.setdefault(float(t), []).append(float(coverage))
+    for t, is_changed, _, _, radius in history:
+        if is_changed and radius > 0:
+            seen.setdefault(float(t), []).append(float(radius))
     if len(seen) < 2:
-        return middle
-    (t1, c1), (t2, c2) = sorted(((t, np.sqrt(np.mean(c))) for t, c in seen.items()), key=lambda tc: sign * tc[0])[:2]
-    slope = (c2 - c1) / (t2 - t1)
-    if not sign * slope > 0:
-        return middle
-    onset = t1 - c1 / slope
-    return float(np.clip(onset, *sorted((changed, limit))))
+        return math.nan, math.nan
+    (t1, r1), (t2, r2) = sorted(((t, np.mean(r)) for t, r in seen.items()), key=lambda tr: sign * tr[0])[:2]
+    slope = (r2 - r1) / (t2 - t1)
+    return (float(t1 - r1 / slope), float(abs(slope))) if sign * slope > 0 else (math.nan, math.nan)
 
 
 def find_texture_temperature(detectors: Sequence[Readable], temperature: Movable, x: Movable, y: Movable,
                              x_range: Sequence[float], y_range: Sequence[float], stop: float, *,
                              start: float | None = None, step: float = 4.0, tolerance: float = 0.5,
                              hysteresis: float = 10.0, quick: int = 12, fine: int = 33, dwell: float = 0.0,
+                             zoom: bool = True,
                              restore: bool = False, maps: LiveMaps | None = None, approve: Callable | None = None,
                              timeout: float = 60.0, md: dict | None = None) -> MsgGenerator[dict]:
     """Find the temperature at which a new texture appears, bracket it to ``tolerance``, and map it finely.
 
     From ``start`` the plan steps toward ``stop`` (cooling when ``stop < start``, else warming) by ``step``,
     taking a quick ``quick x quick`` map at each temperature and comparing it with the reference map taken at
-    ``start`` (:func:`nanopilot.texture.texture_change`). At the first map with a new texture it bisects
-    between the last unchanged and the first changed temperature until they are within ``tolerance``, then
-    takes a ``fine x fine`` map at the changed end of the bracket. Everything is one run.
+    ``start`` (:func:`nanopilot.texture.texture_change`). At the first map with a new texture it brackets the
+    transition between an unchanged and a changed temperature, on zoomed maps (see the module notes), until
+    they are within ``tolerance`` and the unchanged end was seen on a map fine enough not to miss a texture
+    formed more than ``tolerance`` beyond it; each probe is the middle of the bracket, or half the tolerance
+    either side of the extrapolated onset when that lies inside. Then it takes a ``fine x fine`` map of the
+    whole region at the changed end of the bracket. Everything is one run.
 
     Parameters
     ----------
@@ -139,6 +191,8 @@ def find_texture_temperature(detectors: Sequence[Readable], temperature: Movable
     quick : points per side of the quick maps (>= 5).
     fine : points per side of the final fine map (>= quick).
     dwell : extra time (s, on the devices' clock) to wait after the controller has settled, before mapping.
+    zoom : bracket on quick maps of a window around the new texture and extrapolate its radius to zero (see
+        the module notes); False: every map covers the whole region and the estimate is the bracket's middle.
     restore : go back to the start temperature on every exit path (success, exception, abort). By default
         the sample stays at the last temperature, the fine map's: temperature change is not a hazard for
         the sample, and the new texture is kept for further measurements.
@@ -157,10 +211,10 @@ def find_texture_temperature(detectors: Sequence[Readable], temperature: Movable
     Returns
     -------
     dict: ``reason`` ("bracketed", "no new texture", "vetoed", "dry run"), ``transition`` (K, extrapolated
-    to zero coverage by :func:`onset_from_coverage`, within ``step`` beyond the unchanged end of the bracket;
-    NaN when not bracketed), ``bracket`` ((unchanged, changed) temperatures in K), ``maps`` (maps taken,
-    the fine one included), ``history`` (list of (temperature K, changed, score, new coverage 0-1) per
-    quick map after the reference), ``fine_map`` ((first, last) primary seq_num of the fine map, or None),
+    to zero radius by :func:`onset_from_radius` and kept inside the bracket, else the bracket's middle; NaN
+    when not bracketed), ``bracket`` ((unchanged, changed) temperatures in K), ``maps`` (maps taken, the fine
+    one included), ``history`` (list of (temperature K, changed, score, new coverage 0-1, radius um: NaN for
+    maps of the whole region) per quick map after the reference), ``fine_map`` ((first, last) primary seq_num of the fine map, or None),
     ``decisions``.
 
     See Also
@@ -177,7 +231,7 @@ def find_texture_temperature(detectors: Sequence[Readable], temperature: Movable
     if quick < MIN_QUICK or fine < quick:
         raise ValueError(f"need {MIN_QUICK} <= quick <= fine points per side (texture_change needs 20 points per "
                          f"map), got quick={quick}, fine={fine}")
-    (x0, x1), (y0, y1) = (tuple(map(float, r)) for r in (x_range, y_range))
+    region = (x0, x1), (y0, y1) = tuple(tuple(map(float, r)) for r in (x_range, y_range))
     if not (x1 > x0 and y1 > y0):
         raise ValueError(f"x_range and y_range must be (start, stop) with stop > start, got {x_range}, {y_range}")
     for motor, lo, hi in ((x, x0, x1), (y, y0, y1)):
@@ -225,15 +279,23 @@ def find_texture_temperature(detectors: Sequence[Readable], temperature: Movable
         return (yield from record_decision(log, len(log.history), action, reason, evidence, value=value,
                                            approve=hook, points=len(run)))
 
-    def compare(uid, reference, current, t):
+    def compare(uid, reference, current, t, window=None):
+        """Compare a map with the reference; ``window`` (um) for a zoomed map (per-point features only)."""
         yield from wait_for_analysis(maps, timeout)
         run = maps[uid]
-        change = texture_change(MapView(run, *reference), MapView(run, *current))
-        result["history"].append((float(t), bool(change.changed), float(change.score), float(change.new_coverage)))
+        view = MapView(run, *current)
+        change = texture_change(MapView(run, *reference), view, **({} if window is None else
+                                                                   {"group_weights": PER_POINT}))
+        radius = math.nan
+        if window is not None:  # the radius (um) of a disc of the novel area
+            (wx0, wx1), (wy0, wy1) = window
+            radius = math.sqrt(change.new_coverage * (wx1 - wx0) * (wy1 - wy0) / math.pi)
+        result["history"].append((float(t), bool(change.changed), float(change.score), float(change.new_coverage),
+                                  radius))
         evidence = {"temperature": float(t), "readback": float(temperature.position), "seq_nums": list(current),
                     "score": change.score, "new_coverage": change.new_coverage, "max_shift": change.max_shift,
-                    "status": change.status}
-        return change, evidence, run
+                    "status": change.status, "window": window, "radius": radius}
+        return change, evidence, run, view
 
     def inner():
         uid = yield from bps.open_run(_md)
@@ -247,7 +309,7 @@ def find_texture_temperature(detectors: Sequence[Readable], temperature: Movable
         run = maps[uid]
         yield from decide("reference", f"reference map at {t_start:g} K", {"temperature": t_start,
                           "seq_nums": list(reference)}, t_start, run)
-        unchanged, changed, k = t_start, None, 0
+        unchanged, changed, k, window = t_start, None, 0, region
         while changed is None:  # the search: step until a new texture appears or stop is reached
             k += 1
             t = t_start + sign * min(k * float(step), abs(t_stop - t_start))
@@ -256,40 +318,67 @@ def find_texture_temperature(detectors: Sequence[Readable], temperature: Movable
                 result["reason"] = "vetoed"
                 break
             yield from go_to(t)
-            change, evidence, run = yield from compare(uid, reference, (yield from take_map(quick_points)), t)
+            change, evidence, run, view = yield from compare(uid, reference, (yield from take_map(quick_points)), t)
             yield from decide("classify", change.reason, evidence, change.score, run)
             if change.changed:
                 changed = t
+                if zoom:  # the window: where the texture itself is (per-point), else where it is seen
+                    located = texture_change(MapView(run, *reference), view, group_weights=PER_POINT)
+                    window = (novel_window(view, located.novel, region, int(quick), region)
+                              or novel_window(view, change.novel, region, int(quick), region) or region)
             elif t == t_stop:
                 result["reason"] = "no new texture"
                 break
             else:
                 unchanged = t
         last_changed, move = changed is not None, {"approved": True}
-        while changed is not None and abs(changed - unchanged) > float(tolerance):  # bisection
-            t = (unchanged + changed) / 2
+        seen_with = 0.0 if unchanged == t_start else math.inf  # spacing (um) of the map that saw `unchanged`
+        half = float(tolerance) / 2
+        while changed is not None:  # bracketing, on zoomed maps
+            onset, rate = onset_from_radius(result["history"], sign < 0)
+            inside = [p for p in (onset - sign * half, onset + sign * half)  # the onset's neighbours first
+                      if sign * (p - unchanged) > half / 2 and sign * (changed - p) > half / 2]
+            spacing = (window[0][1] - window[0][0]) / (int(quick) - 1)
+            if abs(changed - unchanged) > float(tolerance):
+                t = inside[0] if inside else (unchanged + changed) / 2
+            elif zoom and seen_with > (rate * float(tolerance) if math.isfinite(rate) else spacing):
+                # the unchanged end's map could have missed a texture smaller than its spacing, formed more than
+                # the tolerance beyond it: look again with the finer window
+                t = onset - sign * half if math.isfinite(onset) and sign * (onset - unchanged) < 0 else unchanged
+            else:
+                break
             reset = unchanged - sign * reset_margin
             how = (f"back to {reset:g} K (beyond the hysteresis), then to {t:g} K" if last_changed else f"to {t:g} K")
-            move = yield from decide("bisect", f"bracket {unchanged:g}..{changed:g} K: {how}",
-                                     {"unchanged": unchanged, "changed": changed, "temperature": t,
-                                      "reset": reset if last_changed else None}, t, run, approve)
+            move = yield from decide("bisect", f"bracket {unchanged:g}..{changed:g} K: {how}, map "
+                                     f"x {window[0][0]:.3g}..{window[0][1]:.3g}, y {window[1][0]:.3g}.."
+                                     f"{window[1][1]:.3g} um", {"unchanged": unchanged, "changed": changed,
+                                     "temperature": t, "reset": reset if last_changed else None, "window": window,
+                                     "onset": onset}, t, run, approve)
             if not move["approved"]:
                 result["reason"] = "vetoed"
                 break
             if last_changed:
                 yield from go_to(reset)
             yield from go_to(t)
-            change, evidence, run = yield from compare(uid, reference, (yield from take_map(quick_points)), t)
+            current = yield from take_map(grid_points(*window, int(quick)))
+            change, evidence, run, view = yield from compare(uid, reference, current, t, window if zoom else None)
             yield from decide("classify", change.reason, evidence, change.score, run)
             last_changed = change.changed
-            if change.changed:
-                changed = t
-            else:
-                unchanged = t
+            if not change.changed:
+                unchanged, seen_with = t, spacing
+                continue
+            if zoom:
+                window = novel_window(view, change.novel, window, int(quick), region) or window
+            if sign * (t - unchanged) <= 0:  # seen at or beyond the unchanged end: that end moves out
+                unchanged, seen_with = t - sign * float(tolerance), math.inf
+                if sign * (unchanged - t_start) <= 0:
+                    unchanged, seen_with = t_start, 0.0
+            changed = t
         if changed is not None:
             result["bracket"] = (unchanged, changed)
-            result["transition"] = onset_from_coverage(result["history"], unchanged, changed,
-                                                       unchanged - sign * float(step))
+            onset = onset_from_radius(result["history"], sign < 0)[0]
+            result["transition"] = (float(np.clip(onset, *sorted((unchanged, changed))))
+                                    if zoom and math.isfinite(onset) else (unchanged + changed) / 2)
         if changed is not None and move["approved"]:
             move = yield from decide("fine map", f"new texture between {unchanged:g} and {changed:g} K: "
                                      f"{fine} x {fine} map at {changed:g} K", {"unchanged": unchanged,
