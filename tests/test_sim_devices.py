@@ -5,6 +5,7 @@ import bluesky.plans as bp
 import bluesky.preprocessors as bpp
 import numpy as np
 import pytest
+from scipy import stats
 from bluesky import RunEngine
 from bluesky.simulators import check_limits, summarize_plan
 from event_model import DocumentNames, schema_validators
@@ -12,6 +13,7 @@ from ophyd.utils import LimitError
 
 from nanopilot.physics import simulate
 from nanopilot.sim_devices import HOT_PIXEL_RATE, SimClock, make_beamline
+from nanopilot.sim_devices.detector import poisson_counts
 
 
 @pytest.fixture
@@ -206,3 +208,36 @@ def test_flyer_streams_event_pages_of_the_swept_region(RE):
     flyer.frame_rate.put(1e6)
     with pytest.raises(LimitError, match="lower frame_rate"):
         flyer.kickoff()
+
+
+def test_flyer_noise_is_seeded_and_pages_keep_their_order():
+    def fly_pages(seed):
+        bl = make_beamline("published", seed=seed, count_rate=70_000.0)
+        bl.flyer.configure({"x_start": -0.5, "x_stop": 0.5, "num_x": 30, "y_start": 0.0, "y_stop": 0.3, "num_y": 4,
+                            "frame_rate": 10_000.0, "page_size": 16})
+        bl.stage.x.velocity.put(10_000.0)
+        bl.flyer.kickoff().wait()
+        bl.flyer.complete().wait()
+        return list(bl.flyer.collect_pages())
+
+    pages = fly_pages(3)
+    assert [len(page["time"]) for page in pages] == [16] * 7 + [8]
+    frames = np.concatenate([page["data"]["det_image"] for page in pages])
+    assert frames.dtype == np.uint32 and frames.sum() > 0
+    np.testing.assert_array_equal(frames, np.concatenate([page["data"]["det_image"] for page in fly_pages(3)]))
+    assert not np.array_equal(frames, np.concatenate([page["data"]["det_image"] for page in fly_pages(4)]))
+    totals = np.concatenate([page["data"]["det_total"] for page in pages])
+    np.testing.assert_array_equal(totals, frames.sum(axis=(1, 2)))
+
+
+def test_poisson_counts_follow_the_poisson_law_in_both_samplers():
+    rates = np.array([0.003, 0.4, 2.5, 6.0, 9.99, 10.0, 40.0])
+    rate = np.repeat(rates, 60_000)  # large: inversion below rate 10, numpy's sampler above
+    counts = poisson_counts(rate, np.random.default_rng(11))
+    np.testing.assert_array_equal(counts, poisson_counts(rate, np.random.default_rng(11)))
+    for value, drawn in zip(rates, counts.reshape(len(rates), -1)):
+        for sample in (drawn, poisson_counts(np.full(2000, value), np.random.default_rng(12))):  # small: numpy
+            expected = stats.poisson.pmf(np.arange(sample.max() + 1), value) * len(sample)
+            kept = expected >= 10  # chi-square over the well-populated counts
+            chi2 = ((np.bincount(sample)[kept] - expected[kept]) ** 2 / expected[kept]).sum()
+            assert stats.chi2.sf(chi2, max(kept.sum() - 1, 1)) > 1e-4, (value, len(sample))

@@ -12,6 +12,7 @@ from ophyd import Component as Cpt
 from ophyd import DeviceStatus
 
 from ..physics import KERNELS, Instrument, simulate
+from ..physics.forward import simulate_box
 from .hdf5 import HDF5FrameWriter
 from .motion import SimStage
 from .sample import SimSample
@@ -25,17 +26,72 @@ _FOOTPRINT_RULE = np.array([(0.0, 0.0, 0.25)] + [
     (np.sqrt(2 / 3) * np.cos(a), np.sqrt(2 / 3) * np.sin(a), 0.125) for a in np.arange(6) * np.pi / 3])
 
 
+#: Poisson draws by inversion (:func:`poisson_counts`): rates per step (the working arrays stay in the L2 cache).
+_INVERSION_STEP = 32768
+#: Rates (expected counts) below which inversion applies; numpy's sampler takes the rest (e.g. hot pixels).
+_INVERSION_RATES_BELOW = 10.0
+#: CDF terms summed for all pixels of a step before the few with more counts carry on alone.
+_INVERSION_TERMS = 6
+#: Count at which a draw stops: reached only by a uniform above the float64 CDF (a rounding artefact,
+#: probability ~1e-15 per pixel), since P(count >= 100) < 1e-60 at rates below 10.
+_INVERSION_MAX_COUNT = 100
+
+
+def poisson_counts(rate: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Poisson counts (an integer array) with means ``rate`` (1-D float, >= 0), drawn from ``rng``.
+
+    Fewer than :data:`_INVERSION_STEP` rates (a step scan's frame) go to ``rng.poisson``. Larger sets (a
+    flyer's page) are drawn by inversion where the rate is small: one uniform per pixel against the CDF
+    summed term by term, p(k) = p(k - 1) * rate / k, vectorised over cache-sized steps; about twice as fast
+    as ``rng.poisson``, whose per-sample cost is an exponential and rate + 1 uniforms.
+    """
+    if len(rate) < _INVERSION_STEP:
+        return rng.poisson(rate)
+    small = rate < _INVERSION_RATES_BELOW
+    if not small.all():
+        counts = np.empty(len(rate), dtype=np.int64)
+        counts[~small] = rng.poisson(rate[~small])
+        counts[small] = poisson_counts(rate[small], rng)
+        return counts
+    rate = rate.astype(np.float64)
+    return np.concatenate([_poisson_by_inversion(rate[start:start + _INVERSION_STEP], rng)
+                           for start in range(0, len(rate), _INVERSION_STEP)])
+
+
+def _poisson_by_inversion(rate: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Poisson counts (uint8) for rates below :data:`_INVERSION_RATES_BELOW` (1-D float64)."""
+    u, count = rng.random(len(rate)), np.zeros(len(rate), dtype=np.uint8)
+    term = np.exp(-rate)  # p(0)
+    cdf = term.copy()
+    for k in range(1, _INVERSION_TERMS + 1):  # count = #{k >= 0 : u > cdf(k)}; first terms for all pixels
+        count += u > cdf
+        term *= rate
+        term *= 1.0 / k
+        cdf += term
+    tail = np.flatnonzero(u > cdf)
+    u, rate, term, cdf = u[tail], rate[tail], term[tail], cdf[tail]
+    extra, more, k = np.zeros(len(tail), dtype=np.uint8), u > cdf, _INVERSION_TERMS
+    while k < _INVERSION_MAX_COUNT and more.any():
+        extra += more
+        k += 1
+        term *= rate
+        term *= 1.0 / k
+        cdf += term
+        more = u > cdf
+    count[tail] += extra
+    return count
+
+
 def frame_statistics(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Total counts and intensity-weighted centroid (column x, row y; pixels) of (N, H, W) frames.
 
     The centroid of an empty frame is NaN.
     """
-    frames = np.asarray(frames, dtype=np.float64)
-    total = frames.sum(axis=(1, 2))
+    frames = np.asarray(frames)
+    columns, rows = frames.sum(axis=1, dtype=np.float64), frames.sum(axis=2, dtype=np.float64)  # (N, W), (N, H)
+    total = columns.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        cx = frames.sum(axis=1) @ np.arange(frames.shape[2]) / total
-        cy = frames.sum(axis=2) @ np.arange(frames.shape[1]) / total
-    return total, cx, cy
+        return total, columns @ np.arange(frames.shape[2]) / total, rows @ np.arange(frames.shape[1]) / total
 
 
 class NanobeamDetector(SimDevice):
@@ -119,8 +175,11 @@ class NanobeamDetector(SimDevice):
 
     def render(self, parameters: np.ndarray, exposure: float) -> np.ndarray:
         """Frames for ground-truth ``parameters`` ((N * K, 4) at :meth:`beam_positions`) exposed ``exposure`` s."""
-        patterns = simulate(parameters, self.instrument, kernel=self.kernel,
-                            counts=self.count_rate.get() * exposure)
+        peak = self.count_rate.get() * exposure
+        if self.kernel == "box":  # the same patterns as simulate(), with a fraction of its per-call overhead
+            patterns = simulate_box(parameters, self.instrument, counts=peak)
+        else:
+            patterns = simulate(parameters, self.instrument, kernel=self.kernel, counts=peak)
         if self.footprint.get() > 0:
             patterns = np.einsum("nkhw,k->nhw", patterns.reshape(-1, len(_FOOTPRINT_RULE), *patterns.shape[1:]),
                                  _FOOTPRINT_RULE[:, 2].astype(patterns.dtype))
@@ -133,7 +192,7 @@ class NanobeamDetector(SimDevice):
             return patterns
         counts = np.zeros(patterns.shape, dtype=np.uint32)
         lit = patterns > 0  # about half the pixels lie outside the donut: draw only where counts can arise
-        counts[lit] = self.rng.poisson(patterns[lit])
+        counts[lit] = poisson_counts(patterns[lit], self.rng)
         return counts
 
     # ------------------------------------------------------------------ bluesky interface
