@@ -13,7 +13,9 @@ The network outputs come from ``nanopilot.model.Predictor.load()`` when it can b
 script says which. Frames are the forward model at the true parameters (rounded to a tenth of the library grid
 step, far below the noise, to render each distinct pattern once) with Poisson noise.
 
-    python benchmarks/texture.py [--estimator auto|truth] [--false-alarm-maps 100]
+    python benchmarks/texture.py [--estimator auto|truth] [--false-alarm-maps 100] [--domain-seeds 1 2 3]
+
+The bar is measured on the default ``--domain-seeds`` (1 2 3); other seeds check that it generalises.
 """
 
 from __future__ import annotations
@@ -115,6 +117,8 @@ def main(argv=None):
     parser.add_argument("--false-alarm-maps", type=int, default=100)
     parser.add_argument("--size", type=int, default=40, help="points per side of the cooling maps")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--domain-seeds", type=int, nargs="+", default=[1, 2, 3],
+                        help="scene seeds of the domains maps (the bar: 1 2 3)")
     args = parser.parse_args(argv)
     rng = np.random.default_rng(args.seed)
     render, estimate = Renderer(rng), Estimator(args.estimator, rng)
@@ -123,7 +127,7 @@ def main(argv=None):
 
     # ---- domains: ARI against the ground-truth domains, and the cost per point
     aris = []
-    for seed in (1, 2, 3):
+    for seed in args.domain_seeds:
         bl = make_beamline("domains", seed=seed)
         frames, x, y = grid_map(maps, f"domains{seed}", bl, render, estimate, 48, 2.0)
         textures = TextureCallback(maps)
@@ -136,7 +140,7 @@ def main(argv=None):
         print(f"domains seed {seed}: 48 x 48 points, {textures.classifier.n_clusters_} textures "
               f"(scene: {bl.sample.scene.n_domains} domains), ARI = {ari:.3f}")
     network = estimate.network_seconds_per_frame(frames)
-    print(f"domains: mean ARI = {np.mean(aris):.3f} (bar >= 0.9)")
+    print(f"domains: mean ARI = {np.mean(aris):.3f}, lowest {np.min(aris):.3f} (bar >= 0.9)")
 
     # ---- cooling: onset detection against a reference map above the transition
     bl = make_beamline("cooling", seed=args.seed, temperature=270.0)

@@ -60,6 +60,54 @@ def test_neighbourhood_statistics_on_a_plane():
     np.testing.assert_allclose(spread[:, 1], 0, atol=1e-12)
 
 
+def domains(x, y):  # two domains meeting at x = 0.1 um, with a strained wall one scan point wide between them
+    out = uniform(x, y)
+    out[x >= 0.1, 0] = 0.005
+    out[x >= 0.1, 2] = 0.05
+    out[np.abs(x - 0.1) < 0.04, 0] += 0.002
+    return out
+
+
+def test_edge_preserving_statistics_describe_the_side_a_point_is_on():
+    y, x = (a.ravel() for a in np.meshgrid(np.arange(12.0), np.arange(12.0), indexing="ij"))
+    positions = np.column_stack([x, y])
+    values = np.column_stack([np.where(x < 6, 0.0, 10.0), np.ones_like(x)])
+    mean, spread, gradient = neighbourhood(positions, values)
+    edge = (x == 5) | (x == 6)
+    assert (spread[edge, 0] > 1).all() and (gradient[edge, 0] > 1).all()  # the centred window straddles the step
+    mean, spread, gradient = neighbourhood(positions, values, edge_preserving=True, scale=[1.0, 1.0])
+    np.testing.assert_allclose(mean[:, 0], values[:, 0])  # each point takes a window on its own side
+    np.testing.assert_allclose(spread, 0, atol=1e-12)
+    np.testing.assert_allclose(gradient, 0, atol=1e-9)
+    # a pattern finer than the window (stripes of period 2) keeps its spread in every window
+    stripes = np.column_stack([(x % 2) * 10.0])
+    _, spread, _ = neighbourhood(positions, stripes, edge_preserving=True, scale=[1.0])
+    assert (spread[:, 0] > 4).all()
+
+
+def test_walls_and_other_lines_are_not_textures():
+    rng = np.random.default_rng(7)
+    maps = LiveMaps()
+    run = make_map(maps, "walls", domains, rng, n=32)
+    features = texture_features(run)
+    assert features.neighbours.shape == (32 * 32, 9)
+    assert (features.neighbours[:, 0] == np.arange(32 * 32)).all()
+    x = run.scattered()["stage_x"]
+    truth = (x >= 0.1).astype(int)
+    model = TextureClassifier(feature_weights=features.weights, feature_scale=features.scale)
+    model.fit(features.X)  # without the map: the wall points are a distinct, well separated cluster
+    assert model.n_clusters_ == 3
+    model = TextureClassifier(feature_weights=features.weights, feature_scale=features.scale)
+    model.fit(features.X, neighbours=features.neighbours)  # with it: the wall has no interior, two textures
+    assert model.n_clusters_ == 2 and model.interiors_[3] == 0 and model.interiors_[2] >= 9
+    labels = model.labels_
+    assert all(len(set(labels[truth == side])) == 1 for side in (0, 1)) and labels[0] != labels[-1]
+    with pytest.raises(ValueError, match="neighbours"):
+        model.fit(features.X, neighbours=features.neighbours[:-1])
+    with pytest.raises(ValueError, match="outside"):
+        model.fit(features.X, neighbours=features.neighbours + 1)
+
+
 def test_features_are_standardised_in_noise_units_and_weighted():
     rng = np.random.default_rng(1)
     maps = LiveMaps()

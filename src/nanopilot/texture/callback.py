@@ -130,7 +130,7 @@ class TextureCallback(DocumentRouter):
             if features.X.shape[1] == 0:
                 result["status"] = NOT_ENOUGH_DATA
             else:
-                self.classifier.fit(features.X)
+                self.classifier.fit(features.X, neighbours=features.neighbours)
                 result["status"] = self.classifier.status_
                 result["labels"] = self.classifier.labels_
             result["feature_names"] = features.names

@@ -29,9 +29,20 @@ class TextureClassifier(ClusterMixin, BaseEstimator):
     ----------
     n_clusters : int or (int, int)
         A fixed number of textures, or the inclusive range (lo, hi) to choose it from. The choice: the largest
-        k in the range whose k-means clusters are all pairwise separated, along the line through each pair's
-        centres, by at least ``min_separation`` pooled standard deviations (the two halves of a single Gaussian
-        blob give about 2.7, in any dimension); lo when no k >= 2 is.
+        k in the range whose k-means clusters are all
+
+        - distinct: pairwise separated, along the line through each pair's centres, by at least
+          ``min_separation`` pooled standard deviations (the two halves of a single Gaussian blob give about
+          2.7, in any dimension), and
+        - regions of the map, when :meth:`fit` is given the points' ``neighbours`` on the map: at least
+          ``min_interior`` interior points each, i.e. points whose whole window (the point and its
+          neighbours) is in the cluster. A texture covers an area; a line one or two scan points wide (the
+          points along a domain wall, which differ from the domains on both sides) or a speck (a point
+          defect) has no interior, and its points go to the nearest texture instead of making a false one.
+          Likewise the two states of stripes a few scan points wide are one striped texture (the stripe
+          search, :func:`~nanopilot.texture.detect_stripes`, reports their period).
+
+        lo when no k >= 2 is.
     feature_weights : array (d,), optional
         Multiplies each standardised column (e.g. :attr:`TextureFeatures.weights`); default all 1.
     feature_scale : array (d,), optional
@@ -41,6 +52,10 @@ class TextureClassifier(ClusterMixin, BaseEstimator):
         Fewer valid (all-finite) rows than this, or than the number of clusters, is "not enough data".
     min_separation : float
         Pairwise separation (pooled standard deviations) that distinct textures must have (see ``n_clusters``).
+    min_interior : int or None
+        Interior points (whole window in the cluster) that each texture must have when ``fit`` is given
+        ``neighbours`` (see ``n_clusters``); None: the window's size (9 for 8 neighbours: a texture then
+        spans at least about 5 x 5 scan points of a grid).
     match_factor : float
         A new cluster keeps a known texture's label when their centres are closer than ``match_factor`` times
         the root sum of squares of their radii (RMS member distance to the centre, standardised units).
@@ -66,6 +81,9 @@ class TextureClassifier(ClusterMixin, BaseEstimator):
         Texture label of each row of the last fit (:data:`UNLABELLED` for rows with NaN).
     separations_ : dict
         Smallest pairwise separation of each k tried by the last automatic choice.
+    interiors_ : dict
+        Fewest interior points of a cluster, for each k tried by the last automatic choice (only when ``fit``
+        was given ``neighbours``).
     textures_ : dict
         Every texture seen so far: label -> (centre (d,) standardised, radius).
     status_ : str
@@ -73,13 +91,14 @@ class TextureClassifier(ClusterMixin, BaseEstimator):
     """
 
     def __init__(self, n_clusters=(1, 8), *, feature_weights=None, feature_scale=None, min_points: int = 20,
-                 min_separation: float = 4.0, match_factor: float = 1.0, batch_size: int = 1024, n_init: int = 3,
-                 random_state=0):
+                 min_separation: float = 4.0, min_interior: int | None = None, match_factor: float = 1.0,
+                 batch_size: int = 1024, n_init: int = 3, random_state=0):
         self.n_clusters = n_clusters
         self.feature_weights = feature_weights
         self.feature_scale = feature_scale
         self.min_points = min_points
         self.min_separation = min_separation
+        self.min_interior = min_interior
         self.match_factor = match_factor
         self.batch_size = batch_size
         self.n_init = n_init
@@ -130,19 +149,36 @@ class TextureClassifier(ClusterMixin, BaseEstimator):
                 smallest = min(smallest, distance / max(pooled, 1e-300))
         return float(smallest)
 
-    def _choose(self, Z: np.ndarray) -> MiniBatchKMeans:
+    @staticmethod
+    def _interior(members: np.ndarray, window: np.ndarray, k: int) -> int:
+        """The fewest, over the k clusters, interior points: points whose window ``window`` (rows of
+        ``members``, -1 outside it) holds only members of their own cluster."""
+        inside = window >= 0
+        labels = members[np.where(inside, window, 0)]
+        interior = np.where(inside, labels == members[:, None], True).all(axis=1)
+        return int(np.bincount(members[interior], minlength=k).min())
+
+    def _choose(self, Z: np.ndarray, window: np.ndarray | None = None) -> MiniBatchKMeans:
         """k-means with a fixed k, or with the largest k of the range whose clusters are all pairwise separated
-        by at least ``min_separation`` (see :meth:`_separation`); lo when none is."""
+        by at least ``min_separation`` (see :meth:`_separation`) and, given each row's ``window`` on the map,
+        all have at least ``min_interior`` interior points (see :meth:`_interior`); lo when none is."""
         lo, hi = self._range()
         hi = max(lo, min(hi, len(Z) // 2))
-        self.separations_ = {}
+        self.separations_, self.interiors_ = {}, {}
         if lo == hi:
             return self._kmeans(lo, Z)
+        if window is not None:
+            min_interior = window.shape[1] if self.min_interior is None else self.min_interior
         best = None
         for k in range(max(lo, 2), hi + 1):
             model = self._kmeans(k, Z)
-            self.separations_[k] = self._separation(Z, model.cluster_centers_, model.predict(Z))
-            if self.separations_[k] >= self.min_separation:
+            members = model.predict(Z)
+            self.separations_[k] = self._separation(Z, model.cluster_centers_, members)
+            region = True
+            if window is not None:
+                self.interiors_[k] = self._interior(members, window, k)
+                region = self.interiors_[k] >= min_interior
+            if self.separations_[k] >= self.min_separation and region:
                 best = model
         return best if best is not None else self._kmeans(lo, Z)
 
@@ -174,14 +210,34 @@ class TextureClassifier(ClusterMixin, BaseEstimator):
             self.textures_[int(label)] = (self._centres[i].copy(), float(self.cluster_radius_[i]))
 
     # ------------------------------------------------------------------ estimator API
-    def fit(self, X, y=None):
+    def fit(self, X, y=None, neighbours=None):
         """Cluster the rows of X (N, d); rows with any NaN are left unlabelled.
 
         Keeps the standardisation of the first fit and the labels of known textures (see the class docstring).
         With fewer valid rows than ``min_points``, sets ``status_`` to :data:`NOT_ENOUGH_DATA`, removes the
         current clusters (known textures are remembered) and labels nothing.
+
+        Parameters
+        ----------
+        X : array (N, d)
+            Features (e.g. :attr:`TextureFeatures.X`).
+        y : ignored
+        neighbours : array (N, k) of int, optional
+            Rows of X in each row's window on the map (e.g. :attr:`TextureFeatures.neighbours`): the
+            automatic choice of the number of textures then also requires every texture to be a region of
+            the map (see ``n_clusters``). Rows with NaN features in a window are left out of it.
         """
         X, valid = self._check(X)
+        window = None
+        if neighbours is not None:
+            neighbours = np.asarray(neighbours)
+            if neighbours.ndim != 2 or len(neighbours) != len(X) or not np.issubdtype(neighbours.dtype, np.integer):
+                raise ValueError(f"neighbours must be an (N, k) integer array of rows of X (N = {len(X)}), "
+                                 f"got shape {neighbours.shape} and dtype {neighbours.dtype}")
+            if len(X) and ((neighbours < 0) | (neighbours >= len(X))).any():
+                raise ValueError("neighbours holds row indices outside X")
+            position = np.cumsum(valid) - 1  # the rows of X[valid]; -1 for rows left out
+            window = np.where(valid[neighbours], position[neighbours], -1)[valid]
         lo, _ = self._range()
         if not hasattr(self, "textures_"):
             self.textures_, self.next_label_ = {}, 0
@@ -207,7 +263,7 @@ class TextureClassifier(ClusterMixin, BaseEstimator):
             self.scale_ = np.where(scale > 1e-12 * (np.abs(self.mean_) + 1e-300), scale, 1.0)
         Z = self.standardise(X[valid])
         with threadpool_limits(1):  # small problems: OpenMP threads only contend (10-50x slower on busy cores)
-            self._kmeans_model = self._choose(Z)
+            self._kmeans_model = self._choose(Z, window)
         members = self._kmeans_model.predict(Z)
         self._set_model(Z, self._kmeans_model.cluster_centers_, members)
         self._match(np.bincount(members, minlength=self.n_clusters_))

@@ -4,10 +4,18 @@ Feature set (one row per scan point, in this column order; see :func:`texture_fe
 
 ``estimate``        strain, omega (deg), chi (deg)[, thickness (angstrom)]: the estimator's outputs; a
                     parameter the estimator does not give (all NaN) is left out.
-``local_mean``      the same parameters averaged over the point and its ``n_neighbours`` nearest scan points.
-``local_spread``    their standard deviation over that neighbourhood (high on walls and in stripes).
-``local_gradient``  the magnitude of their least-squares plane gradient over the neighbourhood (per um).
+``local_mean``      the same parameters averaged over a window of ``n_neighbours`` + 1 nearest scan points.
+``local_spread``    their standard deviation over that window (high in stripes and other fine patterns).
+``local_gradient``  the magnitude of their least-squares plane gradient over the window (per um).
 ``frame``           :func:`frame_descriptor` of the detector frame, when the analysis computed it.
+
+The window of a point's local statistics is edge-preserving (``edge_preserving=True``, the default; see
+:func:`neighbourhood`): of the windows that contain the point (its own, of itself and its nearest scan points,
+and those of its neighbours), the most homogeneous one. A point next to a boundary between two regions
+(a domain wall) is then described by the region it belongs to, not by a window straddling the boundary: with
+plain centred windows the boundary points get a mixed local mean and a high spread and gradient, and k-means
+makes false textures of them, one or two scan points wide along every wall. Inside a pattern finer than the
+window (stripes of a period of a few scan points) every window spans the pattern, so its spread stays high.
 
 Every column is later standardised by :class:`~nanopilot.texture.TextureClassifier` and multiplied by the
 weight of its group (:data:`GROUP_WEIGHTS`), so a group's influence on the clustering does not depend on how
@@ -67,8 +75,24 @@ def frame_descriptor(frames, bins: int = 8) -> np.ndarray:
     return out
 
 
-def neighbourhood(positions, values, n_neighbours: int = 8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Local mean, spread and gradient magnitude of per-point values over each point's nearest neighbours.
+def neighbours(positions, n_neighbours: int = 8) -> np.ndarray:
+    """Indices (N, k) of each point and its nearest scan points, the point itself first; k = min(n_neighbours
+    + 1, N) (the window of :func:`neighbourhood`). ``positions`` (N, D) in um."""
+    positions = np.asarray(positions, dtype=float)
+    positions = positions.reshape(len(positions), -1)
+    k = max(1, min(n_neighbours + 1, len(positions)))
+    if len(positions) == 0:
+        return np.zeros((0, k), dtype=np.intp)
+    index = NearestNeighbors(n_neighbors=k).fit(positions).kneighbors(positions, return_distance=False)
+    rows = np.arange(len(index))[:, None]
+    absent = ~(index == rows).any(axis=1)  # coincident positions: make sure the point itself is in, first
+    index[absent, -1] = np.flatnonzero(absent)
+    return np.take_along_axis(index, np.argsort(index != rows, axis=1, kind="stable"), axis=1)
+
+
+def neighbourhood(positions, values, n_neighbours: int = 8, *, edge_preserving: bool = False, scale=None,
+                  index=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Local mean, spread and gradient magnitude of per-point values over a window of nearest neighbours.
 
     Parameters
     ----------
@@ -78,12 +102,24 @@ def neighbourhood(positions, values, n_neighbours: int = 8) -> tuple[np.ndarray,
         Per-point values; rows with a NaN are left out of their neighbours' statistics.
     n_neighbours : int
         Neighbours besides the point itself (8: the 3 x 3 window of a square grid).
+    edge_preserving : bool
+        False: the window of each point is the point and its ``n_neighbours`` nearest scan points. True: of
+        the windows that contain the point (its own and those of its neighbours), the one with the smallest
+        spread, summed over the parameters in units of ``scale`` (a minimum-variance, Kuwahara-type choice:
+        on a square grid, the 3 x 3 windows within the point's 5 x 5 surroundings). A point next to a
+        boundary then gets the statistics of its own side; within a pattern finer than a window, every
+        window spans the pattern.
+    scale : array (P,), optional
+        Noise of each parameter, to add the spreads of parameters of different units in the edge-preserving
+        choice; default :func:`noise_scale` of the values.
+    index : array (N, k) of int, optional
+        :func:`neighbours` of the positions, when already computed.
 
     Returns
     -------
     mean, spread, gradient : arrays (N, P)
-        Mean and standard deviation over the point and its neighbours, and the magnitude of the
-        least-squares plane gradient (value units per um). NaN where fewer than 2 valid points are near.
+        Mean and standard deviation over the window, and the magnitude of the least-squares plane gradient
+        (value units per um). NaN where fewer than 2 valid points are near.
     """
     positions = np.asarray(positions, dtype=float).reshape(len(values), -1)
     values = np.asarray(values, dtype=float)
@@ -91,8 +127,41 @@ def neighbourhood(positions, values, n_neighbours: int = 8) -> tuple[np.ndarray,
     nan = np.full((n, p), np.nan)
     if n < 2 or n_neighbours < 1:
         return nan, nan.copy(), nan.copy()
-    k = min(n_neighbours + 1, n)
-    index = NearestNeighbors(n_neighbors=k).fit(positions).kneighbors(positions, return_distance=False)
+    if index is None:
+        index = neighbours(positions, n_neighbours)
+    mean, spread, gradient = _window_statistics(positions, values, index)
+    if edge_preserving:
+        scale = noise_scale(values, mean, index.shape[1] - 1) if scale is None else np.asarray(scale, float)
+        mean, spread, gradient = _most_homogeneous(index, scale, mean, spread, gradient)
+    return mean, spread, gradient
+
+
+def noise_scale(values, mean, n_neighbours: int = 8) -> np.ndarray:
+    """Noise (P,) of each column of ``values`` (N, P), measured on the map: the robust spread (1.4826 x the
+    median absolute deviation) of each point from the ``mean`` of its centred window of ``n_neighbours`` + 1
+    points (:func:`neighbourhood` without ``edge_preserving``), corrected for the point's own share of that
+    mean; NaN for a column without finite values."""
+    with np.errstate(invalid="ignore"):
+        residual = np.abs(np.asarray(values, float) - mean) / np.sqrt(n_neighbours / (n_neighbours + 1.0))
+        return 1.4826 * np.array([np.nanmedian(r) if np.isfinite(r).any() else np.nan for r in residual.T])
+
+
+def _most_homogeneous(index, scale, mean, spread, gradient):
+    """The statistics of the window with the smallest standardised spread among those containing each point."""
+    n = len(index)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cost = ((spread / np.where(scale > 0, scale, np.nan)) ** 2).sum(axis=1)
+    cost = np.where(np.isfinite(cost), cost, np.inf)
+    contains = (index[index] == np.arange(n)[:, None, None]).any(axis=2)  # window of index[i, j] holds i
+    contains[:, 0] = True
+    candidates = np.where(contains, cost[index], np.inf)
+    best = index[np.arange(n), np.argmin(candidates, axis=1)]
+    best = np.where(np.isfinite(candidates).any(axis=1), best, np.arange(n))
+    return mean[best], spread[best], gradient[best]
+
+
+def _window_statistics(positions, values, index):
+    """Mean, spread and plane-gradient magnitude (N, P) over each row's window ``index`` (N, k)."""
     local = values[index]  # (N, k, P), the point itself first
     valid = np.isfinite(local).all(axis=2)  # (N, k)
     count = valid.sum(axis=1)
@@ -128,6 +197,9 @@ class TextureFeatures:
         Noise scale of each column (its units), NaN where unknown (the classifier then uses the spread).
     seq_num : array (N,)
         Raw-run seq_num of each row.
+    neighbours : array (N, k) of int, optional
+        Rows of each row's window on the map, itself first (:func:`neighbours`); for the classifier's test
+        that a texture is a region of the map (``TextureClassifier.fit(X, neighbours=...)``).
     """
 
     X: np.ndarray
@@ -135,13 +207,14 @@ class TextureFeatures:
     weights: np.ndarray
     scale: np.ndarray
     seq_num: np.ndarray
+    neighbours: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.X)
 
 
 def texture_features(run, *, n_neighbours: int = 8, group_weights: dict[str, float] | None = None,
-                     use_frames: bool = True) -> TextureFeatures:
+                     use_frames: bool = True, edge_preserving: bool = True) -> TextureFeatures:
     """Build the texture feature matrix of a map (see the module docstring for the feature set).
 
     Parameters
@@ -155,6 +228,8 @@ def texture_features(run, *, n_neighbours: int = 8, group_weights: dict[str, flo
         Weights per feature group, overriding :data:`GROUP_WEIGHTS`; a weight of 0 drops the group.
     use_frames : bool
         Include the frame descriptors when the map has them.
+    edge_preserving : bool
+        Local statistics over the most homogeneous window containing each point (see :func:`neighbourhood`).
 
     Returns
     -------
@@ -171,11 +246,15 @@ def texture_features(run, *, n_neighbours: int = 8, group_weights: dict[str, flo
     values = np.column_stack([np.where(ok, points[p], np.nan) for p in names]) if names else np.zeros((n, 0))
     motors = run.motors[::-1][:2]  # fast axis (x) first
     positions = np.column_stack([points[m] for m in motors]) if motors else np.arange(n, dtype=float)[:, None]
-    mean, spread, gradient = neighbourhood(positions, values, n_neighbours)
+    index = neighbours(positions, n_neighbours) if n else np.zeros((0, 1), dtype=np.intp)
+    if n < 2 or n_neighbours < 1:
+        mean = spread = gradient = np.full(values.shape, np.nan)
+    else:
+        mean, spread, gradient = _window_statistics(positions, values, index)
+    noise = noise_scale(values, mean, n_neighbours)  # the noise of each parameter, from the map itself
+    if edge_preserving and n >= 2 and n_neighbours >= 1:
+        mean, spread, gradient = _most_homogeneous(index, noise, mean, spread, gradient)
     blocks = {"estimate": values, "local_mean": mean, "local_spread": spread, "local_gradient": gradient}
-    with np.errstate(invalid="ignore"):  # the noise of each parameter, from the map itself (robust MAD)
-        residual = np.abs(values - mean) / np.sqrt(n_neighbours / (n_neighbours + 1.0))
-        noise = 1.4826 * np.array([np.nanmedian(r) if np.isfinite(r).any() else np.nan for r in residual.T])
     step = _step(positions)
     scales = {"estimate": noise, "local_mean": noise, "local_spread": noise, "local_gradient": noise / step}
     frames = run.features() if use_frames else np.zeros((n, 0))
@@ -192,7 +271,8 @@ def texture_features(run, *, n_neighbours: int = 8, group_weights: dict[str, flo
         column_scales += list(scales.get(group, np.full(block.shape[1], np.nan)))
     X = np.hstack(columns) if columns else np.zeros((n, 0))
     return TextureFeatures(X=X, names=column_names, weights=np.asarray(column_weights),
-                           scale=np.asarray(column_scales, dtype=float), seq_num=points["seq_num"])
+                           scale=np.asarray(column_scales, dtype=float), seq_num=points["seq_num"],
+                           neighbours=index)
 
 
 def _step(positions: np.ndarray) -> float:

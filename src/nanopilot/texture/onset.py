@@ -6,6 +6,13 @@ reference's own points reach, and at least one of its neighbours on the map is n
 region, not a lone noisy frame). A new texture is declared when novel points cover at least
 ``coverage_threshold`` of the current map, or when the current points of a known texture have moved
 (centroid shift) by at least ``shift_threshold`` of that texture's radius.
+
+The features here use plain centred windows (``edge_preserving=False``), unlike the labels of
+:class:`~nanopilot.texture.TextureCallback`: for detection, a point whose window reaches into a new texture is
+evidence of it, which makes a nucleus a few scan points across stand out (its rim is novel too). The
+reference's k-means is likewise fitted without the classifier's test that clusters are regions of the map:
+here it only models where the reference's points lie, and a finer split (e.g. the points along domain walls)
+models that more tightly.
 """
 
 from __future__ import annotations
@@ -86,7 +93,7 @@ def texture_change(reference, current, *, coverage_threshold: float = 0.01, shif
     classifier : TextureClassifier, optional
         Unfitted classifier to cluster the reference with (default ``TextureClassifier()``).
     **feature_kwargs
-        Passed to :func:`texture_features`.
+        Passed to :func:`texture_features` (default here ``edge_preserving=False``, see the module docstring).
 
     Returns
     -------
@@ -97,6 +104,7 @@ def texture_change(reference, current, *, coverage_threshold: float = 0.01, shif
     The false-alarm rate of the defaults, measured by ``benchmarks/texture.py`` on noisy maps of an unchanged
     sample, is printed there.
     """
+    feature_kwargs = {"edge_preserving": False, **feature_kwargs}
     ref = _features(reference, n_neighbours=n_neighbours, **feature_kwargs)
     cur = _features(current, n_neighbours=n_neighbours, **feature_kwargs)
     novel = np.zeros(len(cur), bool)
