@@ -241,3 +241,6 @@ def test_poisson_counts_follow_the_poisson_law_in_both_samplers():
             kept = expected >= 10  # chi-square over the well-populated counts
             chi2 = ((np.bincount(sample)[kept] - expected[kept]) ** 2 / expected[kept]).sum()
             assert stats.chi2.sf(chi2, max(kept.sum() - 1, 1)) > 1e-4, (value, len(sample))
+    for bad in (-1.0, np.nan):
+        with pytest.raises(ValueError, match="non-negative"):
+            poisson_counts(np.append(rate, bad), np.random.default_rng(0))

@@ -38,7 +38,7 @@ _INVERSION_MAX_COUNT = 100
 
 
 def poisson_counts(rate: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Poisson counts (an integer array) with means ``rate`` (1-D float, >= 0), drawn from ``rng``.
+    """Poisson counts (an integer array) with means ``rate`` (1-D float, finite, >= 0), drawn from ``rng``.
 
     Fewer than :data:`_INVERSION_STEP` rates (a step scan's frame) go to ``rng.poisson``. Larger sets (a
     flyer's page) are drawn by inversion where the rate is small: one uniform per pixel against the CDF
@@ -47,8 +47,10 @@ def poisson_counts(rate: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """
     if len(rate) < _INVERSION_STEP:
         return rng.poisson(rate)
-    small = rate < _INVERSION_RATES_BELOW
-    if not small.all():
+    if not rate.min() >= 0:
+        raise ValueError("Poisson rates must be finite and non-negative")
+    if rate.max() >= _INVERSION_RATES_BELOW:
+        small = rate < _INVERSION_RATES_BELOW
         counts = np.empty(len(rate), dtype=np.int64)
         counts[~small] = rng.poisson(rate[~small])
         counts[small] = poisson_counts(rate[small], rng)
