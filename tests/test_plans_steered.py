@@ -139,3 +139,19 @@ def test_reconstruct_is_exact_for_linear_fields_and_never_overshoots_a_wall():
     assert errors["cubic"] < 0.6 * errors["linear"]
     with pytest.raises(ValueError, match="method"):
         reconstruct(lattice, ramp, "strain", "spline")
+
+
+def test_interest_sees_a_crest_between_equal_corners_but_not_a_wall_next_door():
+    cells = coarse_cells(13, 4)  # 3 x 3 cells, lattice points every 4 steps
+    crest = {(i, j): {"strain": -abs(i - 6) / 4 + 1.0, "status": "ok"} for i in range(0, 13, 2) for j in range(0, 13, 4)}
+    crest = {k: v for k, v in crest.items() if k[0] % 4 == 0 or k[0] == 6}  # the crest (i = 6) itself unmeasured
+    for k in list(crest):
+        if k[0] == 6:
+            del crest[k]
+    middle = cells.index((4, 0, 4))  # corners at i = 4 and 8: equal values either side of the crest
+    flat_corners = cell_interest([cells[middle]], {k: v for k, v in crest.items()}, {"strain": 0.1})
+    assert flat_corners[0] >= 5  # curvature 0.5 -> 0.25 / 0.1 noise units
+    wall = {(i, j): {"strain": float(i >= 12), "status": "ok"} for i in range(0, 13, 4) for j in range(0, 13, 4)}
+    interest = cell_interest(cells, wall, {"strain": 0.1})
+    assert interest[cells.index((4, 0, 4))] == 0  # the wall lies in the next cell (8..12), not in this one
+    assert interest[cells.index((8, 0, 4))] == 10

@@ -1,8 +1,8 @@
 """The pure decision logic of :func:`steered_map`: adaptive refinement of a square lattice (a quadtree).
 
 The scan region is a lattice of ``fine x fine`` points (the full fine raster). A *cell* is a square of side
-``h`` lattice steps whose four corners are measured. A cell's interest is the largest change across it of
-any analysed field in units of that field's noise (from the network's uncertainty), plus a bonus for a
+``h`` lattice steps whose four corners are measured. A cell's interest is the largest change across it (or curvature
+next to it) of any analysed field in units of that field's noise (from the network's uncertainty), plus a bonus for a
 texture boundary and for flagged frames. The cells with the highest interest times side are split in four,
 which measures their centres and edge midpoints; cells of side 1 are final. :func:`reconstruct` rebuilds the
 map on the fine raster from the scattered points.
@@ -87,8 +87,14 @@ def noise_scales(values: dict[str, np.ndarray], stds: dict[str, np.ndarray]) -> 
 
 def cell_interest(cells, measured: dict, scales: dict[str, float]) -> np.ndarray:
     """Interest of each cell (see the module notes); ``measured[(i, j)]`` is a dict of field values,
-    ``"status"`` and optionally ``"texture"``."""
+    ``"status"`` and optionally ``"texture"``.
+
+    A field's contrast in a cell is the larger of the change across its corners and half its curvature
+    (:func:`_curvature`): equal corners can bracket a crest or a trough, which the second differences at both
+    ends of an edge reveal.
+    """
     out = np.zeros(len(cells))
+    last = max(max(key) for key in measured) if measured else 0
     for k, cell in enumerate(cells):
         points = [measured[c] for c in corners(cell)]
         score = 0.0
@@ -96,6 +102,7 @@ def cell_interest(cells, measured: dict, scales: dict[str, float]) -> np.ndarray
             v = np.array([p.get(field, np.nan) for p in points], dtype=float)
             if np.isfinite(v).sum() >= 2:
                 score = max(score, (np.nanmax(v) - np.nanmin(v)) / scale)
+            score = max(score, _curvature(cell, measured, field, last) / (2 * scale))
         labels = {p.get("texture") for p in points if p.get("texture") is not None and p.get("texture") >= 0}
         if len(labels) > 1:
             score += BOUNDARY_INTEREST
@@ -103,6 +110,27 @@ def cell_interest(cells, measured: dict, scales: dict[str, float]) -> np.ndarray
             score += FLAGGED_INTEREST
         out[k] = score
     return out
+
+
+def _curvature(cell, measured: dict, field: str, last: int) -> float:
+    """Curvature across a cell of side h: for each edge along x or y, the second differences at its two ends
+    (``f(c - h e) - 2 f(c) + f(c + h e)``, with the measured points one side outside); where both have the same
+    sign (a crest or a trough between them, not a wall next to the cell) the smaller magnitude. The largest over
+    the four edges; 0 where no such pair is measured. At the region's border (lattice index 0 or ``last``), where
+    no wall can lie outside, the one second difference inside is used."""
+    i, j, h = cell
+    largest = 0.0
+    for (ai, aj), (bi, bj), (di, dj) in (((i, j), (i + h, j), (h, 0)), ((i, j + h), (i + h, j + h), (h, 0)),
+                                         ((i, j), (i, j + h), (0, h)), ((i + h, j), (i + h, j + h), (0, h))):
+        v = [measured.get((ai + s * di, aj + s * dj), {}).get(field, np.nan) for s in (-1, 0, 1, 2)]
+        first, second = v[0] - 2 * v[1] + v[2], v[1] - 2 * v[2] + v[3]
+        if np.isfinite(first) and np.isfinite(second) and first * second > 0:
+            largest = max(largest, min(abs(first), abs(second)))
+        elif min(ai - di, aj - dj) < 0 and np.isfinite(second):  # the edge starts at the region's border
+            largest = max(largest, abs(second))
+        elif max(bi + di, bj + dj) > last and np.isfinite(first):  # the edge ends at the region's border
+            largest = max(largest, abs(first))
+    return largest
 
 
 def choose_cells(cells, interest: np.ndarray, measured: dict, budget_left: int, threshold: float,
