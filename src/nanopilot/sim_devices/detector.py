@@ -100,8 +100,10 @@ class NanobeamDetector(SimDevice):
     """A photon-counting area detector looking at the sample's Bragg reflection through a nanofocused beam.
 
     ``trigger()`` renders the pattern at the stage's current (x, y) from the sample's ground truth with
-    :func:`nanopilot.physics.simulate`, adds background and hot pixels, draws Poisson counts (unless ``noise``
-    is False), computes the live statistics, then spends ``exposure_time`` on the clock.
+    :func:`nanopilot.physics.simulate` (for the box kernel its numpy twin
+    :func:`~nanopilot.physics.forward.simulate_box`, the same patterns at a fraction of the per-call cost), adds
+    background and hot pixels, draws Poisson counts (:func:`poisson_counts`; unless ``noise`` is False),
+    computes the live statistics, then spends ``exposure_time`` on the clock.
 
     Parameters
     ----------
@@ -178,7 +180,7 @@ class NanobeamDetector(SimDevice):
     def render(self, parameters: np.ndarray, exposure: float) -> np.ndarray:
         """Frames for ground-truth ``parameters`` ((N * K, 4) at :meth:`beam_positions`) exposed ``exposure`` s."""
         peak = self.count_rate.get() * exposure
-        if self.kernel == "box":  # the same patterns as simulate(), with a fraction of its per-call overhead
+        if self.kernel == "box":
             patterns = simulate_box(parameters, self.instrument, counts=peak)
         else:
             patterns = simulate(parameters, self.instrument, kernel=self.kernel, counts=peak)
