@@ -92,14 +92,14 @@ def wall_error(true_labels, labels, step) -> float:
 
 def bench_steering(fine: int, seed: int, predictor) -> None:
     print(f"(a) steered_map vs full fine raster vs random sparse: fine raster {fine} x {fine} = {fine ** 2} points, "
-          f"region 4 x 4 um, coarse_step 8, budget 0.25, scene seed {seed}; maps rebuilt by reconstruct (range-clipped "
+          f"region 4 x 4 um, coarse_step 4, budget 0.25, scene seed {seed}; maps rebuilt by reconstruct (range-clipped "
           f"cubic on the triangulation); wall labels: nearest point")
     for scene in ("published", "domains"):
         bl = make_beamline(scene, seed=seed)
         analysis = NanobeamAnalysis(predictor, batch_size=256, max_latency=0.05)
         RE = run_engine(analysis)
         t = time.perf_counter()
-        res = RE(steered_map([bl.detector], bl.stage.x, bl.stage.y, (-2, 2), (-2, 2), fine=fine, coarse_step=8,
+        res = RE(steered_map([bl.detector], bl.stage.x, bl.stage.y, (-2, 2), (-2, 2), fine=fine, coarse_step=4,
                              budget=0.25, maps=analysis.maps))
         steer_s = time.perf_counter() - t
         lattice = res.plan_result["lattice"]
