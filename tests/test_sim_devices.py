@@ -3,6 +3,7 @@
 import bluesky.plan_stubs as bps
 import bluesky.plans as bp
 import bluesky.preprocessors as bpp
+import h5py
 import numpy as np
 import pytest
 from scipy import stats
@@ -244,3 +245,52 @@ def test_poisson_counts_follow_the_poisson_law_in_both_samplers():
     for bad in (-1.0, np.nan):
         with pytest.raises(ValueError, match="non-negative"):
             poisson_counts(np.append(rate, bad), np.random.default_rng(0))
+
+
+def fly_docs(bl, **configuration):
+    """Documents of a staged fly scan (stream "fly") with the flyer configured as given, schema-validated."""
+    bl.flyer.configure(configuration)
+
+    @bpp.stage_decorator([bl.flyer])
+    @bpp.run_decorator()
+    def fly():
+        yield from bps.declare_stream(bl.flyer, name="fly", collect=True)
+        yield from bps.kickoff(bl.flyer, wait=True)
+        yield from bps.complete(bl.flyer, wait=True)
+        yield from bps.collect(bl.flyer, name="fly")
+
+    return collect(RunEngine({}), fly())
+
+
+def test_flyer_in_hdf5_mode_writes_the_inline_pixels_with_stream_documents(tmp_path):
+    sweep = {"num_x": 30, "num_y": 3, "y_stop": 0.2, "page_size": 16}  # pages span lines; the last one is short
+    inline = fly_docs(make_beamline("published", seed=7, count_rate=7000.0), **sweep)
+    docs = fly_docs(make_beamline("published", seed=7, count_rate=7000.0, data_mode="hdf5",
+                                  hdf5_directory=tmp_path), **sweep)
+    names = [name for name, _ in docs]
+    assert names[:4] == ["start", "descriptor", "stream_resource", "stream_datum"]
+    assert names.count("stream_datum") == 1 and names.count("event_page") == 6
+    descriptor = docs[1][1]
+    assert descriptor["data_keys"]["det_image"]["external"] == "STREAM:"
+    datum = docs[3][1]
+    assert datum["indices"] == {"start": 0, "stop": 90} and datum["seq_nums"] == {"start": 1, "stop": 91}
+    pages = [doc for name, doc in docs if name == "event_page"]
+    assert all("det_image" not in page["data"] for page in pages)
+    np.testing.assert_array_equal(np.concatenate([page["seq_num"] for page in pages]), np.arange(1, 91))
+    inline_pages = [doc for name, doc in inline if name == "event_page"]
+    inline_frames = np.concatenate([page["data"]["det_image"] for page in inline_pages])
+    resource = docs[2][1]
+    with h5py.File(resource["uri"].removeprefix("file://localhost"), "r") as f:
+        np.testing.assert_array_equal(f[resource["parameters"]["dataset"]][()], inline_frames)
+    for key in ("det_total", "det_centroid_x", "stage_x", "stage_y"):
+        np.testing.assert_array_equal(np.concatenate([page["data"][key] for page in pages]),
+                                      np.concatenate([page["data"][key] for page in inline_pages]))
+
+
+def test_flyer_in_hdf5_mode_checks_its_directory_at_stage_time(tmp_path):
+    bl = make_beamline(data_mode="hdf5", hdf5_directory=tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="directory"):
+        fly_docs(bl)
+    with pytest.raises(RuntimeError, match="stage it"):
+        bl.flyer.kickoff()
+    assert bl.stage.position == (0.0, 0.0)

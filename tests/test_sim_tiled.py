@@ -12,6 +12,9 @@ from bluesky import RunEngine
 from bluesky_tiled_plugins import TiledWriter
 from event_model import DocumentNames, schema_validators
 
+from nanopilot.callbacks import NanobeamAnalysis
+from nanopilot.estimates import OK, Estimates
+from nanopilot.physics import Instrument
 from nanopilot.sim_devices import make_beamline
 
 
@@ -68,16 +71,18 @@ def test_bad_hdf5_directory_fails_at_stage_time(tmp_path, problem):
         beamline.detector.trigger()
 
 
-def test_fly_scan_pages_are_stored(catalog):
-    beamline = make_beamline("published", seed=1)
+def fly_scan(beamline, catalog, *callbacks):
+    """Run a staged fly scan (stream "fly") of 50 x 2 frames in pages of 32 into the catalogue; its documents."""
     flyer = beamline.flyer
     flyer.configure({"num_x": 50, "num_y": 2, "y_stop": 0.1, "page_size": 32})
     RE = RunEngine({})
     RE.subscribe(TiledWriter(catalog))
-    pages = []
-    RE.subscribe(lambda name, doc: pages.append(doc) if name == "event_page" else None)
+    docs = []
+    for callback in (lambda name, doc: docs.append((name, doc)), *callbacks):
+        RE.subscribe(callback)
 
-    @bpp.run_decorator()
+    @bpp.stage_decorator([flyer])
+    @bpp.run_decorator(md={"motors": ["stage_y", "stage_x"]})
     def fly():
         yield from bps.declare_stream(flyer, name="fly", collect=True)
         yield from bps.kickoff(flyer, wait=True)
@@ -85,6 +90,40 @@ def test_fly_scan_pages_are_stored(catalog):
         yield from bps.collect(flyer, name="fly")
 
     (uid,) = RE(fly())
-    frames = np.concatenate([page["data"]["det_image"] for page in pages])
+    return uid, docs
+
+
+def test_fly_scan_pages_are_stored(catalog):
+    uid, docs = fly_scan(make_beamline("published", seed=1), catalog)
+    frames = np.concatenate([doc["data"]["det_image"] for name, doc in docs if name == "event_page"])
     np.testing.assert_array_equal(catalog[uid]["fly"]["det_image"].read(), frames)
     assert frames.shape == (100, 64, 64)
+
+
+class TotalCounts:
+    """A stand-in predictor for the analysis plumbing: every estimate is the frame's total counts."""
+
+    instrument = Instrument()
+
+    def predict(self, frames, refine=False):
+        total = np.asarray(frames, dtype=np.float64).sum(axis=(1, 2))
+        return Estimates.from_params(np.repeat(total[:, None], 3, axis=1), np.full(len(total), OK, dtype=object))
+
+
+def test_hdf5_fly_scan_is_stored_and_analysed_frame_by_frame(catalog, catalog_dir):
+    directory = catalog_dir / "hdf5"
+    directory.mkdir(exist_ok=True)
+    _, inline_docs = fly_scan(make_beamline("published", seed=8, count_rate=7000.0), catalog)
+    frames = np.concatenate([doc["data"]["det_image"] for name, doc in inline_docs if name == "event_page"])
+    analysis = NanobeamAnalysis(TotalCounts(), threaded=False)
+    uid, docs = fly_scan(make_beamline("published", seed=8, count_rate=7000.0, data_mode="hdf5",
+                                       hdf5_directory=directory), catalog, analysis)
+    for name, doc in docs:
+        schema_validators[DocumentNames[name]].validate(doc)
+    assert [name for name, _ in docs].count("stream_datum") == 1
+    np.testing.assert_array_equal(catalog[uid]["fly"]["det_image"].read(), frames)
+    np.testing.assert_array_equal(catalog[uid]["fly"]["det_total"].read(), frames.sum(axis=(1, 2)))
+    points = analysis.maps[uid]
+    assert len(points) == 100 and points.received == 100 and points.errors == points.skipped == 0
+    np.testing.assert_array_equal(points.scattered()["chi"], frames.sum(axis=(1, 2)))
+    np.testing.assert_allclose(points.scattered()["stage_y"], np.repeat([0.0, 0.1], 50))

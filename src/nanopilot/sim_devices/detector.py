@@ -241,16 +241,20 @@ class NanobeamDetector(SimDevice):
     def stage(self):
         """Stage; in HDF5 mode open a new file in ``hdf5_directory`` (raises here if it is missing/unwritable)."""
         if self.data_mode.get() == "hdf5":
-            directory = self.hdf5_directory.get()
-            if not directory:
-                raise ValueError(f"{self.name}: data_mode is 'hdf5' but hdf5_directory is not set")
-            self._writer = HDF5FrameWriter(directory, self.image.name, self.instrument.roi_shape, self.frame_dtype,
-                                           prefix=self.name)
+            self._writer = self.open_writer(prefix=self.name)
         try:
             return super().stage()
         except Exception:
             self._close_writer()
             raise
+
+    def open_writer(self, prefix: str) -> HDF5FrameWriter:
+        """A new HDF5 file ``{prefix}_*.h5`` in ``hdf5_directory`` for (N, H, W) frames of this detector's image
+        key, ROI and pixel type (also the flyer's); raises if the directory is unset, missing or unwritable."""
+        directory = self.hdf5_directory.get()
+        if not directory:
+            raise ValueError(f"{self.name}: data_mode is 'hdf5' but hdf5_directory is not set")
+        return HDF5FrameWriter(directory, self.image.name, self.instrument.roi_shape, self.frame_dtype, prefix=prefix)
 
     def unstage(self):
         try:

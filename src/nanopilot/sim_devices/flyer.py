@@ -1,15 +1,28 @@
 """A fly scan: the stage sweeps a line or a region continuously while the detector streams frames.
 
-Bluesky protocols: ``Flyable`` (kickoff / complete) and ``EventPageCollectable`` (describe_collect /
-collect_pages), so ``bps.collect`` makes the RunEngine emit ``event_page`` documents of up to ``page_size``
-inline frames each (frames are always inline; the detector's ``data_mode`` applies to step scans)::
+Bluesky protocols: ``Flyable`` (kickoff / complete), ``EventPageCollectable`` (describe_collect / collect_pages)
+and ``WritesExternalAssets`` (collect_asset_docs), so ``bps.collect`` makes the RunEngine emit ``event_page``
+documents of up to ``page_size`` frames each. The flyer follows its detector's ``data_mode``:
 
+* ``"inline"`` (the default): the frames are in the event pages, with their statistics and positions.
+* ``"hdf5"``: during ``complete()`` the frames go to an SWMR HDF5 file in the detector's ``hdf5_directory``
+  (``/entry/data/data``, one file per staging, opened at stage time); ``collect`` emits the file's
+  stream_resource, one stream_datum for the frames of the sweep, then event pages of the statistics and
+  positions only (the image key is ``external: "STREAM:"``). The pixels are the same as inline for the same
+  seed. This is how high-rate detectors stream: no per-frame schema validation of the pixels in the RunEngine.
+
+A fly plan (staging is needed in HDF5 mode and harmless inline)::
+
+    @bpp.stage_decorator([flyer])
     @bpp.run_decorator()
     def fly():
         yield from bps.declare_stream(flyer, name="fly", collect=True)
         yield from bps.kickoff(flyer, wait=True)
         yield from bps.complete(flyer, wait=True)
         yield from bps.collect(flyer, name="fly")
+
+The flyer deliberately has no ``get_index``: that would make it ``WritesStreamAssets``, and bluesky 1.15's
+``collect`` then skips ``collect_pages`` of a single collected device (the statistics would be lost).
 """
 
 from __future__ import annotations
@@ -23,6 +36,7 @@ from ophyd import DeviceStatus
 from ophyd.utils import LimitError
 
 from .detector import NanobeamDetector, frame_statistics
+from .hdf5 import HDF5FrameWriter
 from .signals import SimDevice, SimSignal, positive
 
 
@@ -42,8 +56,9 @@ class SimFlyer(SimDevice):
 
     ``kickoff()`` checks the sweep (limits, stage speed) and moves to the start; ``complete()`` spends the
     sweep's time on the clock, recording the sample's ground truth at each frame as it goes (so a growing or
-    cooling sample changes during the sweep); ``collect_pages()`` renders the frames in batches of ``page_size``
-    and yields them as event pages. Configure it with ``flyer.configure({...})`` or ``bps.mv(flyer.num_x, 64)``.
+    cooling sample changes during the sweep); the frames are rendered in batches of ``page_size`` (inline: by
+    ``collect_pages()``, as it yields them; HDF5: by ``complete()``, which writes them to the file). Configure
+    it with ``flyer.configure({...})`` or ``bps.mv(flyer.num_x, 64)``; the data mode is the detector's.
 
     Parameters
     ----------
@@ -65,6 +80,8 @@ class SimFlyer(SimDevice):
         self.detector = detector
         self._sweep: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
         self._kicked_off = False
+        self._writer: HDF5FrameWriter | None = None
+        self._written_pages: list[tuple[dict, list]] = []  # HDF5 mode: (scalar data, times) of written frames
 
     # ------------------------------------------------------------------ the sweep
     def _lines(self) -> tuple[np.ndarray, np.ndarray]:
@@ -86,6 +103,9 @@ class SimFlyer(SimDevice):
     def kickoff(self) -> DeviceStatus:
         """Check the sweep and move the stage to its start; the status finishes there."""
         self._check()
+        if self.detector.data_mode.get() == "hdf5" and self._writer is None:
+            raise RuntimeError(f"{self.name}: in data_mode 'hdf5' the flyer writes files only while staged; "
+                               "stage it (e.g. bpp.stage_decorator([flyer])) before kickoff")
         stage = self.detector.sample_stage
         xs, ys = self._lines()
         self._sweep = []
@@ -93,7 +113,8 @@ class SimFlyer(SimDevice):
         return stage.x.set(xs[0]) & stage.y.set(ys[0])
 
     def complete(self) -> DeviceStatus:
-        """Sweep; the status finishes when the last frame has been exposed (immediately in simulated time)."""
+        """Sweep; the status finishes when the last frame has been exposed (immediately in simulated time) and,
+        in HDF5 mode, written to the file."""
         if not self._kicked_off:
             raise RuntimeError(f"{self.name}: complete() called before kickoff()")
         self._kicked_off = False
@@ -102,6 +123,8 @@ class SimFlyer(SimDevice):
         def sweep():
             try:
                 self._run_sweep()
+                if self._writer is not None:
+                    self._write_frames()
             except Exception as error:
                 status.set_exception(error)
             else:
@@ -130,24 +153,9 @@ class SimFlyer(SimDevice):
                 self.clock.advance(period * len(x))
             stage.x.readback.put(xs[-1], internal=True, timestamp=self.clock.now())
 
-    # ------------------------------------------------------------------ collection
-    def describe_collect(self) -> dict[str, dict]:
-        """Data keys of the collected stream: the detector's image and statistics plus the beam position."""
-        detector, stage = self.detector, self.detector.sample_stage
-        image = {**detector.image_description(), "source": f"SIM:{self.name}"}
-        image.pop("external", None)  # the flyer always streams inline frames
-        keys = {detector.image.name: image}
-        for signal, units in ((detector.total, "counts"), (detector.centroid_x, "pixel"),
-                              (detector.centroid_y, "pixel"), (stage.x.readback, "um"), (stage.y.readback, "um")):
-            keys[signal.name] = {"source": f"SIM:{self.name}", "dtype": "number", "shape": [], "units": units}
-        return keys
-
-    def collect_pages(self) -> Iterator[dict]:
-        """Render the recorded sweep in batches and yield one event page per ``page_size`` frames.
-
-        The page's image entry is one (n, H, W) array (valid as an event-page array, and several times cheaper
-        for the RunEngine's schema validation than a list of n frames).
-        """
+    def _render(self) -> Iterator[tuple[np.ndarray, dict, list]]:
+        """Render the recorded sweep in batches of ``page_size`` frames (the same batches, hence the same noise
+        draws, in both data modes): ``(frames (n, H, W), statistics and positions {key: n values}, times (n,))``."""
         detector, stage = self.detector, self.detector.sample_stage
         if not self._sweep:
             return
@@ -159,8 +167,70 @@ class SimFlyer(SimDevice):
             stop = min(start + page, len(x))
             frames = detector.render(truth[start * samples:stop * samples], exposure)
             total, cx, cy = frame_statistics(frames)
-            data = {detector.image.name: frames, detector.total.name: total.tolist(),
-                    detector.centroid_x.name: cx.tolist(), detector.centroid_y.name: cy.tolist(),
-                    stage.x.readback.name: x[start:stop].tolist(), stage.y.readback.name: y[start:stop].tolist()}
-            stamps = times[start:stop].tolist()
+            data = {detector.total.name: total.tolist(), detector.centroid_x.name: cx.tolist(),
+                    detector.centroid_y.name: cy.tolist(), stage.x.readback.name: x[start:stop].tolist(),
+                    stage.y.readback.name: y[start:stop].tolist()}
+            yield frames, data, times[start:stop].tolist()
+
+    def _write_frames(self) -> None:
+        """HDF5 mode: append the sweep's frames to the file, keeping their statistics and positions for
+        ``collect_pages``."""
+        for frames, data, stamps in self._render():
+            self._writer.append(frames)
+            self._written_pages.append((data, stamps))
+
+    # ------------------------------------------------------------------ staging (the HDF5 file)
+    def stage(self):
+        """Stage; in HDF5 mode open a new file in the detector's ``hdf5_directory`` (raises here if it is unset,
+        missing or unwritable)."""
+        if self.detector.data_mode.get() == "hdf5":
+            self._writer = self.detector.open_writer(prefix=self.name)
+        try:
+            return super().stage()
+        except Exception:
+            self._close_writer()
+            raise
+
+    def unstage(self):
+        try:
+            return super().unstage()
+        finally:
+            self._close_writer()
+
+    def _close_writer(self):
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        self._written_pages = []
+
+    # ------------------------------------------------------------------ collection
+    def describe_collect(self) -> dict[str, dict]:
+        """Data keys of the collected stream: the detector's image (``external: "STREAM:"`` in HDF5 mode) and
+        statistics plus the beam position."""
+        detector, stage = self.detector, self.detector.sample_stage
+        keys = {detector.image.name: {**detector.image_description(), "source": f"SIM:{self.name}"}}
+        for signal, units in ((detector.total, "counts"), (detector.centroid_x, "pixel"),
+                              (detector.centroid_y, "pixel"), (stage.x.readback, "um"), (stage.y.readback, "um")):
+            keys[signal.name] = {"source": f"SIM:{self.name}", "dtype": "number", "shape": [], "units": units}
+        return keys
+
+    def collect_asset_docs(self, index: int | None = None) -> Iterator[tuple[str, dict]]:
+        """HDF5 mode: the file's stream_resource (first collect after staging), then one stream_datum for the
+        frames written since the last collect (up to frame ``index`` if given). Nothing inline."""
+        if self._writer is not None:
+            yield from self._writer.collect_asset_docs(index)
+
+    def collect_pages(self) -> Iterator[dict]:
+        """One event page per ``page_size`` frames of the recorded sweep.
+
+        Inline, the frames are rendered here and the page's image entry is one (n, H, W) array (valid as an
+        event-page array, and several times cheaper for the RunEngine's schema validation than a list of n
+        frames). In HDF5 mode the pages hold the statistics and positions of the frames ``complete()`` wrote.
+        """
+        if self._writer is not None:
+            pages, self._written_pages = self._written_pages, []
+        else:
+            image = self.detector.image.name
+            pages = (({image: frames, **data}, stamps) for frames, data, stamps in self._render())
+        for data, stamps in pages:
             yield {"time": stamps, "data": data, "timestamps": {key: stamps for key in data}}
