@@ -233,6 +233,24 @@ def test_nanopilot_train_tiny(tmp_path, capsys):
             torch.testing.assert_close(ta, tb, msg=name)
 
 
+def test_training_within_a_time_budget():
+    from nanopilot.model.training import _TimedSchedule, train_model
+
+    config = TrainConfig(name="timed", architecture=Architecture(channels=((2, 4), (4, 8), (8, 8))),
+                         samples_per_epoch=256, val_samples=64, epochs=10_000, batch_size=64, minutes=0.05)
+    logged = []
+    result = train_model(config, 1, progress=False, log=logged.append)
+    assert 3.0 <= result.seconds < 10 and len(result.history) < 10_000
+    assert any("time budget of 0.05 min spent" in line for line in logged)
+    optimizer = torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=1.0)
+    shape = _TimedSchedule(optimizer, "onecycle", 1e-2, budget=100.0)
+    rates = [shape.rate(f) for f in (0.0, 0.15, 0.5, 1.0)]
+    assert rates[0] == pytest.approx(4e-4) and rates[1] == pytest.approx(1e-2) and rates[3] == pytest.approx(1e-6)
+    assert rates[1] > rates[2] > rates[3] and optimizer.param_groups[0]["lr"] == pytest.approx(4e-4, rel=1e-3)
+    with pytest.raises(ValueError, match="minutes"):
+        TrainConfig(minutes=0)
+
+
 @pytest.mark.slow
 def test_shipped_ensemble_accuracy_on_held_out_set(shipped):
     params = random_params(2000, seed=12) * np.array([1.25, 1.25, 1.25])

@@ -23,6 +23,9 @@ def register(subparsers) -> None:
     p.add_argument("--out", help="model file to write, NAME or NAME.json (default: ./<config name>)")
     p.add_argument("--seeds", help="comma-separated seeds overriding the config's, e.g. '1' or '1,2,3'")
     p.add_argument("--threads", type=int, help="torch threads (overrides the config)")
+    p.add_argument("--minutes", type=float,
+                   help="wall-time budget per member in minutes (overrides the config's training.minutes): the "
+                        "learning-rate schedule runs on the elapsed time and training stops when it is spent")
     p.add_argument("--device", default="cpu", help="torch device for training (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
@@ -53,11 +56,14 @@ def run(args) -> int:
             raise ValueError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
     if args.threads:
         changes["threads"] = args.threads
+    if args.minutes is not None:
+        changes["minutes"] = args.minutes
     config = dataclasses.replace(config, **changes)
     out = args.out or config.name
     t0 = time.perf_counter()
     print(f"training {config.name} from {path}: {len(config.seeds)} member(s), seeds {list(config.seeds)}, "
-          f"device {args.device}, threads {config.threads or 'default'}")
+          f"device {args.device}, threads {config.threads or 'default'}"
+          + (f", time budget {config.minutes:g} min per member" if config.minutes else ""))
     train(config, out, device=args.device, progress=not args.no_progress)
     print(f"training wall time {time.perf_counter() - t0:.0f} s")
     return 0

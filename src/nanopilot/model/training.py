@@ -37,7 +37,10 @@ class TrainConfig:
         ``samples_per_epoch`` and ``val_samples`` (simulation) or ``val_fraction`` (library).
     training : ``epochs``, ``batch_size``, ``lr`` (peak), ``weight_decay``, ``optimizer``, ``schedule``,
         ``patience`` (epochs without validation improvement before stopping; not applied in the first half of
-        the epochs, while the one-cycle learning rate is high), ``threads``.
+        the epochs, while the one-cycle learning rate is high), ``threads``, and ``minutes``: a wall-time budget
+        per member (None: none). With a budget the schedule runs on the elapsed fraction of it instead of the
+        step count (the same one-cycle or cosine shape), ``epochs`` becomes an upper bound, early stopping is
+        off, and training stops when the budget is spent (the last, partial epoch is validated too).
     seeds : one ensemble member per seed.
     instrument : instrument fields (dict) or None for the published setup.
     """
@@ -59,6 +62,7 @@ class TrainConfig:
     schedule: str = "onecycle"
     patience: int = 10
     threads: int | None = None
+    minutes: float | None = None
     seeds: tuple[int, ...] = (0,)
     instrument: dict | None = None
 
@@ -70,6 +74,8 @@ class TrainConfig:
         for name in ("samples_per_epoch", "val_samples", "epochs", "batch_size", "patience"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.minutes is not None and not float(self.minutes) > 0:
+            raise ValueError(f"training.minutes must be > 0 (or null for no time budget), got {self.minutes!r}")
         if not (self.lr > 0 and self.weight_decay >= 0):
             raise ValueError(f"training.lr must be > 0 and weight_decay >= 0, got {self.lr}, {self.weight_decay}")
         self.seeds = tuple(int(s) for s in self.seeds)
@@ -96,7 +102,7 @@ class TrainConfig:
                      "counts": self.counts, "kernel": self.kernel, "samples_per_epoch": self.samples_per_epoch,
                      "val_samples": self.val_samples, "val_fraction": self.val_fraction},
             "training": {k: getattr(self, k) for k in ("epochs", "batch_size", "lr", "weight_decay", "optimizer",
-                                                       "schedule", "patience", "threads")},
+                                                       "schedule", "patience", "threads", "minutes")},
             "seeds": list(self.seeds),
             "instrument": self.instrument,
         }
@@ -171,6 +177,33 @@ def evaluate(network: torch.nn.Module, frames: torch.Tensor, params: torch.Tenso
     return loss, {name: float(v) for name, v in zip(network.arch.names, rmse)}
 
 
+class _TimedSchedule:
+    """Learning rate as a function of the elapsed fraction f of a wall-time budget (s): "onecycle" rises from
+    lr / 25 to ``lr`` over f < 0.15 and falls to lr / 1e4 by f = 1 (cosine halves, as ``OneCycleLR``); "cosine"
+    falls from ``lr`` to 0; "constant" stays at ``lr``."""
+
+    def __init__(self, optimizer, shape: str, lr: float, budget: float):
+        self.optimizer, self.shape, self.lr, self.budget = optimizer, shape, lr, budget
+        self.start = time.perf_counter()
+        self.step()
+
+    def rate(self, fraction: float) -> float:
+        f = min(max(fraction, 0.0), 1.0)
+        if self.shape == "constant":
+            return self.lr
+        if self.shape == "cosine":
+            return self.lr * (1 + math.cos(math.pi * f)) / 2
+        low, end, warm = self.lr / 25, self.lr / 1e4, 0.15
+        if f < warm:
+            return low + (self.lr - low) * (1 - math.cos(math.pi * f / warm)) / 2
+        return end + (self.lr - end) * (1 + math.cos(math.pi * (f - warm) / (1 - warm))) / 2
+
+    def step(self) -> None:
+        lr = self.rate((time.perf_counter() - self.start) / self.budget)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+
 def train_model(config: TrainConfig, seed: int, *, device="cpu", progress: bool = True, log=print) -> TrainResult:
     """Train one network with ``seed`` on ``device``; returns the weights of the epoch with the lowest
     validation loss (on the CPU)."""
@@ -191,7 +224,10 @@ def train_model(config: TrainConfig, seed: int, *, device="cpu", progress: bool 
     optimizer = opt_cls(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     n_train = len(source.train_index) if config.library else config.samples_per_epoch
     steps = config.epochs * math.ceil(n_train / config.batch_size)
-    if config.schedule == "onecycle":
+    budget = 60.0 * config.minutes if config.minutes else None
+    if budget:  # the schedule follows the elapsed fraction of the time budget, set at every step
+        schedule = _TimedSchedule(optimizer, config.schedule, config.lr, budget)
+    elif config.schedule == "onecycle":
         schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, total_steps=steps, pct_start=0.15)
     elif config.schedule == "cosine":
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
@@ -213,6 +249,8 @@ def train_model(config: TrainConfig, seed: int, *, device="cpu", progress: bool 
             optimizer.step()
             schedule.step()
             total, count = total + loss.item() * len(frames), count + len(frames)
+            if budget and time.perf_counter() - t0 >= budget:
+                break
         val_loss, rmse = evaluate(network, val_frames, val_params, scaler)
         history.append({"epoch": epoch, "train_loss": total / count, "val_loss": val_loss,
                         "seconds": time.perf_counter() - t0, **{f"rmse_{k}": v for k, v in rmse.items()}})
@@ -220,7 +258,10 @@ def train_model(config: TrainConfig, seed: int, *, device="cpu", progress: bool 
             best = (val_loss, copy.deepcopy(network.state_dict()), epoch, rmse)
         bar.set_postfix(train=f"{total / count:.2e}", val=f"{val_loss:.2e}", best=best[2],
                         strain=f"{rmse['strain']:.2e}")
-        if epoch > config.epochs // 2 and epoch - best[2] >= config.patience:
+        if budget and time.perf_counter() - t0 >= budget:
+            log(f"time budget of {config.minutes:g} min spent in epoch {epoch} ({count:,} frames in its last epoch)")
+            break
+        if epoch > config.epochs // 2 and epoch - best[2] >= config.patience and not budget:
             log(f"early stop at epoch {epoch}: no validation improvement for {config.patience} epochs")
             break
     bar.close()
