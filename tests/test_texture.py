@@ -60,11 +60,11 @@ def test_neighbourhood_statistics_on_a_plane():
     np.testing.assert_allclose(spread[:, 1], 0, atol=1e-12)
 
 
-def domains(x, y):  # two domains meeting at x = 0.1 um, with a strained wall one scan point wide between them
+def domains(x, y):  # two domains meeting at x = 0.1 um, with a tilted wall one scan point wide between them
     out = uniform(x, y)
     out[x >= 0.1, 0] = 0.005
     out[x >= 0.1, 2] = 0.05
-    out[np.abs(x - 0.1) < 0.04, 0] += 0.002
+    out[np.abs(x - 0.1) < 0.04, 1] += 0.03  # a tilted wall
     return out
 
 

@@ -49,17 +49,24 @@ class TextureCallback(DocumentRouter):
         Neighbourhood of the feature statistics (see :func:`texture_features`).
     group_weights : dict, optional
         Feature group weights (see :data:`GROUP_WEIGHTS`).
+    regions : bool
+        Give the classifier the points' neighbours on the map, so that the automatic number of textures
+        counts only clusters that are regions of the map (see :class:`TextureClassifier`): right for maps of
+        domains (the points along walls and at point defects then make no textures of their own), wrong for
+        patterns finer than the window (the two states of stripes a few scan points wide have no interior
+        either, and would merge into one texture with the matrix). Default False.
     """
 
     def __init__(self, maps, classifier: TextureClassifier | None = None, *, update_every: int | None = None,
-                 stripe_field: str | None = "strain", n_neighbours: int = 8, group_weights: dict | None = None):
+                 stripe_field: str | None = "strain", n_neighbours: int = 8, group_weights: dict | None = None,
+                 regions: bool = False):
         super().__init__()
         if update_every is not None and update_every < 1:
             raise ValueError(f"update_every must be a positive number of points or None, got {update_every!r}")
         self.maps = maps
         self.classifier = classifier if classifier is not None else TextureClassifier()
         self.update_every, self.stripe_field = update_every, stripe_field
-        self.n_neighbours, self.group_weights = n_neighbours, group_weights
+        self.n_neighbours, self.group_weights, self.regions = n_neighbours, group_weights, regions
         self._emit = Subscribers("texture")  # texture-run documents go to each subscriber
         self._runs: dict[str, dict] = {}  # analysis uid -> {"raw_uid", "motors", "units", "next"}
         self._descriptors: dict[str, str] = {}  # primary descriptor uid -> analysis uid
@@ -130,7 +137,7 @@ class TextureCallback(DocumentRouter):
             if features.X.shape[1] == 0:
                 result["status"] = NOT_ENOUGH_DATA
             else:
-                self.classifier.fit(features.X, neighbours=features.neighbours)
+                self.classifier.fit(features.X, neighbours=features.neighbours if self.regions else None)
                 result["status"] = self.classifier.status_
                 result["labels"] = self.classifier.labels_
             result["feature_names"] = features.names

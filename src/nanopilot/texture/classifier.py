@@ -39,8 +39,9 @@ class TextureClassifier(ClusterMixin, BaseEstimator):
           neighbours) is in the cluster. A texture covers an area; a line one or two scan points wide (the
           points along a domain wall, which differ from the domains on both sides) or a speck (a point
           defect) has no interior, and its points go to the nearest texture instead of making a false one.
-          Likewise the two states of stripes a few scan points wide are one striped texture (the stripe
-          search, :func:`~nanopilot.texture.detect_stripes`, reports their period).
+          Limitation: the two states of stripes a few scan points wide have no interior either, so on maps
+          with patterns finer than the window this test rejects them (and every k that separates them):
+          fit without ``neighbours`` there (``TextureCallback(regions=False)``, the default).
 
         lo when no k >= 2 is.
     feature_weights : array (d,), optional

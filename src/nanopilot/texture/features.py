@@ -11,7 +11,7 @@ Feature set (one row per scan point, in this column order; see :func:`texture_fe
 
 The window of a point's local statistics is edge-preserving (``edge_preserving=True``, the default; see
 :func:`neighbourhood`): of the windows that contain the point (its own, of itself and its nearest scan points,
-and those of its neighbours), the most homogeneous one. A point next to a boundary between two regions
+and those of its neighbours), the one a plane fits best. A point next to a boundary between two regions
 (a domain wall) is then described by the region it belongs to, not by a window straddling the boundary: with
 plain centred windows the boundary points get a mixed local mean and a high spread and gradient, and k-means
 makes false textures of them, one or two scan points wide along every wall. Inside a pattern finer than the
@@ -104,13 +104,15 @@ def neighbourhood(positions, values, n_neighbours: int = 8, *, edge_preserving: 
         Neighbours besides the point itself (8: the 3 x 3 window of a square grid).
     edge_preserving : bool
         False: the window of each point is the point and its ``n_neighbours`` nearest scan points. True: of
-        the windows that contain the point (its own and those of its neighbours), the one with the smallest
-        spread, summed over the parameters in units of ``scale`` (a minimum-variance, Kuwahara-type choice:
-        on a square grid, the 3 x 3 windows within the point's 5 x 5 surroundings). A point next to a
-        boundary then gets the statistics of its own side; within a pattern finer than a window, every
-        window spans the pattern.
+        the windows that contain the point (its own and those of its neighbours), the one whose values a
+        plane fits best: the smallest RMS residual of the least-squares plane, summed in quadrature over the
+        parameters in units of ``scale`` (a Kuwahara-type choice; on a square grid, among the 3 x 3 windows
+        within the point's 5 x 5 surroundings). A point next to a boundary (a step no plane fits) then gets
+        the statistics of its own side; within a pattern finer than a window, every window spans the
+        pattern. A smooth variation (a gradient, a long-wavelength wave) fits a plane in every window, so it
+        is not pulled towards plateaus, as choosing the window of smallest spread would do.
     scale : array (P,), optional
-        Noise of each parameter, to add the spreads of parameters of different units in the edge-preserving
+        Noise of each parameter, to add the misfits of parameters of different units in the edge-preserving
         choice; default :func:`noise_scale` of the values.
     index : array (N, k) of int, optional
         :func:`neighbours` of the positions, when already computed.
@@ -129,10 +131,10 @@ def neighbourhood(positions, values, n_neighbours: int = 8, *, edge_preserving: 
         return nan, nan.copy(), nan.copy()
     if index is None:
         index = neighbours(positions, n_neighbours)
-    mean, spread, gradient = _window_statistics(positions, values, index)
+    mean, spread, gradient, misfit = _window_statistics(positions, values, index)
     if edge_preserving:
         scale = noise_scale(values, mean, index.shape[1] - 1) if scale is None else np.asarray(scale, float)
-        mean, spread, gradient = _most_homogeneous(index, scale, mean, spread, gradient)
+        mean, spread, gradient = _most_homogeneous(index, scale, mean, spread, gradient, misfit)
     return mean, spread, gradient
 
 
@@ -146,11 +148,12 @@ def noise_scale(values, mean, n_neighbours: int = 8) -> np.ndarray:
         return 1.4826 * np.array([np.nanmedian(r) if np.isfinite(r).any() else np.nan for r in residual.T])
 
 
-def _most_homogeneous(index, scale, mean, spread, gradient):
-    """The statistics of the window with the smallest standardised spread among those containing each point."""
+def _most_homogeneous(index, scale, mean, spread, gradient, misfit):
+    """The statistics of the window with the smallest standardised plane-fit misfit among those containing
+    each point."""
     n = len(index)
     with np.errstate(invalid="ignore", divide="ignore"):
-        cost = ((spread / np.where(scale > 0, scale, np.nan)) ** 2).sum(axis=1)
+        cost = ((misfit / np.where(scale > 0, scale, np.nan)) ** 2).sum(axis=1)
     cost = np.where(np.isfinite(cost), cost, np.inf)
     contains = (index[index] == np.arange(n)[:, None, None]).any(axis=2)  # window of index[i, j] holds i
     contains[:, 0] = True
@@ -161,7 +164,8 @@ def _most_homogeneous(index, scale, mean, spread, gradient):
 
 
 def _window_statistics(positions, values, index):
-    """Mean, spread and plane-gradient magnitude (N, P) over each row's window ``index`` (N, k)."""
+    """Mean, spread, plane-gradient magnitude and plane-fit misfit (RMS residual) (N, P) over each row's window
+    ``index`` (N, k)."""
     local = values[index]  # (N, k, P), the point itself first
     valid = np.isfinite(local).all(axis=2)  # (N, k)
     count = valid.sum(axis=1)
@@ -174,11 +178,13 @@ def _window_statistics(positions, values, index):
         dx = dx - dx.sum(axis=1, keepdims=True) / count[:, None, None] * valid[..., None]
         normal = np.einsum("nkd,nke->nde", dx, dx) + 1e-12 * np.eye(dx.shape[2])
         slope = np.linalg.solve(normal, np.einsum("nkd,nkp->ndp", dx, dv))  # (N, D, P)
+        misfit = np.where(valid[..., None], dv - np.einsum("nkd,ndp->nkp", dx, slope), 0.0)
+        misfit = np.sqrt((misfit ** 2).sum(axis=1) / count[:, None])
     gradient = np.sqrt((slope ** 2).sum(axis=1))
     few = count < 2
-    for arr in (mean, spread, gradient):
+    for arr in (mean, spread, gradient, misfit):
         arr[few] = np.nan
-    return mean, spread, gradient
+    return mean, spread, gradient, misfit
 
 
 @dataclasses.dataclass
@@ -248,12 +254,12 @@ def texture_features(run, *, n_neighbours: int = 8, group_weights: dict[str, flo
     positions = np.column_stack([points[m] for m in motors]) if motors else np.arange(n, dtype=float)[:, None]
     index = neighbours(positions, n_neighbours) if n else np.zeros((0, 1), dtype=np.intp)
     if n < 2 or n_neighbours < 1:
-        mean = spread = gradient = np.full(values.shape, np.nan)
+        mean = spread = gradient = misfit = np.full(values.shape, np.nan)
     else:
-        mean, spread, gradient = _window_statistics(positions, values, index)
+        mean, spread, gradient, misfit = _window_statistics(positions, values, index)
     noise = noise_scale(values, mean, n_neighbours)  # the noise of each parameter, from the map itself
     if edge_preserving and n >= 2 and n_neighbours >= 1:
-        mean, spread, gradient = _most_homogeneous(index, noise, mean, spread, gradient)
+        mean, spread, gradient = _most_homogeneous(index, noise, mean, spread, gradient, misfit)
     blocks = {"estimate": values, "local_mean": mean, "local_spread": spread, "local_gradient": gradient}
     step = _step(positions)
     scales = {"estimate": noise, "local_mean": noise, "local_spread": noise, "local_gradient": noise / step}
