@@ -65,8 +65,9 @@ def refine(frames, initial, instrument: Instrument | None = None, *, kernel: str
     Estimates
         Refined strain, omega (deg), chi (deg), thickness (A: fitted, or the initial value when given, else NaN);
         ``*_std`` from the inverse Fisher information at the optimum (the scale ``a`` marginalised; thickness std
-        only when fitted; box kernel: strain and thickness at fixed tilts, the tilts' std from their posterior); ``score`` the Poisson deviance per pixel. Status: :func:`check_frames`' status, the
-        initial estimate's status, or ``not_converged`` (no finite start, or no convergence in ``max_iter``).
+        only when fitted; box kernel: strain and thickness at fixed tilts, the tilts' std from their posterior);
+        ``score`` the Poisson deviance per pixel. Status: :func:`check_frames`' status, the initial estimate's
+        status, or ``not_converged`` (no finite start, or no convergence in ``max_iter``).
     """
     instrument = instrument or Instrument()
     if kernel not in ("gauss", "box"):

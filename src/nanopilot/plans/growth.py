@@ -281,8 +281,8 @@ def grow_until(detectors: Sequence[Readable], deposition: Movable, x: Movable, y
                     result["reason"], result["thickness"] = "target", evidence["thickness"]
                     break
             if now - t_open >= max_time:
-                yield from decide("close shutter", f"time limit of {max_time:g} s", evidence, evidence["thickness"], run,
-                                  hook=None)  # safety: not subject to approval
+                yield from decide("close shutter", f"time limit of {max_time:g} s", evidence, evidence["thickness"],
+                                  run, hook=None)  # safety: not subject to approval
                 result["reason"] = "time limit"
                 break
             yield from sleep_for(float(interval), deposition)

@@ -46,7 +46,8 @@ class Lattice:
     def index(self, x, y) -> tuple[np.ndarray, np.ndarray]:
         """Nearest lattice indices (i, j) of positions (um)."""
         dx, dy = self.step
-        return (np.rint((np.asarray(x) - self.x0) / dx).astype(int), np.rint((np.asarray(y) - self.y0) / dy).astype(int))
+        return (np.rint((np.asarray(x) - self.x0) / dx).astype(int),
+                np.rint((np.asarray(y) - self.y0) / dy).astype(int))
 
 
 def coarse_cells(n: int, side: int) -> list[tuple[int, int, int]]:
