@@ -119,3 +119,30 @@ def test_cli_replay_writes_the_analysis_and_a_plot(catalog, catalog_dir, tmp_pat
     stored = catalog.search(Key("raw_uid") == uid).values().last()
     assert stored.start["model"]["class"] == "Predictor" and len(stored["primary"]["strain"].read()) == 12
     assert main(["replay", "nosuchrun", "--catalog", str(catalog_dir)]) == 1
+
+
+def test_lookup_takes_a_digits_only_uid_prefix_as_a_uid_after_scan_ids():
+    from nanopilot.cli.replay import lookup
+
+    class Catalog:  # the lookup rules of bluesky-tiled-plugins' CatalogOfBlueskyRuns
+        runs = [{"uid": "23186301-aaaa", "scan_id": 1}, {"uid": "abcdef12-bbbb", "scan_id": 2}]
+
+        def __getitem__(self, key):
+            if isinstance(key, str):
+                found = [r for r in self.runs if r["uid"].startswith(key)]
+                if not found:
+                    raise KeyError(f"No match for partial_uid {key}")
+                return found[0]
+            if key > 0:
+                found = [r for r in self.runs if r["scan_id"] == key]
+                if not found:
+                    raise KeyError(f"No match for scan_id={key}")
+                return found[0]
+            return self.runs[key]
+
+    catalog = Catalog()
+    assert lookup(catalog, "23186301")["scan_id"] == 1  # not a scan_id: then a partial uid
+    assert lookup(catalog, "2")["uid"].startswith("abcdef12")  # scan_id 2
+    assert lookup(catalog, "-1")["scan_id"] == 2 and lookup(catalog, "abcdef")["scan_id"] == 2
+    with pytest.raises(ValueError, match="scan_id or index 99999.*uid '99999'"):
+        lookup(catalog, "99999")

@@ -19,15 +19,25 @@ def register(subparsers) -> None:
 
 
 def lookup(catalog, key: str):
-    """A run by uid, partial uid, scan_id or negative index; ValueError that says what was tried."""
+    """A run by uid, partial uid, scan_id or negative index; ValueError that says what was tried.
+
+    A key of digits is a scan_id first, then (5 characters or more) a partial uid: uids are hexadecimal, so
+    their first characters can all be digits.
+    """
     try:
-        index = int(key)
+        number = int(key)
     except ValueError:
-        index = None
-    try:
-        return catalog[index] if index is not None and index < 0 else catalog[index if index else key]
-    except (KeyError, IndexError, TypeError) as err:
-        raise ValueError(f"no run {key!r} in the catalogue ({err})") from None
+        number = None
+    candidates = [] if number is None else [number]
+    if number is None or (number >= 0 and len(key) >= 5):
+        candidates.append(key)
+    tried = []
+    for candidate in candidates:
+        try:
+            return catalog[candidate]
+        except (KeyError, IndexError, TypeError, ValueError) as err:
+            tried.append(f"{'scan_id or index' if isinstance(candidate, int) else 'uid'} {candidate!r}: {err}")
+    raise ValueError(f"no run {key!r} in the catalogue ({'; '.join(tried)})")
 
 
 def run(args) -> int:
