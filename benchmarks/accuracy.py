@@ -18,7 +18,6 @@ import numpy as np
 
 from nanopilot.model import Predictor, load_model, shipped_model_path
 from nanopilot.model.data import DEFAULT_RANGES, sample_params
-from nanopilot.model.files import ModelFile
 from nanopilot.physics import poisson, simulate
 
 BARS = {"single model": (1.4e-4, 5.5e-4, 1.7e-3), "default ensemble": (1.25e-4, 4.8e-4, 1.6e-3),
@@ -53,7 +52,7 @@ def main() -> None:
     # the single model: the member with the lowest loss on its own validation set (recorded in the sidecar at
     # training time; never chosen on this held-out set)
     best = min(range(len(model.networks)), key=lambda k: model.metadata["members"][k]["validation"]["val_loss"])
-    single = Predictor(ModelFile(model.path, model.networks[best:best + 1], model.metadata), threads=args.threads)
+    single = Predictor(model.member(best), threads=args.threads)
     params, frames = held_out(args.frames, args.seed)
     print(f"held-out set: {args.frames} random off-grid states, box kernel, published count level, seed {args.seed}")
     print(f"single model: member {best} (seed {model.metadata['members'][best]['seed']}), the lowest validation loss")

@@ -19,7 +19,7 @@ from event_model import compose_run
 
 from nanopilot.callbacks import NanobeamAnalysis
 from nanopilot.model import Predictor, load_model, shipped_model_path
-from nanopilot.model.files import ModelFile
+from nanopilot.model.data import DEFAULT_RANGES, sample_params
 from nanopilot.physics import poisson, simulate
 
 
@@ -79,14 +79,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    rng = np.random.default_rng(0)
-    params = np.c_[rng.uniform(-0.005, 0.005, args.frames), rng.uniform(-0.05, 0.05, args.frames),
-                   rng.uniform(-0.1, 0.1, args.frames)]
+    params = sample_params(args.frames, DEFAULT_RANGES, 3, np.random.default_rng(0))
     frames = poisson(simulate(params, counts="published"), seed=1).astype(np.float32)
     docs = make_documents(frames, args.page)
     model = load_model(shipped_model_path())
     predictors = {
-        "single model": Predictor(ModelFile(model.path, model.networks[:1], model.metadata), threads=args.threads),
+        "single model": Predictor(model.member(0), threads=args.threads),
         f"ensemble of {len(model.networks)}": Predictor.load(threads=args.threads),
     }
     print(f"{args.frames} frames of 64 x 64 counts in event pages of {args.page}, {args.threads} threads")

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from nanopilot.model import Predictor, load_model, shipped_model_path
-from nanopilot.model.files import ModelFile
+from nanopilot.model.data import DEFAULT_RANGES, sample_params
 from nanopilot.model.inference_thread import run_in_inference_thread
 from nanopilot.physics import poisson, simulate
 
@@ -49,9 +49,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    rng = np.random.default_rng(0)
-    params = np.c_[rng.uniform(-0.005, 0.005, args.frames), rng.uniform(-0.05, 0.05, args.frames),
-                   rng.uniform(-0.1, 0.1, args.frames)]
+    params = sample_params(args.frames, DEFAULT_RANGES, 3, np.random.default_rng(0))
     frames = poisson(simulate(params, counts="published"), 1).astype(np.float32)
 
     plain = plain_published_network()
@@ -68,7 +66,7 @@ def main() -> None:
         run_in_inference_thread(passes)
 
     model = load_model(shipped_model_path())
-    single = Predictor(ModelFile(model.path, model.networks[:1], model.metadata), threads=args.threads)
+    single = Predictor(model.member(0), threads=args.threads)
     ensemble = Predictor.load(threads=args.threads)
 
     print(f"{args.frames} frames of 64 x 64 counts, {args.threads} threads, torch {torch.__version__}, CPU only")

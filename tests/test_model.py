@@ -331,3 +331,12 @@ def test_network_passes_run_in_one_inference_thread(tiny_model):
     with pytest.raises(ZeroDivisionError):
         run_in_inference_thread(lambda: 1 / 0)
     assert run_in_inference_thread(run_in_inference_thread, len, "abc") == 3  # nested calls do not deadlock
+
+
+def test_one_member_of_an_ensemble_predicts_as_in_the_ensemble(tiny_model):
+    model = load_model(tiny_model)
+    frames = frames_for(random_params(16, seed=3), seed=4)
+    _, _, members = Predictor(model).predict_raw(frames)
+    single = Predictor(model.member(1))
+    assert single.n_members == 1
+    np.testing.assert_allclose(single.predict_raw(frames)[0], members[:, 1], rtol=1e-5, atol=1e-9)

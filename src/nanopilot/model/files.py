@@ -45,6 +45,10 @@ class ModelFile:
     def instrument(self) -> Instrument:
         return Instrument.from_dict(self.metadata["instrument"])
 
+    def member(self, index: int) -> ModelFile:
+        """The ensemble member ``index`` alone, as a single-network model (same sidecar metadata)."""
+        return ModelFile(self.path, [self.networks[index]], self.metadata)
+
 
 def paths(path: str | Path) -> tuple[Path, Path]:
     """(weights, sidecar) paths of a model given as ``NAME``, ``NAME.pt`` or ``NAME.json``."""
