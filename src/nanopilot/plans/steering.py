@@ -174,7 +174,7 @@ def reconstruct(lattice: Lattice, measured: dict, field: str, method: str = "cub
     if method not in RECONSTRUCTIONS:
         raise ValueError(f"method must be one of {RECONSTRUCTIONS}, got {method!r}")
     keys = np.array(list(measured), dtype=float).reshape(-1, 2)
-    values = np.array([measured[tuple(int(v) for v in k)].get(field, np.nan) for k in keys], dtype=float)
+    values = np.array([point.get(field, np.nan) for point in measured.values()], dtype=float)
     keys, values = keys[np.isfinite(values)], values[np.isfinite(values)]
     jj, ii = np.mgrid[0:lattice.n, 0:lattice.n]
     query = np.c_[ii.ravel(), jj.ravel()].astype(float)
