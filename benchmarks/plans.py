@@ -91,17 +91,17 @@ def wall_error(true_labels, labels, step) -> float:
     return float(step * (to_b[a].mean() + to_a[b].mean()) / 2)
 
 
-def bench_steering(fine: int, seed: int, predictor) -> None:
+def bench_steering(fine: int, coarse_step: int, seed: int, predictor) -> None:
     print(f"(a) steered_map vs full fine raster vs random sparse: fine raster {fine} x {fine} = {fine ** 2} points, "
-          f"region 4 x 4 um, coarse_step 4, budget 0.25, scene seed {seed}; maps rebuilt by reconstruct (range-clipped "
-          f"cubic on the triangulation); wall labels: nearest point")
+          f"region 4 x 4 um, coarse_step {coarse_step}, budget 0.25, scene seed {seed}; maps rebuilt by reconstruct "
+          f"(range-clipped cubic on the triangulation); wall labels: nearest point")
     for scene in ("published", "domains"):
         bl = make_beamline(scene, seed=seed)
         analysis = NanobeamAnalysis(predictor, batch_size=256, max_latency=0.05)
         RE = run_engine(analysis)
         t = time.perf_counter()
-        res = RE(steered_map([bl.detector], bl.stage.x, bl.stage.y, (-2, 2), (-2, 2), fine=fine, coarse_step=4,
-                             budget=0.25, maps=analysis.maps))
+        res = RE(steered_map([bl.detector], bl.stage.x, bl.stage.y, (-2, 2), (-2, 2), fine=fine,
+                             coarse_step=coarse_step, budget=0.25, maps=analysis.maps))
         steer_s = time.perf_counter() - t
         lattice = res.plan_result["lattice"]
         n = res.plan_result["points"]
@@ -221,6 +221,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--full", action="store_true", help="65 x 65 fine raster, >= 50 growth scenes, >= 20 cooling")
     parser.add_argument("--fine", type=int, default=33, help="points per side of the fine raster (8 k + 1)")
+    parser.add_argument("--coarse-step", type=int, default=4, help="steered_map's first raster spacing (steps)")
     parser.add_argument("--growth-scenes", type=int, default=50)
     parser.add_argument("--growth-seed", type=int, default=1000,
                         help="first growth seed (default 1000: seeds 0..43 and 2000..2049 tuned grow_until)")
@@ -238,7 +239,7 @@ def main(argv=None):
     network = Predictor.load()
     print(f"network: {network}")
     if "a" in args.parts:
-        bench_steering(args.fine, args.seed, network)
+        bench_steering(args.fine, args.coarse_step, args.seed, network)
     if "b" in args.parts:
         thickness = Predictor.load(shipped_model_path("thickness"))
         print(f"thickness model: {thickness}")

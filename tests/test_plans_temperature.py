@@ -63,6 +63,8 @@ def test_brackets_the_transition_and_maps_it():
     classified = [json.loads(d["decision_evidence"]) for d in stored if d["decision_action"] == "classify"]
     assert len(classified) == len(result["history"]) == result["maps"] - 2
     assert classified[-1]["score"] >= 1 or any(c["score"] >= 1 for c in classified)
+    # the stored evidence is the history the plan acted on
+    assert [c["score"] for c in classified] == pytest.approx([h[2] for h in result["history"]])
     # one run; the primary stream holds every point of every map
     assert sum(n == "start" for n, _ in docs) == 1
     primary = [d for n, d in docs if n == "event" and "temperature" in d["data"]]

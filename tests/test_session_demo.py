@@ -26,7 +26,7 @@ def test_setup_installs_analysis_texture_storage_and_publishes_the_maps(catalog,
         assert (tmp_path / f"maps_{uid[:8]}.png").exists()
         assert catalog[uid]["primary"]["det_image"].shape == (36, 64, 64)
         analysed = catalog.search(Key("raw_uid") == uid)
-        assert len(analysed) >= 1  # the analysis run (and the texture run) beside the raw run
+        assert len(analysed) == 2  # the analysis run and the texture run beside the raw run
     finally:
         publish_maps(None)
 

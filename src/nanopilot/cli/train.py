@@ -18,8 +18,8 @@ def register(subparsers) -> None:
                       help="instead of training, fit the ensemble spread's calibration factors of an existing model "
                            "file (NAME or NAME.json; 'default' is the shipped ensemble) on fresh simulated frames "
                            "and store them in its sidecar")
-    p.add_argument("--frames", type=int, default=4000, help="--calibrate: simulated frames (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=11, help="--calibrate: seed of the frames (default: %(default)s)")
+    p.add_argument("--frames", type=int, help="--calibrate: simulated frames (default: 4000)")
+    p.add_argument("--seed", type=int, help="--calibrate: seed of the frames (default: 11)")
     p.add_argument("--out", help="model file to write, NAME or NAME.json (default: ./<config name>)")
     p.add_argument("--seeds", help="comma-separated seeds overriding the config's, e.g. '1' or '1,2,3'")
     p.add_argument("--threads", type=int, help="torch threads (overrides the config)")
@@ -77,5 +77,6 @@ def calibrate(args) -> int:
     path = args.calibrate
     if path in SHIPPED_MODELS and not Path(path).exists():
         path = shipped_model_path(path)
-    calibrate_model(path, frames=args.frames, seed=args.seed, threads=args.threads)
+    given = {k: v for k, v in (("frames", args.frames), ("seed", args.seed)) if v is not None}
+    calibrate_model(path, threads=args.threads, **given)  # defaults: calibration.CALIBRATION_FRAMES, _SEED
     return 0

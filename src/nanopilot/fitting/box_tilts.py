@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..physics import Instrument
-from ..physics.forward import _const, chi_matrix, laue_matrix
+from ..physics.forward import _const, chi_donut, laue_matrix
 from .likelihood import LOG_THICKNESS_UNIT, STRAIN_UNIT, _fit, _laue_and_derivatives
 
 _SQRT_2PI = math.sqrt(2 * math.pi)
@@ -65,7 +65,7 @@ class _BoxModel:
         """(n, H*W) noiseless raw-unit images at internal parameters (no scale, no floor)."""
         a_mat = laue_matrix(theta[:, 0] * STRAIN_UNIT, fixed[:, 1], self._thickness(theta, fixed),
                             self.instrument, "box")
-        b_m = chi_matrix(fixed[:, 2], self.instrument, "box") @ self.donut
+        b_m = chi_donut(fixed[:, 2], self.instrument, "box", self.donut)
         return (b_m @ a_mat.transpose(1, 2)).reshape(len(theta), -1)
 
     def evaluate(self, theta: torch.Tensor, fixed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,7 +73,7 @@ class _BoxModel:
         n = len(theta)
         a_mat, d_a = _laue_and_derivatives(theta[:, 0] * STRAIN_UNIT, fixed[:, 1], self._thickness(theta, fixed),
                                            self.instrument, self.fit_thickness, "box")
-        b_m = chi_matrix(fixed[:, 2], self.instrument, "box") @ self.donut
+        b_m = chi_donut(fixed[:, 2], self.instrument, "box", self.donut)
         images = (b_m[:, None] @ torch.stack([a_mat] + d_a, dim=1).transpose(2, 3)).reshape(n, 1 + len(d_a), -1)
         a = torch.exp(theta[:, 1])[:, None]
         jac = torch.stack([images[:, 1], images[:, 0]] + ([images[:, 2]] if self.fit_thickness else []), dim=1)
@@ -87,6 +87,7 @@ def _omega_grid(instrument: Instrument) -> tuple[float, float]:
     return float(o_qx[0]), float(o_qx[0] - o_qx[1])
 
 
+@functools.lru_cache(maxsize=8)
 def _chi_transitions(instrument: Instrument) -> np.ndarray:
     """Sorted chi values (deg) where a box edge of B(chi) crosses a pupil row: the image is constant between."""
     geometry = {name: _const(instrument, name, "cpu").numpy() for name in ("qy", "o_qy")}
@@ -153,7 +154,7 @@ def _omega_posterior(instrument: Instrument, counts, strain, t, chi, centre, sig
     qz, o_qz = _const(instrument, "qz", device), _const(instrument, "o_qz", device)
     z = t[:, None, None] * (qz[None, :, None] - instrument.g / (1 + strain[:, None, None]) - o_qz[u_band]) / 2
     laue = t[:, None, None] * torch.sinc(z / math.pi) ** 2  # (n, W, Bw)
-    b_m = chi_matrix(torch.deg2rad(chi), instrument, "box") @ _const(instrument, "donut", device)  # (n, H, U)
+    b_m = chi_donut(torch.deg2rad(chi), instrument, "box", _const(instrument, "donut", device))  # (n, H, U)
     b_m = torch.gather(b_m, 2, u_band.reshape(n, 1, -1).expand(n, rows, -1)).reshape(n, rows, cols, -1)
     prefix = torch.nn.functional.pad(torch.cumsum(b_m * laue[:, None], dim=3), (1, 0))  # (n, H, W, Bw + 1)
     size = (n, rows, cols, OMEGA_CELLS)

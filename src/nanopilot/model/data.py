@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..physics import Instrument, Library, intensity_scale
-from ..physics.forward import _const, chi_matrix, laue_matrix
+from ..physics.forward import _const, chi_donut, laue_matrix
 
 #: The published parameter ranges (strain, omega deg, chi deg) and the thickness range of the growth plans (A).
 DEFAULT_RANGES = {"strain": (-0.005, 0.005), "omega": (-0.05, 0.05), "chi": (-0.1, 0.1), "thickness": (60.0, 300.0)}
@@ -60,7 +60,7 @@ class SimulatedSource:
         thickness = params[:, 3] if self.outputs == 4 else torch.full((m,), self.instrument.thickness,
                                                                       dtype=torch.float64, device=dev)
         a = laue_matrix(params[:, 0], torch.deg2rad(params[:, 1]), thickness, self.instrument, self.kernel)
-        b_m = torch.matmul(chi_matrix(torch.deg2rad(chi), self.instrument, self.kernel).float(), self.donut)
+        b_m = chi_donut(torch.deg2rad(chi), self.instrument, self.kernel, self.donut)
         images = torch.matmul(b_m[b_index], (a.float() * self.scale).transpose(1, 2)[a_index])
         out = params[a_index].clone()
         out[:, 2] = chi[b_index]

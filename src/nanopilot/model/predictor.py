@@ -82,10 +82,9 @@ class Predictor:
     def __init__(self, model: ModelFile, *, instrument: Instrument | None = None, threads: int | None = None,
                  batch_size: int = 128, saturation: float | None = None, edge_margin: float = 0.005):
         meta = model.metadata
-        self.model_instrument = model.instrument
+        self.instrument = model.instrument
         if instrument is not None:
-            self.model_instrument.require_same(instrument, f"model {model.path}")
-        self.instrument = self.model_instrument
+            self.instrument.require_same(instrument, f"model {model.path}")
         self.path, self.metadata = model.path, meta
         self.outputs = tuple(model.architecture.names)
         self.scaler = model.scaler

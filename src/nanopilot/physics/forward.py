@@ -223,8 +223,7 @@ def simulate_box(params, instrument: Instrument | None = None, *, counts=None, b
     The same formula, box edges and float32 product as :func:`simulate`, set up in numpy: B(chi) @ M as the
     difference of two running sums of donut rows, the Laue term on the Qx band only, then one torch product
     per batch (so it follows torch's thread setting). Agrees with :func:`simulate` to float32 rounding (in
-    practice bit for bit); several times faster for a single pattern, about three times faster per pattern
-    in batches (CPU).
+    practice bit for bit); cheaper per call, which is what a single pattern costs (CPU).
 
     Parameters
     ----------

@@ -152,9 +152,7 @@ class SafeStateGuard:
 
     def __init__(self, signal, safe_value, timeout: float = 30.0):
         self.signal, self.safe_value, self.timeout = signal, safe_value, timeout
-        self.restored = 0
 
     def __call__(self, name: str, doc: dict) -> None:
         if name == "stop" and self.signal.get() != self.safe_value:
             self.signal.set(self.safe_value).wait(self.timeout)
-            self.restored += 1

@@ -47,8 +47,8 @@ def steered_map(detectors: Sequence[Readable], x: Movable, y: Movable, x_range: 
     fine : points per side of the full fine raster that sets the finest resolution (k * coarse_step + 1).
     coarse_step : spacing of the first raster in fine-raster steps (a power of two). Features smaller than it
         (point defects) can fall between its points and stay unseen: with fine = 65 over 4 um, 4 (0.25 um, a
-        17 x 17 raster) roughly halved the omega error near the 0.08 um defects of the ``domains`` scene
-        against 8 (``benchmarks/plans.py``).
+        17 x 17 raster) brought the omega error near features of the ``domains`` scene from 1.5-3.1 to
+        1.1-1.9 times the full raster's, against 8 (seeds 1-3, ``benchmarks/plans.py --full --coarse-step 8``).
     budget : points to measure in all: a fraction (<= 1) of the full fine raster, or a number of points.
     threshold : cells whose interest (largest change or curvature across the cell in units of the field's noise; texture
         boundaries and flagged frames add to it) is at or below this are left alone.

@@ -42,8 +42,8 @@ def poisson_counts(rate: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
     Fewer than :data:`_INVERSION_STEP` rates (a step scan's frame) go to ``rng.poisson``. Larger sets (a
     flyer's page) are drawn by inversion where the rate is small: one uniform per pixel against the CDF
-    summed term by term, p(k) = p(k - 1) * rate / k, vectorised over cache-sized steps; about twice as fast
-    as ``rng.poisson``, whose per-sample cost is an exponential and rate + 1 uniforms.
+    summed term by term, p(k) = p(k - 1) * rate / k, vectorised over cache-sized steps: fewer uniforms per
+    sample than ``rng.poisson``, whose per-sample cost is an exponential and rate + 1 uniforms.
     """
     if len(rate) < _INVERSION_STEP:
         return rng.poisson(rate)

@@ -20,10 +20,9 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-from sklearn.neighbors import NearestNeighbors
 
 from .classifier import NOT_ENOUGH_DATA, OK, TextureClassifier
-from .features import TextureFeatures, texture_features
+from .features import TextureFeatures, neighbours, texture_features
 
 
 @dataclasses.dataclass
@@ -127,9 +126,8 @@ def texture_change(reference, current, *, coverage_threshold: float = 0.01, shif
     nearest = np.argmin(np.where(np.isfinite(distance), distance, np.inf), axis=1)
     far = valid & (np.nanmin(np.where(valid[:, None], distance, np.inf), axis=1) > limit)
     if far.any():
-        k = min(n_neighbours + 1, len(cur))
-        index = NearestNeighbors(n_neighbors=k).fit(_positions(current, len(cur))).kneighbors(
-            _positions(current, len(cur)), return_distance=False)
+        index = cur.neighbours if cur.neighbours is not None else neighbours(_positions(current, len(cur)),
+                                                                             n_neighbours)
         novel = far & far[index[:, 1:]].any(axis=1)
     new_coverage = float(novel.sum() / valid.sum())
     shifts = []
