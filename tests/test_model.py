@@ -340,3 +340,26 @@ def test_one_member_of_an_ensemble_predicts_as_in_the_ensemble(tiny_model):
     single = Predictor(model.member(1))
     assert single.n_members == 1
     np.testing.assert_allclose(single.predict_raw(frames)[0], members[:, 1], rtol=1e-5, atol=1e-9)
+
+
+def test_training_from_a_library_holds_out_one_split_for_all_members(tmp_path, monkeypatch):
+    import nanopilot.model.training as training
+    from nanopilot.physics import Grid, Library
+
+    path = tmp_path / "lib.h5"
+    Library.generate(path, Grid.parse("strain=-0.005:0.005:5,omega=-0.05:0.05:3,chi=-0.1:0.1:7"),
+                     progress=False).close()
+    split_seeds = []
+    source = training.LibrarySource
+
+    def recording_source(*args, seed, **kwargs):
+        split_seeds.append(seed)
+        return source(*args, seed=seed, **kwargs)
+
+    monkeypatch.setattr(training, "LibrarySource", recording_source)
+    config = TrainConfig(name="lib", architecture=Architecture(channels=((2, 4), (4, 8), (8, 8))),
+                         library=str(path), val_fraction=0.2, epochs=1, batch_size=16, seeds=(3, 4))
+    model = load_model(training.train(config, tmp_path / "lib", progress=False, log=lambda line: None))
+    assert len(model.networks) == 2 and model.metadata["validation"]["frames"] == 21  # 20% of 105 patterns
+    # every member and the calibration use one split, so no member trains on the calibration patterns
+    assert split_seeds == [3, 3, 3]

@@ -155,10 +155,10 @@ class TrainResult:
     count_stats: dict
 
 
-def _source(config: TrainConfig, instrument: Instrument, seed: int, device):
-    if config.library:
+def _source(config: TrainConfig, instrument: Instrument, device):
+    if config.library:  # one split for every member: none trains on the patterns the ensemble is calibrated on
         return LibrarySource(config.library, instrument, config.architecture.outputs,
-                             val_fraction=config.val_fraction, seed=seed)
+                             val_fraction=config.val_fraction, seed=config.seeds[0])
     return SimulatedSource(instrument, config.ranges, config.architecture.outputs, counts=config.counts,
                            kernel=config.kernel, device=device)
 
@@ -211,7 +211,7 @@ def train_model(config: TrainConfig, seed: int, *, device="cpu", progress: bool 
         torch.set_num_threads(int(config.threads))
     instrument = config.get_instrument()
     rng = seed_everything(seed)
-    source = _source(config, instrument, seed, device)
+    source = _source(config, instrument, device)
     val_rng = np.random.default_rng([seed, 1])
     if config.library:
         val_frames, val_params = source.validation(val_rng)
@@ -295,7 +295,7 @@ def train(config: TrainConfig, out: str | Path, *, device="cpu", progress: bool 
     results = [train_model(config, seed, device=device, progress=progress, log=log) for seed in config.seeds]
     instrument = config.get_instrument()
     rng = np.random.default_rng([config.seeds[0], 2])
-    source = _source(config, instrument, config.seeds[0], "cpu")
+    source = _source(config, instrument, "cpu")
     frames, params = source.validation(rng) if config.library else source.batch(config.val_samples, rng)
     stats = results[0].count_stats
     metadata = {"name": config.name, "label_scaler": LabelScaler().to_dict(), "instrument": instrument.to_dict(),
