@@ -2,7 +2,10 @@
 included) next to a plain eager PyTorch implementation of the published architecture, measured in the same run
 and in the same thread (nanopilot's inference thread, see :mod:`nanopilot.model.inference_thread`).
 
-    python benchmarks/inference.py [--frames 8192] [--threads 2] [--repeats 3]
+``--device cuda`` measures the network passes on a GPU instead (frames copied from host memory in batches,
+the time of the copies included; the Predictor's per-frame checks run on the CPU and are not part of it).
+
+    python benchmarks/inference.py [--frames 8192] [--threads 2] [--repeats 3] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -46,11 +49,14 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=8192)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu", help="cpu (the Predictor) or a GPU, e.g. cuda (network passes)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     params = sample_params(args.frames, DEFAULT_RANGES, 3, np.random.default_rng(0))
     frames = poisson(simulate(params, counts="published"), 1).astype(np.float32)
+    if args.device != "cpu":
+        return gpu(frames, torch.device(args.device), args.repeats)
 
     plain = plain_published_network()
     x = torch.as_tensor(frames).unsqueeze(1)
@@ -84,6 +90,34 @@ def main() -> None:
     print(f"Predictor, default ensemble of {ensemble.n_members} with uncertainty:       {rate_ensemble:10,.0f} frames/s"
           f"   (bar >= 1,500 frames/s)")
     print(f"Predictor, default ensemble + residual check:            {rate_residual:10,.0f} frames/s")
+
+
+def gpu(frames: np.ndarray, device: torch.device, repeats: int) -> None:
+    """Network passes on a GPU: plain eager NCHW next to nanopilot's networks (channels-last, one member and the
+    stacked ensemble), frames copied from pinned host memory batch by batch."""
+    from nanopilot.model.network import StackedEnsemble
+
+    host = torch.as_tensor(frames).pin_memory()
+    model = load_model(shipped_model_path())
+    stacked = StackedEnsemble(model.networks)  # before .to(device) moves the members
+    networks = {"plain eager PyTorch, published architecture": plain_published_network().to(device),
+                "nanopilot single network (channels-last)":
+                    model.networks[0].eval().to(device, memory_format=torch.channels_last),
+                f"nanopilot stacked ensemble of {len(model.networks)}":
+                    stacked.eval().to(device, memory_format=torch.channels_last)}
+
+    def passes(network, batch, channels_last):
+        with torch.inference_mode():
+            for start in range(0, len(host), batch):
+                x = host[start:start + batch].to(device, non_blocking=True).unsqueeze(1)
+                network(x.contiguous(memory_format=torch.channels_last) if channels_last else x)
+        torch.cuda.synchronize(device)
+
+    print(f"{len(frames)} frames of 64 x 64 counts on {torch.cuda.get_device_name(device)}, torch {torch.__version__}")
+    for name, network in networks.items():
+        for batch in (64, 1024, 8192):
+            rate = best_rate(lambda: passes(network, batch, not name.startswith("plain")), len(frames), repeats)
+            print(f"{name:<46} batch {batch:>5}: {rate:12,.0f} frames/s")
 
 
 if __name__ == "__main__":

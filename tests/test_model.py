@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from nanopilot.cli import main
 from nanopilot.estimates import COUNT_LEVEL, EDGE, EMPTY, NEGATIVE, NONFINITE, OK, SATURATED
@@ -225,12 +226,52 @@ def test_nanopilot_train_tiny(tmp_path, capsys):
     assert meta["instrument"] == Instrument().to_dict() and meta["residual_threshold"] > 0
     assert set(meta["spread_factor"]) == {"strain", "omega", "chi"}
     assert [m["seed"] for m in meta["members"]] == [1, 2]
-    # the same seed trains the same network
+    # the same seed trains the same network, also when the members train at once in processes of their own
     assert main(["train", "--config", str(config), "--out", str(tmp_path / "again"), "--seeds", "1,2",
-                 "--no-progress"]) == 0
+                 "--jobs", "2", "--no-progress"]) == 0
+    assert "training 2 members in 2 processes" in capsys.readouterr().out
     for a, b in zip(model.networks, load_model(tmp_path / "again").networks):
         for (name, ta), tb in zip(a.state_dict().items(), b.state_dict().values()):
             torch.testing.assert_close(ta, tb, msg=name)
+
+
+def test_loss_weights_weigh_each_output_in_the_loss(tmp_path):
+    from nanopilot.model.network import LabelScaler
+    from nanopilot.model.training import evaluate
+
+    with pytest.raises(ValueError, match="thickness"):
+        TrainConfig(loss_weights={"thickness": 2.0})
+    with pytest.raises(ValueError, match="> 0"):
+        TrainConfig(loss_weights={"omega": -1.0})
+    config = TrainConfig(loss_weights={"omega": 4})
+    assert config.output_weights().tolist() == [1.0, 4.0, 1.0]
+    path = tmp_path / "w.yaml"
+    path.write_text(yaml.safe_dump(config.to_dict()))
+    assert TrainConfig.load(path).loss_weights == {"omega": 4.0}
+    torch.manual_seed(0)
+    network = NanobeamNN(TINY)
+    params = torch.as_tensor(random_params(64, seed=5))
+    frames = torch.as_tensor(frames_for(params.numpy(), seed=6), dtype=torch.float32)
+    scaler = LabelScaler()
+    plain, _ = evaluate(network, frames, params, scaler)
+    weighted, _ = evaluate(network, frames, params, scaler, weights=config.output_weights())
+    with torch.no_grad():
+        squared = (network(frames) - scaler.to_labels(params.float())) ** 2
+    assert plain == pytest.approx(float(squared.mean()), rel=1e-5)
+    assert weighted == pytest.approx(float((squared * torch.tensor([1.0, 4.0, 1.0])).mean()), rel=1e-5)
+
+
+def test_keep_best_keeps_the_members_with_the_lowest_validation_loss():
+    from nanopilot.model.training import TrainResult, keep_best
+
+    results = [TrainResult(None, seed, {"val_loss": loss}, [], 1, 1.0, {})
+               for seed, loss in zip((1, 2, 3, 4, 5), (0.5, 0.1, 0.4, 0.2, 0.3))]
+    logged = []
+    assert [r.seed for r in keep_best(results, 3, logged.append)] == [2, 4, 5]
+    assert "seeds [2, 4, 5]" in logged[0]
+    assert keep_best(results, None) == results and keep_best(results, 9) == results
+    with pytest.raises(ValueError, match="keep_best"):
+        TrainConfig(keep_best=0)
 
 
 def test_training_within_a_time_budget():

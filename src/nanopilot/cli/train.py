@@ -27,6 +27,9 @@ def register(subparsers) -> None:
                    help="wall-time budget per member in minutes (overrides the config's training.minutes): the "
                         "learning-rate schedule runs on the elapsed time and training stops when it is spent")
     p.add_argument("--device", default="cpu", help="torch device for training (default: %(default)s)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="members trained at once, each in a process of its own (default: %(default)s; worth it "
+                        "on a GPU, whose small kernels leave it idle, or with cores to spare)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
 
@@ -64,7 +67,9 @@ def run(args) -> int:
     print(f"training {config.name} from {path}: {len(config.seeds)} member(s), seeds {list(config.seeds)}, "
           f"device {args.device}, threads {config.threads or 'default'}"
           + (f", time budget {config.minutes:g} min per member" if config.minutes else ""))
-    train(config, out, device=args.device, progress=not args.no_progress)
+    if args.jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+    train(config, out, device=args.device, progress=not args.no_progress, jobs=args.jobs)
     print(f"training wall time {time.perf_counter() - t0:.0f} s")
     return 0
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -36,12 +38,15 @@ class TrainConfig:
         omega deg, chi deg, thickness A); ``counts`` ("published" or a peak count level); ``kernel``;
         ``samples_per_epoch`` and ``val_samples`` (simulation) or ``val_fraction`` (library).
     training : ``epochs``, ``batch_size``, ``lr`` (peak), ``weight_decay``, ``optimizer``, ``schedule``,
-        ``patience`` (epochs without validation improvement before stopping; not applied in the first half of
+        ``loss_weights`` ({output name: weight} of each output's squared error in the loss, in label units;
+        outputs not named weigh 1; None: all 1), ``patience`` (epochs without validation improvement before stopping; not applied in the first half of
         the epochs, while the one-cycle learning rate is high), ``threads``, and ``minutes``: a wall-time budget
         per member (None: none). With a budget the schedule runs on the elapsed fraction of it instead of the
         step count (the same one-cycle or cosine shape), ``epochs`` becomes an upper bound, early stopping is
         off, and training stops when the budget is spent (the last, partial epoch is validated too).
-    seeds : one ensemble member per seed.
+    seeds : one ensemble member trained per seed; ``training.keep_best`` k (None: all) keeps the k members with
+        the lowest validation loss, each on its own validation set (their seeds in the config's order; all of
+        them when k >= the number of seeds).
     instrument : instrument fields (dict) or None for the published setup.
     """
 
@@ -60,7 +65,9 @@ class TrainConfig:
     weight_decay: float = 1e-4
     optimizer: str = "adamw"
     schedule: str = "onecycle"
+    loss_weights: dict | None = None
     patience: int = 10
+    keep_best: int | None = None
     threads: int | None = None
     minutes: float | None = None
     seeds: tuple[int, ...] = (0,)
@@ -81,16 +88,30 @@ class TrainConfig:
         self.seeds = tuple(int(s) for s in self.seeds)
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be a non-empty list of distinct integers, got {list(self.seeds)}")
+        if self.keep_best is not None and int(self.keep_best) < 1:
+            raise ValueError(f"training.keep_best must be >= 1 (or null: keep every member), got {self.keep_best!r}")
         names = self.architecture.names
         missing = [n for n in names if n not in self.ranges]
         if missing:
             raise ValueError(f"data.ranges lacks {missing} (needed for outputs {list(names)})")
         self.ranges = {n: (float(self.ranges[n][0]), float(self.ranges[n][1])) for n in names}
+        if self.loss_weights is not None:
+            bad = sorted(set(self.loss_weights) - set(names))
+            if bad:
+                raise ValueError(f"training.loss_weights names {bad}, which are not outputs {list(names)}")
+            self.loss_weights = {n: float(w) for n, w in self.loss_weights.items()}
+            if not all(w > 0 and math.isfinite(w) for w in self.loss_weights.values()):
+                raise ValueError(f"training.loss_weights must be finite and > 0, got {self.loss_weights}")
         if any(lo >= hi for lo, hi in self.ranges.values()):
             raise ValueError(f"data.ranges need low < high, got {self.ranges}")
 
     def get_instrument(self) -> Instrument:
         return Instrument.from_dict(self.instrument) if self.instrument else Instrument()
+
+    def output_weights(self) -> torch.Tensor:
+        """(outputs,) float32 weight of each output's squared error in the loss (label units)."""
+        given = self.loss_weights or {}
+        return torch.tensor([given.get(n, 1.0) for n in self.architecture.names], dtype=torch.float32)
 
     # ----------------------------------------------------------------- YAML layout
     def to_dict(self) -> dict:
@@ -102,7 +123,8 @@ class TrainConfig:
                      "counts": self.counts, "kernel": self.kernel, "samples_per_epoch": self.samples_per_epoch,
                      "val_samples": self.val_samples, "val_fraction": self.val_fraction},
             "training": {k: getattr(self, k) for k in ("epochs", "batch_size", "lr", "weight_decay", "optimizer",
-                                                       "schedule", "patience", "threads", "minutes")},
+                                                       "schedule", "loss_weights", "patience", "keep_best",
+                                                       "threads", "minutes")},
             "seeds": list(self.seeds),
             "instrument": self.instrument,
         }
@@ -164,14 +186,16 @@ def _source(config: TrainConfig, instrument: Instrument, device):
 
 
 def evaluate(network: torch.nn.Module, frames: torch.Tensor, params: torch.Tensor, scaler: LabelScaler,
-             batch_size: int = 2048) -> tuple[float, dict]:
-    """Validation loss (MSE in label units) and RMSE per parameter (physical units) of one network."""
+             batch_size: int = 2048, weights: torch.Tensor | None = None) -> tuple[float, dict]:
+    """Validation loss (MSE in label units, each output's squared error times its ``weights``, default 1) and
+    RMSE per parameter (physical units) of one network."""
     network.eval()
     with torch.inference_mode():
         labels = torch.cat([network(frames[i:i + batch_size].unsqueeze(1).contiguous(
             memory_format=torch.channels_last)) for i in range(0, len(frames), batch_size)])
     target = scaler.to_labels(params.to(labels.dtype))
-    loss = float(((labels - target) ** 2).mean())
+    squared = (labels - target) ** 2
+    loss = float((squared if weights is None else squared * weights.to(squared.device)).mean())
     err = scaler.to_values(labels.double()) - params
     rmse = torch.sqrt((err ** 2).mean(0))
     return loss, {name: float(v) for name, v in zip(network.arch.names, rmse)}
@@ -219,6 +243,7 @@ def train_model(config: TrainConfig, seed: int, *, device="cpu", progress: bool 
     else:
         val_frames, val_params = source.batch(config.val_samples, val_rng)
     scaler = LabelScaler()
+    weights = config.output_weights().to(device)
     network = NanobeamNN(config.architecture).to(device, memory_format=torch.channels_last)
     opt_cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
     optimizer = opt_cls(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -243,7 +268,7 @@ def train_model(config: TrainConfig, seed: int, *, device="cpu", progress: bool 
         for frames, params in source.epoch(n_train, config.batch_size, rng):
             frames, params = frames.to(device), params.to(device)
             x = frames.unsqueeze(1).contiguous(memory_format=torch.channels_last)
-            loss = torch.nn.functional.mse_loss(network(x), scaler.to_labels(params.float()))
+            loss = ((network(x) - scaler.to_labels(params.float())) ** 2 * weights).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -251,7 +276,7 @@ def train_model(config: TrainConfig, seed: int, *, device="cpu", progress: bool 
             total, count = total + loss.item() * len(frames), count + len(frames)
             if budget and time.perf_counter() - t0 >= budget:
                 break
-        val_loss, rmse = evaluate(network, val_frames, val_params, scaler)
+        val_loss, rmse = evaluate(network, val_frames, val_params, scaler, weights=weights)
         history.append({"epoch": epoch, "train_loss": total / count, "val_loss": val_loss,
                         "seconds": time.perf_counter() - t0, **{f"rmse_{k}": v for k, v in rmse.items()}})
         if val_loss < best[0]:
@@ -277,13 +302,51 @@ def train_model(config: TrainConfig, seed: int, *, device="cpu", progress: bool 
                        history, best[2], seconds, count_stats)
 
 
-def train(config: TrainConfig, out: str | Path, *, device="cpu", progress: bool = True, log=print) -> Path:
-    """Train one member per seed of ``config``, calibrate the ensemble and write the model file ``out``.
+def _train_members(config: TrainConfig, device, progress: bool, log, jobs: int) -> list[TrainResult]:
+    """One :class:`TrainResult` per seed, in the seeds' order: here, or in ``jobs`` worker processes."""
+    jobs = max(1, min(int(jobs), len(config.seeds)))
+    if jobs == 1:
+        return [train_model(config, seed, device=device, progress=progress, log=log) for seed in config.seeds]
+    log(f"training {len(config.seeds)} members in {jobs} processes (no progress bars; a line per member)")
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(train_model, config, seed, device=str(device), progress=False, log=print)
+                   for seed in config.seeds]
+        return [future.result() for future in futures]
 
-    Calibration, on a validation set of its own (seeded by the first seed): ensemble RMSE per parameter,
+
+def keep_best(results: list[TrainResult], k: int | None, log=print) -> list[TrainResult]:
+    """The ``k`` members of ``results`` with the lowest validation loss, in their original order (None: all)."""
+    if k is None or k >= len(results):
+        return results
+    kept = sorted(sorted(range(len(results)), key=lambda i: results[i].metrics["val_loss"])[:k])
+    log(f"keeping the {k} of {len(results)} members with the lowest validation loss: seeds "
+        f"{[results[i].seed for i in kept]}")
+    return [results[i] for i in kept]
+
+
+def train(config: TrainConfig, out: str | Path, *, device="cpu", progress: bool = True, log=print,
+          jobs: int = 1) -> Path:
+    """Train one member per seed of ``config``, calibrate the ensemble and write the model file ``out``
+    (see :func:`assemble`); returns the sidecar path.
+
+    ``jobs`` > 1 trains that many members at once, each in a process of its own (worth it on a GPU, whose small
+    kernels leave it idle most of the time, or on a machine with cores to spare); a member's weights depend on
+    its seed and device alone, not on ``jobs``.
+    """
+    t0 = time.perf_counter()
+    results = keep_best(_train_members(config, device, progress, log, jobs), config.keep_best, log)
+    return assemble(config, results, out, device=device, log=log, seconds=time.perf_counter() - t0)
+
+
+def assemble(config: TrainConfig, results: list[TrainResult], out: str | Path, *, device="cpu", log=print,
+             seconds: float | None = None) -> Path:
+    """Calibrate the ensemble of trained members ``results`` and write the model file ``out``.
+
+    Calibration, on a validation set of its own (seeded by the config's first seed): ensemble RMSE per parameter,
     the median ensemble spread (``typical_std``, used by ``Predictor.predict(refine=k)``), the spread's
     calibration factors (``spread_factor``, see :mod:`~nanopilot.model.calibration`), and the residual
-    threshold (99.9th percentile of the validation frames' residual statistic, times 1.5).
+    threshold (99.9th percentile of the validation frames' residual statistic, times 1.5). ``seconds``: the
+    training wall time to record (default: the members' own times added up, plus this calibration).
     Returns the sidecar path.
     """
     from .. import __version__
@@ -292,7 +355,6 @@ def train(config: TrainConfig, out: str | Path, *, device="cpu", progress: bool 
     from .predictor import Predictor, residual_statistic
 
     t0 = time.perf_counter()
-    results = [train_model(config, seed, device=device, progress=progress, log=log) for seed in config.seeds]
     instrument = config.get_instrument()
     rng = np.random.default_rng([config.seeds[0], 2])
     source = _source(config, instrument, "cpu")
@@ -301,7 +363,7 @@ def train(config: TrainConfig, out: str | Path, *, device="cpu", progress: bool 
     metadata = {"name": config.name, "label_scaler": LabelScaler().to_dict(), "instrument": instrument.to_dict(),
                 "counts": source.counts, "kernel": source.kernel, "count_stats": stats,
                 "ranges": {k: list(v) for k, v in source.ranges.items()},
-                "config": config.to_dict(), "seeds": list(config.seeds), "nanopilot_version": __version__,
+                "config": config.to_dict(), "seeds": [r.seed for r in results], "nanopilot_version": __version__,
                 "members": [{"seed": r.seed, "best_epoch": r.best_epoch, "seconds": round(r.seconds, 1),
                              "validation": r.metrics} for r in results]}
     model = ModelFile(Path(out), [r.network for r in results], metadata)
@@ -315,7 +377,9 @@ def train(config: TrainConfig, out: str | Path, *, device="cpu", progress: bool 
         metadata["spread_factor"] = dict(zip(predictor.outputs, spread_factors(err, std).tolist()))
     residual = residual_statistic(frames.numpy(), mean, instrument, source.kernel)
     metadata["residual_threshold"] = float(1.5 * np.quantile(residual, 0.999))
-    metadata["training_seconds"] = round(time.perf_counter() - t0, 1)
+    if seconds is None:
+        seconds = sum(r.seconds for r in results) + time.perf_counter() - t0
+    metadata["training_seconds"] = round(seconds, 1)
     metadata["device"] = str(device)
     path = save_model(out, model.networks, metadata)
     log(f"wrote {path} ({len(results)} member(s)); validation RMSE "
