@@ -189,6 +189,27 @@ def test_configuration_errors_fail_before_the_scan_runs():
         RE(scan(small, 2, 2))
 
 
+def test_close_finishes_the_analysis_stops_the_worker_and_frees_it():
+    import gc
+    import weakref
+
+    bl = make_beamline("published", seed=1)
+    analysis = NanobeamAnalysis(CentroidPredictor(), batch_size=64, max_latency=5.0)
+    RE = RunEngine({})
+    token = RE.subscribe(analysis)
+    (first,) = RE(scan(bl))
+    worker = analysis._thread
+    assert analysis.close(timeout=30) and not worker.is_alive()
+    assert len(analysis.maps[first]) == 20  # the pending batch was analysed before the worker stopped
+    (second,) = RE(scan(bl))  # after close: analysed inline, in the RunEngine's thread
+    assert len(analysis.maps[second]) == 20 and analysis.close()
+    ref = weakref.ref(analysis)
+    RE.unsubscribe(token)
+    del analysis
+    gc.collect()
+    assert ref() is None  # neither the stopped worker nor the exit hook keeps it alive
+
+
 def test_runs_without_frames_are_ignored():
     from ophyd.sim import det, motor
 

@@ -16,6 +16,7 @@ import logging
 import queue
 import threading
 import time
+import weakref
 
 import numpy as np
 from event_model import DocumentRouter
@@ -103,12 +104,15 @@ class NanobeamAnalysis(DocumentRouter):
         self._queue: queue.Queue | None = queue.Queue() if threaded else None
         self._pending: list = []  # batch being assembled (worker side)
         self._pending_since = 0.0
+        self._thread: threading.Thread | None = None
         if threaded:
-            threading.Thread(target=self._work, name="nanopilot-analysis", daemon=True).start()
+            self._thread = threading.Thread(target=self._work, name="nanopilot-analysis", daemon=True)
+            self._thread.start()
             # Finish (and store) the analysis before the interpreter shuts down. threading's exit hooks run before
             # other threads' resources (e.g. an in-process Tiled app's portal) are torn down; atexit runs after.
+            # The hook holds a weak reference: once closed, the analysis can be freed.
             register = getattr(threading, "_register_atexit", atexit.register)
-            register(self.flush, 60.0)
+            register(_close_if_alive, weakref.ref(self), 60.0)
 
     # ------------------------------------------------------------------ subscribers of derived documents
     def subscribe(self, callback) -> None:
@@ -260,6 +264,19 @@ class NanobeamAnalysis(DocumentRouter):
         self._queue.put(("flush", done))
         return done.wait(timeout)
 
+    def close(self, timeout: float = 60.0) -> bool:
+        """Finish the analysis of every frame handed over so far (as :meth:`flush`) and stop the worker thread;
+        documents that arrive later are analysed inline, in the caller's thread. Call it between runs (not while
+        a RunEngine is feeding this callback). Idempotent; False if the worker did not finish within
+        ``timeout`` (s)."""
+        if self._queue is None:
+            return True
+        finished = self.flush(timeout)
+        self._queue.put(("close",))
+        self._thread.join(timeout)
+        self._queue = None
+        return finished and not self._thread.is_alive()
+
     # ------------------------------------------------------------------ worker side
     def _work(self) -> None:
         while True:
@@ -271,6 +288,8 @@ class NanobeamAnalysis(DocumentRouter):
             except queue.Empty:
                 self._analyse_pending()
                 continue
+            if item[0] == "close":
+                return
             self._handle(item)
             if item[0] == "frames":
                 with self._room:
@@ -321,3 +340,10 @@ class NanobeamAnalysis(DocumentRouter):
             self.maps.count(run.uid, errors=len(seq_nums))
             return
         run.derived.emit_points(self._emit, seq_nums, positions, estimates)
+
+
+def _close_if_alive(ref: weakref.ref, timeout: float) -> None:
+    """Exit hook: close the analysis if it still exists (finishing and storing what it was handed)."""
+    analysis = ref()
+    if analysis is not None:
+        analysis.close(timeout)
