@@ -10,7 +10,7 @@ from bluesky.simulators import summarize_plan
 
 from nanopilot.callbacks import NanobeamAnalysis, publish_maps
 from nanopilot.plans import find_texture_temperature
-from nanopilot.plans.temperature import MapView, novel_window, onset_from_radius
+from nanopilot.plans.zoom import WINDOW_SPACINGS, MapView, novel_window, onset_from_radius
 from nanopilot.sim_devices import make_beamline
 from nanopilot.texture import frame_descriptor
 from test_callbacks import CentroidPredictor
@@ -187,3 +187,46 @@ def test_the_window_surrounds_the_largest_novel_patch():
     (x0, x1), (y0, y1) = novel_window(view, edge.ravel(), region, n, region)
     assert x1 == pytest.approx(2.0) and y0 == pytest.approx(-2.0) and x1 - x0 == pytest.approx(y1 - y0)
     assert novel_window(view, np.zeros(n * n, bool), region, n, region) is None
+
+
+def test_a_patch_wider_than_the_window_limit_is_zoomed_on_around_its_densest_point():
+    n, region = 9, ((-4.0, 4.0), (-4.0, 4.0))  # 1 um spacing
+    ys, xs = np.meshgrid(np.linspace(-4, 4, n), np.linspace(-4, 4, n), indexing="ij")
+    view = MapView(GridMap(xs.ravel(), ys.ravel()), 1, n * n)
+    novel = np.zeros((n, n), bool)
+    novel[1:8, 1] = True  # a thin strip along y at x = -3 um ...
+    novel[4:7, 2:4] = True  # ... with a dense blob at x -2..-1, y 0..2 um
+    unlimited = novel_window(view, novel.ravel(), region, n, region)
+    assert unlimited[1][1] - unlimited[1][0] == pytest.approx(8.0)  # the strip's 6 um, grown by 1 um each side
+    (x0, x1), (y0, y1) = novel_window(view, novel.ravel(), region, n, region, max_spacings=WINDOW_SPACINGS)
+    assert x1 - x0 == pytest.approx(WINDOW_SPACINGS) and y1 - y0 == pytest.approx(WINDOW_SPACINGS)
+    assert (x0 + x1) / 2 == pytest.approx(-2.0) and (y0 + y1) / 2 == pytest.approx(1.0)  # the point (-2, 1) um
+
+
+def test_a_window_that_misses_the_texture_is_replaced_by_a_smaller_one(monkeypatch):
+    import nanopilot.plans.temperature as temperature
+
+    bl = make_beamline("cooling", seed=1, noise=False, temperature=266.0)
+    scene = bl.sample.scene
+    corners = [(x, y) for x in (-1.8, 1.8) for y in (-1.8, 1.8)]
+    far = max(corners, key=lambda c: np.hypot(*(scene.nuclei_ - c).T).min())
+    empty = ((far[0] - 0.2, far[0] + 0.2), (far[1] - 0.2, far[1] + 0.2))  # 0.4 um around no nucleus
+    real = temperature.novel_window
+
+    def misplaced(view, novel, window, n, region, max_spacings=None):
+        if max_spacings is None and window == region:  # the first zoom window: where the texture is not
+            return empty
+        return real(view, novel, window, n, region, max_spacings)
+
+    monkeypatch.setattr(temperature, "novel_window", misplaced)
+    res, docs, _ = run_search(bl)
+    result = res.plan_result
+    bisections = [d["evidence"] for d in result["decisions"] if d["action"] == "bisect"]
+    confirms = [e for e in bisections if e["confirm"]]
+    # the changed end, seen on a whole-region map only, is mapped in the window; the texture is not there, so
+    # the window is replaced by the smaller one around the densest novel point, where the texture is found
+    assert confirms and confirms[0]["window"] == empty and confirms[0]["temperature"] == confirms[0]["changed"]
+    assert any(e["window"] != empty for e in bisections[bisections.index(confirms[0]) + 1:])
+    assert any(changed and radius > 0 for _, changed, _, _, radius in result["history"])
+    assert result["reason"] == "bracketed"
+    assert scene.transition_temperature - 3.0 <= result["transition"] <= scene.transition_temperature + 0.5

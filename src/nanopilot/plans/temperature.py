@@ -9,14 +9,17 @@ the next bracketing temperature; after an unchanged map it simply carries on in 
 Zoom: a new texture forms at nucleation sites and grows from there, so just below the transition it covers
 regions far smaller than the spacing of a quick map over the whole region, and a coarse map sees it only
 once it has grown onto a map point (a lag of up to a few kelvin). Each bracketing map is therefore a quick map
-of a window around the new texture seen on the last map that showed it (see :func:`novel_window`): the
-texture at a temperature nearer the transition lies inside that window, and the window's finer spacing sees
-it sooner. Maps of different spacings are compared on the per-point features only (:data:`PER_POINT`: the
-neighbourhood statistics depend on the spacing).
+of a window around the new texture seen on the last map that showed it (see
+:func:`~nanopilot.plans.zoom.novel_window`): the texture at a temperature nearer the transition lies inside that
+window, and the window's finer spacing sees it sooner. Maps of different spacings are compared on the per-point
+features only (:data:`PER_POINT`: the neighbourhood statistics depend on the spacing). A bracket whose changed
+end only a whole-region map has seen is confirmed there on a zoomed map; if the window misses the texture, a
+smaller window around the densest novel point replaces it (the textures of several nuclei can run together
+into one wide patch on the whole-region map), and failing that the bracket stands as it is.
 
 Point estimate: the novel area of each bracketing map gives the radius of the new texture (um); it grows in
 proportion to the undercooling, so the line through the radii is extrapolated to zero (see
-:func:`onset_from_radius`).
+:func:`~nanopilot.plans.zoom.onset_from_radius`).
 """
 
 from __future__ import annotations
@@ -29,7 +32,6 @@ import bluesky.preprocessors as bpp
 import numpy as np
 from bluesky.protocols import Movable, Readable
 from bluesky.utils import MsgGenerator
-from scipy import ndimage
 
 from ..callbacks.live_maps import LiveMaps
 from ..texture import texture_change
@@ -43,7 +45,7 @@ from .common import (
     sleep_for,
     wait_for_analysis,
 )
-from .steering import snake_order
+from .zoom import WINDOW_SPACINGS, MapView, grid_points, novel_window, onset_from_radius
 
 #: Fewest points per side of a quick map: texture_change needs 20 valid points per map and neighbours.
 MIN_QUICK = 5
@@ -52,109 +54,6 @@ MIN_QUICK = 5
 #: (estimates and frame descriptors); the neighbourhood statistics (a gradient per um, a spread over the
 #: nearest points) depend on the spacing.
 PER_POINT = {"local_mean": 0.0, "local_spread": 0.0, "local_gradient": 0.0}
-
-
-class MapView:
-    """The points of one map inside a run that holds several (a contiguous range of primary seq_nums).
-
-    Quacks like :class:`~nanopilot.callbacks.RunMap` for :func:`~nanopilot.texture.texture_change`:
-    ``motors``, ``scattered()`` and ``features()`` restricted to seq_nums ``first..last`` (inclusive).
-    """
-
-    def __init__(self, run, first: int, last: int):
-        self.run, self.first, self.last = run, int(first), int(last)
-        self.motors = run.motors
-
-    def _keep(self) -> np.ndarray:
-        seq = np.asarray(self.run.scattered()["seq_num"])
-        return (seq >= self.first) & (seq <= self.last)
-
-    def scattered(self) -> dict[str, np.ndarray]:
-        keep = self._keep()
-        return {k: v[keep] for k, v in self.run.scattered().items()}
-
-    def features(self) -> np.ndarray:
-        keep = self._keep()
-        features = self.run.features()
-        return features[keep] if features.shape[1] else np.zeros((int(keep.sum()), 0))
-
-    def __len__(self) -> int:
-        return int(self._keep().sum())
-
-
-def grid_points(x_range, y_range, n: int) -> list[tuple[float, float]]:
-    """An ``n x n`` grid over the region (um), in snake order (short stage moves)."""
-    xs, ys = np.linspace(*x_range, n), np.linspace(*y_range, n)
-    return [(float(xs[i]), float(ys[j])) for i, j in snake_order([(i, j) for j in range(n) for i in range(n)])]
-
-
-def novel_window(view: MapView, novel: np.ndarray, window: tuple, n: int, region: tuple) -> tuple | None:
-    """The square window (um) around the largest connected patch of novel points of an ``n x n`` map.
-
-    Parameters
-    ----------
-    view : the map (positions of its points, in the order of ``novel``).
-    novel : (n * n,) bool, the novel points (:attr:`~nanopilot.texture.TextureChange.novel`).
-    window : ((x0, x1), (y0, y1)) the map's region (um).
-    n : points per side of the map.
-    region : ((x0, x1), (y0, y1)) the plan's region (um); the window is shifted to stay inside it.
-
-    Returns
-    -------
-    ((x0, x1), (y0, y1)) in um: the patch's bounding box grown by one map spacing on each side and made
-    square (the texture nearer the transition covers less than the patch, around the same nuclei); None
-    when no point is novel.
-    """
-    points = view.scattered()
-    xy = np.column_stack([points[m] for m in view.motors[::-1][:2]])
-    (x0, x1), (y0, y1) = window
-    spacing = np.array([(x1 - x0) / (n - 1), (y1 - y0) / (n - 1)])
-    index = np.rint((xy - [x0, y0]) / spacing).astype(int)
-    grid = np.zeros((n, n), bool)
-    keep = np.asarray(novel, bool) & (index >= 0).all(axis=1) & (index < n).all(axis=1)
-    grid[index[keep, 1], index[keep, 0]] = True
-    labels, count = ndimage.label(grid, structure=np.ones((3, 3)))
-    if not count:
-        return None
-    largest = 1 + int(np.argmax(ndimage.sum(grid, labels, range(1, count + 1))))
-    rows, cols = np.nonzero(labels == largest)
-    low = np.array([cols.min(), rows.min()]) * spacing + [x0, y0] - spacing
-    high = np.array([cols.max(), rows.max()]) * spacing + [x0, y0] + spacing
-    (rx0, rx1), (ry0, ry1) = region
-    side = min(float((high - low).max()), rx1 - rx0, ry1 - ry0)
-    centre = np.clip((low + high) / 2, [rx0 + side / 2, ry0 + side / 2], [rx1 - side / 2, ry1 - side / 2])
-    return tuple((float(c - side / 2), float(c + side / 2)) for c in centre)
-
-
-def onset_from_radius(history: Sequence[tuple], cooling: bool) -> tuple[float, float]:
-    """The transition temperature (K) extrapolated to zero radius of the new texture.
-
-    Model: the new texture grows outward from nuclei with a radius proportional to the undercooling. The
-    radius of a zoomed map that showed it (the radius of a disc of its novel area, um) is linear in
-    temperature; the line through the two such maps nearest the transition (the finest windows) is
-    extrapolated to zero radius.
-
-    Parameters
-    ----------
-    history : (temperature K, changed, score, new coverage 0-1, radius um) per quick map; the radius is NaN
-        for the maps of the whole region (their coarse spacing does not resolve it).
-    cooling : the search goes down in temperature.
-
-    Returns
-    -------
-    (float, float): the estimate (K) and the radius' growth (um per K of undercooling); NaN, NaN when the
-    radii do not support a line (fewer than two temperatures, or a radius not growing with the undercooling).
-    """
-    sign = -1.0 if cooling else 1.0
-    seen = {}
-    for t, is_changed, _, _, radius in history:
-        if is_changed and radius > 0:
-            seen.setdefault(float(t), []).append(float(radius))
-    if len(seen) < 2:
-        return math.nan, math.nan
-    (t1, r1), (t2, r2) = sorted(((t, np.mean(r)) for t, r in seen.items()), key=lambda tr: sign * tr[0])[:2]
-    slope = (r2 - r1) / (t2 - t1)
-    return (float(t1 - r1 / slope), float(abs(slope))) if sign * slope > 0 else (math.nan, math.nan)
 
 
 def find_texture_temperature(detectors: Sequence[Readable], temperature: Movable, x: Movable, y: Movable,
@@ -171,8 +70,9 @@ def find_texture_temperature(detectors: Sequence[Readable], temperature: Movable
     ``start`` (:func:`nanopilot.texture.texture_change`). At the first map with a new texture it brackets the
     transition between an unchanged and a changed temperature, on zoomed maps (see the module notes), until
     they are within ``tolerance`` and the unchanged end was seen on a map fine enough not to miss a texture
-    formed more than ``tolerance`` beyond it; each probe is the middle of the bracket, or half the tolerance
-    either side of the extrapolated onset when that lies inside. Then it takes a ``fine x fine`` map of the
+    formed more than ``tolerance`` beyond it, and a zoomed map has shown the texture (see the module notes);
+    each probe is the middle of the bracket, or half the tolerance either side of the extrapolated onset when
+    that lies inside. Then it takes a ``fine x fine`` map of the
     whole region at the changed end of the bracket. Everything is one run.
 
     Parameters
@@ -211,9 +111,9 @@ def find_texture_temperature(detectors: Sequence[Readable], temperature: Movable
     Returns
     -------
     dict: ``reason`` ("bracketed", "no new texture", "vetoed", "dry run"), ``transition`` (K, extrapolated
-    to zero radius by :func:`onset_from_radius` and kept inside the bracket, else the bracket's middle; NaN
-    when not bracketed), ``bracket`` ((unchanged, changed) temperatures in K), ``maps`` (maps taken, the fine
-    one included), ``history`` (list of (temperature K, changed, score, new coverage 0-1, radius um: NaN for
+    to zero radius by :func:`~nanopilot.plans.zoom.onset_from_radius` and kept inside the bracket, else the
+    bracket's middle; NaN when not bracketed), ``bracket`` ((unchanged, changed) temperatures in K), ``maps``
+    (maps taken, the fine one included), ``history`` (list of (temperature K, changed, score, new coverage 0-1, radius um: NaN for
     maps of the whole region) per quick map after the reference), ``fine_map`` ((first, last) primary seq_num of
     the fine map, or None), ``decisions``.
 
@@ -309,7 +209,7 @@ def find_texture_temperature(detectors: Sequence[Readable], temperature: Movable
         run = maps[uid]
         yield from decide("reference", f"reference map at {t_start:g} K", {"temperature": t_start,
                           "seq_nums": list(reference)}, t_start, run)
-        unchanged, changed, k, window = t_start, None, 0, region
+        unchanged, changed, k, window, fallback = t_start, None, 0, region, region
         while changed is None:  # the search: step until a new texture appears or stop is reached
             k += 1
             t = t_start + sign * min(k * float(step), abs(t_stop - t_start))
@@ -324,8 +224,10 @@ def find_texture_temperature(detectors: Sequence[Readable], temperature: Movable
                 changed = t
                 if zoom:  # the window: where the texture itself is (per-point), else where it is seen
                     located = texture_change(MapView(run, *reference), view, group_weights=PER_POINT)
-                    window = (novel_window(view, located.novel, region, int(quick), region)
-                              or novel_window(view, change.novel, region, int(quick), region) or region)
+                    novel = located.novel if located.novel.any() else change.novel
+                    window = novel_window(view, novel, region, int(quick), region) or region
+                    # should the window miss the texture: a smaller one around the patch's densest point
+                    fallback = novel_window(view, novel, region, int(quick), region, WINDOW_SPACINGS) or region
             elif t == t_stop:
                 result["reason"] = "no new texture"
                 break
@@ -333,14 +235,20 @@ def find_texture_temperature(detectors: Sequence[Readable], temperature: Movable
                 unchanged = t
         last_changed, move = changed is not None, {"approved": True}
         seen_with = 0.0 if unchanged == t_start else math.inf  # spacing (um) of the map that saw `unchanged`
+        zoom_seen = False  # a zoomed map has shown the new texture
         half = float(tolerance) / 2
         while changed is not None:  # bracketing, on zoomed maps
             onset, rate = onset_from_radius(result["history"], sign < 0)
             inside = [p for p in (onset - sign * half, onset + sign * half)  # the onset's neighbours first
                       if sign * (p - unchanged) > half / 2 and sign * (changed - p) > half / 2]
             spacing = (window[0][1] - window[0][0]) / (int(quick) - 1)
+            confirming = False
             if abs(changed - unchanged) > float(tolerance):
                 t = inside[0] if inside else (unchanged + changed) / 2
+            elif zoom and not zoom_seen:
+                # only a map of the whole region has shown the texture: map the changed end zoomed, for a finer
+                # window and a radius (or, if the window missed the texture, to stop trusting it)
+                t, confirming = changed, True
             elif zoom and seen_with > (rate * float(tolerance) if math.isfinite(rate) else spacing):
                 # the unchanged end's map could have missed a texture smaller than its spacing, formed more than
                 # the tolerance beyond it: look again with the finer window
@@ -353,7 +261,7 @@ def find_texture_temperature(detectors: Sequence[Readable], temperature: Movable
                                      f"x {window[0][0]:.3g}..{window[0][1]:.3g}, y {window[1][0]:.3g}.."
                                      f"{window[1][1]:.3g} um", {"unchanged": unchanged, "changed": changed,
                                      "temperature": t, "reset": reset if last_changed else None, "window": window,
-                                     "onset": onset}, t, run, approve)
+                                     "onset": onset, "confirm": confirming}, t, run, approve)
             if not move["approved"]:
                 result["reason"] = "vetoed"
                 break
@@ -364,10 +272,17 @@ def find_texture_temperature(detectors: Sequence[Readable], temperature: Movable
             change, evidence, run, view = yield from compare(uid, reference, current, t, window if zoom else None)
             yield from decide("classify", change.reason, evidence, change.score, run)
             last_changed = change.changed
+            if not change.changed and confirming:  # the window missed the texture a whole-region map saw there
+                if fallback != window:  # try the smaller window around the densest novel point
+                    window, fallback = fallback, region
+                else:  # give up zooming: the bracket stands, and its middle is the estimate
+                    window, zoom_seen = region, True
+                continue
             if not change.changed:
                 unchanged, seen_with = t, spacing
                 continue
             if zoom:
+                zoom_seen = True
                 window = novel_window(view, change.novel, window, int(quick), region) or window
             if sign * (t - unchanged) <= 0:  # seen at or beyond the unchanged end: that end moves out
                 unchanged, seen_with = t - sign * float(tolerance), math.inf
