@@ -147,10 +147,12 @@ def bench_steering(fine: int, coarse_step: int, seed: int, predictor) -> None:
 def bench_growth(n_scenes: int, first_seed: int, predictor) -> None:
     seeds = range(first_seed, first_seed + n_scenes)
     tuned = "used to tune" if set(seeds) & set(TUNING_SEEDS) else "not used to tune"
-    interval = inspect.signature(grow_until).parameters["interval"].default
+    defaults = inspect.signature(grow_until).parameters
+    interval, look_every = defaults["interval"].default, defaults["look_every"].default
     print(f"(b) grow_until over {n_scenes} growth scenes (seeds {seeds[0]}..{seeds[-1]}: {tuned} the monitor's "
           f"thresholds, which were set on seeds 0..43 and 2000..2049), thickness model, the plan's default points "
-          f"(4 x 4 over +-1.5 um) and interval ({interval:g} s); onset = the scene's mean critical thickness h_c")
+          f"(4 x 4 over +-1.5 um), interval ({interval:g} s) and looks at the relaxation tests (every {look_every} "
+          f"points); onset = the scene's mean critical thickness h_c")
     target_errors, before, ratios, reasons = [], [], [], {}
     t = time.perf_counter()
     for seed in seeds:

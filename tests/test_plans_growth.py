@@ -11,7 +11,7 @@ from nanopilot.callbacks import NanobeamAnalysis
 from nanopilot.estimates import Estimates, check_frames
 from nanopilot.physics import Instrument
 from nanopilot.plans import grow_until
-from nanopilot.plans.growth import GrowthMonitor
+from nanopilot.plans.growth import GrowthMonitor, relative
 from nanopilot.sim_devices import make_beamline
 
 
@@ -58,12 +58,17 @@ def test_stops_at_the_target_thickness():
     assert actions[0] == "open shutter" and actions[-1] == "close shutter"
 
 
-def test_stops_when_the_film_starts_to_relax():
-    bl, RE, plan = growth_run(2, 280.0, critical_thickness=130.0)
+@pytest.mark.parametrize("look_every", [1, 16])
+def test_stops_when_the_film_starts_to_relax(look_every):
+    bl, RE, plan = growth_run(2, 280.0, {"look_every": look_every}, critical_thickness=130.0)
     result = RE(plan).plan_result
     assert result["reason"] == "relaxation"
     assert film_thickness(bl) < 140.0
     assert bl.deposition.shutter.get() == "closed"
+    evidence = result["decisions"][-1]["evidence"]
+    assert evidence["test"] in ("one point", "spread") and result["thickness"] == evidence["thickness"]
+    # looks every point: this one is seen mid-round; every 16 points: at complete rounds only
+    assert ("points measured in the round" in evidence) == (look_every == 1)
 
 
 @pytest.mark.parametrize("fault", ["exception", "keyboard", "pause_abort", "pause_stop", "pause_halt"])
@@ -170,3 +175,28 @@ def test_monitor_follows_a_drift_common_to_all_points():
                              "omega": rng.normal(0, 5e-4, 16), "chi": chi + rng.normal(0, 1e-3, 16)})
     relaxed, evidence = monitor.relaxation()
     assert relaxed and evidence["point"] < 4 and abs(evidence["z"]["chi"]) > 5
+
+
+def test_monitor_looks_at_a_partial_round():
+    monitor = GrowthMonitor(target=300.0)
+    rng = np.random.default_rng(3)
+
+    def round_values(k):
+        return {"thickness": np.full(16, 80.0 + k), "strain": -0.004 + rng.normal(0, 1e-4, 16),
+                "omega": rng.normal(0, 5e-4, 16), "chi": rng.normal(0, 1e-3, 16)}
+
+    for k in range(10):
+        monitor.add_round(float(k), round_values(k))
+    partial = {f: np.where(np.arange(16) < 2, v, np.nan) for f, v in round_values(10).items()}  # 2 points so far
+    assert not monitor.relaxation(partial)[0]
+    partial["omega"][1] += 0.01  # the second point tilts by 20 noise units
+    relaxed, evidence = monitor.relaxation(partial)
+    assert relaxed and evidence["point"] == 1 and evidence["ramp from round"] == 9
+    assert len(monitor.rounds) == 10  # the partial round is not stored
+
+
+def test_relative_counts_points_not_measured_with_their_previous_value():
+    values = np.array([[1.0, 2.0, 3.0, np.nan], [np.nan, np.nan, 10.0, np.nan]])
+    out = relative(values)
+    np.testing.assert_allclose(out[0, :3], [-1, 0, 1])  # a point never measured is left out of the median
+    assert np.isnan(out[1, :2]).all() and out[1, 2] == 8.0  # median of the latest values 1, 2, 10

@@ -1,7 +1,8 @@
 """grow_until: in-situ growth stopped at a target thickness or at the onset of relaxation.
 
 The decision logic lives in :class:`GrowthMonitor` (pure: rounds of per-point estimates in, decisions out),
-so a replay of the stored run can reproduce every decision.
+so a replay of the stored run can reproduce every decision (a look within a round sees the round so far: its
+evidence says how many of the round's points were measured).
 """
 
 from __future__ import annotations
@@ -35,9 +36,9 @@ from .common import (
 #: starts in patches, while the estimator's slow drift with the thickness (its bias depends on it) is common to
 #: every point and cancels.
 RELAXATION_FIELDS = ("strain", "omega", "chi")
-#: Default thresholds (noise units) of the one-point and spread tests, and the ramp window (rounds): see
-#: :class:`GrowthMonitor`.
-Z_POINT, Z_SPREAD, WINDOW = 5.1, 4.25, 6
+#: Default thresholds (noise units) of the one-point and spread tests, the ramp window (rounds), see
+#: :class:`GrowthMonitor`, and the points between two looks at the tests within a round, see :func:`grow_until`.
+Z_POINT, Z_SPREAD, WINDOW, LOOK_EVERY = 5.35, 4.45, 6, 4
 
 
 @dataclasses.dataclass
@@ -62,7 +63,8 @@ class GrowthMonitor:
     target : thickness (angstrom) at which to stop.
     z_point, z_spread : thresholds of the two tests (noise units). The defaults were set at 1.1 times the
         largest value each test reached while every measured point was still coherent, with the shipped
-        thickness model, the default points and interval, on growth scenes of seeds 0-43 and 2000-2049;
+        thickness model, the default points, interval and looks (every 4 points, so with partial rounds too), on
+        growth scenes of seeds 0-43 and 2000-2049;
         ``benchmarks/plans.py --parts b`` checks them on seeds never used for that.
     window : rounds in which a ramp is sought (the newest ones); the rounds before define the baseline.
     min_baseline : rounds the baseline needs before the first test.
@@ -105,11 +107,13 @@ class GrowthMonitor:
             remaining = 0.0
         return remaining, {"thickness": thickness_now, "rate": rate, "target": self.target}
 
-    def ramp_z(self) -> tuple[int, dict[str, np.ndarray] | None]:
+    def ramp_z(self, partial: dict[str, np.ndarray] | None = None) -> tuple[int, dict[str, np.ndarray] | None]:
         """The first round of the window, and per field the z of a ramp starting at each of its rounds but the
         last: (starts, points) arrays; None while the baseline has fewer than ``min_baseline`` rounds or the
-        window fewer than two."""
-        n = len(self.rounds)
+        window fewer than two. ``partial``: the round in progress (NaN at the points not measured yet), taken as
+        the newest round."""
+        rounds = self.rounds + ([partial] if partial is not None else [])
+        n = len(rounds)
         end = max(self.min_baseline, n - self.window)  # baseline: rounds [0, end)
         m = n - end
         if m < 2:
@@ -117,7 +121,7 @@ class GrowthMonitor:
         w = np.clip(np.arange(m)[None, :] - np.arange(m - 1)[:, None], 0, None).astype(float)  # (starts, rounds)
         out = {}
         for field in RELAXATION_FIELDS:
-            values = np.stack([relative(r[field]) for r in self.rounds])  # (rounds, points)
+            values = relative(np.stack([r[field] for r in rounds]))  # (rounds, points)
             base = values[:end]
             counts = np.isfinite(base).sum(axis=0)
             noise = math.sqrt(np.mean(np.nanvar(base[:, counts >= 2], axis=0, ddof=1))) if (counts >= 2).any() else 0
@@ -132,11 +136,11 @@ class GrowthMonitor:
                 out[field] = np.nan_to_num(num / den)
         return end, out
 
-    def relaxation(self) -> tuple[bool, dict]:
+    def relaxation(self, partial: dict[str, np.ndarray] | None = None) -> tuple[bool, dict]:
         """Has relaxation started? The two ramp tests of the class docstring; the evidence gives both values,
         the test nearest its threshold (``test``, ``z_max``), the point with the largest one-point value and
-        its z per field, and the round from which the deciding ramp rises."""
-        end, z = self.ramp_z()
+        its z per field, and the round from which the deciding ramp rises. ``partial``: as in :meth:`ramp_z`."""
+        end, z = self.ramp_z(partial)
         if z is None:
             return False, {"reason": "baseline"}
         toward_zero = -np.sign(np.nanmedian(self.rounds[0]["strain"]))
@@ -154,16 +158,21 @@ class GrowthMonitor:
 
 
 def relative(values: np.ndarray) -> np.ndarray:
-    """Per-point values relative to their median over the points (NaN where not finite)."""
+    """(rounds, points) values relative to each round's median over the points' latest values (a point not
+    measured in a round, or flagged, counts with its value from the round before); NaN where not finite."""
     finite = np.isfinite(values)
-    return values - np.median(values[finite]) if finite.any() else values
+    rows = np.maximum.accumulate(np.where(finite, np.arange(len(values))[:, None], 0), axis=0)
+    latest = values[rows, np.arange(values.shape[1])]
+    counted = np.isfinite(latest)
+    median = np.array([np.median(v[c]) if c.any() else 0.0 for v, c in zip(latest, counted)])
+    return values - median[:, None]
 
 
 def grow_until(detectors: Sequence[Readable], deposition: Movable, x: Movable, y: Movable,
                target_thickness: float, *, points: Sequence[Sequence[float]] | None = None,
                interval: float = 0.05, max_time: float = 3600.0, z_point: float = Z_POINT, z_spread: float = Z_SPREAD,
-               window: int = WINDOW, maps: LiveMaps | None = None, approve: Callable | None = None,
-               timeout: float = 60.0, md: dict | None = None) -> MsgGenerator[dict]:
+               window: int = WINDOW, look_every: int = LOOK_EVERY, maps: LiveMaps | None = None,
+               approve: Callable | None = None, timeout: float = 60.0, md: dict | None = None) -> MsgGenerator[dict]:
     """Grow a film with the shutter open, measuring as it grows; close at the target thickness or at relaxation.
 
     Parameters
@@ -181,6 +190,10 @@ def grow_until(detectors: Sequence[Readable], deposition: Movable, x: Movable, y
     max_time : the shutter is closed after this many seconds whatever happens.
     z_point, z_spread, window : relaxation criterion (noise units, noise units, rounds), see
         :class:`GrowthMonitor`.
+    look_every : the relaxation tests also run every this many points within a round, on the round so far
+        (:meth:`GrowthMonitor.relaxation` with ``partial``), and not only once the round is complete: a patch
+        that relaxes is seen up to a round earlier (a round of the default 16 points takes about 2 s, 4 A of a
+        film growing at 2 A/s). Each look first waits for the analysis of the frames taken so far.
     maps, approve, timeout, md : as in :func:`steered_map`.
 
     Returns
@@ -200,6 +213,7 @@ def grow_until(detectors: Sequence[Readable], deposition: Movable, x: Movable, y
     check_positive("z_point", z_point)
     check_positive("z_spread", z_spread)
     check_positive("window", window, integer=True)
+    check_positive("look_every", look_every, integer=True)
     if "thickness" not in maps.outputs:
         raise ValueError("grow_until needs a model that estimates thickness (4 outputs); the analysis' model has "
                          f"{maps.outputs}: load the shipped thickness model (Predictor.load('thickness'))")
@@ -220,18 +234,46 @@ def grow_until(detectors: Sequence[Readable], deposition: Movable, x: Movable, y
     _md = {"plan_name": "grow_until", "motors": [y.name, x.name], "detectors": [d.name for d in detectors],
            "plan_args": {"target_thickness": float(target_thickness), "interval": float(interval),
                          "max_time": float(max_time), "points": [list(p) for p in points], "z_point": float(z_point),
-                         "z_spread": float(z_spread), "window": int(window)},
+                         "z_spread": float(z_spread), "window": int(window), "look_every": int(look_every)},
            **(md or {})}
     result = {"reason": "", "thickness": math.nan, "rate": math.nan, "rounds": 0}
 
     def close_shutter():
         yield from bps.mv(deposition.shutter, "closed")
 
-    def measure_round():
+    def latest(uid, n):
+        """The run's map, and per field the estimates of the last ``n`` points measured (NaN-padded to a round)."""
+        yield from wait_for_analysis(maps, timeout)
+        run = maps[uid]
+        values, pad = run.scattered(), np.full(len(points) - n, np.nan)
+        return run, {f: np.concatenate([values[f][len(values[f]) - n:], pad])
+                     for f in ("thickness",) + RELAXATION_FIELDS}
+
+    def close_on_relaxation(relaxed, relax_evidence, evidence, run):
+        """Plan stub: the close decision when the relaxation test fired; True if approved."""
+        if not relaxed:
+            return False
+        why = (f"relaxation: {relax_evidence['test']} test, a ramp {relax_evidence['z_max']:.1f} noise units "
+               f"from the baseline since round {relax_evidence['ramp from round']}")
+        decision = yield from decide("close shutter", why, evidence, evidence["thickness"], run)
+        return decision["approved"]
+
+    def measure_round(uid):
+        """Plan stub: measure every point, looking at the relaxation tests every ``look_every`` points with the
+        round so far; (start time, end time) on the devices' clock, end None if the shutter must close."""
         t0 = device_time(deposition)
-        for px, py in points:
+        for k, (px, py) in enumerate(points, start=1):
             yield from bps.mv(x, px, y, py)
             yield from bps.trigger_and_read(readables)
+            if uid is None or k % look_every or k == len(points) or len(monitor.rounds) <= monitor.min_baseline:
+                continue
+            run, partial = yield from latest(uid, k)
+            relaxed, relax_evidence = monitor.relaxation(partial)
+            _, evidence = monitor.time_to_target(device_time(deposition))
+            evidence.update(relax_evidence, **{"points measured in the round": k})
+            if (yield from close_on_relaxation(relaxed, relax_evidence, evidence, run)):
+                result.update(reason="relaxation", thickness=evidence["thickness"], rate=evidence["rate"])
+                return t0, None
         return t0, device_time(deposition)
 
     def decide(action, reason, evidence, value, run, hook=approve):
@@ -250,27 +292,23 @@ def grow_until(detectors: Sequence[Readable], deposition: Movable, x: Movable, y
         yield from bps.mv(deposition.shutter, "open")
         t_open = device_time(deposition)
         while True:
-            t0, t1 = yield from measure_round()
+            t0, t1 = yield from measure_round(uid)
             if uid is None:  # dry run: the first stage only
                 result["reason"] = "dry run"
                 break
-            yield from wait_for_analysis(maps, timeout)
-            run = maps[uid]
-            latest = run.scattered()
-            monitor.add_round((t0 + t1) / 2, {f: latest[f][-len(points):] for f in ("thickness",) + RELAXATION_FIELDS})
+            if t1 is None:
+                break
+            run, values = yield from latest(uid, len(points))
+            monitor.add_round((t0 + t1) / 2, values)
             result["rounds"] = len(monitor.rounds)
             relaxed, relax_evidence = monitor.relaxation()
             now = device_time(deposition)
             remaining, evidence = monitor.time_to_target(now)
             evidence.update(relax_evidence)
             result["thickness"], result["rate"] = evidence["thickness"], evidence["rate"]
-            if relaxed:
-                why = (f"relaxation: {relax_evidence['test']} test, a ramp {relax_evidence['z_max']:.1f} noise units "
-                       f"from the baseline since round {relax_evidence['ramp from round']}")
-                decision = yield from decide("close shutter", why, evidence, evidence["thickness"], run)
-                if decision["approved"]:
-                    result["reason"] = "relaxation"
-                    break
+            if (yield from close_on_relaxation(relaxed, relax_evidence, evidence, run)):
+                result["reason"] = "relaxation"
+                break
             round_time = (t1 - t0) + float(interval)
             if remaining <= round_time:
                 if remaining > 0:
