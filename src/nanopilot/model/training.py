@@ -39,8 +39,9 @@ class TrainConfig:
         ``samples_per_epoch`` and ``val_samples`` (simulation) or ``val_fraction`` (library).
     training : ``epochs``, ``batch_size``, ``lr`` (peak), ``weight_decay``, ``optimizer``, ``schedule``,
         ``loss_weights`` ({output name: weight} of each output's squared error in the loss, in label units;
-        outputs not named weigh 1; None: all 1), ``patience`` (epochs without validation improvement before stopping; not applied in the first half of
-        the epochs, while the one-cycle learning rate is high), ``threads``, and ``minutes``: a wall-time budget
+        outputs not named weigh 1; None: all 1), ``patience`` (epochs without validation improvement before
+        stopping; not applied in the first half of the epochs, while the one-cycle learning rate is high),
+        ``keep_best`` (see ``seeds``), ``threads``, and ``minutes``: a wall-time budget
         per member (None: none). With a budget the schedule runs on the elapsed fraction of it instead of the
         step count (the same one-cycle or cosine shape), ``epochs`` becomes an upper bound, early stopping is
         off, and training stops when the budget is spent (the last, partial epoch is validated too).

@@ -113,9 +113,9 @@ def find_texture_temperature(detectors: Sequence[Readable], temperature: Movable
     dict: ``reason`` ("bracketed", "no new texture", "vetoed", "dry run"), ``transition`` (K, extrapolated
     to zero radius by :func:`~nanopilot.plans.zoom.onset_from_radius` and kept inside the bracket, else the
     bracket's middle; NaN when not bracketed), ``bracket`` ((unchanged, changed) temperatures in K), ``maps``
-    (maps taken, the fine one included), ``history`` (list of (temperature K, changed, score, new coverage 0-1, radius um: NaN for
-    maps of the whole region) per quick map after the reference), ``fine_map`` ((first, last) primary seq_num of
-    the fine map, or None), ``decisions``.
+    (maps taken, the fine one included), ``history`` (list of (temperature K, changed, score, new coverage
+    0-1, radius um: NaN for maps of the whole region) per quick map after the reference), ``fine_map``
+    ((first, last) primary seq_num of the fine map, or None), ``decisions``.
 
     See Also
     --------
