@@ -13,7 +13,7 @@ from ophyd import DeviceStatus
 
 from ..physics import KERNELS, Instrument, simulate
 from ..physics.forward import simulate_box
-from .hdf5 import HDF5FrameWriter
+from .hdf5 import HDF5FrameWriter, WriterStaging
 from .motion import SimStage
 from .sample import SimSample
 from .signals import SimDevice, SimReadback, SimSignal, non_negative, one_of, positive
@@ -96,7 +96,7 @@ def frame_statistics(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nda
         return total, columns @ np.arange(frames.shape[2]) / total, rows @ np.arange(frames.shape[1]) / total
 
 
-class NanobeamDetector(SimDevice):
+class NanobeamDetector(WriterStaging, SimDevice):
     """A photon-counting area detector looking at the sample's Bragg reflection through a nanofocused beam.
 
     ``trigger()`` renders the pattern at the stage's current (x, y) from the sample's ground truth with
@@ -160,7 +160,6 @@ class NanobeamDetector(SimDevice):
             raise ValueError(f"hot_pixels must be between 0 and {rows * cols}, got {hot_pixels!r}")
         self.hot_pixel_index = self.rng.choice(rows * cols, size=int(hot_pixels), replace=False)
         self.image.put(np.zeros(self.instrument.roi_shape, dtype=self.frame_dtype), internal=True)
-        self._writer: HDF5FrameWriter | None = None
 
     # ------------------------------------------------------------------ rendering (shared with the flyer)
     @property
@@ -238,15 +237,9 @@ class NanobeamDetector(SimDevice):
             del reading[self.image.name]
         return reading
 
-    def stage(self):
-        """Stage; in HDF5 mode open a new file in ``hdf5_directory`` (raises here if it is missing/unwritable)."""
-        if self.data_mode.get() == "hdf5":
-            self._writer = self.open_writer(prefix=self.name)
-        try:
-            return super().stage()
-        except Exception:
-            self._close_writer()
-            raise
+    def _open_writer(self) -> HDF5FrameWriter | None:
+        """At stage: in HDF5 mode a new file in ``hdf5_directory`` (raises here if it is missing/unwritable)."""
+        return self.open_writer(prefix=self.name) if self.data_mode.get() == "hdf5" else None
 
     def open_writer(self, prefix: str) -> HDF5FrameWriter:
         """A new HDF5 file ``{prefix}_*.h5`` in ``hdf5_directory`` for (N, H, W) frames of this detector's image
@@ -255,17 +248,6 @@ class NanobeamDetector(SimDevice):
         if not directory:
             raise ValueError(f"{self.name}: data_mode is 'hdf5' but hdf5_directory is not set")
         return HDF5FrameWriter(directory, self.image.name, self.instrument.roi_shape, self.frame_dtype, prefix=prefix)
-
-    def unstage(self):
-        try:
-            return super().unstage()
-        finally:
-            self._close_writer()
-
-    def _close_writer(self):
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
 
     def get_index(self) -> int:
         """Frames written to the current HDF5 file (0 in inline mode)."""

@@ -36,7 +36,7 @@ from ophyd import DeviceStatus
 from ophyd.utils import LimitError
 
 from .detector import NanobeamDetector, frame_statistics
-from .hdf5 import HDF5FrameWriter
+from .hdf5 import HDF5FrameWriter, WriterStaging
 from .signals import SimDevice, SimSignal, positive
 
 
@@ -45,7 +45,7 @@ def _count(value) -> None:
         raise ValueError(f"must be an integer >= 1, got {value!r}")
 
 
-class SimFlyer(SimDevice):
+class SimFlyer(WriterStaging, SimDevice):
     """Sweeps the detector's stage over a raster of ``num_y`` lines of ``num_x`` frames at ``frame_rate``.
 
     Line ``j`` lies at ``y = linspace(y_start, y_stop, num_y)[j]``; along it the stage moves at constant speed
@@ -80,7 +80,6 @@ class SimFlyer(SimDevice):
         self.detector = detector
         self._sweep: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
         self._kicked_off = False
-        self._writer: HDF5FrameWriter | None = None
         self._written_pages: list[tuple[dict, list]] = []  # HDF5 mode: (scalar data, times) of written frames
 
     # ------------------------------------------------------------------ the sweep
@@ -180,27 +179,13 @@ class SimFlyer(SimDevice):
             self._written_pages.append((data, stamps))
 
     # ------------------------------------------------------------------ staging (the HDF5 file)
-    def stage(self):
-        """Stage; in HDF5 mode open a new file in the detector's ``hdf5_directory`` (raises here if it is unset,
+    def _open_writer(self) -> HDF5FrameWriter | None:
+        """At stage: in HDF5 mode a new file in the detector's ``hdf5_directory`` (raises here if it is unset,
         missing or unwritable)."""
-        if self.detector.data_mode.get() == "hdf5":
-            self._writer = self.detector.open_writer(prefix=self.name)
-        try:
-            return super().stage()
-        except Exception:
-            self._close_writer()
-            raise
-
-    def unstage(self):
-        try:
-            return super().unstage()
-        finally:
-            self._close_writer()
+        return self.detector.open_writer(prefix=self.name) if self.detector.data_mode.get() == "hdf5" else None
 
     def _close_writer(self):
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        super()._close_writer()
         self._written_pages = []
 
     # ------------------------------------------------------------------ collection

@@ -78,3 +78,33 @@ class HDF5FrameWriter:
 
     def close(self) -> None:
         self._file.close()
+
+
+class WriterStaging:
+    """Mixin for an ophyd device that writes frames to an :class:`HDF5FrameWriter` while staged: ``stage()`` opens
+    the writer :meth:`_open_writer` gives (None: inline mode, no file), and ``unstage()`` or a failed ``stage()``
+    closes it. Put it before the ophyd base class."""
+
+    _writer: HDF5FrameWriter | None = None
+
+    def _open_writer(self) -> HDF5FrameWriter | None:
+        raise NotImplementedError
+
+    def stage(self):
+        self._writer = self._open_writer()
+        try:
+            return super().stage()
+        except Exception:
+            self._close_writer()
+            raise
+
+    def unstage(self):
+        try:
+            return super().unstage()
+        finally:
+            self._close_writer()
+
+    def _close_writer(self):
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
