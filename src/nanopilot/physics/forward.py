@@ -135,20 +135,26 @@ def chi_donut(chi_rad, instrument: Instrument, kernel: str, donut: torch.Tensor)
     return rows(stop, prefix) - rows(first, prefix)
 
 
+def _check_params(p) -> None:
+    """ValueError unless ``p`` (a 2-D numpy array or torch tensor) holds (N, 3) or (N, 4) finite film states in
+    the physical range: strain, omega (deg), chi (deg)[, thickness (angstrom)]."""
+    if p.ndim != 2 or p.shape[1] not in (3, 4):
+        raise ValueError(f"params must have shape (N, 3) or (N, 4) = strain, omega (deg), chi (deg)[, thickness (A)]; "
+                         f"got {tuple(p.shape)}")
+    if not bool((abs(p) < math.inf).all()):
+        raise ValueError("params contain NaN or inf")
+    if bool((p[:, 0] <= -1).any()) or (p.shape[1] == 4 and bool((p[:, 3] <= 0).any())):
+        raise ValueError("params out of physical range: strain must be > -1 and thickness > 0 angstrom")
+
+
 def _as_params(params, instrument: Instrument, device) -> torch.Tensor:
     p = torch.as_tensor(params, device=device)
     if p.ndim == 1:
         p = p[None]
-    if p.ndim != 2 or p.shape[1] not in (3, 4):
-        raise ValueError(f"params must have shape (N, 3) or (N, 4) = strain, omega (deg), chi (deg)[, thickness (A)]; "
-                         f"got {tuple(p.shape)}")
+    _check_params(p)
     p = p.to(torch.float64)
     if p.shape[1] == 3:
         p = torch.cat([p, torch.full_like(p[:, :1], instrument.thickness)], dim=1)
-    if not torch.isfinite(p).all():
-        raise ValueError("params contain NaN or inf")
-    if (p[:, 0] <= -1).any() or (p[:, 3] <= 0).any():
-        raise ValueError("params out of physical range: strain must be > -1 and thickness > 0 angstrom")
     return p
 
 
@@ -242,15 +248,9 @@ def simulate_box(params, instrument: Instrument | None = None, *, counts=None, b
     """
     instrument = instrument or _default_instrument()
     p = np.atleast_2d(np.asarray(params, dtype=np.float64))
-    if p.ndim != 2 or p.shape[1] not in (3, 4):
-        raise ValueError(f"params must have shape (N, 3) or (N, 4) = strain, omega (deg), chi (deg)[, thickness (A)]; "
-                         f"got {p.shape}")
+    _check_params(p)
     if p.shape[1] == 3:
         p = np.column_stack([p, np.full(len(p), instrument.thickness)])
-    if not np.isfinite(p).all():
-        raise ValueError("params contain NaN or inf")
-    if (p[:, 0] <= -1).any() or (p[:, 3] <= 0).any():
-        raise ValueError("params out of physical range: strain must be > -1 and thickness > 0 angstrom")
     geometry, prefix = _geometry(instrument), _donut_prefix(instrument)
     qx, qz, o_qz = geometry["qx"], geometry["qz"][:, None], geometry["o_qz"]
     g, precision, (rows, cols), pupil = instrument.g, instrument.box_precision, instrument.roi_shape, len(o_qz)
