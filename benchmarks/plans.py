@@ -23,7 +23,7 @@
     of the whole region, no bisection, the bracket's middle), both with quick maps of the same size.
 
     python benchmarks/plans.py [--full] [--parts abc] [--growth-scenes 50] [--growth-seed 1000]
-                               [--cooling-scenes 12] [--cooling-step 4]
+                               [--cooling-scenes 12] [--cooling-step 8] [--quick 12]
 
 Torch runs single-threaded (one 64 x 64 frame is too small to share; see benchmarks/sim_beamline.py).
 """
@@ -228,8 +228,11 @@ def main(argv=None):
     parser.add_argument("--growth-seed", type=int, default=1000,
                         help="first growth seed (default 1000: seeds 0..43 and 2000..2049 tuned grow_until)")
     parser.add_argument("--cooling-scenes", type=int, default=12)
-    parser.add_argument("--cooling-step", type=float, default=4.0, help="search step (K) of the adaptive plan")
-    parser.add_argument("--quick", type=int, default=10, help="points per side of the quick temperature maps")
+    defaults = inspect.signature(find_texture_temperature).parameters
+    parser.add_argument("--cooling-step", type=float, default=defaults["step"].default,
+                        help="search step (K) of the adaptive plan (default: the plan's)")
+    parser.add_argument("--quick", type=int, default=defaults["quick"].default,
+                        help="points per side of the quick temperature maps, both plans (default: the plan's)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--parts", default="abc", help="which parts to run, e.g. 'bc' for (b) and (c) only")
     args = parser.parse_args(argv)

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import math
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from bluesky.simulators import summarize_plan
 
 from nanopilot.callbacks import NanobeamAnalysis, publish_maps
 from nanopilot.plans import find_texture_temperature
+from nanopilot.plans.temperature import next_probe
 from nanopilot.plans.zoom import WINDOW_SPACINGS, MapView, novel_window, onset_from_radius
 from nanopilot.sim_devices import make_beamline
 from nanopilot.texture import frame_descriptor
@@ -161,6 +163,28 @@ def test_onset_extrapolated_to_zero_radius():
     assert np.isnan(onset_from_radius(shrinking, cooling=True)[0])
     warming = [(270.0, True, 1.0, 0.1, 0.2), (271.0, True, 1.0, 0.2, 0.4)]
     assert onset_from_radius(warming, cooling=False)[0] == pytest.approx(269.0)
+
+
+def test_onset_line_uses_radii_apart():
+    # the two radii nearest the transition are 0.1 K apart (a poor slope); with min_spread the line takes the
+    # nearest one and the next at least 0.5 K from it
+    history = [(264.0, True, 3.0, 0.4, 0.3), (265.9, True, 1.0, 0.1, 0.12), (266.0, True, 1.0, 0.1, 0.1)]
+    assert onset_from_radius(history, cooling=True)[0] == pytest.approx(266.5)
+    onset, rate = onset_from_radius(history, cooling=True, min_spread=0.5)
+    assert onset == pytest.approx(267.0) and rate == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("unchanged, changed, onset, expected", [
+    (264.0, 260.0, math.nan, (262.0, False)),  # no estimate: the middle
+    (264.0, 260.0, 262.0, (262.25, False)),  # half the tolerance on the unchanged side of the onset
+    (264.0, 260.0, 264.5, (263.55, True)),  # onset beyond the unchanged end: close the bracket there
+    (264.0, 260.0, 263.8, (263.55, True)),
+    (264.0, 260.0, 260.1, (260.45, False)),  # onset at the changed end
+    (260.0, 264.0, 262.0, (261.75, False)),  # warming
+])
+def test_next_probe(unchanged, changed, onset, expected):
+    t, closing = next_probe(unchanged, changed, onset, 0.5)
+    assert (t, closing) == (pytest.approx(expected[0]), expected[1])
 
 
 class GridMap:

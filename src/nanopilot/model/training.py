@@ -71,6 +71,7 @@ class TrainConfig:
     keep_best: int | None = None
     threads: int | None = None
     minutes: float | None = None
+    init: str | None = None
     seeds: tuple[int, ...] = (0,)
     instrument: dict | None = None
 
@@ -125,7 +126,7 @@ class TrainConfig:
                      "val_samples": self.val_samples, "val_fraction": self.val_fraction},
             "training": {k: getattr(self, k) for k in ("epochs", "batch_size", "lr", "weight_decay", "optimizer",
                                                        "schedule", "loss_weights", "patience", "keep_best",
-                                                       "threads", "minutes")},
+                                                       "threads", "minutes", "init")},
             "seeds": list(self.seeds),
             "instrument": self.instrument,
         }
@@ -229,6 +230,21 @@ class _TimedSchedule:
             group["lr"] = lr
 
 
+def _initial_weights(config: TrainConfig, seed: int) -> dict:
+    """State dict that starts the member ``seed`` (see ``TrainConfig.init``); a clear error if the file's
+    architecture or instrument differs from the config's."""
+    from .files import load_model, paths
+    from .predictor import SHIPPED_MODELS, shipped_model_path
+
+    shipped = config.init in SHIPPED_MODELS and not paths(config.init)[1].is_file()
+    model = load_model(shipped_model_path(config.init) if shipped else config.init)
+    if model.architecture != config.architecture:
+        raise ValueError(f"training.init {config.init!r} has architecture {model.architecture.to_dict()}; "
+                         f"the config asks for {config.architecture.to_dict()}")
+    model.instrument.require_same(config.get_instrument(), f"training.init {config.init!r}")
+    return model.networks[config.seeds.index(seed) % len(model.networks)].state_dict()
+
+
 def train_model(config: TrainConfig, seed: int, *, device="cpu", progress: bool = True, log=print) -> TrainResult:
     """Train one network with ``seed`` on ``device``; returns the weights of the epoch with the lowest
     validation loss (on the CPU)."""
@@ -245,7 +261,10 @@ def train_model(config: TrainConfig, seed: int, *, device="cpu", progress: bool 
         val_frames, val_params = source.batch(config.val_samples, val_rng)
     scaler = LabelScaler()
     weights = config.output_weights().to(device)
-    network = NanobeamNN(config.architecture).to(device, memory_format=torch.channels_last)
+    network = NanobeamNN(config.architecture)
+    if config.init:
+        network.load_state_dict(_initial_weights(config, seed))
+    network = network.to(device, memory_format=torch.channels_last)
     opt_cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
     optimizer = opt_cls(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     n_train = len(source.train_index) if config.library else config.samples_per_epoch

@@ -11,7 +11,9 @@ regions far smaller than the spacing of a quick map over the whole region, and a
 once it has grown onto a map point (a lag of up to a few kelvin). Each bracketing map is therefore a quick map
 of a window around the new texture seen on the last map that showed it (see
 :func:`~nanopilot.plans.zoom.novel_window`): the texture at a temperature nearer the transition lies inside that
-window, and the window's finer spacing sees it sooner. Maps of different spacings are compared on the per-point
+window, and the window's finer spacing sees it sooner. After a zoomed map the window closes in on the densest
+new-texture point, as wide as the texture seen there (two radii) and at least ``WINDOW_SPACINGS`` of that map's
+spacing, so the spacing shrinks as the bracket does. Maps of different spacings are compared on the per-point
 features only (:data:`PER_POINT`: the neighbourhood statistics depend on the spacing). A bracket whose changed
 end only a whole-region map has seen is confirmed there on a zoomed map; if the window misses the texture, a
 smaller window around the densest novel point replaces it (the textures of several nuclei can run together
@@ -56,9 +58,30 @@ MIN_QUICK = 5
 PER_POINT = {"local_mean": 0.0, "local_spread": 0.0, "local_gradient": 0.0}
 
 
+def next_probe(unchanged: float, changed: float, onset: float, tolerance: float) -> tuple[float, bool]:
+    """The next bracketing temperature (K) between the ``unchanged`` and ``changed`` ends (further apart than
+    ``tolerance``), and whether it is a closing probe, one expected to show the texture within the tolerance
+    of the unchanged end.
+
+    Without an ``onset`` estimate (NaN): the bracket's middle. With one: half the tolerance on the unchanged
+    side of it (expected unchanged; the next probe then closes the bracket); when that is too near an end of
+    the bracket, the probe that closes the bracket at that end (0.9 of the tolerance from it).
+    """
+    if not math.isfinite(onset):
+        return (unchanged + changed) / 2, False
+    sign = 1.0 if changed > unchanged else -1.0  # from the unchanged end toward the changed one
+    width, half, margin = abs(changed - unchanged), tolerance / 2, 0.1 * tolerance
+    distance = sign * (onset - unchanged)  # the onset's distance from the unchanged end, toward the changed end
+    if distance - half < margin:  # at the unchanged end or beyond it
+        return unchanged + sign * 0.9 * tolerance, True
+    if distance + half > width - margin:  # at the changed end
+        return changed - sign * 0.9 * tolerance, False
+    return unchanged + sign * (distance - half), False
+
+
 def find_texture_temperature(detectors: Sequence[Readable], temperature: Movable, x: Movable, y: Movable,
                              x_range: Sequence[float], y_range: Sequence[float], stop: float, *,
-                             start: float | None = None, step: float = 4.0, tolerance: float = 0.5,
+                             start: float | None = None, step: float = 8.0, tolerance: float = 0.5,
                              hysteresis: float = 10.0, quick: int = 12, fine: int = 33, dwell: float = 0.0,
                              zoom: bool = True,
                              restore: bool = False, maps: LiveMaps | None = None, approve: Callable | None = None,
@@ -71,9 +94,8 @@ def find_texture_temperature(detectors: Sequence[Readable], temperature: Movable
     transition between an unchanged and a changed temperature, on zoomed maps (see the module notes), until
     they are within ``tolerance`` and the unchanged end was seen on a map fine enough not to miss a texture
     formed more than ``tolerance`` beyond it, and a zoomed map has shown the texture (see the module notes);
-    each probe is the middle of the bracket, or half the tolerance either side of the extrapolated onset when
-    that lies inside. Then it takes a ``fine x fine`` map of the
-    whole region at the changed end of the bracket. Everything is one run.
+    each probe is chosen by :func:`next_probe` from the onset extrapolated so far. Then it takes a
+    ``fine x fine`` map of the whole region at the changed end of the bracket. Everything is one run.
 
     Parameters
     ----------
@@ -84,7 +106,8 @@ def find_texture_temperature(detectors: Sequence[Readable], temperature: Movable
     x_range, y_range : (start, stop) of the mapped region (um), inside the motors' limits.
     stop : the search goes no further than this temperature (K).
     start : temperature (K) of the reference map (default: the controller's reading at the start).
-    step : search step (K), > 0.
+    step : search step (K), > 0. A coarse step costs few maps: the zoomed bracketing narrows the step in about
+        five maps (``benchmarks/plans.py --parts c``).
     tolerance : width (K) of the final bracket, > 0.
     hysteresis : width (K) of the sample's hysteresis loop (an upper estimate): after a changed map the plan
         goes back ``hysteresis + tolerance`` beyond the unchanged end of the bracket before the next one.
@@ -236,15 +259,14 @@ def find_texture_temperature(detectors: Sequence[Readable], temperature: Movable
         last_changed, move = changed is not None, {"approved": True}
         seen_with = 0.0 if unchanged == t_start else math.inf  # spacing (um) of the map that saw `unchanged`
         zoom_seen = False  # a zoomed map has shown the new texture
+        trust = True  # probe next to the extrapolated onset (False: bisect once)
         half = float(tolerance) / 2
         while changed is not None:  # bracketing, on zoomed maps
-            onset, rate = onset_from_radius(result["history"], sign < 0)
-            inside = [p for p in (onset - sign * half, onset + sign * half)  # the onset's neighbours first
-                      if sign * (p - unchanged) > half / 2 and sign * (changed - p) > half / 2]
+            onset, rate = onset_from_radius(result["history"], sign < 0, float(tolerance))
             spacing = (window[0][1] - window[0][0]) / (int(quick) - 1)
-            confirming = False
+            confirming, closing = False, False
             if abs(changed - unchanged) > float(tolerance):
-                t = inside[0] if inside else (unchanged + changed) / 2
+                t, closing = next_probe(unchanged, changed, onset if trust else math.nan, float(tolerance))
             elif zoom and not zoom_seen:
                 # only a map of the whole region has shown the texture: map the changed end zoomed, for a finer
                 # window and a radius (or, if the window missed the texture, to stop trusting it)
@@ -272,6 +294,7 @@ def find_texture_temperature(detectors: Sequence[Readable], temperature: Movable
             change, evidence, run, view = yield from compare(uid, reference, current, t, window if zoom else None)
             yield from decide("classify", change.reason, evidence, change.score, run)
             last_changed = change.changed
+            trust = change.changed or not closing  # a closing probe that missed: the onset estimate is off
             if not change.changed and confirming:  # the window missed the texture a whole-region map saw there
                 if fallback != window:  # try the smaller window around the densest novel point
                     window, fallback = fallback, region
@@ -283,7 +306,10 @@ def find_texture_temperature(detectors: Sequence[Readable], temperature: Movable
                 continue
             if zoom:
                 zoom_seen = True
-                window = novel_window(view, change.novel, window, int(quick), region) or window
+                # around the densest novel point, wide enough for the texture seen (it is smaller nearer the
+                # transition), and at least WINDOW_SPACINGS of this map's spacing
+                cap = max(WINDOW_SPACINGS, 2 * evidence["radius"] / spacing + 2)
+                window = novel_window(view, change.novel, window, int(quick), region, cap) or window
             if sign * (t - unchanged) <= 0:  # seen at or beyond the unchanged end: that end moves out
                 unchanged, seen_with = t - sign * float(tolerance), math.inf
                 if sign * (unchanged - t_start) <= 0:

@@ -98,19 +98,21 @@ def novel_window(view: MapView, novel: np.ndarray, window: tuple, n: int, region
     return tuple((float(c - side / 2), float(c + side / 2)) for c in centre)
 
 
-def onset_from_radius(history: Sequence[tuple], cooling: bool) -> tuple[float, float]:
+def onset_from_radius(history: Sequence[tuple], cooling: bool, min_spread: float = 0.0) -> tuple[float, float]:
     """The transition temperature (K) extrapolated to zero radius of the new texture.
 
     Model: the new texture grows outward from nuclei with a radius proportional to the undercooling. The
     radius of a zoomed map that showed it (the radius of a disc of its novel area, um) is linear in
-    temperature; the line through the two such maps nearest the transition (the finest windows) is
-    extrapolated to zero radius.
+    temperature; the line through the zoomed map nearest the transition (the finest window) and the next
+    nearest at least ``min_spread`` K from it (else the farthest) is extrapolated to zero radius: two radii
+    measured close together give a poor slope.
 
     Parameters
     ----------
     history : (temperature K, changed, score, new coverage 0-1, radius um) per quick map; the radius is NaN
         for the maps of the whole region (their coarse spacing does not resolve it).
     cooling : the search goes down in temperature.
+    min_spread : the least temperature difference (K) wanted between the two radii of the line.
 
     Returns
     -------
@@ -124,6 +126,8 @@ def onset_from_radius(history: Sequence[tuple], cooling: bool) -> tuple[float, f
             seen.setdefault(float(t), []).append(float(radius))
     if len(seen) < 2:
         return math.nan, math.nan
-    (t1, r1), (t2, r2) = sorted(((t, np.mean(r)) for t, r in seen.items()), key=lambda tr: sign * tr[0])[:2]
+    nearest = sorted(((t, float(np.mean(r))) for t, r in seen.items()), key=lambda tr: sign * tr[0])
+    (t1, r1), rest = nearest[0], nearest[1:]
+    t2, r2 = next(((t, r) for t, r in rest if abs(t - t1) >= min_spread), rest[-1])
     slope = (r2 - r1) / (t2 - t1)
     return (float(t1 - r1 / slope), float(abs(slope))) if sign * slope > 0 else (math.nan, math.nan)
