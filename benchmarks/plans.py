@@ -174,6 +174,8 @@ def bench_growth(n_scenes: int, first_seed: int, predictor) -> None:
         else:
             before.append(film < h_c)
             ratios.append(film / h_c)
+        print(f"  seed {seed}: h_c {h_c:.1f} A, target {target:.1f} A, stop: {result['reason']} at film "
+              f"{film:.1f} A ({film / h_c:.3f} h_c){'' if target_first or film < h_c else ', AFTER the onset'}")
     errors = np.array(target_errors)
     print(f"  {len(errors)} target-first scenes: film thickness at the stop - target: "
           f"RMS {np.sqrt(np.mean(errors ** 2)):.2f} A, mean {errors.mean():+.2f} A, "

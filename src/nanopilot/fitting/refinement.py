@@ -30,8 +30,8 @@ DEFAULT_TILT_STD_DEG = (5e-4, 1.5e-3)
 
 def refine(frames, initial, instrument: Instrument | None = None, *, kernel: str = "gauss",
            fit_thickness: bool = False, max_iter: int = 50, tol: float = 1e-6, floor: float = 1e-4,
-           batch: int = 256, rounds: int = 1, strain_prior: bool = False, device=None,
-           progress: bool = False) -> Estimates:
+           batch: int = 256, rounds: int = 1, strain_prior: bool = False, omega_average: bool = False,
+           device=None, progress: bool = False) -> Estimates:
     """Refine estimates by maximising each frame's Poisson likelihood under the forward model.
 
     Parameters
@@ -57,6 +57,9 @@ def refine(frames, initial, instrument: Instrument | None = None, *, kernel: str
         round changed the network-started RMSE by < 0.5% on 300 frames at about twice the cost).
     strain_prior : box kernel: also a normal prior on strain, centred on the start with the initial Estimates'
         ``strain_std`` where finite (the returned ``strain_std`` is then the posterior std).
+    omega_average : box kernel: return strain (and thickness) averaged over the omega posterior instead of their
+        fit at the most probable omega (strain and omega both move the Bragg peak): 3% lower strain RMSE from
+        the default ensemble's start, at about 2.5 times the cost.
     device : torch device for the computation (default CPU).
     progress : show a progress bar over frames.
 
@@ -88,7 +91,8 @@ def refine(frames, initial, instrument: Instrument | None = None, *, kernel: str
             idx = todo[first:first + batch]
             counts = torch.as_tensor(clean[idx].reshape(len(idx), -1), dtype=torch.float64, device=model.device)
             if kernel == "box":
-                p, s, deviance, converged = _fit_box(model, counts, start[idx], prior[idx], max_iter, tol, rounds)
+                p, s, deviance, converged = _fit_box(model, counts, start[idx], prior[idx], max_iter, tol, rounds,
+                                                     omega_average)
             else:
                 p, s, deviance, converged = _fit(model, counts, start[idx], max_iter, tol)
             params[idx], std[idx], score[idx] = p, s, deviance

@@ -220,7 +220,7 @@ class Predictor:
             prior[:, 0], prior[:, 1:3] = STRAIN_PRIOR_FACTOR * net_std[0], TILT_PRIOR_FACTOR * net_std[1:3]
             start = Estimates.from_params(params[idx], np.full(len(idx), OK, dtype=object), std=prior[:, :k])
             result = physics_refine(clean[idx], start, self.instrument, kernel="box", fit_thickness=fit_thickness,
-                                    strain_prior=True)
+                                    strain_prior=True, omega_average=True)
         else:
             result = physics_refine(clean[idx], params[idx], self.instrument, fit_thickness=fit_thickness)
         refined = result.params(with_thickness=True)[:, :k]
