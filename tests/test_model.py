@@ -1,5 +1,6 @@
 """NanobeamNN: architecture, stacked ensembles, training data, model files, the Predictor and ``nanopilot train``."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -290,6 +291,29 @@ def test_training_within_a_time_budget():
     assert rates[1] > rates[2] > rates[3] and optimizer.param_groups[0]["lr"] == pytest.approx(4e-4, rel=1e-3)
     with pytest.raises(ValueError, match="minutes"):
         TrainConfig(minutes=0)
+
+
+def test_training_warm_starts_from_a_model_file(tiny_model):
+    from nanopilot.model.files import load_model
+    from nanopilot.model.training import _initial_weights, train_model
+
+    config = TrainConfig(name="warm", architecture=TINY, samples_per_epoch=64, val_samples=32, epochs=1,
+                         batch_size=64, lr=1e-12, init=str(tiny_model), seeds=(7, 8, 9, 10))
+    members = load_model(tiny_model).networks
+    for index, seed in enumerate(config.seeds):  # member i starts from the file's member i modulo its 3
+        start = _initial_weights(config, seed)
+        for name, value in members[index % 3].state_dict().items():
+            torch.testing.assert_close(start[name], value)
+    trained = train_model(config, 8, progress=False, log=lambda line: None).network
+    for name, value in members[1].state_dict().items():  # lr ~ 0: one epoch leaves the start as it was
+        torch.testing.assert_close(trained.state_dict()[name], value, rtol=1e-5, atol=1e-7)
+    assert TrainConfig.from_dict(config.to_dict()).init == str(tiny_model)
+    wider = dataclasses.replace(config, architecture=Architecture(channels=((2, 4), (4, 8), (8, 16))))
+    with pytest.raises(ValueError, match="architecture"):
+        _initial_weights(wider, 7)
+    other = dataclasses.replace(config, instrument={**Instrument().to_dict(), "energy_kev": 11.0})
+    with pytest.raises(ValueError, match="energy_kev"):
+        _initial_weights(other, 7)
 
 
 @pytest.mark.slow
