@@ -44,6 +44,7 @@ from nanopilot.callbacks import NanobeamAnalysis
 from nanopilot.model import Predictor
 from nanopilot.model.predictor import shipped_model_path
 from nanopilot.plans import find_texture_temperature, grow_until, steered_map
+from nanopilot.plans.growth import DEFAULT_GRID
 from nanopilot.plans.steered_map import collect_points
 from nanopilot.plans.steering import Lattice, reconstruct, snake_order
 from nanopilot.sim_devices import make_beamline
@@ -151,7 +152,7 @@ def bench_growth(n_scenes: int, first_seed: int, predictor) -> None:
     interval, look_every = defaults["interval"].default, defaults["look_every"].default
     print(f"(b) grow_until over {n_scenes} growth scenes (seeds {seeds[0]}..{seeds[-1]}: {tuned} the monitor's "
           f"thresholds, which were set on seeds 0..43 and 2000..2049), thickness model, the plan's default points "
-          f"(4 x 4 over +-1.5 um), interval ({interval:g} s) and looks at the relaxation tests (every {look_every} "
+          f"({len(DEFAULT_GRID)} x {len(DEFAULT_GRID)} over +-{max(DEFAULT_GRID):g} um), interval ({interval:g} s) and looks at the relaxation tests (every {look_every} "
           f"points); onset = the scene's mean critical thickness h_c")
     target_errors, before, ratios, reasons = [], [], [], {}
     t = time.perf_counter()

@@ -38,7 +38,9 @@ from .common import (
 RELAXATION_FIELDS = ("strain", "omega", "chi")
 #: Default thresholds (noise units) of the one-point and spread tests, the ramp window (rounds), see
 #: :class:`GrowthMonitor`, and the points between two looks at the tests within a round, see :func:`grow_until`.
-Z_POINT, Z_SPREAD, WINDOW, LOOK_EVERY = 5.35, 4.45, 6, 4
+Z_POINT, Z_SPREAD, WINDOW, LOOK_EVERY = 5.72, 3.70, 6, 4
+#: x and y (um) of the default points, see :func:`grow_until`.
+DEFAULT_GRID = (-2.0, -1.0, 0.0, 1.0, 2.0)
 
 
 @dataclasses.dataclass
@@ -64,7 +66,7 @@ class GrowthMonitor:
     z_point, z_spread : thresholds of the two tests (noise units). The defaults were set at 1.1 times the
         largest value each test reached while every measured point was still coherent, with the shipped
         thickness model, the default points, interval and looks (every 4 points, so with partial rounds too), on
-        growth scenes of seeds 0-43 and 2000-2049;
+        growth scenes of seeds 0-43 and 2000-2049 (``benchmarks/growth_thresholds.py``);
         ``benchmarks/plans.py --parts b`` checks them on seeds never used for that.
     window : rounds in which a ramp is sought (the newest ones); the rounds before define the baseline.
     min_baseline : rounds the baseline needs before the first test.
@@ -182,8 +184,10 @@ def grow_until(detectors: Sequence[Readable], deposition: Movable, x: Movable, y
     x, y : stage motors (um).
     target_thickness : film thickness (angstrom) at which to close the shutter; the closing time is
         anticipated from the measured growth rate.
-    points : (x, y) positions (um) measured each round (default: a 4 x 4 grid over +-1.5 um, points 1 um
-        apart: more than the correlation length of the relaxation patches, so more patches are watched).
+    points : (x, y) positions (um) measured each round (default: a 5 x 5 grid over +-2 um, points 1 um apart:
+        more than the correlation length of the relaxation patches, so that each point watches a patch of its
+        own; the film relaxes first where its local critical thickness is lowest, and more patches watched make
+        it likelier that one of them is among the first).
     interval : seconds between rounds (on the beamline's clock). Short by default, so that the detector keeps
         measuring and the film grows little between looks at a point (relaxation is caught earlier than with
         1 s); it costs frames, dose and data, not beamline time (the growth sets the time).
@@ -192,7 +196,7 @@ def grow_until(detectors: Sequence[Readable], deposition: Movable, x: Movable, y
         :class:`GrowthMonitor`.
     look_every : the relaxation tests also run every this many points within a round, on the round so far
         (:meth:`GrowthMonitor.relaxation` with ``partial``), and not only once the round is complete: a patch
-        that relaxes is seen up to a round earlier (a round of the default 16 points takes about 2 s, 4 A of a
+        that relaxes is seen up to a round earlier (a round of the default 25 points takes about 3 s, 6 A of a
         film growing at 2 A/s). Each look first waits for the analysis of the frames taken so far.
     maps, approve, timeout, md : as in :func:`steered_map`.
 
@@ -217,9 +221,8 @@ def grow_until(detectors: Sequence[Readable], deposition: Movable, x: Movable, y
     if "thickness" not in maps.outputs:
         raise ValueError("grow_until needs a model that estimates thickness (4 outputs); the analysis' model has "
                          f"{maps.outputs}: load the shipped thickness model (Predictor.load('thickness'))")
-    grid = (-1.5, -0.5, 0.5, 1.5)
     points = [tuple(map(float, p)) for p in (points if points is not None else
-                                             [(px, py) for py in grid for px in grid])]
+                                             [(px, py) for py in DEFAULT_GRID for px in DEFAULT_GRID])]
     if not points or any(len(p) != 2 for p in points):
         raise ValueError("points must be a non-empty list of (x, y) positions in um")
     for motor, values in ((x, [p[0] for p in points]), (y, [p[1] for p in points])):
