@@ -250,7 +250,7 @@ def _average_over_omega(model: _BoxModel, counts: torch.Tensor, params: np.ndarr
     joint posterior is integrated over omega on :data:`OMEGA_NODES` (omega's posterior mean +- 1 and 2 posterior
     std): at each node strain[, thickness] and scale are fitted, and the node weighs as exp(-objective), the
     Poisson NLL plus the priors' penalties at the fit. The std combine the fits' own and the nodes' spread. Frames
-    whose fits all fail keep their values. Costs len(OMEGA_NODES) more fits (about 2.5x the refinement time).
+    whose fits all fail keep their values. Costs len(OMEGA_NODES) more fits (about 2.2x the refinement time).
     """
     columns = [c for c, _ in model.std_columns]  # strain[, thickness]
     precision = np.nan_to_num(1 / prior[:, 0] ** 2)

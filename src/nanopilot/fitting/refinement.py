@@ -58,8 +58,8 @@ def refine(frames, initial, instrument: Instrument | None = None, *, kernel: str
     strain_prior : box kernel: also a normal prior on strain, centred on the start with the initial Estimates'
         ``strain_std`` where finite (the returned ``strain_std`` is then the posterior std).
     omega_average : box kernel: return strain (and thickness) averaged over the omega posterior instead of their
-        fit at the most probable omega (strain and omega both move the Bragg peak): 3% lower strain RMSE from
-        the default ensemble's start, at about 2.5 times the cost.
+        fit at the most probable omega (strain and omega both move the Bragg peak): from the default ensemble's
+        start, strain RMSE 1.034e-4 instead of 1.080e-4 on 400 held-out frames, at 2.2 times the cost.
     device : torch device for the computation (default CPU).
     progress : show a progress bar over frames.
 

@@ -167,7 +167,8 @@ class Predictor:
             spread exceeds k times the median spread of the training validation set in any output. A box-kernel
             model's estimate is the start and the prior of the tilts (std :data:`TILT_PRIOR_FACTOR` x its
             validation RMSE) and of strain (std :data:`STRAIN_PRIOR_FACTOR` x its validation RMSE), and the
-            refinement replaces it; a smooth-kernel model's estimate is combined with the fit by
+            refinement (strain and thickness averaged over the omega posterior: ``omega_average``; about 18 ms
+            per frame on one core) replaces it; a smooth-kernel model's estimate is combined with the fit by
             inverse variance (network: its validation RMSE; refinement: its Fisher std).
         residual : also flag frames the physics model does not explain (``residual``; about 0.3 ms per frame).
 
