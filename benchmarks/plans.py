@@ -23,7 +23,7 @@
     against a fixed 0.5 K ramp from the same start (the same plan with ``step=0.5`` and ``zoom=False``: maps
     of the whole region, no bisection, the bracket's middle), both with quick maps of the same size.
 
-    python benchmarks/plans.py [--full] [--parts abc] [--growth-scenes 50] [--growth-seed 1000]
+    python benchmarks/plans.py [--full] [--parts abc] [--budget 0.25] [--growth-scenes 50] [--growth-seed 1000]
                                [--cooling-scenes 12] [--cooling-seed 1]
                                [--cooling-step 8] [--quick 12]
 
@@ -94,17 +94,17 @@ def wall_error(true_labels, labels, step) -> float:
     return float(step * (to_b[a].mean() + to_a[b].mean()) / 2)
 
 
-def bench_steering(fine: int, coarse_step: int, seed: int, predictor) -> None:
+def bench_steering(fine: int, coarse_step: int, budget: float, seed: int, predictor) -> None:
     print(f"(a) steered_map vs full fine raster vs random sparse: fine raster {fine} x {fine} = {fine ** 2} points, "
-          f"region 4 x 4 um, coarse_step {coarse_step}, budget 0.25, scene seed {seed}; maps rebuilt by reconstruct "
-          f"(range-clipped cubic on the triangulation); wall labels: nearest point")
+          f"region 4 x 4 um, coarse_step {coarse_step}, budget {budget:g}, scene seed {seed}; maps rebuilt by "
+          f"reconstruct (range-clipped cubic on the triangulation); wall labels: nearest point")
     for scene in ("published", "domains"):
         bl = make_beamline(scene, seed=seed)
         analysis = NanobeamAnalysis(predictor, batch_size=256, max_latency=0.05)
         RE = run_engine(analysis)
         t = time.perf_counter()
         res = RE(steered_map([bl.detector], bl.stage.x, bl.stage.y, (-2, 2), (-2, 2), fine=fine,
-                             coarse_step=coarse_step, budget=0.25, maps=analysis.maps))
+                             coarse_step=coarse_step, budget=budget, maps=analysis.maps))
         steer_s = time.perf_counter() - t
         lattice = res.plan_result["lattice"]
         n = res.plan_result["points"]
@@ -154,8 +154,9 @@ def bench_growth(n_scenes: int, first_seed: int, predictor) -> None:
     interval, look_every = defaults["interval"].default, defaults["look_every"].default
     print(f"(b) grow_until over {n_scenes} growth scenes (seeds {seeds[0]}..{seeds[-1]}: {tuned} the monitor's "
           f"thresholds, which were set on seeds 0..43 and 2000..2049), thickness model, the plan's default points "
-          f"({len(DEFAULT_GRID)} x {len(DEFAULT_GRID)} over +-{max(DEFAULT_GRID):g} um), interval ({interval:g} s) and looks at the relaxation tests (every {look_every} "
-          f"points); onset = the scene's mean critical thickness h_c")
+          f"({len(DEFAULT_GRID)} x {len(DEFAULT_GRID)} over +-{max(DEFAULT_GRID):g} um), interval ({interval:g} s) "
+          f"and looks at the relaxation tests (every {look_every} points); onset = the scene's mean critical "
+          f"thickness h_c")
     target_errors, before, ratios, reasons = [], [], [], {}
     t = time.perf_counter()
     for seed in seeds:
@@ -232,6 +233,7 @@ def main(argv=None):
     parser.add_argument("--full", action="store_true", help="65 x 65 fine raster, >= 50 growth scenes, >= 20 cooling")
     parser.add_argument("--fine", type=int, default=33, help="points per side of the fine raster (8 k + 1)")
     parser.add_argument("--coarse-step", type=int, default=4, help="steered_map's first raster spacing (steps)")
+    parser.add_argument("--budget", type=float, default=0.25, help="steered_map's point budget (share of the raster)")
     parser.add_argument("--growth-scenes", type=int, default=50)
     parser.add_argument("--growth-seed", type=int, default=1000,
                         help="first growth seed (default 1000: seeds 0..43 and 2000..2049 tuned grow_until)")
@@ -254,7 +256,7 @@ def main(argv=None):
     network = Predictor.load()
     print(f"network: {network}")
     if "a" in args.parts:
-        bench_steering(args.fine, args.coarse_step, args.seed, network)
+        bench_steering(args.fine, args.coarse_step, args.budget, args.seed, network)
     if "b" in args.parts:
         thickness = Predictor.load(shipped_model_path("thickness"))
         print(f"thickness model: {thickness}")
