@@ -51,8 +51,8 @@ def coherent_maxima(seed: int, predictor) -> tuple[float, float, float]:
     def recorded(monitor, partial=None):
         relaxed, evidence = relaxation(monitor, partial)
         if "one point" in evidence:
-            thickness, critical = scene._local(grid[:, 0], grid[:, 1], bl.sample.state)
-            looks.append((evidence["one point"], evidence["spread"], bool((thickness > critical).any())))
+            relaxed_points = bl.sample.labels(grid[:, 0], grid[:, 1])  # 1 where past the local critical thickness
+            looks.append((evidence["one point"], evidence["spread"], bool(relaxed_points.any())))
         return relaxed, evidence
 
     growth.GrowthMonitor.relaxation = recorded

@@ -47,7 +47,8 @@ def config_path(name: str) -> Path:
 def run(args) -> int:
     if args.calibrate:
         return calibrate(args)
-    from ..model.training import TrainConfig, train
+    from ..model.train_config import TrainConfig
+    from ..model.training import train
 
     path = config_path(args.config)
     config = TrainConfig.load(path)

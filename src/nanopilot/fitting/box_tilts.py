@@ -264,13 +264,13 @@ def _average_over_omega(model: _BoxModel, counts: torch.Tensor, params: np.ndarr
         fits.append(fitted[:, columns])
         spreads.append(fit_std[:, columns])
         objectives.append(deviance * counts.shape[1] / 2 + penalty)
-    objectives = np.array(objectives)
+    objectives, fits, spreads = np.array(objectives), np.array(fits), np.array(spreads)  # (nodes, n[, columns])
     with np.errstate(invalid="ignore", over="ignore"):
         weight = np.exp(-(objectives - np.nanmin(objectives, axis=0)))
-        weight = np.where(np.isfinite(weight) & np.isfinite(np.array(fits)).all(axis=2), weight, 0.0)
+        weight = np.where(np.isfinite(weight) & np.isfinite(fits).all(axis=2), weight, 0.0)
         weight /= weight.sum(axis=0)
-        mean = np.einsum("kn,knc->nc", weight, np.nan_to_num(np.array(fits)))
-        second = np.einsum("kn,knc->nc", weight, np.nan_to_num(np.array(fits) ** 2 + np.array(spreads) ** 2))
+        mean = np.einsum("kn,knc->nc", weight, np.nan_to_num(fits))
+        second = np.einsum("kn,knc->nc", weight, np.nan_to_num(fits ** 2 + spreads ** 2))
     ok = np.isfinite(mean).all(axis=1)
     params[np.ix_(ok, columns)] = mean[ok]
     std[np.ix_(ok, columns)] = np.sqrt(np.clip(second[ok] - mean[ok] ** 2, 0, None))

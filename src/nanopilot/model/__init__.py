@@ -6,7 +6,8 @@
 from .files import ModelFile, load_model, save_model
 from .network import Architecture, LabelScaler, NanobeamNN, StackedEnsemble, count_parameters, multiply_adds
 from .predictor import DEFAULT_MODEL, THICKNESS_MODEL, Predictor, residual_statistic, shipped_model_path
-from .training import TrainConfig, TrainResult, train, train_model
+from .train_config import TrainConfig
+from .training import TrainResult, train, train_model
 
 __all__ = [
     "DEFAULT_MODEL", "THICKNESS_MODEL", "Architecture", "LabelScaler", "ModelFile", "NanobeamNN", "Predictor",
