@@ -18,6 +18,7 @@ def test_setup_installs_analysis_texture_storage_and_publishes_the_maps(catalog,
         session = setup(RE, detector=bl.detector, x=bl.stage.x, y=bl.stage.y, catalog=catalog,
                         plot=tmp_path / "maps_{uid}.png")
         assert published_maps() is session.maps
+        assert session.devices == {"detector": bl.detector, "x": bl.stage.x, "y": bl.stage.y}
         (uid,) = RE(bp.grid_scan([bl.detector], bl.stage.y, -1, 1, 6, bl.stage.x, -1, 1, 6))
         assert session.analysis.flush(timeout=120)
         run = session.maps[uid]

