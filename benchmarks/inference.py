@@ -1,6 +1,7 @@
 """Inference throughput on the CPU: the Predictor (single model and default ensemble with uncertainty, frame checks
 included) next to a plain eager PyTorch implementation of the published architecture, measured in the same run
-and in the same thread (nanopilot's inference thread, see :mod:`nanopilot.model.inference_thread`).
+and in the same thread (nanopilot's inference thread, see :mod:`nanopilot.model.inference_thread`), and the
+shipped thickness model (on large batches, and per growth round of 25 frames).
 
 ``--device cuda`` measures the network passes on a GPU instead (frames copied from host memory in batches,
 the time of the copies included; the Predictor's per-frame checks run on the CPU and are not part of it).
@@ -90,6 +91,14 @@ def main() -> None:
     print(f"Predictor, default ensemble of {ensemble.n_members} with uncertainty:       {rate_ensemble:10,.0f} frames/s"
           f"   (bar >= 1,500 frames/s)")
     print(f"Predictor, default ensemble + residual check:            {rate_residual:10,.0f} frames/s")
+    thickness_model = load_model(shipped_model_path("thickness"))
+    thickness = Predictor(thickness_model, threads=args.threads)
+    rate_thickness = best_rate(lambda: thickness.predict(frames), args.frames, args.repeats)
+    rounds = [frames[start:start + 25] for start in range(0, min(len(frames), 2500), 25)]
+    rate_rounds = best_rate(lambda: [thickness.predict(r) for r in rounds], len(rounds), args.repeats)
+    size = sum(p.numel() for p in thickness_model.networks[0].parameters())
+    label = f"Predictor, thickness model ({size:,} parameters):"
+    print(f"{label:57s}{rate_thickness:10,.0f} frames/s   one growth round of 25 frames: {1e3 / rate_rounds:.1f} ms")
 
 
 def gpu(frames: np.ndarray, device: torch.device, repeats: int) -> None:
