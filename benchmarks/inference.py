@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from nanopilot.model import Predictor, load_model, shipped_model_path
+from nanopilot.model import Predictor, count_parameters, load_model, shipped_model_path
 from nanopilot.model.data import DEFAULT_RANGES, sample_params
 from nanopilot.model.inference_thread import run_in_inference_thread
 from nanopilot.physics import poisson, simulate
@@ -96,8 +96,7 @@ def main() -> None:
     rate_thickness = best_rate(lambda: thickness.predict(frames), args.frames, args.repeats)
     rounds = [frames[start:start + 25] for start in range(0, min(len(frames), 2500), 25)]
     rate_rounds = best_rate(lambda: [thickness.predict(r) for r in rounds], len(rounds), args.repeats)
-    size = sum(p.numel() for p in thickness_model.networks[0].parameters())
-    label = f"Predictor, thickness model ({size:,} parameters):"
+    label = f"Predictor, thickness model ({count_parameters(thickness_model.networks[0]):,} parameters):"
     print(f"{label:57s}{rate_thickness:10,.0f} frames/s   one growth round of 25 frames: {1e3 / rate_rounds:.1f} ms")
 
 

@@ -51,6 +51,7 @@ def shipped():
 def test_published_architecture():
     net = NanobeamNN()
     assert count_parameters(net) == 27_771
+    assert count_parameters(net.requires_grad_(False)) == 27_771  # frozen, as in a Predictor
     assert abs(multiply_adds(net.arch) - 3.4e6) < 0.05e6
     assert net(torch.zeros(5, 64, 64)).shape == (5, 3)
     assert NanobeamNN(Architecture(outputs=4))(torch.zeros(2, 1, 64, 64)).shape == (2, 4)

@@ -168,8 +168,8 @@ class StackedEnsemble(nn.Module):
 
 
 def count_parameters(module: nn.Module) -> int:
-    """Number of trainable parameters."""
-    return int(sum(p.numel() for p in module.parameters() if p.requires_grad))
+    """Number of parameters (frozen ones too: a Predictor freezes its networks, their size stays)."""
+    return int(sum(p.numel() for p in module.parameters()))
 
 
 def multiply_adds(arch: Architecture) -> int:
