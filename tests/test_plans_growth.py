@@ -92,7 +92,7 @@ def test_the_shutter_is_closed_on_every_exit_path(fault):
     if fault == "exception":
         with pytest.raises(RuntimeError, match="injected"):
             RE(plan)
-    elif fault == "keyboard":  # the RunEngine halts: plan cleanup is skipped, the guard still closes the shutter
+    elif fault == "keyboard":  # the RunEngine halts: no more messages, the plan sets the shutter directly
         with pytest.raises((KeyboardInterrupt, RunEngineInterrupted)):
             RE(plan)
     else:

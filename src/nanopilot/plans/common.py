@@ -1,21 +1,26 @@
 """What every closed-loop plan shares: the decisions stream, the approval hook, waiting for the analysis,
-finding the published LiveMaps, and argument checks that run before anything moves.
+finding the published LiveMaps, argument checks that run before anything moves, and the safe state restored
+on every exit path.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
+import numbers
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import bluesky.plan_stubs as bps
+import bluesky.preprocessors as bpp
 import numpy as np
 from bluesky.utils import MsgGenerator
 
 from ..callbacks.live_maps import LiveMaps, published_maps
 
 DECISION_STREAM = "decisions"
+logger = logging.getLogger(__name__)
 
 
 class Decision(dict):
@@ -101,14 +106,61 @@ def resolve_maps(maps: LiveMaps | None) -> LiveMaps:
     return found
 
 
+def _is_finite(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def check_positive(name: str, value, *, integer: bool = False) -> None:
-    ok = isinstance(value, (int, float, np.integer, np.floating)) and math.isfinite(value) and value > 0
-    if not ok or (integer and int(value) != value):
+    """Raise, naming ``name``, unless ``value`` is a finite number > 0 (a whole one if ``integer``)."""
+    if not (_is_finite(value) and value > 0) or (integer and int(value) != value):
         raise ValueError(f"{name} must be a positive {'integer' if integer else 'number'}, got {value!r}")
 
 
+def check_finite(name: str, value, units: str) -> float:
+    """``value`` as a float; raise, naming ``name``, unless it is a finite number."""
+    if not _is_finite(value):
+        raise ValueError(f"{name} must be a finite number ({units}), got {value!r}")
+    return float(value)
+
+
+def check_range(name: str, value, units: str) -> tuple[float, float]:
+    """``value`` as (start, stop) floats; raise, naming ``name``, unless they are finite with stop > start."""
+    ok = isinstance(value, Sequence | np.ndarray) and len(value) == 2 and all(map(_is_finite, value))
+    if not (ok and value[1] > value[0]):
+        raise ValueError(f"{name} must be (start, stop) of finite numbers ({units}) with stop > start, "
+                         f"got {value!r}")
+    return float(value[0]), float(value[1])
+
+
+def check_points(name: str, points, units: str) -> list[tuple[float, float]]:
+    """``points`` as a list of (x, y) floats; raise, naming ``name``, unless it is a non-empty sequence of pairs
+    of finite numbers."""
+    if not isinstance(points, Sequence | np.ndarray) or isinstance(points, str) or len(points) == 0:
+        raise ValueError(f"{name} must be a non-empty list of (x, y) positions ({units}), got {points!r}")
+    for k, p in enumerate(points):
+        if not (isinstance(p, Sequence | np.ndarray) and len(p) == 2 and all(map(_is_finite, p))):
+            raise ValueError(f"{name}[{k}] must be an (x, y) pair of finite numbers ({units}), got {p!r}")
+    return [(float(px), float(py)) for px, py in points]
+
+
+def check_detectors(detectors) -> list:
+    """``detectors`` as a list; raise unless it is a non-empty sequence of readable devices."""
+    if not isinstance(detectors, Sequence) or not detectors or not all(hasattr(d, "read") for d in detectors):
+        raise ValueError(f"detectors must be a non-empty list of readable devices, got {detectors!r}")
+    return list(detectors)
+
+
+def check_callable(name: str, value) -> None:
+    """Raise, naming ``name``, unless ``value`` is None or callable."""
+    if value is not None and not callable(value):
+        raise ValueError(f"{name} must be a callable or None, got {value!r}")
+
+
 def check_within(name: str, low: float, high: float, limits: tuple[float, float], units: str) -> None:
-    """Raise if [low, high] leaves ``limits``; the message says what the limits are."""
+    """Raise if ``low`` or ``high`` is not finite, or [low, high] leaves ``limits`` (ignored when not low < high:
+    a device without limits); the message says what the limits are."""
+    if not (_is_finite(low) and _is_finite(high)):
+        raise ValueError(f"{name} must be finite ({units}), got {low!r}..{high!r}")
     lo, hi = limits
     if lo < hi and (low < lo or high > hi):
         raise ValueError(f"{name} {low:g}..{high:g} {units} leaves the limits {lo:g}..{hi:g} {units}")
@@ -142,12 +194,50 @@ def sleep_for(seconds: float, *devices) -> MsgGenerator[None]:
         clock.advance(seconds)
 
 
+def put_safe(obj, value, timeout: float = 10.0) -> None:
+    """Set ``obj`` to ``value`` directly, outside the RunEngine's messages (after a halt it takes no more).
+
+    Waits up to ``timeout`` s (0: not at all) for an ophyd status to finish. An ophyd-async status (no ``wait``)
+    is a task on the RunEngine's event loop, which this runs on and must not block: it is left to finish there.
+    Logs what it did; never raises (it runs while a generator is being closed).
+    """
+    name = getattr(obj, "name", repr(obj))
+    try:
+        status = obj.set(value)
+        if timeout > 0 and callable(getattr(status, "wait", None)):
+            status.wait(timeout)
+            logger.warning("plan interrupted: %s set to its safe state %r", name, value)
+        else:
+            logger.warning("plan interrupted: %s commanded to its safe state %r (not waiting for it)", name, value)
+    except Exception:
+        logger.exception("plan interrupted: could not put %s to its safe state %r; do it by hand", name, value)
+
+
+def safe_state_wrapper(plan: MsgGenerator, obj, safe_value, *, timeout: float = 10.0) -> MsgGenerator:
+    """Run ``plan``, then put ``obj`` (a shutter, a heater) at ``safe_value`` on every exit path.
+
+    On success, an exception, ``RE.abort()`` and ``RE.stop()`` (also after a pause): ``bps.mv(obj, safe_value)``
+    as the plan's last messages (``finalize_wrapper``). On ``RE.halt()`` (also after a pause), a
+    KeyboardInterrupt inside a device (the RunEngine halts), or ``close()``: the generator gets GeneratorExit and
+    may yield nothing more, so :func:`put_safe` sets ``obj`` directly (waiting up to ``timeout`` s). No
+    subscriber is involved, so a failing one (e.g. on the stop document) cannot prevent it.
+    """
+    def restore():
+        yield from bps.mv(obj, safe_value)
+
+    try:
+        return (yield from bpp.finalize_wrapper(plan, restore))
+    except GeneratorExit:
+        put_safe(obj, safe_value, timeout)
+        raise
+
+
 class SafeStateGuard:
     """Callback that puts ``signal`` back to ``safe_value`` when a run stops with it elsewhere.
 
-    The plan's own cleanup (``finalize_wrapper``) covers success, exceptions, abort and pause-then-abort;
-    a halt (``RE.halt()``, or a KeyboardInterrupt raised inside a device) skips plan cleanup, and this guard,
-    subscribed for the run, still restores the safe state when the stop document goes out.
+    A second line of defence only, for a plan's run (``bpp.subs_wrapper``) or a session: it acts on the stop
+    document, which a subscriber that raises before it can keep from it. Plans rely on
+    :func:`safe_state_wrapper`, which involves no subscriber.
     """
 
     def __init__(self, signal, safe_value, timeout: float = 30.0):

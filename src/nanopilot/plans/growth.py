@@ -21,12 +21,16 @@ from ..callbacks.live_maps import LiveMaps
 from .common import (
     DecisionLog,
     SafeStateGuard,
+    check_callable,
+    check_detectors,
     check_instrument,
+    check_points,
     check_positive,
     check_within,
     device_time,
     record_decision,
     resolve_maps,
+    safe_state_wrapper,
     sleep_for,
     wait_for_analysis,
 )
@@ -209,26 +213,31 @@ def grow_until(detectors: Sequence[Readable], deposition: Movable, x: Movable, y
 
     Notes
     -----
-    The shutter is closed on every exit path: success, abort, pause then abort or stop, exception (plan
-    cleanup), and a halt or a KeyboardInterrupt inside a device (a :class:`SafeStateGuard` on the run).
+    Every argument is checked before the first message: nothing moves or opens for a bad one (ValueError).
+    The shutter is closed on every exit path, whatever the subscribers do
+    (:func:`~nanopilot.plans.common.safe_state_wrapper`): on success, an exception, abort or stop (also after a
+    pause) by the plan's last messages; on a halt (also after a pause) or a KeyboardInterrupt inside a device
+    (the RunEngine halts) directly, as the generator closes. A pause leaves it open (the operator decides). A
+    :class:`~nanopilot.plans.common.SafeStateGuard` on the run is a second line.
     """
     maps = resolve_maps(maps)
-    check_positive("target_thickness", target_thickness)
-    check_positive("interval", interval)
-    check_positive("max_time", max_time)
-    check_positive("z_point", z_point)
-    check_positive("z_spread", z_spread)
+    detectors = check_detectors(detectors)
+    for name, value in (("target_thickness", target_thickness), ("interval", interval), ("max_time", max_time),
+                        ("z_point", z_point), ("z_spread", z_spread), ("timeout", timeout)):
+        check_positive(name, value)
     check_positive("window", window, integer=True)
     check_positive("look_every", look_every, integer=True)
+    check_callable("approve", approve)
     if "thickness" not in maps.outputs:
         raise ValueError("grow_until needs a model that estimates thickness (4 outputs); the analysis' model has "
                          f"{maps.outputs}: load the shipped thickness model (Predictor.load('thickness'))")
-    points = [tuple(map(float, p)) for p in (points if points is not None else
-                                             [(px, py) for py in DEFAULT_GRID for px in DEFAULT_GRID])]
-    if not points or any(len(p) != 2 for p in points):
-        raise ValueError("points must be a non-empty list of (x, y) positions in um")
+    points = check_points("points", points if points is not None else
+                          [(px, py) for py in DEFAULT_GRID for px in DEFAULT_GRID], "um")
     for motor, values in ((x, [p[0] for p in points]), (y, [p[1] for p in points])):
         check_within(f"{motor.name} positions", min(values), max(values), tuple(getattr(motor, "limits", (0, 0))), "um")
+    shutter = getattr(deposition, "shutter", None)
+    if shutter is None:
+        raise ValueError(f"deposition must have a 'shutter' signal (\"open\"/\"closed\"), got {deposition!r}")
     for det in detectors:
         check_instrument(det, maps)
 
@@ -244,7 +253,7 @@ def grow_until(detectors: Sequence[Readable], deposition: Movable, x: Movable, y
     result = {"reason": "", "thickness": math.nan, "rate": math.nan, "rounds": 0}
 
     def close_shutter():
-        yield from bps.mv(deposition.shutter, "closed")
+        yield from bps.mv(shutter, "closed")
 
     def latest(uid, n):
         """The run's map, and per field the estimates of the last ``n`` points measured (NaN-padded to a round)."""
@@ -294,7 +303,7 @@ def grow_until(detectors: Sequence[Readable], deposition: Movable, x: Movable, y
             result["reason"] = "vetoed"
             yield from bps.close_run()
             return
-        yield from bps.mv(deposition.shutter, "open")
+        yield from bps.mv(shutter, "open")
         t_open = device_time(deposition)
         while True:
             t0, t1 = yield from measure_round(uid)
@@ -334,8 +343,7 @@ def grow_until(detectors: Sequence[Readable], deposition: Movable, x: Movable, y
         yield from close_shutter()
         yield from bps.close_run()
 
-    guard = SafeStateGuard(deposition.shutter, "closed")
-    yield from bpp.subs_wrapper(bpp.finalize_wrapper(bpp.stage_wrapper(inner(), list(detectors)), close_shutter()),
-                                guard)
+    plan = safe_state_wrapper(bpp.stage_wrapper(inner(), detectors), shutter, "closed")
+    yield from bpp.subs_wrapper(plan, SafeStateGuard(shutter, "closed"))
     result["decisions"] = list(log.history)
     return result

@@ -13,8 +13,11 @@ from bluesky.utils import MsgGenerator
 from ..callbacks.live_maps import LiveMaps
 from .common import (
     DecisionLog,
+    check_callable,
+    check_detectors,
     check_instrument,
     check_positive,
+    check_range,
     check_within,
     record_decision,
     resolve_maps,
@@ -71,19 +74,24 @@ def steered_map(detectors: Sequence[Readable], x: Movable, y: Movable, x_range: 
     See Also
     --------
     nanopilot.plans.steering : the decision logic (pure functions, replayable).
+
+    Notes
+    -----
+    Every argument is checked before the first message: nothing moves for a bad one (ValueError).
     """
     maps = resolve_maps(maps)
+    detectors = check_detectors(detectors)
     check_positive("fine", fine, integer=True)
     check_positive("coarse_step", coarse_step, integer=True)
-    if coarse_step & (coarse_step - 1):
+    if int(coarse_step) & (int(coarse_step) - 1):
         raise ValueError(f"coarse_step must be a power of two (cells are split in halves), got {coarse_step}")
     cells = coarse_cells(int(fine), int(coarse_step))
     check_positive("budget", budget)
     check_positive("threshold", threshold)
     check_positive("cells_per_round", cells_per_round, integer=True)
-    (x0, x1), (y0, y1) = (tuple(map(float, r)) for r in (x_range, y_range))
-    if not (x1 > x0 and y1 > y0):
-        raise ValueError(f"x_range and y_range must be (start, stop) with stop > start, got {x_range}, {y_range}")
+    check_positive("timeout", timeout)
+    check_callable("approve", approve)
+    (x0, x1), (y0, y1) = check_range("x_range", x_range, "um"), check_range("y_range", y_range, "um")
     for motor, lo, hi in ((x, x0, x1), (y, y0, y1)):
         check_within(f"range of {motor.name}", lo, hi, tuple(getattr(motor, "limits", (0, 0))), "um")
     for det in detectors:
@@ -96,7 +104,7 @@ def steered_map(detectors: Sequence[Readable], x: Movable, y: Movable, x_range: 
                          f"raise budget or coarse_step")
 
     log = DecisionLog()
-    readables = list(detectors) + [x, y]
+    readables = detectors + [x, y]
     _md = {"plan_name": "steered_map", "motors": [y.name, x.name], "detectors": [d.name for d in detectors],
            "plan_args": {"x_range": [x0, x1], "y_range": [y0, y1], "fine": int(fine), "coarse_step": int(coarse_step),
                          "budget": total, "threshold": float(threshold)},
@@ -110,7 +118,7 @@ def steered_map(detectors: Sequence[Readable], x: Movable, y: Movable, x_range: 
             yield from bps.trigger_and_read(readables)
         result["points"] += len(points)
 
-    @bpp.stage_decorator(list(detectors))
+    @bpp.stage_decorator(detectors)
     def inner():
         nonlocal cells
         uid = yield from bps.open_run(_md)

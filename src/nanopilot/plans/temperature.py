@@ -39,11 +39,16 @@ from ..callbacks.live_maps import LiveMaps
 from ..texture import texture_change
 from .common import (
     DecisionLog,
+    check_callable,
+    check_detectors,
+    check_finite,
     check_instrument,
     check_positive,
+    check_range,
     check_within,
     record_decision,
     resolve_maps,
+    safe_state_wrapper,
     sleep_for,
     wait_for_analysis,
 )
@@ -116,9 +121,12 @@ def find_texture_temperature(detectors: Sequence[Readable], temperature: Movable
     dwell : extra time (s, on the devices' clock) to wait after the controller has settled, before mapping.
     zoom : bracket on quick maps of a window around the new texture and extrapolate its radius to zero (see
         the module notes); False: every map covers the whole region and the estimate is the bracket's middle.
-    restore : go back to the start temperature on every exit path (success, exception, abort). By default
-        the sample stays at the last temperature, the fine map's: temperature change is not a hazard for
-        the sample, and the new texture is kept for further measurements.
+    restore : go back to the start temperature on every exit path, whatever the subscribers do
+        (:func:`~nanopilot.plans.common.safe_state_wrapper`): on success, an exception, abort or stop (also after
+        a pause) the plan's last message moves there and waits for it; on a halt (also after a pause) or a
+        KeyboardInterrupt inside a device (the RunEngine halts) the setpoint is set there directly, without
+        waiting. By default the sample stays at the last temperature, the fine map's: temperature change is not
+        a hazard for the sample, and the new texture is kept for further measurements.
     maps : the analysis' LiveMaps (default: the published one, see ``nanopilot.session``); analyse with
         ``frame_features=nanopilot.texture.frame_descriptor`` for the best sensitivity.
     approve : optional ``approve(decision) -> bool`` hook asked before each temperature move and before the
@@ -143,26 +151,32 @@ def find_texture_temperature(detectors: Sequence[Readable], temperature: Movable
     See Also
     --------
     nanopilot.texture.texture_change : the change test and its false-alarm rate.
+
+    Notes
+    -----
+    Every argument is checked before the first message: nothing moves or heats for a bad one (ValueError).
     """
     maps = resolve_maps(maps)
+    detectors = check_detectors(detectors)
     for name, value in (("step", step), ("tolerance", tolerance), ("timeout", timeout)):
         check_positive(name, value)
     check_positive("quick", quick, integer=True)
     check_positive("fine", fine, integer=True)
-    if not (math.isfinite(hysteresis) and hysteresis >= 0 and math.isfinite(dwell) and dwell >= 0):
-        raise ValueError(f"hysteresis (K) and dwell (s) must be finite and >= 0, got {hysteresis!r}, {dwell!r}")
+    for name, value, units in (("hysteresis", hysteresis, "K"), ("dwell", dwell, "s")):
+        if check_finite(name, value, units) < 0:
+            raise ValueError(f"{name} must be >= 0 ({units}), got {value!r}")
     if quick < MIN_QUICK or fine < quick:
         raise ValueError(f"need {MIN_QUICK} <= quick <= fine points per side (texture_change needs 20 points per "
                          f"map), got quick={quick}, fine={fine}")
-    region = (x0, x1), (y0, y1) = tuple(tuple(map(float, r)) for r in (x_range, y_range))
-    if not (x1 > x0 and y1 > y0):
-        raise ValueError(f"x_range and y_range must be (start, stop) with stop > start, got {x_range}, {y_range}")
+    check_callable("approve", approve)
+    region = (x0, x1), (y0, y1) = check_range("x_range", x_range, "um"), check_range("y_range", y_range, "um")
     for motor, lo, hi in ((x, x0, x1), (y, y0, y1)):
         check_within(f"range of {motor.name}", lo, hi, tuple(getattr(motor, "limits", (0, 0))), "um")
-    t_start = float(start) if start is not None else float(temperature.position)
-    t_stop = float(stop)
-    if not (math.isfinite(t_start) and math.isfinite(t_stop)) or t_stop == t_start:
-        raise ValueError(f"stop ({stop!r} K) must be a finite temperature other than start ({t_start:g} K)")
+    t_start = check_finite("start" if start is not None else f"{temperature.name} reading",
+                           start if start is not None else temperature.position, "K")
+    t_stop = check_finite("stop", stop, "K")
+    if t_stop == t_start:
+        raise ValueError(f"stop ({stop!r} K) must be a temperature other than start ({t_start:g} K)")
     sign = -1.0 if t_stop < t_start else 1.0  # -1: cooling
     reset_margin = float(hysteresis) + float(tolerance)
     far_back = t_start - sign * reset_margin
@@ -172,7 +186,7 @@ def find_texture_temperature(detectors: Sequence[Readable], temperature: Movable
         check_instrument(det, maps)
 
     log = DecisionLog()
-    readables = list(detectors) + [x, y, temperature]
+    readables = detectors + [x, y, temperature]
     quick_points, fine_points = grid_points((x0, x1), (y0, y1), int(quick)), grid_points((x0, x1), (y0, y1), int(fine))
     direction = "cooling" if sign < 0 else "warming"
     _md = {"plan_name": "find_texture_temperature", "motors": [y.name, x.name],
@@ -334,9 +348,9 @@ def find_texture_temperature(detectors: Sequence[Readable], temperature: Movable
                 result["fine_map"] = yield from take_map(fine_points)
         yield from bps.close_run()
 
-    plan = bpp.stage_wrapper(inner(), list(detectors))
+    plan = bpp.stage_wrapper(inner(), detectors)
     if restore:
-        plan = bpp.finalize_wrapper(plan, lambda: bps.mv(temperature, t_start))
+        plan = safe_state_wrapper(plan, temperature, t_start, timeout=0)
     yield from plan
     result["decisions"] = list(log.history)
     return result
