@@ -220,7 +220,9 @@ def safe_state_wrapper(plan: MsgGenerator, obj, safe_value, *, timeout: float = 
     as the plan's last messages (``finalize_wrapper``). On ``RE.halt()`` (also after a pause), a
     KeyboardInterrupt inside a device (the RunEngine halts), or ``close()``: the generator gets GeneratorExit and
     may yield nothing more, so :func:`put_safe` sets ``obj`` directly (waiting up to ``timeout`` s). No
-    subscriber is involved, so a failing one (e.g. on the stop document) cannot prevent it.
+    subscriber is involved, so a failing one (e.g. on the stop document) cannot prevent it. After a halt the
+    RunEngine then calls ``stop()`` on every device the plan moved: a device whose ``stop()`` cancels a move in
+    progress (a positioner with a stop PV) keeps the safe value only if it was reached within ``timeout``.
     """
     def restore():
         yield from bps.mv(obj, safe_value)
