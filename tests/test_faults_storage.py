@@ -8,11 +8,15 @@ import os
 import resource
 import signal
 import sqlite3
+import subprocess
+import sys
+import time
 import warnings
 
 import bluesky.plans as bp
 import numpy as np
 import pytest
+import tiled.client.utils
 from bluesky import RunEngine
 from bluesky_tiled_plugins import TiledWriter
 from event_model import unpack_event_page
@@ -20,6 +24,7 @@ from ophyd.sim import det
 
 from nanopilot.catalog import make_writer, open_catalog, subscribe_writer
 from nanopilot.sim_devices import make_beamline
+from test_replay import _free_port
 
 # the tests' backups share the disk of the session's catalogue: the warning about it is tested on its own
 pytestmark = pytest.mark.filterwarnings("ignore:the backup directory .* is on the same filesystem")
@@ -47,8 +52,11 @@ class Outage:
 
 @pytest.fixture
 def outage(catalog, monkeypatch):
+    import nanopilot.catalog
+
     outage = Outage(catalog)
     monkeypatch.setattr(catalog.context.http_client, "send", outage.send)
+    monkeypatch.setattr(nanopilot.catalog, "_OUTAGES", {})  # the writers' shared outage record, per test
     return outage
 
 
@@ -125,17 +133,18 @@ def test_catalogue_failing_mid_run_keeps_every_document_in_the_backup(catalog, o
 
 def test_an_outage_is_one_warning_and_one_request_per_run(catalog, outage, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="nanopilot.catalog")
-    writer = make_writer(catalog, batch_size=2, backup_directory=tmp_path / "backup")
-    RE = RunEngine({})
-    RE.subscribe(writer)
+    writers = [make_writer(catalog, batch_size=2, backup_directory=tmp_path / name) for name in ("raw", "derived")]
+    engines = [RunEngine({}), RunEngine({})]  # e.g. the raw runs and the analysis runs: two writers, one catalogue
+    for RE, writer in zip(engines, writers):
+        RE.subscribe(writer)
     outage.failing = True
-    uids = [RE(bp.count([det], 6))[0] for _ in range(3)]
-    assert outage.calls == 3  # one failed request per run: no retries per batch
-    assert [writer.status(uid).split(":")[0] for uid in uids] == ["backed up"] * 3
+    uids = [(RE(bp.count([det], 6))[0], writer) for _ in range(2) for RE, writer in zip(engines, writers)]
+    assert outage.calls == 4  # one failed request per run: no retries per batch
+    assert [writer.status(uid).split(":")[0] for uid, writer in uids] == ["backed up"] * 4
     assert len(storage_warnings(caplog)) == 1
     outage.failing = False
-    (uid,) = RE(bp.count([det], 6))
-    assert writer.status(uid) == "stored" and not (tmp_path / "backup" / f"{uid}.jsonl").exists()
+    (uid,) = engines[0](bp.count([det], 6))
+    assert writers[0].status(uid) == "stored" and not (tmp_path / "raw" / f"{uid}.jsonl").exists()
     assert "works again" in storage_warnings(caplog, logging.INFO)[-1].getMessage()
 
 
@@ -312,3 +321,46 @@ def test_cli_restore_puts_every_backed_up_run_back(catalog, catalog_dir, outage,
     (backup / "garbage.jsonl").write_text("not json\n")
     assert main(["restore", str(backup), "--catalog", str(catalog_dir)]) == 1
     assert "1 failed" in capsys.readouterr().out
+
+
+def test_tiled_server_killed_mid_scan_stalls_once_and_loses_nothing(catalog, catalog_dir, tmp_path, monkeypatch):
+    from nanopilot.backup import restore
+
+    monkeypatch.setattr(tiled.client.utils, "TILED_RETRY_TIMEOUT", 2.0)  # the client's retry budget (default 45 s)
+    monkeypatch.setenv("TILED_API_KEY", "faultstestkey")
+    port = _free_port()
+    server = subprocess.Popen(
+        [os.path.join(os.path.dirname(sys.executable), "tiled"), "serve", "catalog", str(catalog_dir / "catalog.db"),
+         "--host", "127.0.0.1", "--port", str(port), "--api-key", "faultstestkey", "-r", str(catalog_dir),
+         "-w", str(catalog_dir / "data"), "-w", f"sqlite:///{catalog_dir / 'storage.sqlite'}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                remote = open_catalog(f"http://127.0.0.1:{port}/api/v1")
+                break
+            except Exception:
+                assert time.monotonic() < deadline and server.poll() is None, "tiled serve did not come up"
+                time.sleep(0.5)
+        writer = make_writer(remote, batch_size=2, backup_directory=tmp_path / "backup")
+        RE = RunEngine({})
+        stamps = {}
+
+        def kill_at_event_5_and_time_the_stop(name, doc):
+            if name == "event" and doc["seq_num"] == 5:
+                server.kill()
+                server.wait()
+                stamps["kill"] = time.monotonic()
+            stamps[name] = time.monotonic()
+        RE.subscribe(kill_at_event_5_and_time_the_stop)
+        RE.subscribe(writer)
+        uid, live = inline_scan(RE, 4, 5)
+    finally:
+        server.kill()
+        server.wait()
+    assert live[-1][1]["exit_status"] == "success" and writer.status(uid).startswith("backed up")
+    assert stamps["stop"] - stamps["kill"] < 2.0 + 5  # one retry budget for the outage, not one per batch (8 left)
+    [result] = restore(tmp_path / "backup", catalog)
+    assert result.action == "replaced"  # the server had stored the first batches
+    np.testing.assert_array_equal(catalog[uid]["primary"]["det_image"].read(), frames(live))

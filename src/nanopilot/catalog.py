@@ -18,6 +18,7 @@ import logging
 import os
 import sqlite3
 import threading
+import types
 import warnings
 import weakref
 from pathlib import Path
@@ -182,6 +183,7 @@ def _embedded_client(directory: Path, writable: bool):
 #: One lock for every writer made here: the raw-run writer (RunEngine thread) and the analysis writers
 #: (worker threads) must not write to one SQLite catalogue at the same time ("database is locked").
 _WRITE_LOCK = threading.RLock()
+_OUTAGES: dict[int, types.SimpleNamespace] = {}  # id(client context) -> its outage, see _outage_of
 
 
 class SerializedWriter:
@@ -212,7 +214,7 @@ class StorageWriter:
         self.counts = collections.Counter()  # runs "stored", "backed up", "lost"
         self._client = catalog.include_data_sources()  # the one round trip TiledWriter makes: done once, here
         self._status: dict[str, str] = {}
-        self._outage: str | None = None  # why the catalogue failed, until a run is stored again
+        self._outage = _outage_of(catalog.context)  # shared by the writers of one catalogue: one warning
         self._router = RunRouter([self._factory])
 
     def __call__(self, name: str, doc: dict):
@@ -229,7 +231,7 @@ class StorageWriter:
         """A TiledWriter for one run; None while an outage lasts and the server does not answer at once."""
         from bluesky_tiled_plugins import TiledWriter
 
-        if self._outage is not None and not self._answers():
+        if self._outage.reason is not None and not self._answers():
             return None
         return TiledWriter(self._client, batch_size=self.batch_size)
 
@@ -241,18 +243,29 @@ class StorageWriter:
             return False
 
     def _catalogue_failed(self, uid: str, reason: str) -> None:
-        if self._outage is None:
-            logger.warning("Tiled storage failed (%s): run %s and any other run while it fails are written to the "
-                           "backup %s only; put them back with `nanopilot restore %s`",
-                           reason, uid, self.backup_directory, self.backup_directory)
-        self._outage = reason
+        with _WRITE_LOCK:
+            if self._outage.reason is None:
+                logger.warning("Tiled storage failed (%s): run %s and any other run while it fails are written to "
+                               "the backup %s only; put them back with `nanopilot restore %s`",
+                               reason, uid, self.backup_directory, self.backup_directory)
+            self._outage.reason = reason
 
     def _finished(self, uid: str, status: str) -> None:
         self._status[uid] = status
         self.counts[status.split(":")[0]] += 1
-        if status == "stored" and self._outage is not None:
-            logger.info("Tiled storage works again (run %s stored)", uid)
-            self._outage = None
+        with _WRITE_LOCK:
+            if status == "stored" and self._outage.reason is not None:
+                logger.info("Tiled storage works again (run %s stored)", uid)
+                self._outage.reason = None
+
+
+def _outage_of(context) -> types.SimpleNamespace:
+    """The outage record (``reason``: why Tiled failed, None while it works) shared by the writers of a context."""
+    with _WRITE_LOCK:
+        if id(context) not in _OUTAGES:
+            _OUTAGES[id(context)] = types.SimpleNamespace(reason=None)
+            weakref.finalize(context, _OUTAGES.pop, id(context), None)
+        return _OUTAGES[id(context)]
 
 
 class _RunStorage:
@@ -261,7 +274,7 @@ class _RunStorage:
     def __init__(self, writer: StorageWriter, uid: str):
         self.writer, self.uid = writer, uid
         self.primary = writer._primary()
-        self.primary_failure = None if self.primary is not None else f"Tiled still unavailable ({writer._outage})"
+        self.primary_failure = None if self.primary else f"Tiled still unavailable ({writer._outage.reason})"
         self.journal, self.journal_failure = None, None
         writer._status[uid] = "writing"
         try:
