@@ -273,8 +273,8 @@ class _RunStorage:
 
     def __init__(self, writer: StorageWriter, uid: str):
         self.writer, self.uid = writer, uid
-        self.primary = writer._primary()
-        self.primary_failure = None if self.primary else f"Tiled still unavailable ({writer._outage.reason})"
+        self.primary, outage = writer._primary(), writer._outage.reason
+        self.primary_failure = None if self.primary is not None else f"Tiled still unavailable ({outage})"
         self.journal, self.journal_failure = None, None
         writer._status[uid] = "writing"
         try:
