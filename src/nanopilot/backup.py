@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import base64
 import collections
+import contextlib
 import dataclasses
+import itertools
 import json
 import logging
 import os
@@ -79,7 +81,11 @@ class RunJournal:
         self._size = 0
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         if fcntl is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(self._fd)
+                raise
 
     def write(self, name: str, doc: dict) -> None:
         """Append one document; OSError (and the journal closed to writes) if it cannot be written whole."""
@@ -158,13 +164,13 @@ def restore(backup_directory: str | os.PathLike, catalog, *, batch_size: int = 2
 def _restore_file(path: Path, catalog, batch_size: int) -> RestoredRun:
     from bluesky_tiled_plugins import TiledWriter
 
-    with open(path, "rb") as lock:
+    with open(path, "rb") as lock, contextlib.closing(read_journal(path)) as docs:
         if fcntl is not None:
             try:
                 fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:
                 return RestoredRun(path, None, "skipped", "still being written by a running session")
-        first = next(read_journal(path), None)
+        first = next(docs, None)
         if first is None or first[0] != "start":
             return RestoredRun(path, None, "failed", "no start document: nothing to restore")
         uid = first[1]["uid"]
@@ -177,7 +183,7 @@ def _restore_file(path: Path, catalog, batch_size: int) -> RestoredRun:
                 action = "replaced"
             writer = TiledWriter(catalog, batch_size=batch_size)
             counts = collections.Counter()
-            for name, doc in read_journal(path):
+            for name, doc in itertools.chain([first], docs):
                 writer(name, doc)
                 counts[name] += 1
         except Exception as err:  # noqa: BLE001 - any storage error: reported per run, the others still restored

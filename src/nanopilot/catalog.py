@@ -221,7 +221,8 @@ class StorageWriter:
         self._router(name, doc)
 
     def status(self, uid: str) -> str:
-        """"writing", "stored", "backed up: ..." (journal kept, the catalogue failed) or "lost: ..." (why)."""
+        """Where run ``uid`` went: "writing", "stored", "backed up: ..." (its journal kept: Tiled failed) or
+        "lost: ..." (Tiled and the backup both failed; why). KeyError for a run this writer has not seen."""
         return self._status[uid]
 
     def _factory(self, name, start):
