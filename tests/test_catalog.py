@@ -6,7 +6,7 @@ import pytest
 from bluesky import RunEngine
 from ophyd.sim import det, motor
 
-from nanopilot.catalog import default_data_dir, open_catalog, subscribe_writer
+from nanopilot.catalog import default_backup_dir, default_data_dir, open_catalog, subscribe_writer
 
 
 def test_default_data_dir_follows_the_environment(monkeypatch, tmp_path):
@@ -15,6 +15,9 @@ def test_default_data_dir_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.delenv("NANOPILOT_DATA_DIR")
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
     assert default_data_dir() == tmp_path / "xdg" / "nanopilot"
+    assert default_backup_dir() == tmp_path / "xdg" / "nanopilot" / "backup"
+    monkeypatch.setenv("NANOPILOT_BACKUP_DIR", str(tmp_path / "other_disk"))
+    assert default_backup_dir() == tmp_path / "other_disk"
 
 
 def test_scan_is_stored_and_read_back(tmp_path):
