@@ -27,9 +27,9 @@ from nanopilot.sim_devices import make_beamline
 OTHER_INSTRUMENT = Instrument(energy_kev=12.0)  # same 64 x 64 ROI, another setup
 
 
-def raw_run(shape=None):
+def raw_run(shape=None, **md):
     """(bundle, descriptor bundle) of a raw run with a 64 x 64 image key and one motor m."""
-    bundle = compose_run(metadata={"motors": ["m"], **({"shape": list(shape)} if shape else {})})
+    bundle = compose_run(metadata={"motors": ["m"], **({"shape": list(shape)} if shape else {}), **md})
     desc = bundle.compose_descriptor(name="primary", data_keys={
         "cam_image": {"source": "t", "dtype": "array", "shape": [64, 64]},
         "m": {"source": "t", "dtype": "number", "shape": []}})
@@ -123,10 +123,9 @@ def test_duplicate_events_are_analysed_and_counted_once():
     derived = []
     analysis.subscribe(lambda name, doc: derived.append((name, doc)))
 
-    def twice(name, doc):  # a repeated delivery (e.g. a replay merged with the live stream)
+    def twice(name, doc):  # every document delivered twice (e.g. a replay merged with the live stream)
         analysis(name, doc)
-        if name == "event":
-            analysis(name, doc)
+        analysis(name, doc)
 
     RE = RunEngine({})
     RE.subscribe(twice)
@@ -135,6 +134,7 @@ def test_duplicate_events_are_analysed_and_counted_once():
     summary = summary_of(derived)
     assert len(run) == 10 and summary["frames_ok"] == 10 and summary["frames_received"] == 20
     assert json.loads(summary["rejected_by_reason"]) == {"duplicate seq_num": 10} and adds_up(summary)
+    assert [n for n, _ in derived].count("stop") == 1
 
 
 def test_events_for_an_unknown_descriptor_are_counted_and_logged_once_per_run(caplog):
@@ -199,6 +199,11 @@ def test_frames_of_a_run_declaring_another_instrument_are_flagged_not_ok(caplog)
     summary = summary_of(derived)
     assert summary["frames_ok"] == 0 and summary["frames_flagged"] == 6
     assert OTHER_INSTRUMENT.fingerprint() in caplog.text
+    bundle, desc = raw_run(instrument_fingerprint=OTHER_INSTRUMENT.fingerprint())  # declared in the start document
+    feed(analysis, [("start", bundle.start_doc), ("descriptor", desc.descriptor_doc),
+                    ("event_page", page(desc, {"cam_image": frames(2), "m": [0.0, 1.0]}, [1, 2])),
+                    ("stop", bundle.compose_stop())])
+    assert analysis.maps[bundle.start_doc["uid"]].scattered()["status"].tolist() == ["wrong_instrument"] * 2
 
 
 # ---------------------------------------------------------------- 8. leaks and lifetime

@@ -101,18 +101,13 @@ class NanobeamAnalysis(DocumentRouter):
         if threaded:  # the worker finishes what it was handed and stops when this object is freed
             weakref.finalize(self, self._worker.stop).atexit = False
 
-    # ------------------------------------------------------------------ configuration
-    @property
-    def batch_size(self) -> int:
-        return self._worker.batch_size
-
-    @property
-    def refine(self) -> bool:
-        return self._worker.refine
-
-    @property
-    def frame_features(self):
-        return self._worker.frame_features
+    # ------------------------------------------------------------------ configuration (the worker's)
+    batch_size = property(lambda self: self._worker.batch_size, doc="Frames per Predictor call.")
+    max_latency = property(lambda self: self._worker.max_latency, doc="Seconds a partial batch may wait.")
+    max_queued_frames = property(lambda self: self._worker.max_queued_frames, doc="Bound of the queue (frames).")
+    when_behind = property(lambda self: self._worker.when_behind, doc="Back-pressure policy (see POLICIES).")
+    refine = property(lambda self: self._worker.refine, doc="Physics refinement of the estimates.")
+    frame_features = property(lambda self: self._worker.frame_features, doc="Per-frame descriptor function.")
 
     @property
     def queued_frames(self) -> int:
@@ -125,6 +120,9 @@ class NanobeamAnalysis(DocumentRouter):
 
     # ------------------------------------------------------------------ RunEngine side
     def start(self, doc):
+        if doc["uid"] in self._runs:  # a repeated delivery must not reset the run's state
+            logger.warning("run %s: a second start document was ignored", doc["uid"][:8])
+            return
         self._runs[doc["uid"]] = RawRun(doc, self.motors)
         self._unattributed_logged = False
 
@@ -132,6 +130,9 @@ class NanobeamAnalysis(DocumentRouter):
         run = self._runs.get(doc.get("run_start"))
         if run is None:
             self._reject(None, UNKNOWN_RUN, 0, f"descriptor {str(doc.get('uid'))[:8]} of no open run")
+            return
+        if doc["uid"] in self._descriptor_run:  # a repeated delivery must not reset the stream's state
+            logger.warning("run %s: a second descriptor %s was ignored", run.uid[:8], doc["uid"][:8])
             return
         self._descriptor_run[doc["uid"]] = run
         keys = doc["data_keys"]
@@ -243,7 +244,7 @@ class NanobeamAnalysis(DocumentRouter):
             return
         try:
             self._event_page(run, desc, doc)
-        except Exception:  # never raise into the RunEngine for a data problem
+        except Exception:  # a bug, not a data problem (those are handled above): never raise into the RunEngine
             logger.exception("analysis failed on an event page of run %s", run.uid[:8])
             self.maps.count(run.uid, received=len(doc["seq_num"]), errors=len(doc["seq_num"]))
 
@@ -266,7 +267,12 @@ class NanobeamAnalysis(DocumentRouter):
         if values is None:  # a page without the image key (a replay can deliver one): its points are flagged
             self._submit(run, seq_nums, positions, (None, n, MISSING))
         elif desc["external"]:
-            frames = [run.external.read_datum(run.datums.pop(datum_id)) for datum_id in values]
+            try:
+                frames = [run.external.read_datum(run.datums.pop(datum_id)) for datum_id in values]
+            except Exception as err:  # an unreadable file or a missing datum loses these frames, not the scan
+                logger.error("could not read the frames of an event page of run %s: %r", run.uid[:8], err)
+                self.maps.count(run.uid, received=n, errors=n)
+                return
             self._submit(run, seq_nums, positions, (frames, n, desc["status"]))
         else:
             self._submit(run, seq_nums, positions, (values, n, desc["status"]))

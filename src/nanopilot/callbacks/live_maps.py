@@ -75,11 +75,11 @@ class RunMap:
         self._status.extend(status.tolist())
 
     def set_extra(self, key: str, seq_nums, values) -> None:
-        """Attach another per-point field (e.g. texture labels) to stored points, by seq_num."""
+        """Attach another per-point field (e.g. texture labels) to stored points, by seq_num (all or none:
+        KeyError before any change for a seq_num not stored)."""
         index = {s: i for i, s in enumerate(self._seq)}
-        column = self._extra.setdefault(key, {})
-        for s, v in zip(seq_nums, values):
-            column[index[int(s)]] = v
+        rows = [index[int(s)] for s in seq_nums]
+        self._extra.setdefault(key, {}).update(zip(rows, values))
 
     # ------------------------------------------------------------------ reading
     def __len__(self) -> int:
