@@ -34,6 +34,7 @@ from .intake import (
     frames_in,
     page_problem,
     positions_of,
+    stream_datum_frames,
 )
 from .live_maps import LiveMaps
 from .worker import POLICIES, AnalysisWorker
@@ -187,15 +188,18 @@ class NanobeamAnalysis(DocumentRouter):
 
     def datum(self, doc):
         for run in self._runs.values():
-            if doc["resource"] in run.external._resources:
+            if doc.get("resource") in run.external._resources:
                 run.datums[doc["datum_id"]] = doc
 
     def stream_datum(self, doc):
         run = self._descriptor_run.get(doc.get("descriptor"))
+        n, name = stream_datum_frames(doc), f"stream_datum {str(doc.get('uid'))[:8]}"
+        if n is None:  # its frames are not counted here: their positions, unmatched at stop, are (as errors)
+            self._reject(run or self._latest_run(), MALFORMED, 0,
+                         f"{name}: seq_nums and indices must be ranges {{start, stop}} of one length")
+            return
         if run is None:
-            seqs = doc.get("seq_nums") or {}
-            n = max(0, int(seqs.get("stop", 0)) - int(seqs.get("start", 0)))
-            self._reject(self._latest_run(), UNKNOWN_DESCRIPTOR, n, f"stream_datum {str(doc.get('uid'))[:8]}")
+            self._reject(self._latest_run(), UNKNOWN_DESCRIPTOR, n, f"{name} for a descriptor not (yet) seen")
             return
         desc = run.descriptors.get(doc["descriptor"])
         if desc is None or run.external.data_key_of(doc) != desc["key"]:
@@ -299,7 +303,8 @@ class NanobeamAnalysis(DocumentRouter):
     def _reject(self, run: RawRun | None, reason: str, n: int, detail: str) -> None:
         """Count ``n`` frames of a document refused at the door; log the first of each reason per run."""
         if run is None:
-            self.unattributed[reason] += n
+            if n:
+                self.unattributed[reason] += n
             if not self._unattributed_logged:
                 self._unattributed_logged = True
                 logger.error("analysis refused a document (%s: %s) and no run is open to count it in; further "
@@ -309,6 +314,8 @@ class NanobeamAnalysis(DocumentRouter):
             run.logged.add(reason)
             logger.error("run %s: refused %d frame(s) (%s: %s); further ones are counted in the run's analysis "
                          "summary", run.uid[:8], n, reason, detail)
+        if not n:
+            return
         if run.derived is not None:
             self.maps.reject(run.uid, reason, n)
         else:

@@ -114,6 +114,18 @@ def page_problem(page: dict) -> str | None:
     return None
 
 
+def stream_datum_frames(doc: dict) -> int | None:
+    """Number of frames a stream_datum stands for, or None if its seq_nums and indices are not ranges of the
+    same length."""
+    try:
+        seqs, indices = doc["seq_nums"], doc["indices"]
+        n = int(seqs["stop"]) - int(seqs["start"])
+        ok = n >= 0 and int(indices["stop"]) - int(indices["start"]) == n
+    except (KeyError, TypeError, ValueError):
+        return None
+    return n if ok else None
+
+
 def positions_of(page: dict, motors: list[str], n: int) -> np.ndarray:
     """(n, n_motors) float positions of a page; a missing motor or a value that is not a number reads NaN."""
     columns = []
