@@ -23,19 +23,8 @@ from event_model import DocumentRouter, pack_event_page
 from ..estimates import MISSING, WRONG_INSTRUMENT
 from .derived import DerivedRun
 from .frame_sources import find_image_key, frame_shape_of
-from .intake import (
-    DUPLICATE,
-    MALFORMED,
-    UNKNOWN_DESCRIPTOR,
-    UNKNOWN_RUN,
-    RawRun,
-    SeqNumSet,
-    declared_fingerprint,
-    frames_in,
-    page_problem,
-    positions_of,
-    stream_datum_frames,
-)
+from .intake import (DUPLICATE, MALFORMED, UNKNOWN_DESCRIPTOR, UNKNOWN_RUN, RawRun, SeqNumSet, declared_fingerprint,
+                     frames_in, page_problem, positions_of, stream_datum_frames)
 from .live_maps import LiveMaps
 from .worker import POLICIES, AnalysisWorker
 
