@@ -63,7 +63,7 @@ def run_analysis(predictor, docs, n, **kwargs) -> tuple[float, NanobeamAnalysis,
     t0 = time.perf_counter()
     for name, doc in docs:
         analysis(name, doc)
-        peak = max(peak, analysis._queued)
+        peak = max(peak, analysis.queued_frames)
     assert analysis.flush(timeout=600)
     wall = time.perf_counter() - t0
     run = analysis.maps.current

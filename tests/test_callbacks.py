@@ -198,7 +198,7 @@ def test_close_finishes_the_analysis_stops_the_worker_and_frees_it():
     RE = RunEngine({})
     token = RE.subscribe(analysis)
     (first,) = RE(scan(bl))
-    worker = analysis._thread
+    worker = analysis._worker.thread
     assert analysis.close(timeout=30) and not worker.is_alive()
     assert len(analysis.maps[first]) == 20  # the pending batch was analysed before the worker stopped
     (second,) = RE(scan(bl))  # after close: analysed inline, in the RunEngine's thread

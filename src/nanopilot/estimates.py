@@ -23,7 +23,11 @@ EDGE = "edge"  # estimate at the edge of the trained / library range
 RESIDUAL = "residual"  # the physics model does not explain the frame
 WRONG_SHAPE = "wrong_shape"  # one frame of another shape in a live stream (a whole batch of them raises)
 NOT_CONVERGED = "not_converged"  # an iterative fit did not converge (or had no finite start)
-STATUSES = (OK, NONFINITE, NEGATIVE, EMPTY, SATURATED, COUNT_LEVEL, EDGE, RESIDUAL, WRONG_SHAPE, NOT_CONVERGED)
+BAD_TYPE = "bad_type"  # one frame in a live stream that is not an array of numbers (e.g. strings)
+MISSING = "missing"  # a live-stream document carries a point's positions but not its frame
+WRONG_INSTRUMENT = "wrong_instrument"  # the run declares another instrument than the estimator was made for
+STATUSES = (OK, NONFINITE, NEGATIVE, EMPTY, SATURATED, COUNT_LEVEL, EDGE, RESIDUAL, WRONG_SHAPE, NOT_CONVERGED,
+            BAD_TYPE, MISSING, WRONG_INSTRUMENT)
 
 PARAMETERS = ("strain", "omega", "chi", "thickness")
 UNITS = {"strain": "", "omega": "deg", "chi": "deg", "thickness": "angstrom"}

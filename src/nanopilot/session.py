@@ -3,6 +3,7 @@
     >>> from nanopilot.session import setup
     >>> np_session = setup(RE, detector=det, x=stage.x, y=stage.y)      # a beamline profile, real devices
     >>> RE(steered_map([det], stage.x, stage.y, (-2, 2), (-2, 2)))       # plans find the published maps
+    >>> np_session.close()                                               # unsubscribe, finish the analysis
 """
 
 from __future__ import annotations
@@ -10,15 +11,16 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from .callbacks import LiveMaps, NanobeamAnalysis, publish_maps
+from .callbacks import LiveMaps, NanobeamAnalysis, publish_maps, published_maps
 from .callbacks.plot import LiveMapPlot
 
 
 @dataclasses.dataclass
 class Session:
     """What :func:`setup` installed: the analysis, its LiveMaps, the texture callback, the plot, the catalogue,
-    the RunEngine subscription tokens (``RE.unsubscribe(token)`` removes one) and the devices it was given
-    ({"detector", "x", "y"[, "temperature", "deposition"]: device}, for plans: ``s.devices["x"]``)."""
+    the RunEngine subscription tokens (``RE.unsubscribe(token)`` removes one), the devices it was given
+    ({"detector", "x", "y"[, "temperature", "deposition"]: device}, for plans: ``s.devices["x"]``) and the
+    RunEngine. :meth:`close` (or leaving ``with setup(...) as s:``) tears it all down."""
 
     analysis: NanobeamAnalysis
     maps: LiveMaps
@@ -27,6 +29,26 @@ class Session:
     catalog: object | None
     tokens: list[int]
     devices: dict
+    RE: object = None
+
+    def close(self, timeout: float = 60.0) -> bool:
+        """Unsubscribe from the RunEngine, finish the analysis of every frame it was handed (its documents
+        reach the catalogue) and stop its worker, and withdraw the published maps. Call it between runs.
+        Idempotent; False if the analysis did not finish within ``timeout`` (s)."""
+        if self.RE is not None:
+            for token in self.tokens:
+                self.RE.unsubscribe(token)
+        self.tokens = []
+        finished = self.analysis.close(timeout)
+        if published_maps() is self.maps:
+            publish_maps(None)
+        return finished
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def setup(RE, *, detector, x, y, temperature=None, deposition=None, catalog=None, model=None,
@@ -43,15 +65,22 @@ def setup(RE, *, detector, x, y, temperature=None, deposition=None, catalog=None
     model : model file for the analysis (default: the shipped ensemble; use the thickness model for growth).
     plot : PNG path for the live maps, saved at each run's stop (``{uid}`` is replaced); None: no plot.
     image_key : the detector's image data key, when it cannot be found from the descriptors.
+
+    Raises
+    ------
+    ValueError, naming the differing fields, if the detector's ``instrument`` is not the one the model was made
+    for (before anything is subscribed).
     """
     from .model import Predictor
     from .texture import TextureCallback, frame_descriptor
 
+    predictor = Predictor.load(model)
+    _check_instrument(detector, predictor)
     if catalog is not None and isinstance(catalog, (str, Path)):
         from .catalog import open_catalog
 
         catalog = open_catalog(catalog)
-    analysis = NanobeamAnalysis(Predictor.load(model), image_key=image_key, motors=[y.name, x.name],
+    analysis = NanobeamAnalysis(predictor, image_key=image_key, motors=[y.name, x.name],
                                 frame_features=frame_descriptor)
     texture = TextureCallback(analysis.maps)
     analysis.subscribe(texture)
@@ -66,4 +95,16 @@ def setup(RE, *, detector, x, y, temperature=None, deposition=None, catalog=None
     publish_maps(analysis.maps)
     devices = {"detector": detector, "x": x, "y": y, "temperature": temperature, "deposition": deposition}
     return Session(analysis, analysis.maps, texture, live_plot, catalog, tokens,
-                   {k: v for k, v in devices.items() if v is not None})
+                   {k: v for k, v in devices.items() if v is not None}, RE)
+
+
+def _check_instrument(detector, predictor) -> None:
+    """Raise ValueError naming the differing fields if the detector declares another instrument than the model's."""
+    instrument = getattr(detector, "instrument", None)
+    if instrument is None:
+        return
+    try:
+        predictor.instrument.require_same(instrument, f"the detector {getattr(detector, 'name', detector)!r}")
+    except ValueError as err:
+        raise ValueError(f"{err}; the model {predictor.path} was made for the expected values: pass model= a "
+                         "model trained for the detector's instrument") from None

@@ -2,52 +2,35 @@
 
 Document flow (RunEngine thread)::
 
-    start -> descriptor (find the image key) -> event/event_page, stream_datum, datum -> frames + positions
-          -> bounded queue -> worker: batches -> Predictor -> LiveMaps + derived documents -> stop
+    start -> descriptor (find the image key, check the declared instrument) -> event/event_page, stream_datum,
+          datum -> the door (malformed, duplicate and orphan documents are refused, counted and logged)
+          -> frames + positions -> bounded queue -> worker: batches -> Predictor -> LiveMaps + derived documents
 
-The worker thread owns the predictor and emits every derived document, so subscribers (a TiledWriter,
+The worker (:mod:`.worker`) owns the predictor and emits every derived document, so subscribers (a TiledWriter,
 a plot) see one ordered stream. ``threaded=False`` does the same work inline (deterministic batching).
+Every frame a run delivers is accounted for once: received = ok + flagged + skipped + errors + rejected.
 """
 
 from __future__ import annotations
 
-import atexit
 import logging
-import queue
-import threading
-import time
 import weakref
+from collections import Counter
 
 import numpy as np
-from event_model import DocumentRouter
+from event_model import DocumentRouter, pack_event_page
 
+from ..estimates import MISSING, WRONG_INSTRUMENT
 from .derived import DerivedRun
-from .frame_sources import ExternalFrames, find_image_key, frame_shape_of
+from .frame_sources import find_image_key, frame_shape_of
+from .intake import (DUPLICATE, MALFORMED, UNKNOWN_DESCRIPTOR, UNKNOWN_RUN, RawRun, SeqNumSet, declared_fingerprint,
+                     frames_in, page_problem, positions_of, stream_datum_frames)
 from .live_maps import LiveMaps
-from .subscribers import Subscribers
+from .worker import POLICIES, AnalysisWorker
 
 logger = logging.getLogger(__name__)
 
-#: Back-pressure policies when the analysis falls behind: "block" slows the stream (the RunEngine waits
-#: for room in the queue); "decimate" drops the new frames, counting each one as skipped.
-POLICIES = ("block", "decimate")
-
-
-class _Run:
-    """State of one raw run on the RunEngine side."""
-
-    def __init__(self, start: dict, motors: list[str] | None):
-        self.start = start
-        self.uid = start["uid"]
-        dims = [f for fields, _ in (start.get("hints") or {}).get("dimensions", []) for f in fields]
-        self.motors = list(motors or start.get("motors") or [d for d in dims if d != "time"])
-        self.descriptors: dict[str, dict] = {}  # descriptor uid -> {"key", "external", "units"}
-        self.external = ExternalFrames()
-        self.datums: dict[str, dict] = {}
-        self.frames_by_seq: dict[tuple[str, int], np.ndarray] = {}  # from stream_datum, waiting for events
-        self.positions_by_seq: dict[tuple[str, int], list[float]] = {}  # events waiting for frames
-        self.unreadable: set[tuple[str, int]] = set()  # frames already counted as lost
-        self.derived: DerivedRun | None = None
+__all__ = ["POLICIES", "NanobeamAnalysis"]
 
 
 class NanobeamAnalysis(DocumentRouter):
@@ -69,7 +52,9 @@ class NanobeamAnalysis(DocumentRouter):
         (e.g. for texture classification), stored per point in the LiveMaps (``RunMap.features()``).
     threaded : analyse in a worker thread (default) or inline in the caller's thread.
 
-    Derived documents go to the callbacks given to :meth:`subscribe` (e.g. a TiledWriter).
+    Derived documents go to the callbacks given to :meth:`subscribe` (e.g. a TiledWriter). Close the analysis
+    when done (:meth:`close`, or ``with NanobeamAnalysis(...) as analysis:``); one that is garbage-collected
+    unclosed finishes what it was handed and stops its worker thread.
     """
 
     def __init__(self, predictor=None, image_key: str | None = None, *, maps: LiveMaps | None = None,
@@ -87,46 +72,59 @@ class NanobeamAnalysis(DocumentRouter):
             predictor = Predictor.load()
         self.predictor = predictor
         self.frame_shape = tuple(predictor.instrument.roi_shape)
+        self.fingerprint = predictor.instrument.fingerprint()
         self.image_key = image_key
         self.motors = list(motors) if motors else None
-        self.frame_features = frame_features
         outputs = tuple(getattr(predictor, "outputs", ("strain", "omega", "chi")))
         self.maps = maps if maps is not None else LiveMaps(predictor.instrument, outputs)
         if self.maps.instrument is None:
             self.maps.instrument, self.maps.outputs = predictor.instrument, outputs
-        self.batch_size, self.max_latency, self.refine = int(batch_size), float(max_latency), bool(refine)
-        self.max_queued_frames, self.when_behind = int(max_queued_frames), when_behind
-        self._emit = Subscribers("analysis")  # derived documents go to each subscriber
-        self._runs: dict[str, _Run] = {}
-        self._descriptor_run: dict[str, _Run] = {}
-        self._room = threading.Condition()
-        self._queued = 0
-        self._queue: queue.Queue | None = queue.Queue() if threaded else None
-        self._pending: list = []  # batch being assembled (worker side)
-        self._pending_since = 0.0
-        self._thread: threading.Thread | None = None
-        if threaded:
-            self._thread = threading.Thread(target=self._work, name="nanopilot-analysis", daemon=True)
-            self._thread.start()
-            # Finish (and store) the analysis before the interpreter shuts down. threading's exit hooks run before
-            # other threads' resources (e.g. an in-process Tiled app's portal) are torn down; atexit runs after.
-            # The hook holds a weak reference: once closed, the analysis can be freed.
-            register = getattr(threading, "_register_atexit", atexit.register)
-            register(_close_if_alive, weakref.ref(self), 60.0)
+        self._runs: dict[str, RawRun] = {}
+        self._descriptor_run: dict[str, RawRun] = {}  # every descriptor of an open run, with frames or not
+        #: Documents that belong to no open run (their frames, by reason), e.g. events after their run's stop.
+        self.unattributed: Counter = Counter()
+        self._unattributed_logged = False
+        self._worker = AnalysisWorker(self.maps, batch_size=int(batch_size), max_latency=float(max_latency),
+                                      refine=bool(refine), frame_features=frame_features,
+                                      max_queued_frames=int(max_queued_frames), when_behind=when_behind,
+                                      threaded=threaded)
+        if threaded:  # the worker finishes what it was handed and stops when this object is freed
+            weakref.finalize(self, self._worker.stop).atexit = False
 
-    # ------------------------------------------------------------------ subscribers of derived documents
+    # ------------------------------------------------------------------ configuration (the worker's)
+    batch_size = property(lambda self: self._worker.batch_size, doc="Frames per Predictor call.")
+    max_latency = property(lambda self: self._worker.max_latency, doc="Seconds a partial batch may wait.")
+    max_queued_frames = property(lambda self: self._worker.max_queued_frames, doc="Bound of the queue (frames).")
+    when_behind = property(lambda self: self._worker.when_behind, doc="Back-pressure policy (see POLICIES).")
+    refine = property(lambda self: self._worker.refine, doc="Physics refinement of the estimates.")
+    frame_features = property(lambda self: self._worker.frame_features, doc="Per-frame descriptor function.")
+
+    @property
+    def queued_frames(self) -> int:
+        """Frames handed to the worker and not yet analysed."""
+        return self._worker.queued
+
     def subscribe(self, callback) -> None:
         """Send every derived document to ``callback(name, doc)``."""
-        self._emit.append(callback)
+        self._worker.emit.append(callback)
 
     # ------------------------------------------------------------------ RunEngine side
     def start(self, doc):
-        self._runs[doc["uid"]] = _Run(doc, self.motors)
+        if doc["uid"] in self._runs:  # a repeated delivery must not reset the run's state
+            logger.warning("run %s: a second start document was ignored", doc["uid"][:8])
+            return
+        self._runs[doc["uid"]] = RawRun(doc, self.motors)
+        self._unattributed_logged = False
 
     def descriptor(self, doc):
-        run = self._runs.get(doc["run_start"])
+        run = self._runs.get(doc.get("run_start"))
         if run is None:
+            self._reject(None, UNKNOWN_RUN, 0, f"descriptor {str(doc.get('uid'))[:8]} of no open run")
             return
+        if doc["uid"] in self._descriptor_run:  # a repeated delivery must not reset the stream's state
+            logger.warning("run %s: a second descriptor %s was ignored", run.uid[:8], doc["uid"][:8])
+            return
+        self._descriptor_run[doc["uid"]] = run
         keys = doc["data_keys"]
         key = find_image_key(keys, self.frame_shape, self.image_key)
         if key is None:
@@ -137,13 +135,16 @@ class NanobeamAnalysis(DocumentRouter):
                              f"{self.frame_shape}: use a model trained for this detector ROI")
         first = not run.descriptors
         run.descriptors[doc["uid"]] = {"key": key, "external": keys[key].get("external"),
-                                       "units": {m: keys.get(m, {}).get("units", "") for m in run.motors}}
-        self._descriptor_run[doc["uid"]] = run
+                                       "units": {m: keys.get(m, {}).get("units", "") for m in run.motors},
+                                       "status": self._instrument_status(run, doc, key)}
+        run.seen_events[doc["uid"]], run.seen_frames[doc["uid"]] = SeqNumSet(), SeqNumSet()
         if first:
             start = run.start
             self.maps.begin_run(run.uid, run.motors, start.get("shape"), start.get("extents"), start.get("snaking"))
+            for reason, n in run.early_rejections.items():
+                self.maps.reject(run.uid, reason, n)
             run.derived = DerivedRun(run.start, key, run.descriptors[doc["uid"]]["units"], self.predictor)
-            self._put(("start", run), 0)
+            self._worker.put(("start", run), 0)
 
     def _check_configuration(self, keys: dict, stream: str | None) -> None:
         images = {k: v.get("shape") for k, v in keys.items() if frame_shape_of(v) is not None}
@@ -154,63 +155,122 @@ class NanobeamAnalysis(DocumentRouter):
             raise ValueError(f"stream {stream!r} has 2-D frames {images} but the model takes {self.frame_shape}: "
                              f"use a model trained for this detector ROI, or pass image_key")
 
+    def _instrument_status(self, run: RawRun, descriptor: dict, key: str) -> str | None:
+        """WRONG_INSTRUMENT (logged) if the run declares another instrument than the model's, else None."""
+        declared = declared_fingerprint(run.start, descriptor, key)
+        if declared is None or declared == self.fingerprint:
+            return None
+        logger.error("run %s declares instrument %s for %r but the model was made for instrument %s: every frame "
+                     "of stream %r is flagged %r; use a model trained for this instrument", run.uid[:8], declared,
+                     key, self.fingerprint, descriptor.get("name"), WRONG_INSTRUMENT)
+        return WRONG_INSTRUMENT
+
     def stream_resource(self, doc):
-        run = self._runs.get(doc.get("run_start")) or (next(reversed(self._runs.values())) if self._runs else None)
+        run = self._runs.get(doc.get("run_start")) or self._latest_run()
         if run is not None:
             run.external.stream_resource(doc)
 
     def resource(self, doc):
-        run = self._runs.get(doc.get("run_start")) or (next(reversed(self._runs.values())) if self._runs else None)
+        run = self._runs.get(doc.get("run_start")) or self._latest_run()
         if run is not None:
             run.external.resource(doc)
 
     def datum(self, doc):
         for run in self._runs.values():
-            if doc["resource"] in run.external._resources:
+            if doc.get("resource") in run.external._resources:
                 run.datums[doc["datum_id"]] = doc
 
     def stream_datum(self, doc):
-        run = self._descriptor_run.get(doc["descriptor"])
-        if run is None or run.external.data_key_of(doc) != run.descriptors[doc["descriptor"]]["key"]:
+        run = self._descriptor_run.get(doc.get("descriptor"))
+        n, name = stream_datum_frames(doc), f"stream_datum {str(doc.get('uid'))[:8]}"
+        if n is None:  # its frames are not counted here: their positions, unmatched at stop, are (as errors)
+            self._reject(run or self._latest_run(), MALFORMED, 0,
+                         f"{name}: seq_nums and indices must be ranges {{start, stop}} of one length")
+            return
+        if run is None:
+            self._reject(self._latest_run(), UNKNOWN_DESCRIPTOR, n, f"{name} for a descriptor not (yet) seen")
+            return
+        desc = run.descriptors.get(doc["descriptor"])
+        if desc is None or run.external.data_key_of(doc) != desc["key"]:
             return
         try:
             seq_nums, frames = run.external.read_stream_datum(doc)
         except Exception as err:  # an unreadable file loses these frames, not the scan
-            seqs = range(doc["seq_nums"]["start"], doc["seq_nums"]["stop"])
             logger.error("could not read frames of stream_datum %s: %s", doc["uid"], err)
-            self.maps.count(run.uid, received=len(seqs), errors=len(seqs))
-            run.unreadable.update((doc["descriptor"], s) for s in seqs)
+            self._lost(run, doc["descriptor"], range(doc["seq_nums"]["start"], doc["seq_nums"]["stop"]))
             return
+        fresh = run.seen_frames[doc["descriptor"]].add_new(seq_nums)
+        if fresh is not None:
+            self._reject(run, DUPLICATE, int((~fresh).sum()), f"stream_datum {doc['uid'][:8]}")
+            seq_nums, frames = seq_nums[fresh], frames[fresh]
         for seq, frame in zip(seq_nums, frames):
             self._join(run, doc["descriptor"], int(seq), frame=frame)
 
+    def _lost(self, run: RawRun, descriptor: str, seqs) -> None:
+        """Count frames that could not be read as errors, once, whether their positions came already or not."""
+        self.maps.count(run.uid, received=len(seqs), errors=len(seqs))
+        for seq in seqs:
+            if run.positions_by_seq.pop((descriptor, seq), None) is None:
+                run.unreadable.add((descriptor, seq))
+
+    def event(self, doc):
+        try:
+            page = pack_event_page(doc)
+        except Exception as err:  # no data, seq_num, ... : refused whole
+            run = self._descriptor_run.get(doc.get("descriptor")) if isinstance(doc, dict) else None
+            self._reject(run or self._latest_run(), MALFORMED, 1, f"event without {err}")
+            return
+        self.event_page(page)
+
     def event_page(self, doc):
-        run = self._descriptor_run.get(doc["descriptor"])
+        run = self._descriptor_run.get(doc.get("descriptor"))
         if run is None:
+            self._reject(self._latest_run(), UNKNOWN_DESCRIPTOR, frames_in(doc),
+                         f"event page for descriptor {str(doc.get('descriptor'))[:8]}, not (yet) seen")
+            return
+        desc = run.descriptors.get(doc["descriptor"])
+        if desc is None:  # a stream without frames for this model
+            return
+        problem = page_problem(doc)
+        if problem:
+            self._reject(run, MALFORMED, frames_in(doc), problem)
             return
         try:
-            self._event_page(run, doc)
-        except Exception:  # never raise into the RunEngine for a data problem
+            self._event_page(run, desc, doc)
+        except Exception:  # a bug, not a data problem (those are handled above): never raise into the RunEngine
             logger.exception("analysis failed on an event page of run %s", run.uid[:8])
             self.maps.count(run.uid, received=len(doc["seq_num"]), errors=len(doc["seq_num"]))
 
-    def _event_page(self, run: _Run, page: dict) -> None:
-        desc = run.descriptors[page["descriptor"]]
-        n = len(page["seq_num"])
-        positions = np.column_stack([np.asarray(page["data"].get(m, [np.nan] * n), dtype=float)
-                                     for m in run.motors]) if run.motors else np.zeros((n, 0))
-        values = page["data"].get(desc["key"])
-        if desc["external"] and str(desc["external"]).startswith("STREAM"):
-            for seq, pos in zip(page["seq_num"], positions):
-                self._join(run, page["descriptor"], int(seq), position=pos.tolist())
+    def _event_page(self, run: RawRun, desc: dict, page: dict) -> None:
+        seq_nums = np.asarray(page["seq_num"])
+        n = len(seq_nums)
+        fresh = run.seen_events[page["descriptor"]].add_new(seq_nums)
+        if fresh is not None:
+            self._reject(run, DUPLICATE, int((~fresh).sum()), f"event page of descriptor {page['descriptor'][:8]}")
+            n, seq_nums = int(fresh.sum()), seq_nums[fresh]
+            page = {**page, "data": {k: _take(v, fresh) for k, v in page["data"].items()}}
+        if n == 0:
             return
-        if desc["external"]:
-            frames = [run.external.read_datum(run.datums.pop(datum_id)) for datum_id in values]
+        positions = positions_of(page, run.motors, n)
+        if desc["external"] and str(desc["external"]).startswith("STREAM"):
+            for seq, pos in zip(seq_nums.tolist(), positions.tolist()):
+                self._join(run, page["descriptor"], seq, position=pos)
+            return
+        values = page["data"].get(desc["key"])
+        if values is None:  # a page without the image key (a replay can deliver one): its points are flagged
+            self._submit(run, seq_nums, positions, (None, n, MISSING))
+        elif desc["external"]:
+            try:
+                frames = [run.external.read_datum(run.datums.pop(datum_id)) for datum_id in values]
+            except Exception as err:  # an unreadable file or a missing datum loses these frames, not the scan
+                logger.error("could not read the frames of an event page of run %s: %r", run.uid[:8], err)
+                self.maps.count(run.uid, received=n, errors=n)
+                return
+            self._submit(run, seq_nums, positions, (frames, n, desc["status"]))
         else:
-            frames = values
-        self._submit(run, np.asarray(page["seq_num"]), positions, frames)
+            self._submit(run, seq_nums, positions, (values, n, desc["status"]))
 
-    def _join(self, run: _Run, descriptor: str, seq: int, *, frame=None, position=None) -> None:
+    def _join(self, run: RawRun, descriptor: str, seq: int, *, frame=None, position=None) -> None:
         key = (descriptor, seq)
         if key in run.unreadable:
             run.unreadable.discard(key)
@@ -221,129 +281,77 @@ class NanobeamAnalysis(DocumentRouter):
             run.positions_by_seq[key] = position
         if key in run.frames_by_seq and key in run.positions_by_seq:
             pos = np.asarray([run.positions_by_seq.pop(key)], dtype=float)
-            self._submit(run, np.asarray([seq]), pos, [run.frames_by_seq.pop(key)])
+            block = ([run.frames_by_seq.pop(key)], 1, run.descriptors[descriptor]["status"])
+            self._submit(run, np.asarray([seq]), pos, block)
 
-    def _submit(self, run: _Run, seq_nums, positions, frames) -> None:
+    def _submit(self, run: RawRun, seq_nums, positions, block) -> None:
         n = len(seq_nums)
         self.maps.count(run.uid, received=n)
-        self._put(("frames", run, seq_nums, positions, frames), n)
+        self._worker.put(("frames", run, seq_nums, positions, block), n)
+
+    def _reject(self, run: RawRun | None, reason: str, n: int, detail: str) -> None:
+        """Count ``n`` frames of a document refused at the door; log the first of each reason per run."""
+        if run is None:
+            if n:
+                self.unattributed[reason] += n
+            if not self._unattributed_logged:
+                self._unattributed_logged = True
+                logger.error("analysis refused a document (%s: %s) and no run is open to count it in; further "
+                             "ones are counted in NanobeamAnalysis.unattributed", reason, detail)
+            return
+        if reason not in run.logged:
+            run.logged.add(reason)
+            logger.error("run %s: refused %d frame(s) (%s: %s); further ones are counted in the run's analysis "
+                         "summary", run.uid[:8], n, reason, detail)
+        if not n:
+            return
+        if run.derived is not None:
+            self.maps.reject(run.uid, reason, n)
+        else:
+            run.early_rejections[reason] += n
+
+    def _latest_run(self) -> RawRun | None:
+        return next(reversed(self._runs.values())) if self._runs else None
 
     def stop(self, doc):
-        run = self._runs.pop(doc["run_start"], None)
+        run = self._runs.pop(doc.get("run_start"), None)
         if run is None:
+            self._reject(None, UNKNOWN_RUN, 0, f"stop of run {str(doc.get('run_start'))[:8]}, not open")
             return
-        for uid in run.descriptors:
-            self._descriptor_run.pop(uid, None)
-        unmatched = len(run.frames_by_seq) + len(run.positions_by_seq)
+        self._descriptor_run = {d: r for d, r in self._descriptor_run.items() if r is not run}
         if run.derived is None:  # a run without frames for this model: nothing to report
+            if run.early_rejections:
+                logger.error("run %s had no frames for this model; refused: %s", run.uid[:8],
+                             dict(run.early_rejections))
             run.external.close()
             return
+        unmatched = len(run.frames_by_seq) + len(run.positions_by_seq)
         if unmatched:
             logger.error("run %s ended with %d frames or positions never matched", run.uid[:8], unmatched)
             self.maps.count(run.uid, received=unmatched, errors=unmatched)
-        self._put(("stop", run, doc), 0)
+        self._worker.put(("stop", run, doc), 0)
 
-    def _put(self, item, n_frames: int) -> None:
-        if self._queue is None:
-            self._handle(item)
-            return
-        with self._room:
-            if n_frames and self._queued + n_frames > self.max_queued_frames:
-                if self.when_behind == "decimate":
-                    self.maps.count(item[1].uid, skipped=n_frames)
-                    return
-                self._room.wait_for(lambda: self._queued + n_frames <= self.max_queued_frames or not self._queued)
-            self._queued += n_frames
-        self._queue.put(item)
-
+    # ------------------------------------------------------------------ lifetime
     def flush(self, timeout: float = 60.0) -> bool:
         """Wait until every frame handed over so far has been analysed; False on timeout."""
-        if self._queue is None:
-            return True
-        done = threading.Event()
-        self._queue.put(("flush", done))
-        return done.wait(timeout)
+        return self._worker.flush(timeout)
 
     def close(self, timeout: float = 60.0) -> bool:
         """Finish the analysis of every frame handed over so far (as :meth:`flush`) and stop the worker thread;
         documents that arrive later are analysed inline, in the caller's thread. Call it between runs (not while
         a RunEngine is feeding this callback). Idempotent; False if the worker did not finish within
         ``timeout`` (s)."""
-        if self._queue is None:
-            return True
-        finished = self.flush(timeout)
-        self._queue.put(("close",))
-        self._thread.join(timeout)
-        self._queue = None
-        return finished and not self._thread.is_alive()
+        return self._worker.close(timeout)
 
-    # ------------------------------------------------------------------ worker side
-    def _work(self) -> None:
-        while True:
-            timeout = None
-            if self._pending:
-                timeout = max(0.0, self._pending_since + self.max_latency - time.monotonic())
-            try:
-                item = self._queue.get(timeout=timeout)
-            except queue.Empty:
-                self._analyse_pending()
-                continue
-            if item[0] == "close":
-                return
-            self._handle(item)
-            if item[0] == "frames":
-                with self._room:
-                    self._queued -= len(item[2])
-                    self._room.notify_all()
+    def __enter__(self) -> NanobeamAnalysis:
+        return self
 
-    def _handle(self, item) -> None:
-        kind = item[0]
-        try:
-            if kind == "start":
-                self._analyse_pending()
-                item[1].derived.open(self._emit)
-            elif kind == "frames":
-                _, run, seq_nums, positions, frames = item
-                if self._pending and self._pending[0][0] is not run:
-                    self._analyse_pending()
-                if not self._pending:
-                    self._pending_since = time.monotonic()
-                self._pending.append((run, seq_nums, positions, frames))
-                if sum(len(p[1]) for p in self._pending) >= self.batch_size:
-                    self._analyse_pending()
-            elif kind == "stop":
-                self._analyse_pending()
-                _, run, raw_stop = item
-                counts = self.maps[run.uid]
-                run.derived.close(self._emit, raw_stop, counts.skipped, counts.errors)
-                self.maps.end_run(run.uid)
-                run.external.close()
-            elif kind == "flush":
-                self._analyse_pending()
-                item[1].set()
-        except Exception:
-            logger.exception("analysis worker failed handling %r", kind)
-
-    def _analyse_pending(self) -> None:
-        if not self._pending:
-            return
-        pending, self._pending = self._pending, []
-        run = pending[0][0]
-        seq_nums = np.concatenate([p[1] for p in pending])
-        positions = np.concatenate([p[2] for p in pending])
-        try:
-            estimates, batch = run.derived.analyse([p[3] for p in pending], self.refine)
-            features = self.frame_features(batch) if self.frame_features is not None else None
-            self.maps.add(run.uid, seq_nums, positions, estimates, features)
-        except Exception:
-            logger.exception("prediction failed for %d frames of run %s", len(seq_nums), run.uid[:8])
-            self.maps.count(run.uid, errors=len(seq_nums))
-            return
-        run.derived.emit_points(self._emit, seq_nums, positions, estimates)
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
-def _close_if_alive(ref: weakref.ref, timeout: float) -> None:
-    """Exit hook: close the analysis if it still exists (finishing and storing what it was handed)."""
-    analysis = ref()
-    if analysis is not None:
-        analysis.close(timeout)
+def _take(values, keep: np.ndarray):
+    """The entries of a page's data column where ``keep`` is True (an array or a list)."""
+    if isinstance(values, np.ndarray):
+        return values[keep]
+    return [v for v, k in zip(values, keep) if k]

@@ -2,7 +2,7 @@
 
 start (names the raw run, the model and the instrument) -> descriptor "primary" (units) -> event pages
 (strain, omega, chi[, thickness], their std, status, raw seq_num, positions) -> one "summary" event
-(frames ok / flagged by reason / skipped / errors) -> stop.
+(frames received = ok + flagged (by reason) + skipped + errors + rejected (by reason)) -> stop.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from collections import Counter
 import numpy as np
 from event_model import compose_run
 
-from ..estimates import OK, UNITS, WRONG_SHAPE, Estimates
+from ..estimates import OK, UNITS, Estimates
+from .frame_sources import frame_batch
 
 ANALYSIS_NAME = "nanopilot.NanobeamAnalysis"
 
@@ -48,39 +49,24 @@ class DerivedRun:
 
     # ------------------------------------------------------------------ analysis
     def analyse(self, blocks: list, refine: bool) -> tuple[Estimates, np.ndarray]:
-        """Predict a batch given as blocks of frames (arrays (n, H, W) or lists of frames); frames of another
-        shape are flagged ``wrong_shape`` instead of failing the batch.
+        """Predict a batch given as blocks ``(frames, n, status)`` (see :func:`frame_batch`); frames that are
+        not (H, W) arrays of numbers, or that a block's status flags, are flagged instead of failing the batch.
 
-        Returns the estimates and the batch as analysed, (N, H, W) float32 (wrong-shape frames zeroed).
+        Returns the estimates and the batch as analysed, (N, H, W) float32 (flagged frames zeroed).
         """
-        arrays = [self._as_frames(b) for b in blocks]
-        if all(a is not None for a in arrays):
-            batch = np.concatenate(arrays).astype(np.float32, copy=False)  # the fast path: whole pages
-            shapes_ok = np.ones(len(batch), dtype=bool)
+        batch, status = frame_batch(blocks, self.frame_shape)
+        usable = status == OK
+        if not usable.any():  # e.g. a run of another instrument: nothing for the network
+            estimates = Estimates.empty(len(batch))
         else:
-            frames = [f for b in blocks for f in b]
-            shapes_ok = np.array([np.shape(f)[-2:] == self.frame_shape and np.size(f) == np.prod(self.frame_shape)
-                                  for f in frames])
-            batch = np.zeros((len(frames), *self.frame_shape), dtype=np.float32)
-            for i in np.flatnonzero(shapes_ok):
-                batch[i] = np.asarray(frames[i], dtype=np.float32).reshape(self.frame_shape)
-        estimates = self.predictor.predict(batch, refine=refine)
-        if not shapes_ok.all():
-            bad = ~shapes_ok
-            estimates.status[bad] = WRONG_SHAPE
+            estimates = self.predictor.predict(batch, refine=refine)
+        if not usable.all():
+            bad = ~usable
+            estimates.status[bad] = status[bad]
             for name in ("strain", "omega", "chi", "thickness", "strain_std", "omega_std", "chi_std",
                          "thickness_std", "score"):
                 getattr(estimates, name)[bad] = np.nan
         return estimates, batch
-
-    def _as_frames(self, block) -> np.ndarray | None:
-        """``block`` as an (n, H, W) numeric array, or None if any frame in it has another shape."""
-        try:
-            array = np.asarray(block)
-        except ValueError:  # frames of different shapes
-            return None
-        ok = array.ndim == 3 and array.dtype != object and array.shape[1:] == self.frame_shape
-        return array if ok else None
 
     # ------------------------------------------------------------------ documents
     def open(self, emit) -> None:
@@ -139,21 +125,31 @@ class DerivedRun:
     def _seen(self) -> int:
         return sum(self.status_counts.values())
 
-    def close(self, emit, raw_stop: dict, skipped: int, errors: int) -> None:
+    def close(self, emit, raw_stop: dict, counts) -> None:
+        """Emit the summary event and the stop document; ``counts`` is the run's RunMap (received, skipped,
+        errors, rejected_by_reason)."""
         ok = self.status_counts.get(OK, 0)
         flagged = {k: v for k, v in sorted(self.status_counts.items()) if k != OK}
-        summary = {"frames_ok": ok, "frames_flagged": sum(flagged.values()), "frames_skipped": int(skipped),
-                   "frames_errors": int(errors), "flagged_by_reason": json.dumps(flagged)}
+        rejected = dict(sorted(counts.rejected_by_reason.items()))
+        summary = {"frames_received": int(counts.received), "frames_ok": ok,
+                   "frames_flagged": sum(flagged.values()), "frames_skipped": int(counts.skipped),
+                   "frames_errors": int(counts.errors), "frames_rejected": sum(rejected.values()),
+                   "flagged_by_reason": json.dumps(flagged), "rejected_by_reason": json.dumps(rejected)}
         keys = {k: {"dtype": "string" if isinstance(v, str) else "integer", "shape": [], "source": ANALYSIS_NAME}
                 for k, v in summary.items()}
         desc = self._bundle.compose_descriptor(name="summary", data_keys=keys)
         emit("descriptor", desc.descriptor_doc)
         now = time.time()
         emit("event", desc.compose_event(data=summary, timestamps={k: now for k in summary}, seq_num=1, time=now))
-        by_reason = f" ({', '.join(f'{k}: {v}' for k, v in flagged.items())})" if flagged else ""
-        reason = (f"{ok} frames ok, {summary['frames_flagged']} flagged{by_reason}, {skipped} skipped, "
-                  f"{errors} lost to errors")
+        reason = (f"{ok} frames ok, {summary['frames_flagged']} flagged{_by_reason(flagged)}, "
+                  f"{summary['frames_skipped']} skipped, {summary['frames_errors']} lost to errors, "
+                  f"{summary['frames_rejected']} rejected{_by_reason(rejected)} "
+                  f"(of {summary['frames_received']} received)")
         exit_status = raw_stop.get("exit_status", "success")
         if raw_stop.get("reason"):
             reason += f"; raw run: {raw_stop['reason']}"
         emit("stop", self._bundle.compose_stop(exit_status=exit_status, reason=reason))
+
+
+def _by_reason(counts: dict) -> str:
+    return f" ({', '.join(f'{k}: {v}' for k, v in counts.items())})" if counts else ""

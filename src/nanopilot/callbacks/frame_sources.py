@@ -11,6 +11,8 @@ from urllib.parse import urlparse
 import h5py
 import numpy as np
 
+from ..estimates import BAD_TYPE, MISSING, OK, WRONG_SHAPE
+
 #: Default dataset of area-detector style HDF5 files.
 DEFAULT_DATASET = "/entry/data/data"
 
@@ -34,6 +36,61 @@ def frame_shape_of(data_key: dict) -> tuple[int, ...] | None:
     if len(shape) == 3 and shape[0] == 1:
         shape = shape[1:]
     return tuple(shape) if len(shape) == 2 and data_key.get("dtype") in ("array", "number", "integer") else None
+
+
+def frame_batch(blocks, frame_shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """One float32 batch (N, H, W) of counts from blocks of frames, and the status of each frame.
+
+    ``blocks`` is a list of ``(frames, n, status)``: ``frames`` an (n, H, W) array or a sequence of n frames;
+    ``status`` None to convert them, or a status given to all n (their rows stay zero). A frame that is not
+    an (H, W) array of numbers is flagged (``wrong_shape``, ``bad_type``, ``missing`` for None) and zeroed;
+    its neighbours are used. Returns ``(batch, status)``, status an (N,) object array (``ok`` where usable).
+    """
+    arrays = [_as_frames(frames, frame_shape) if status is None else None for frames, _, status in blocks]
+    if all(a is not None for a in arrays):  # the fast path: whole pages of numbers
+        batch = np.concatenate(arrays).astype(np.float32, copy=False)
+        return batch, np.full(len(batch), OK, dtype=object)
+    batch = np.zeros((sum(n for _, n, _ in blocks), *frame_shape), dtype=np.float32)
+    status = np.full(len(batch), OK, dtype=object)
+    row = 0
+    for (frames, n, forced), array in zip(blocks, arrays):
+        if forced is not None:
+            status[row:row + n] = forced
+        elif array is not None:
+            batch[row:row + n] = array
+        else:
+            for i, frame in enumerate(frames):
+                status[row + i] = _convert(frame, batch[row + i])
+        row += n
+    return batch, status
+
+
+def _as_frames(block, frame_shape) -> np.ndarray | None:
+    """``block`` as an (n, H, W) array of numbers, or None if any frame in it is not an (H, W) array of numbers."""
+    try:
+        array = np.asarray(block)
+    except ValueError:  # frames of different shapes
+        return None
+    ok = array.ndim == 3 and array.dtype.kind in "biuf" and array.shape[1:] == tuple(frame_shape)
+    return array if ok else None
+
+
+def _convert(frame, out: np.ndarray) -> str:
+    """Write one frame into ``out`` (H, W) float32 if it is an (H, W) array of numbers; returns its status."""
+    if frame is None:
+        return MISSING
+    try:
+        array = np.asarray(frame)
+        if array.dtype.kind == "O":  # e.g. nested lists of Python numbers and None
+            array = array.astype(np.float64)
+    except (ValueError, TypeError):
+        return BAD_TYPE
+    if array.dtype.kind not in "biuf":  # strings, bytes, complex, dates
+        return BAD_TYPE
+    if array.shape[-2:] != out.shape or array.size != out.size:
+        return WRONG_SHAPE
+    out[...] = array.reshape(out.shape)
+    return OK
 
 
 def _path_from(doc: dict) -> Path:

@@ -7,6 +7,7 @@ catch up with the frames taken so far with :meth:`LiveMaps.wait_for`.
 from __future__ import annotations
 
 import threading
+from collections import Counter
 
 import numpy as np
 
@@ -42,24 +43,43 @@ class RunMap:
         self.received = 0  # frames handed to the analysis (analysed or not)
         self.skipped = 0  # frames dropped by the back-pressure policy
         self.errors = 0  # frames lost to an unexpected exception inside the analysis
+        self.rejected_by_reason: Counter = Counter()  # frames refused at the door (malformed, duplicate, ...)
         self.done = False
+
+    @property
+    def rejected(self) -> int:
+        """Frames refused at the analysis' door (see :attr:`rejected_by_reason`)."""
+        return sum(self.rejected_by_reason.values())
+
+    @property
+    def accounted(self) -> int:
+        """Frames analysed (ok or flagged), skipped, lost to errors or rejected: ``received`` once caught up."""
+        return len(self._seq) + self.skipped + self.errors + self.rejected
 
     # ------------------------------------------------------------------ writing (analysis side)
     def _append(self, seq_nums, positions, est: Estimates, features=None) -> None:
+        """Append N points, all fields together or none (raises ValueError before any change if the
+        lengths disagree)."""
+        n = len(seq_nums)
+        seq = np.asarray(seq_nums, dtype=np.int64).reshape(n)
+        pos = np.asarray(positions, dtype=float).reshape(n, len(self.motors))
+        values = {f: np.asarray(getattr(est, f), dtype=float).reshape(n) for f in FIELDS}
+        status = np.asarray(est.status, dtype=object).reshape(n)
         if features is not None:
-            self._features.extend(np.asarray(features, dtype=float).reshape(len(seq_nums), -1))
-        self._seq.extend(int(s) for s in seq_nums)
-        self._pos.extend(np.asarray(positions, dtype=float).reshape(len(seq_nums), -1).tolist())
+            features = np.asarray(features, dtype=float).reshape(n, -1)
+            self._features.extend(features)
+        self._seq.extend(seq.tolist())
+        self._pos.extend(pos.tolist())
         for f in FIELDS:
-            self._values[f].extend(getattr(est, f).tolist())
-        self._status.extend(est.status.tolist())
+            self._values[f].extend(values[f].tolist())
+        self._status.extend(status.tolist())
 
     def set_extra(self, key: str, seq_nums, values) -> None:
-        """Attach another per-point field (e.g. texture labels) to stored points, by seq_num."""
+        """Attach another per-point field (e.g. texture labels) to stored points, by seq_num (all or none:
+        KeyError before any change for a seq_num not stored)."""
         index = {s: i for i, s in enumerate(self._seq)}
-        column = self._extra.setdefault(key, {})
-        for s, v in zip(seq_nums, values):
-            column[index[int(s)]] = v
+        rows = [index[int(s)] for s in seq_nums]
+        self._extra.setdefault(key, {}).update(zip(rows, values))
 
     # ------------------------------------------------------------------ reading
     def __len__(self) -> int:
@@ -150,6 +170,14 @@ class LiveMaps:
             run.errors += errors
             self._cond.notify_all()
 
+    def reject(self, uid: str, reason: str, n: int) -> None:
+        """Count ``n`` frames of run ``uid`` received and refused at the door for ``reason``."""
+        with self._cond:
+            run = self._runs[uid]
+            run.received += n
+            run.rejected_by_reason[reason] += n
+            self._cond.notify_all()
+
     def end_run(self, uid: str) -> None:
         with self._cond:
             self._runs[uid].done = True
@@ -179,14 +207,15 @@ class LiveMaps:
     def wait_for(self, uid: str | None = None, n: int | None = None, timeout: float = 30.0) -> bool:
         """Block until run ``uid`` (default: current) has accounted for ``n`` frames (default: all received).
 
-        A frame is accounted for once analysed, skipped or lost to an error. Returns False on timeout.
+        A frame is accounted for once analysed, skipped, lost to an error or rejected (:attr:`RunMap.accounted`).
+        Returns False on timeout.
         """
         def caught_up():
             run = self._runs.get(uid) if uid else (self._runs[self._order[-1]] if self._order else None)
             if run is None:
                 return False
             target = run.received if n is None else n
-            return len(run) + run.skipped + run.errors >= target
+            return run.accounted >= target
 
         with self._cond:
             return self._cond.wait_for(caught_up, timeout=timeout)

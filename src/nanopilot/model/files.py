@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -114,6 +115,7 @@ def load_model(path: str | Path) -> ModelFile:
         LabelScaler.from_dict(meta["label_scaler"])
     except (ValueError, TypeError, KeyError) as err:
         raise ValueError(f"model sidecar {sidecar_path} is invalid: {err}") from None
+    _check_numbers(meta, arch.names, sidecar_path)
     if instrument.fingerprint() != meta["instrument_fingerprint"]:
         raise ValueError(f"model sidecar {sidecar_path}: instrument does not match its fingerprint "
                          f"{meta['instrument_fingerprint']}")
@@ -132,8 +134,37 @@ def load_model(path: str | Path) -> ModelFile:
         except RuntimeError as err:
             raise ValueError(f"model weights {weights_path} do not fit the architecture in {sidecar_path}: "
                              f"{err}") from None
+        bad = [name for name, tensor in member.items() if tensor.is_floating_point() and not tensor.isfinite().all()]
+        if bad:
+            raise ValueError(f"model weights {weights_path} hold NaN or infinite values (member {i}: {bad[:3]}); "
+                             "the file is corrupted or its training diverged: retrain or restore it")
         networks.append(net.eval())
     if not networks or len(state) != n * len(networks[0].state_dict()):
         raise ValueError(f"model weights {weights_path} hold {len(state)} tensors, not the {n} members its "
                          f"sidecar {sidecar_path} describes")
     return ModelFile(sidecar_path, networks, meta)
+
+
+def _check_numbers(meta: dict, outputs, sidecar_path: Path) -> None:
+    """Raise ValueError naming the file and field if count_stats (p001 <= p999, counts) or the ranges of the
+    outputs ([low, high] each) are not finite numbers in order."""
+    stats = meta["count_stats"]
+    try:
+        low, high = float(stats["p001"]), float(stats["p999"])
+        ok = math.isfinite(low) and math.isfinite(high) and 0 <= low <= high
+    except (TypeError, KeyError, ValueError, IndexError):
+        ok = False
+    if not ok:
+        raise ValueError(f"model sidecar {sidecar_path}: field count_stats must hold finite total counts "
+                         f"{{'p001': low, 'p999': high}} with 0 <= low <= high, got {stats!r}")
+    ranges = meta["ranges"] if isinstance(meta["ranges"], dict) else {}
+    for name in outputs:
+        value = ranges.get(name)
+        try:
+            low, high = (float(v) for v in value)
+            ok = math.isfinite(low) and math.isfinite(high) and low < high
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ValueError(f"model sidecar {sidecar_path}: field ranges[{name!r}] must be finite [low, high] "
+                             f"with low < high, got {value!r}")

@@ -125,8 +125,9 @@ class NanobeamDetector(WriterStaging, SimDevice):
     Readings: ``image`` (kind normal, never hinted; uint32 counts, or float32 expected counts with noise off),
     ``total`` (counts, hinted), ``centroid_x``/``centroid_y`` (pixels). Configuration: ``exposure_time`` (s),
     ``count_rate`` (counts/s, see the module notes), ``noise``, ``background`` (counts/s/pixel), ``footprint``
-    (diameter in um of the uniform beam footprint averaged over; 0 = a point beam), ``data_mode`` and
-    ``hdf5_directory``.
+    (diameter in um of the uniform beam footprint averaged over; 0 = a point beam), ``data_mode``,
+    ``hdf5_directory`` and ``instrument_fingerprint`` (read-only: ``instrument.fingerprint()``, so that an
+    analysis can check the run's setup against its model's).
 
     In ``data_mode="hdf5"`` each staging opens an SWMR HDF5 file in ``hdf5_directory`` (checked at stage time),
     frames go to ``/entry/data/data`` and the image reaches the documents as stream_resource / stream_datum
@@ -144,6 +145,7 @@ class NanobeamDetector(WriterStaging, SimDevice):
     footprint = Cpt(SimSignal, value=0.0, units="um", check=non_negative, kind="config")
     data_mode = Cpt(SimSignal, value="inline", check=one_of(("inline", "hdf5")), kind="config")
     hdf5_directory = Cpt(SimSignal, value="", kind="config")
+    instrument_fingerprint = Cpt(SimReadback, value="", kind="config")
 
     def __init__(self, prefix="", *, name, sample: SimSample, sample_stage: SimStage,
                  instrument: Instrument | None = None, seed: int | None = None, hot_pixels: int = 0,
@@ -151,6 +153,7 @@ class NanobeamDetector(WriterStaging, SimDevice):
         super().__init__(prefix, name=name, **kwargs)
         self.sample, self.sample_stage = sample, sample_stage
         self.instrument = instrument or Instrument()
+        self.instrument_fingerprint.put(self.instrument.fingerprint(), internal=True)
         if kernel not in KERNELS:
             raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
         self.kernel = kernel

@@ -1,0 +1,165 @@
+"""The analysis' door: the raw-run state kept on the RunEngine side, and the checks every document passes
+before it can touch the LiveMaps (well-formed pages, seq_nums seen once, the instrument the run declares).
+
+The checks are per page and vectorised (a length per data key, one array comparison of the seq_nums), so a
+well-formed stream pays almost nothing for them.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import Counter
+from collections.abc import Sized
+
+import numpy as np
+
+from .derived import DerivedRun
+from .frame_sources import ExternalFrames
+
+#: Reasons a document (or some of its frames) is refused at the door, as counted in ``RunMap.rejected_by_reason``.
+MALFORMED = "malformed document"
+DUPLICATE = "duplicate seq_num"
+UNKNOWN_DESCRIPTOR = "unknown descriptor"
+UNKNOWN_RUN = "document of no open run"
+
+
+class RawRun:
+    """State of one raw run on the RunEngine side."""
+
+    def __init__(self, start: dict, motors: list[str] | None):
+        self.start = start
+        self.uid = start["uid"]
+        dims = [f for fields, _ in (start.get("hints") or {}).get("dimensions", []) for f in fields]
+        self.motors = list(motors or start.get("motors") or [d for d in dims if d != "time"])
+        self.descriptors: dict[str, dict] = {}  # descriptor uid -> {"key", "external", "units", "status"}
+        self.external = ExternalFrames()
+        self.datums: dict[str, dict] = {}
+        self.seen_events: dict[str, SeqNumSet] = {}  # descriptor uid -> seq_nums of the events received
+        self.seen_frames: dict[str, SeqNumSet] = {}  # descriptor uid -> seq_nums of the stream_datum frames
+        self.frames_by_seq: dict[tuple[str, int], np.ndarray] = {}  # from stream_datum, waiting for events
+        self.positions_by_seq: dict[tuple[str, int], list[float]] = {}  # events waiting for frames
+        self.unreadable: set[tuple[str, int]] = set()  # frames already counted as lost, positions not yet seen
+        self.early_rejections: Counter = Counter()  # frames refused before the run's first frame descriptor
+        self.logged: set[str] = set()  # rejection reasons already logged for this run
+        self.derived: DerivedRun | None = None  # set at the run's first descriptor with frames
+
+
+class SeqNumSet:
+    """The seq_nums received from one descriptor, as sorted disjoint ranges [lo, hi] (usually one range)."""
+
+    def __init__(self):
+        self._lo: list[int] = []
+        self._hi: list[int] = []
+
+    def add_new(self, seq_nums: np.ndarray) -> np.ndarray | None:
+        """Add ``seq_nums`` (1-D ints); returns the mask of those not seen before (nor earlier in this call),
+        or None when all are new."""
+        n = len(seq_nums)
+        if n and (n == 1 or (np.diff(seq_nums) == 1).all()):  # a page of consecutive seq_nums
+            first, last = int(seq_nums[0]), int(seq_nums[-1])
+            if not self._hi or first > self._hi[-1]:
+                if self._hi and first == self._hi[-1] + 1:
+                    self._hi[-1] = last
+                else:
+                    self._lo.append(first)
+                    self._hi.append(last)
+                return None
+        fresh = np.array([self._add(int(s)) for s in seq_nums], dtype=bool)
+        return None if fresh.all() else fresh
+
+    def _add(self, s: int) -> bool:
+        i = bisect.bisect_right(self._lo, s) - 1  # the range starting at or below s
+        if i >= 0 and s <= self._hi[i]:
+            return False
+        joins_left = i >= 0 and self._hi[i] == s - 1
+        joins_right = i + 1 < len(self._lo) and self._lo[i + 1] == s + 1
+        if joins_left and joins_right:
+            self._hi[i] = self._hi.pop(i + 1)
+            del self._lo[i + 1]
+        elif joins_left:
+            self._hi[i] = s
+        elif joins_right:
+            self._lo[i + 1] = s
+        else:
+            self._lo.insert(i + 1, s)
+            self._hi.insert(i + 1, s)
+        return True
+
+
+def frames_in(doc: dict) -> int:
+    """Number of frames a (possibly malformed) event page or event stands for: its seq_nums, else 1."""
+    seq = doc.get("seq_num") if isinstance(doc, dict) else None
+    return len(seq) if isinstance(seq, Sized) and not isinstance(seq, (str, bytes)) else 1
+
+
+def page_problem(page: dict) -> str | None:
+    """Why an event page cannot be used whole (seq_num not a list of integers, data/timestamps/time lists of
+    other lengths than seq_num), or None if it is well formed."""
+    seq, data = page.get("seq_num"), page.get("data")
+    if not isinstance(seq, (list, tuple, np.ndarray)) or not isinstance(data, dict):
+        return "an event page needs a seq_num list and a data mapping"
+    n = len(seq)
+    if n == 0:
+        return "empty event page"
+    if np.asarray(seq).dtype.kind not in "iu":
+        return f"seq_num must be integers, got {str(seq)[:60]}"
+    columns = {f"data[{k!r}]": v for k, v in data.items()}
+    columns.update({f"timestamps[{k!r}]": v for k, v in (page.get("timestamps") or {}).items()})
+    if "time" in page:
+        columns["time"] = page["time"]
+    for name, column in columns.items():
+        if not isinstance(column, Sized) or isinstance(column, (str, bytes)) or len(column) != n:
+            length = len(column) if isinstance(column, Sized) else "no"
+            return f"ragged event page: seq_num has {n} entries, {name} has {length}"
+    return None
+
+
+def stream_datum_frames(doc: dict) -> int | None:
+    """Number of frames a stream_datum stands for, or None if its seq_nums and indices are not ranges of the
+    same length."""
+    try:
+        seqs, indices = doc["seq_nums"], doc["indices"]
+        n = int(seqs["stop"]) - int(seqs["start"])
+        ok = n >= 0 and int(indices["stop"]) - int(indices["start"]) == n
+    except (KeyError, TypeError, ValueError):
+        return None
+    return n if ok else None
+
+
+def positions_of(page: dict, motors: list[str], n: int) -> np.ndarray:
+    """(n, n_motors) float positions of a page; a missing motor or a value that is not a number reads NaN."""
+    columns = []
+    for motor in motors:
+        values = page["data"].get(motor)
+        if values is None:
+            columns.append(np.full(n, np.nan))
+            continue
+        try:
+            columns.append(np.asarray(values, dtype=float).reshape(n))
+        except (ValueError, TypeError):
+            columns.append(np.array([_number(v) for v in values], dtype=float))
+    return np.column_stack(columns) if columns else np.zeros((n, 0))
+
+
+def _number(value) -> float:
+    try:
+        return float(value)
+    except (ValueError, TypeError):
+        return np.nan
+
+
+def declared_fingerprint(start: dict, descriptor: dict, image_key: str) -> str | None:
+    """The instrument fingerprint a run declares for its frames, or None.
+
+    From the descriptor's configuration of the device that reads ``image_key`` (a configuration key ending in
+    ``instrument_fingerprint``, as the simulated detector has), else the start document's
+    ``instrument_fingerprint``.
+    """
+    for device, keys in (descriptor.get("object_keys") or {}).items():
+        if image_key in keys:
+            config = ((descriptor.get("configuration") or {}).get(device) or {}).get("data") or {}
+            for key, value in config.items():
+                if key.endswith("instrument_fingerprint") and value:
+                    return str(value)
+    declared = start.get("instrument_fingerprint")
+    return str(declared) if declared else None

@@ -1,0 +1,191 @@
+"""The analysis side of NanobeamAnalysis: batches frames, runs the predictor, fills the LiveMaps, emits the
+derived documents, in a worker thread (or inline).
+
+The worker holds no reference to the NanobeamAnalysis that feeds it: an analysis nobody refers to any more is
+garbage-collected, and its finaliser tells the worker to finish what it was handed and stop its thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import weakref
+
+import numpy as np
+
+from .live_maps import LiveMaps
+from .subscribers import Subscribers
+
+logger = logging.getLogger(__name__)
+
+#: Back-pressure policies when the analysis falls behind: "block" slows the stream (the RunEngine waits
+#: for room in the queue); "decimate" drops the new frames, counting each one as skipped.
+POLICIES = ("block", "decimate")
+
+_running: weakref.WeakSet = weakref.WeakSet()  # workers whose thread runs, finished at interpreter exit
+_exit_hook = threading.Lock()
+_exit_hook_registered = False
+
+
+class AnalysisWorker:
+    """Analysis of the frames handed over by :meth:`put`, in order, in one thread (``threaded``) or inline.
+
+    Items: ``("start", run)``, ``("frames", run, seq_nums (n,), positions (n, m), block)`` with ``block`` the
+    ``(frames, n, status)`` of :func:`~nanopilot.callbacks.frame_sources.frame_batch`, ``("stop", run, doc)``.
+    """
+
+    def __init__(self, maps: LiveMaps, *, batch_size: int, max_latency: float, refine: bool, frame_features,
+                 max_queued_frames: int, when_behind: str, threaded: bool):
+        self.maps = maps
+        self.emit = Subscribers("analysis")  # derived documents go to each subscriber
+        self.batch_size, self.max_latency, self.refine = batch_size, max_latency, refine
+        self.frame_features = frame_features
+        self.max_queued_frames, self.when_behind = max_queued_frames, when_behind
+        self.queued = 0  # frames handed over and not yet analysed
+        self._room = threading.Condition()
+        self._pending: list = []  # batch being assembled
+        self._pending_since = 0.0
+        self._queue: queue.Queue | None = None
+        self.thread: threading.Thread | None = None
+        if threaded:
+            self._queue = queue.Queue()
+            self.thread = threading.Thread(target=self._loop, name="nanopilot-analysis", daemon=True)
+            self.thread.start()
+            _running.add(self)
+            _register_exit_hook()
+
+    # ------------------------------------------------------------------ feeding side
+    def put(self, item, n_frames: int) -> None:
+        """Hand over an item of ``n_frames`` frames (applying the back-pressure policy)."""
+        if self._queue is None:
+            self._handle(item)
+            return
+        with self._room:
+            if n_frames and self.queued + n_frames > self.max_queued_frames:
+                if self.when_behind == "decimate":
+                    self.maps.count(item[1].uid, skipped=n_frames)
+                    return
+                self._room.wait_for(lambda: self.queued + n_frames <= self.max_queued_frames or not self.queued)
+            self.queued += n_frames
+        self._queue.put(item)
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until every item handed over so far is done; False on timeout."""
+        if self._queue is None:
+            return True
+        done = threading.Event()
+        self._queue.put(("flush", done))
+        return done.wait(timeout)
+
+    def close(self, timeout: float) -> bool:
+        """Finish every item handed over so far and stop the thread; later items are handled inline."""
+        if self._queue is None:
+            return True
+        finished = self.flush(timeout)
+        self.stop()
+        self.thread.join(timeout)
+        self._queue = None
+        return finished and not self.thread.is_alive()
+
+    def stop(self) -> None:
+        """Ask the thread to stop once it has handled what it was handed (returns at once)."""
+        if self._queue is not None:
+            self._queue.put(("close",))
+
+    # ------------------------------------------------------------------ working side
+    def _loop(self) -> None:
+        work = self._queue
+        while True:
+            timeout = None
+            if self._pending:
+                timeout = max(0.0, self._pending_since + self.max_latency - time.monotonic())
+            try:
+                item = work.get(timeout=timeout)
+            except queue.Empty:
+                self._analyse_pending()
+                continue
+            if item[0] == "close":
+                self._analyse_pending()
+                _running.discard(self)
+                return
+            self._handle(item)
+            if item[0] == "frames":
+                with self._room:
+                    self.queued -= len(item[2])
+                    self._room.notify_all()
+
+    def _handle(self, item) -> None:
+        kind = item[0]
+        try:
+            if kind == "start":
+                self._analyse_pending()
+                item[1].derived.open(self.emit)
+            elif kind == "frames":
+                self._add_pending(item[1:])
+            elif kind == "stop":
+                self._analyse_pending()
+                self._close_run(*item[1:])
+            elif kind == "flush":
+                self._analyse_pending()
+                item[1].set()
+        except Exception:
+            logger.exception("analysis worker failed handling %r", kind)
+
+    def _add_pending(self, frames) -> None:
+        run = frames[0]
+        if self._pending and self._pending[0][0] is not run:
+            self._analyse_pending()
+        if not self._pending:
+            self._pending_since = time.monotonic()
+        self._pending.append(frames)
+        if sum(len(p[1]) for p in self._pending) >= self.batch_size:
+            self._analyse_pending()
+
+    def _close_run(self, run, raw_stop: dict) -> None:
+        try:
+            run.derived.close(self.emit, raw_stop, self.maps[run.uid])
+        finally:  # the run ends (wait_for and plans see it done) even if its documents could not be made
+            self.maps.end_run(run.uid)
+            run.external.close()
+
+    def _analyse_pending(self) -> None:
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        run = pending[0][0]
+        seq_nums = np.concatenate([p[1] for p in pending])
+        positions = np.concatenate([p[2] for p in pending])
+        try:
+            estimates, batch = run.derived.analyse([p[3] for p in pending], self.refine)
+            features = self.frame_features(batch) if self.frame_features is not None else None
+            self.maps.add(run.uid, seq_nums, positions, estimates, features)
+        except Exception:
+            logger.exception("prediction failed for %d frames of run %s", len(seq_nums), run.uid[:8])
+            self.maps.count(run.uid, errors=len(seq_nums))
+            return
+        run.derived.emit_points(self.emit, seq_nums, positions, estimates)
+
+
+def _register_exit_hook() -> None:
+    """Once per process: finish (and store) every running analysis before the interpreter shuts down.
+
+    threading's exit hooks run before other threads' resources (e.g. an in-process Tiled app's portal) are torn
+    down; atexit runs after.
+    """
+    global _exit_hook_registered
+    with _exit_hook:
+        if not _exit_hook_registered:
+            register = getattr(threading, "_register_atexit", None)
+            if register is None:
+                import atexit
+
+                register = atexit.register
+            register(_close_running, 60.0)
+            _exit_hook_registered = True
+
+
+def _close_running(timeout: float) -> None:
+    for worker in list(_running):
+        worker.close(timeout)
