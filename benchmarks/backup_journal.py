@@ -65,7 +65,8 @@ def journal_costs(n: int, directory: Path) -> None:
 def writer_costs(n: int, directory: Path) -> None:
     from bluesky_tiled_plugins import TiledWriter
 
-    from nanopilot.catalog import make_writer, open_catalog
+    from nanopilot.catalog import open_catalog
+    from nanopilot.storage import make_writer
 
     catalog = open_catalog(directory / "catalog")
     writers = {"TiledWriter(batch_size=20)": lambda: TiledWriter(catalog, batch_size=20),

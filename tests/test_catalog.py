@@ -6,7 +6,8 @@ import pytest
 from bluesky import RunEngine
 from ophyd.sim import det, motor
 
-from nanopilot.catalog import default_backup_dir, default_data_dir, open_catalog, subscribe_writer
+from nanopilot.catalog import default_backup_dir, default_data_dir, open_catalog
+from nanopilot.storage import subscribe_writer
 
 
 def test_default_data_dir_follows_the_environment(monkeypatch, tmp_path):

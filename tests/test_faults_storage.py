@@ -22,12 +22,13 @@ from bluesky_tiled_plugins import TiledWriter
 from event_model import unpack_event_page
 from ophyd.sim import det
 
-from nanopilot.catalog import make_writer, open_catalog, subscribe_writer
+from nanopilot.catalog import open_catalog
 from nanopilot.sim_devices import make_beamline
+from nanopilot.storage import make_writer, subscribe_writer
 from test_replay import _free_port
 
 # the tests' backups share the disk of the session's catalogue: the warning about it is tested on its own
-# and event-model's misleading "Update the factory function" warning, filtered by nanopilot.catalog at import (pytest
+# and event-model's misleading "Update the factory function" warning, filtered by nanopilot.storage at import (pytest
 # resets the filters per test)
 pytestmark = [pytest.mark.filterwarnings("ignore:the backup directory .* is on the same filesystem"),
               pytest.mark.filterwarnings("ignore:The callback <bluesky_tiled_plugins.writing.tiled_writer.RunNormalizer")]
@@ -55,11 +56,11 @@ class Outage:
 
 @pytest.fixture
 def outage(catalog, monkeypatch):
-    import nanopilot.catalog
+    import nanopilot.storage
 
     outage = Outage(catalog)
     monkeypatch.setattr(catalog.context.http_client, "send", outage.send)
-    monkeypatch.setattr(nanopilot.catalog, "_OUTAGES", {}, raising=False)  # the writers' shared outage record
+    monkeypatch.setattr(nanopilot.storage, "_OUTAGES", {}, raising=False)  # the writers' shared outage record
     return outage
 
 
@@ -105,7 +106,7 @@ def assert_same(a, b, where="doc"):
 
 
 def storage_warnings(caplog, level=logging.WARNING):
-    return [r for r in caplog.records if r.name == "nanopilot.catalog" and r.levelno == level]
+    return [r for r in caplog.records if r.name == "nanopilot.storage" and r.levelno == level]
 
 
 def test_catalogue_failing_mid_run_keeps_every_document_in_the_backup(catalog, outage, tmp_path, caplog):
@@ -135,7 +136,7 @@ def test_catalogue_failing_mid_run_keeps_every_document_in_the_backup(catalog, o
 
 
 def test_an_outage_is_one_warning_and_one_request_per_run(catalog, outage, tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="nanopilot.catalog")
+    caplog.set_level(logging.INFO, logger="nanopilot.storage")
     writers = [make_writer(catalog, batch_size=2, backup_directory=tmp_path / name) for name in ("raw", "derived")]
     engines = [RunEngine({}), RunEngine({})]  # e.g. the raw runs and the analysis runs: two writers, one catalogue
     for RE, writer in zip(engines, writers):
@@ -181,6 +182,28 @@ def test_catalogue_and_backup_both_failing_say_the_run_is_lost(catalog, outage, 
     assert uid in error.getMessage() and "NOT being stored anywhere" in error.getMessage()
     kept = list(read_journal(backup / f"{uid}.jsonl"))  # truncated to whole lines: no torn line
     assert 2 <= len(kept) < len(live) and not [r for r in caplog.records if r.name == "nanopilot.backup"]
+
+
+def test_the_analysis_run_says_where_its_raw_run_was_stored(catalog, outage, tmp_path, monkeypatch):
+    """A session's analysis run reports its raw run "stored"; with Tiled and the backup both failing, "lost" and
+    exit_status "fail" instead of success."""
+    from nanopilot.session import setup
+
+    monkeypatch.setenv("NANOPILOT_BACKUP_DIR", str(tmp_path / "backup"))
+    RE = RunEngine({})
+    bl = make_beamline("domains", seed=3, data_mode="inline")
+    with setup(RE, detector=bl.detector, x=bl.stage.x, y=bl.stage.y, catalog=catalog) as session:
+        stops = []
+        session.analysis.subscribe(lambda name, doc: stops.append(doc) if name == "stop" else None)
+        scan = bp.grid_scan([bl.detector], bl.stage.y, -1, 1, 3, bl.stage.x, -1, 1, 4)
+        RE(scan)
+        session.analysis.flush()
+        assert stops[-1]["exit_status"] == "success" and stops[-1]["reason"].endswith("raw run storage: stored")
+        outage.failing = True
+        with file_size_limit(60_000):
+            RE(bp.grid_scan([bl.detector], bl.stage.y, -1, 1, 3, bl.stage.x, -1, 1, 4))
+            session.analysis.flush()
+    assert stops[-1]["exit_status"] == "fail" and "raw run storage: lost: Tiled failed" in stops[-1]["reason"]
 
 
 def test_torn_last_line_is_skipped_with_a_warning(tmp_path, caplog):

@@ -14,7 +14,8 @@ from bluesky_tiled_plugins import TiledWriter
 from tiled.queries import Key
 
 from nanopilot.callbacks import NanobeamAnalysis
-from nanopilot.catalog import open_catalog, subscribe_writer
+from nanopilot.catalog import open_catalog
+from nanopilot.storage import subscribe_writer
 from nanopilot.replay import iter_documents, replay
 from nanopilot.sim_devices import make_beamline
 from test_callbacks import CentroidPredictor

@@ -61,7 +61,8 @@ def setup(RE, *, detector, x, y, temperature=None, deposition=None, catalog=None
     detector : the nanobeam area detector; x, y : the sample stage motors (um).
     temperature, deposition : optional temperature controller and deposition source (for the plans).
     catalog : a Tiled catalogue (``nanopilot.catalog.open_catalog()``), a location string, or None (no storage).
-        Raw runs, analysis runs and texture runs are written there.
+        Raw runs, analysis runs and texture runs are written there, behind a backup journal
+        (:func:`nanopilot.storage.make_writer`); each analysis run's stop says where its raw run was stored.
     model : model file for the analysis (default: the shipped ensemble; use the thickness model for growth).
     plot : PNG path for the live maps, saved at each run's stop (``{uid}`` is replaced); None: no plot.
     image_key : the detector's image data key, when it cannot be found from the descriptors.
@@ -80,18 +81,25 @@ def setup(RE, *, detector, x, y, temperature=None, deposition=None, catalog=None
         from .catalog import open_catalog
 
         catalog = open_catalog(catalog)
+    tokens, raw_writer = [], None
+    if catalog is not None:
+        from .storage import make_writer
+
+        # made (the catalogue checked writable) before anything is subscribed; the raw writer goes first, so the
+        # raw run is stored when the analysis sees its stop and the analysis run can say where it went
+        raw_writer = make_writer(catalog)
+        derived_writers = make_writer(catalog, batch_size=1000), make_writer(catalog, batch_size=1000)
+        tokens.append(RE.subscribe(raw_writer))
     analysis = NanobeamAnalysis(predictor, image_key=image_key, motors=[y.name, x.name],
-                                frame_features=frame_descriptor)
+                                frame_features=frame_descriptor,
+                                raw_storage=raw_writer.status if raw_writer is not None else None)
     texture = TextureCallback(analysis.maps)
     analysis.subscribe(texture)
-    live_plot = texture.live_plot(save=plot) if plot else None
-    tokens = [RE.subscribe(analysis)]
     if catalog is not None:
-        from .catalog import make_writer, subscribe_writer
-
-        tokens.append(subscribe_writer(RE, catalog))
-        analysis.subscribe(make_writer(catalog, batch_size=1000))
-        texture.subscribe(make_writer(catalog, batch_size=1000))
+        analysis.subscribe(derived_writers[0])
+        texture.subscribe(derived_writers[1])
+    live_plot = texture.live_plot(save=plot) if plot else None
+    tokens.append(RE.subscribe(analysis))
     publish_maps(analysis.maps)
     devices = {"detector": detector, "x": x, "y": y, "temperature": temperature, "deposition": deposition}
     return Session(analysis, analysis.maps, texture, live_plot, catalog, tokens,

@@ -51,6 +51,10 @@ class NanobeamAnalysis(DocumentRouter):
     frame_features : optional ``f(frames (N, H, W) float32) -> (N, k)`` compact descriptor of each frame
         (e.g. for texture classification), stored per point in the LiveMaps (``RunMap.features()``).
     threaded : analyse in a worker thread (default) or inline in the caller's thread.
+    raw_storage : optional ``f(raw uid) -> str``, where the raw run was stored (e.g.
+        :meth:`nanopilot.storage.StorageWriter.status`, subscribed before this analysis), read at the raw run's
+        stop: it goes into the analysis run's summary and stop reason, and a raw run stored nowhere ("lost: ...")
+        makes the analysis run end with exit_status "fail".
 
     Derived documents go to the callbacks given to :meth:`subscribe` (e.g. a TiledWriter). Close the analysis
     when done (:meth:`close`, or ``with NanobeamAnalysis(...) as analysis:``); one that is garbage-collected
@@ -60,7 +64,7 @@ class NanobeamAnalysis(DocumentRouter):
     def __init__(self, predictor=None, image_key: str | None = None, *, maps: LiveMaps | None = None,
                  batch_size: int = 512, max_latency: float = 0.5, max_queued_frames: int = 16384,
                  when_behind: str = "block", refine: bool = False, motors: list[str] | None = None,
-                 frame_features=None, threaded: bool = True):
+                 frame_features=None, threaded: bool = True, raw_storage=None):
         super().__init__()
         if when_behind not in POLICIES:
             raise ValueError(f"when_behind must be one of {POLICIES}, got {when_behind!r}")
@@ -75,6 +79,7 @@ class NanobeamAnalysis(DocumentRouter):
         self.fingerprint = predictor.instrument.fingerprint()
         self.image_key = image_key
         self.motors = list(motors) if motors else None
+        self.raw_storage = raw_storage
         outputs = tuple(getattr(predictor, "outputs", ("strain", "omega", "chi")))
         self.maps = maps if maps is not None else LiveMaps(predictor.instrument, outputs)
         if self.maps.instrument is None:
@@ -329,7 +334,16 @@ class NanobeamAnalysis(DocumentRouter):
         if unmatched:
             logger.error("run %s ended with %d frames or positions never matched", run.uid[:8], unmatched)
             self.maps.count(run.uid, received=unmatched, errors=unmatched)
-        self._worker.put(("stop", run, doc), 0)
+        self._worker.put(("stop", run, doc, self._storage_of(run.uid)), 0)
+
+    def _storage_of(self, uid: str) -> str | None:
+        """Where the raw run was stored, from :attr:`raw_storage` (None without one)."""
+        if self.raw_storage is None:
+            return None
+        try:
+            return str(self.raw_storage(uid))
+        except Exception as err:  # noqa: BLE001 - a storage report must not break the analysis
+            return f"unknown ({type(err).__name__}: {err})"
 
     # ------------------------------------------------------------------ lifetime
     def flush(self, timeout: float = 60.0) -> bool:

@@ -8,6 +8,7 @@ start (names the raw run, the model and the instrument) -> descriptor "primary" 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections import Counter
 
@@ -16,6 +17,8 @@ from event_model import compose_run
 
 from ..estimates import OK, UNITS, Estimates
 from .frame_sources import frame_batch
+
+logger = logging.getLogger(__name__)
 
 ANALYSIS_NAME = "nanopilot.NanobeamAnalysis"
 
@@ -125,9 +128,10 @@ class DerivedRun:
     def _seen(self) -> int:
         return sum(self.status_counts.values())
 
-    def close(self, emit, raw_stop: dict, counts) -> None:
+    def close(self, emit, raw_stop: dict, counts, storage: str | None = None) -> None:
         """Emit the summary event and the stop document; ``counts`` is the run's RunMap (received, skipped,
-        errors, rejected_by_reason)."""
+        errors, rejected_by_reason); ``storage``: where the raw run was stored (None: not known), in the summary
+        (``raw_storage``) and the stop reason; a raw run stored nowhere ("lost: ...") ends with exit_status "fail"."""
         ok = self.status_counts.get(OK, 0)
         flagged = {k: v for k, v in sorted(self.status_counts.items()) if k != OK}
         rejected = dict(sorted(counts.rejected_by_reason.items()))
@@ -135,6 +139,8 @@ class DerivedRun:
                    "frames_flagged": sum(flagged.values()), "frames_skipped": int(counts.skipped),
                    "frames_errors": int(counts.errors), "frames_rejected": sum(rejected.values()),
                    "flagged_by_reason": json.dumps(flagged), "rejected_by_reason": json.dumps(rejected)}
+        if storage is not None:
+            summary["raw_storage"] = storage
         keys = {k: {"dtype": "string" if isinstance(v, str) else "integer", "shape": [], "source": ANALYSIS_NAME}
                 for k, v in summary.items()}
         desc = self._bundle.compose_descriptor(name="summary", data_keys=keys)
@@ -148,6 +154,11 @@ class DerivedRun:
         exit_status = raw_stop.get("exit_status", "success")
         if raw_stop.get("reason"):
             reason += f"; raw run: {raw_stop['reason']}"
+        if storage is not None:
+            reason += f"; raw run storage: {storage}"
+            if storage.startswith("lost"):
+                exit_status = "fail"
+                logger.error("raw run %s is stored nowhere: %s", self.raw_start["uid"][:8], storage)
         emit("stop", self._bundle.compose_stop(exit_status=exit_status, reason=reason))
 
 

@@ -143,9 +143,9 @@ class AnalysisWorker:
         if sum(len(p[1]) for p in self._pending) >= self.batch_size:
             self._analyse_pending()
 
-    def _close_run(self, run, raw_stop: dict) -> None:
+    def _close_run(self, run, raw_stop: dict, storage: str | None) -> None:
         try:
-            run.derived.close(self.emit, raw_stop, self.maps[run.uid])
+            run.derived.close(self.emit, raw_stop, self.maps[run.uid], storage)
         finally:  # the run ends (wait_for and plans see it done) even if its documents could not be made
             self.maps.end_run(run.uid)
             run.external.close()

@@ -51,7 +51,7 @@ def run(args) -> int:
     stored = lookup(catalog, args.run_id)
     analysis = NanobeamAnalysis(Predictor.load(args.model), refine=args.refine, threaded=False)
     if args.write:
-        from ..catalog import make_writer
+        from ..storage import make_writer
 
         analysis.subscribe(make_writer(catalog, batch_size=1000))
     derived = {}
