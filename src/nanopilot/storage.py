@@ -193,9 +193,8 @@ def _warn_same_filesystem(backup: Path, directory: Path) -> None:
     if os.stat(backup).st_dev != os.stat(directory).st_dev or backup in _WARNED:
         return
     _WARNED.add(backup)
-    warnings.warn(f"the backup directory {backup} is on the same filesystem as the catalogue {directory}: a full or "
-                  f"failing disk loses both; set ${BACKUP_DIR_ENV} (or backup_directory=) to another disk",
-                  UserWarning, stacklevel=3)
+    logger.warning("the backup directory %s is on the same filesystem as the catalogue %s: a full or failing disk "
+                   "loses both; set $%s (or backup_directory=) to another disk", backup, directory, BACKUP_DIR_ENV)
 
 
 def subscribe_writer(RE, catalog, *, batch_size: int = DEFAULT_BATCH_SIZE,

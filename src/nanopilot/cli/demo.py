@@ -71,7 +71,7 @@ def demo_steer(RE, setup, catalog, out, seed) -> dict:
     session = setup(RE, detector=bl.detector, x=bl.stage.x, y=bl.stage.y, catalog=catalog, plot=png)
     res = RE(steered_map([bl.detector], bl.stage.x, bl.stage.y, (-2, 2), (-2, 2), fine=33, budget=0.25))
     result = res.plan_result
-    session.analysis.flush()
+    session.close()  # finishes the analysis (stored) and unsubscribes it before the next demo
     points = collect_points(session.maps[res.run_start_uids[0]], result["lattice"], "stage_x", "stage_y")
     xy = np.array([result["lattice"].position(k) for k in points])
     truth = bl.sample.truth(xy[:, 0], xy[:, 1])
@@ -96,7 +96,7 @@ def demo_grow(RE, setup, catalog, out, seed) -> dict:
     target = 100.0
     res = RE(grow_until([bl.detector], bl.deposition, bl.stage.x, bl.stage.y, target))
     result = res.plan_result
-    session.analysis.flush()
+    session.close()
     film = bl.sample.scene.initial_thickness + bl.sample.deposited
     text = (f"stopped ({result['reason']}) at {film:.1f} A for a target of {target:g} A "
             f"(estimated {result['thickness']:.1f} A; critical thickness {bl.sample.scene.critical_thickness:.0f} A); "
@@ -117,7 +117,7 @@ def demo_temperature(RE, setup, catalog, out, seed) -> dict:
     res = RE(find_texture_temperature([bl.detector], bl.temperature, bl.stage.x, bl.stage.y, (-2, 2), (-2, 2),
                                       240.0, quick=10, fine=24))
     result = res.plan_result
-    session.analysis.flush()
+    session.close()
     true = bl.sample.scene.transition_temperature
     text = (f"{result['reason']}: transition at {result['transition']:.2f} K (true {true:.2f} K, error "
             f"{abs(result['transition'] - true):.2f} K) with {result['maps']} maps")

@@ -81,5 +81,8 @@ def run(args) -> int:
         if not Path(args.script).is_file():
             raise FileNotFoundError(f"session script {args.script} not found")
         argv.append(str(args.script))
-    IPython.start_ipython(argv=argv, user_ns=ns)
+    try:
+        IPython.start_ipython(argv=argv, user_ns=ns)
+    finally:
+        ns["session"].close()  # the analysis finishes (and is stored) before the process exits
     return 0
