@@ -14,9 +14,12 @@ of the pages. After the scan, ``nanopilot.backup.restore`` puts the journalled r
 - storage: where the raw and analysis runs went, the raw frames and analysis rows in the catalogue after the
   restore (must equal the frames sent and the frames the analysis received);
 - wall time, frames/s, and the peak resident memory (RSS, sampled every 20 ms) during the scan against the RSS
-  before it (the baseline: models loaded, catalogue open).
+  before it (models loaded, catalogue open).
 
-    python benchmarks/soak.py [--frames 20480] [--page 512] [--policies block decimate] [--queue 2048]
+First, as a baseline measured in the same run, the same scan without faults (block), stored by bluesky-tiled-plugins'
+TiledWriter alone, as nanopilot did before its backup journal.
+
+    python benchmarks/soak.py [--frames 20480] [--page 512] [--policies block decimate] [--queue 2048] [--no-baseline]
 """
 
 from __future__ import annotations
@@ -144,15 +147,59 @@ def fly_plan(flyer):
     return fly()
 
 
-def soak(policy: str, args, predictor, directory: Path) -> bool:
-    catalog = open_catalog(directory / "catalog")
-    backup = directory / "backup"
-    lines = args.frames // 128
+def fly_beamline(frames: int, page: int):
+    """The simulated beamline with its flyer set for ``frames`` frames (lines of 128) in pages of ``page``."""
     bl = make_beamline("published", seed=7, count_rate=70_000.0)  # 7 counts peak at 10 kHz
     bl.flyer.configure({"x_start": -1.6, "x_stop": 1.6, "num_x": 128, "y_start": -1.6, "y_stop": 1.6,
-                        "num_y": lines, "frame_rate": 10_000.0, "page_size": args.page})
+                        "num_y": frames // 128, "frame_rate": 10_000.0, "page_size": page})
     bl.stage.x.velocity.put(10_000.0)
-    pages = -(-128 * lines // args.page)
+    return bl
+
+
+def scan(RE, bl, analysis, sent: Counter) -> tuple[str, float, PeakRSS]:
+    """Run the fly scan and finish its analysis: (uid, wall time s, RSS samples)."""
+    RE.subscribe(lambda name, doc: sent.update(frames=len(doc["seq_num"])) if name == "event_page" else None)
+    with PeakRSS() as rss:
+        rss.before = rss.peak
+        t0 = time.perf_counter()
+        (uid,) = RE(fly_plan(bl.flyer))
+        analysis.close(timeout=600)
+        wall = time.perf_counter() - t0
+    print(f"  {sent['frames']:,} frames in {wall:.1f} s ({sent['frames'] / wall:,.0f} frames/s), peak RSS "
+          f"{rss.peak:,.0f} MB (before the scan {rss.before:,.0f} MB, +{rss.peak - rss.before:,.0f} MB)")
+    return uid, wall, rss
+
+
+def baseline(args, predictor, directory: Path) -> None:
+    """The same scan without faults, stored by bluesky-tiled-plugins' TiledWriter alone (no journal)."""
+    from bluesky_tiled_plugins import TiledWriter
+
+    print("\n== baseline: block, no faults, TiledWriter without the journal")
+    catalog = open_catalog(directory / "catalog")
+    lock = threading.Lock()  # one SQLite catalogue: the raw and the analysis writers take turns
+
+    def serialised(writer):
+        def write(name, doc):
+            with lock:
+                writer(name, doc)
+        return write
+
+    RE = RunEngine({})
+    RE.subscribe(serialised(TiledWriter(catalog, batch_size=20)))
+    analysis = NanobeamAnalysis(predictor, motors=["stage_y", "stage_x"], max_queued_frames=args.queue,
+                                batch_size=min(512, args.queue))
+    analysis.subscribe(serialised(TiledWriter(catalog, batch_size=1000)))
+    RE.subscribe(analysis)
+    uid, _, _ = scan(RE, fly_beamline(args.frames, args.page), analysis, Counter())
+    print(f"  analysed {len(analysis.maps[uid]):,}")
+
+
+def soak(policy: str, args, predictor, directory: Path) -> bool:
+    """One scan with every fault; True if every frame is accounted for and, after the restore, stored."""
+    print(f"\n== policy {policy}, with faults")
+    catalog = open_catalog(directory / "catalog")
+    backup = directory / "backup"
+    pages = -(-args.frames // 128 * 128 // args.page)
     RE = RunEngine({})
     outage = Outage(catalog, int(0.3 * pages), int(0.6 * pages))
     raw_writer = make_writer(catalog, backup_directory=backup)
@@ -164,16 +211,10 @@ def soak(policy: str, args, predictor, directory: Path) -> bool:
     derived = []
     analysis.subscribe(lambda name, doc: derived.append((name, doc)) if name in ("start", "stop") else None)
     injector = FaultInjector(analysis)
-    sent = Counter()
-    for callback in (outage, raw_writer, injector,
-                     lambda name, doc: sent.update(frames=len(doc["seq_num"])) if name == "event_page" else None):
+    for callback in (outage, raw_writer, injector):
         RE.subscribe(callback)
-    with PeakRSS() as rss:
-        baseline = rss.peak
-        t0 = time.perf_counter()
-        (uid,) = RE(fly_plan(bl.flyer))
-        analysis.close(timeout=600)
-        wall = time.perf_counter() - t0
+    sent = Counter()
+    uid, _, _ = scan(RE, fly_beamline(args.frames, args.page), analysis, sent)
     run = analysis.maps[uid]
     flagged = Counter({k: v for k, v in Counter(run.scattered()["status"]).items() if k != "ok"})
     ok = len(run) - sum(flagged.values())
@@ -181,9 +222,6 @@ def soak(policy: str, args, predictor, directory: Path) -> bool:
     stray = sum(analysis.unattributed.values())
     counted = ok + sum(flagged.values()) + run.skipped + run.errors + run.rejected + stray
     unaccounted = sent["frames"] + extra - counted
-    print(f"\n== policy {policy}: {sent['frames']:,} frames in {pages} pages, {wall:.1f} s "
-          f"({sent['frames'] / wall:,.0f} frames/s), peak RSS {rss.peak:,.0f} MB (before the scan {baseline:,.0f} MB, "
-          f"+{rss.peak - baseline:,.0f} MB)")
     print(f"  injected: {dict(injector.injected)}; storage outage on pages {outage.begin}-{outage.end - 1} "
           f"({outage.failed_requests} failed requests)")
     print(f"  analysis: sent {sent['frames']:,} + extra {extra:,} | ok {ok:,} | flagged {sum(flagged.values()):,} "
@@ -193,8 +231,9 @@ def soak(policy: str, args, predictor, directory: Path) -> bool:
     print(f"  analysis stop: exit_status {stop['exit_status']!r}; reason: {stop['reason']}")
     print(f"  storage: raw run {raw_writer.status(uid)[:60]}...; analysis run "
           f"{derived_writer.status(derived[0][1]['uid'])[:60]}...")
+    t0 = time.perf_counter()
     restored = restore(backup, catalog)
-    print("  restore: " + "; ".join(f"{r.uid[:8]} {r.action}" for r in restored))
+    print(f"  restore ({time.perf_counter() - t0:.1f} s): " + "; ".join(f"{r.uid[:8]} {r.action}" for r in restored))
     raw_rows = len(catalog[uid]["primary"]["stage_x"].read())
     analysis_rows = len(catalog[derived[0][1]["uid"]]["primary"]["status"].read())
     expected_rows = ok + sum(flagged.values())
@@ -210,9 +249,13 @@ def main() -> None:
     parser.add_argument("--page", type=int, default=512, help="frames per event page")
     parser.add_argument("--queue", type=int, default=2048, help="bound of the analysis queue (frames)")
     parser.add_argument("--policies", nargs="+", default=["block", "decimate"])
+    parser.add_argument("--no-baseline", action="store_true", help="skip the fault-free baseline scan")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="  log %(levelname)s %(name)s: %(message)s")
     predictor = Predictor.load()
+    if not args.no_baseline:
+        with tempfile.TemporaryDirectory() as directory:
+            baseline(args, predictor, Path(directory))
     results = []
     for policy in args.policies:
         with tempfile.TemporaryDirectory() as directory:
