@@ -8,8 +8,6 @@ import os
 import resource
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 import warnings
 
@@ -21,7 +19,7 @@ from bluesky import RunEngine
 from bluesky_tiled_plugins import TiledWriter
 from event_model import unpack_event_page
 from ophyd.sim import det
-from test_replay import _free_port
+from conftest import tiled_serve
 
 from nanopilot.catalog import open_catalog
 from nanopilot.sim_devices import make_beamline
@@ -358,22 +356,7 @@ def test_tiled_server_killed_mid_scan_stalls_once_and_loses_nothing(catalog, cat
     from nanopilot.backup import restore
 
     monkeypatch.setattr(tiled.client.utils, "TILED_RETRY_TIMEOUT", 2.0)  # the client's retry budget (default 45 s)
-    monkeypatch.setenv("TILED_API_KEY", "faultstestkey")
-    port = _free_port()
-    server = subprocess.Popen(
-        [os.path.join(os.path.dirname(sys.executable), "tiled"), "serve", "catalog", str(catalog_dir / "catalog.db"),
-         "--host", "127.0.0.1", "--port", str(port), "--api-key", "faultstestkey", "-r", str(catalog_dir),
-         "-w", str(catalog_dir / "data"), "-w", f"sqlite:///{catalog_dir / 'storage.sqlite'}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                remote = open_catalog(f"http://127.0.0.1:{port}/api/v1")
-                break
-            except Exception:
-                assert time.monotonic() < deadline and server.poll() is None, "tiled serve did not come up"
-                time.sleep(0.5)
+    with tiled_serve(catalog_dir, "faultstestkey", monkeypatch) as (server, remote):
         writer = make_writer(remote, batch_size=2, backup_directory=tmp_path / "backup")
         RE = RunEngine({})
         stamps = {}
@@ -387,9 +370,6 @@ def test_tiled_server_killed_mid_scan_stalls_once_and_loses_nothing(catalog, cat
         RE.subscribe(kill_at_event_5_and_time_the_stop)
         RE.subscribe(writer)
         uid, live = inline_scan(RE, 4, 5)
-    finally:
-        server.kill()
-        server.wait()
     assert live[-1][1]["exit_status"] == "success" and writer.status(uid).startswith("backed up")
     assert stamps["stop"] - stamps["kill"] < 2.0 + 5  # one retry budget for the outage, not one per batch (8 left)
     [result] = restore(tmp_path / "backup", catalog)

@@ -1,11 +1,5 @@
 """Stored runs replayed through the same callbacks reproduce the live maps; analyses are stored beside them."""
 
-import os
-import socket
-import subprocess
-import sys
-import time
-
 import bluesky.plans as bp
 import numpy as np
 import pytest
@@ -13,11 +7,12 @@ from bluesky import RunEngine
 from bluesky_tiled_plugins import TiledWriter
 from tiled.queries import Key
 
+from conftest import tiled_serve
 from nanopilot.callbacks import NanobeamAnalysis
 from nanopilot.catalog import open_catalog
-from nanopilot.storage import subscribe_writer
 from nanopilot.replay import iter_documents, replay
 from nanopilot.sim_devices import make_beamline
+from nanopilot.storage import subscribe_writer
 from test_callbacks import CentroidPredictor
 
 FIELDS = ("strain", "omega", "chi", "strain_std", "stage_x", "stage_y", "seq_num")
@@ -71,42 +66,16 @@ def test_analysis_run_is_stored_next_to_the_raw_run(catalog, catalog_dir):
     assert stored.stop["exit_status"] == "success"
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_replay_from_a_tiled_server_process(tmp_path, monkeypatch):
     directory = tmp_path / "served"
     catalog = open_catalog(directory)
     uid, live = live_scan(catalog, directory / "frames", "hdf5", 2, 4)
-    port, key = _free_port(), "servertestkey"
-    tiled = os.path.join(os.path.dirname(sys.executable), "tiled")
-    server = subprocess.Popen(
-        [tiled, "serve", "catalog", str(directory / "catalog.db"), "--host", "127.0.0.1", "--port", str(port),
-         "--api-key", key, "-r", str(directory), "-w", str(directory / "data"),
-         "-w", f"sqlite:///{directory / 'storage.sqlite'}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        monkeypatch.setenv("TILED_API_KEY", key)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                remote = open_catalog(f"http://127.0.0.1:{port}/api/v1")
-                break
-            except Exception:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise AssertionError(f"tiled serve did not come up: {server.stderr.read1(4000)!r}")
-                time.sleep(0.5)
+    with tiled_serve(directory, "servertestkey", monkeypatch) as (_, remote):
         analysis = NanobeamAnalysis(CentroidPredictor(), batch_size=5, threaded=False)
         assert replay(remote[uid], analysis) == 8
         again = analysis.maps[uid].scattered()
         for field in FIELDS:
             np.testing.assert_array_equal(again[field], live[field], err_msg=field)
-    finally:
-        server.terminate()
-        server.wait(timeout=20)
 
 
 def test_cli_replay_writes_the_analysis_and_a_plot(catalog, catalog_dir, tmp_path, capsys):
