@@ -6,8 +6,10 @@ counts=c)``: the brightest pattern of the default 41^3 grid peaks at c counts; 7
 background b (counts/pixel) is added before the Poisson noise (counts ~ Poisson(s I + b)) and hot pixels (+40
 counts at random positions, distinct within a frame) after it. The estimators, on the same frames:
 
-(a) ``nanopilot``: the model as shipped, ``Predictor.load().predict(frames)``; and the same with the residual
-    check the live analysis can turn on (``predict(frames, residual=True)``: frames the physics does not explain).
+(a) ``nanopilot``: the model as shipped, ``Predictor.load().predict(frames)`` (frames outside the training count
+    range scaled to it, ``normalise_counts``); the same with the residual check the live analysis can turn on
+    (``predict(frames, residual=True)``: frames the physics does not explain); and, as the baseline, the same
+    model without the count scaling (``normalise_counts=False``, nanopilot before 2026-12-02).
 (b) ``published practice``: the same network on each frame scaled so that its total counts equal the median total
     of the model's training frames (``count_stats["median"]`` of its sidecar, 6,402 counts for the default model):
     the paper's advice to scale brighter data down to the training level, with the one scale a user can compute
@@ -148,6 +150,8 @@ def run_nanopilot(predictor: Predictor, frames: np.ndarray, residual: bool = Fal
     t0 = time.perf_counter()
     est = predictor.predict(frames, residual=residual)
     seconds = time.perf_counter() - t0
+    if predictor.normalise_counts:
+        frames = predictor.at_training_level(frames, frames.reshape(len(frames), -1).sum(axis=1, dtype=np.float64))
     raw, _, _ = predictor.predict_raw(frames)
     return _from_estimates(est, len(predictor.outputs), raw, seconds)
 
@@ -310,12 +314,15 @@ def selected(text: str | None) -> list[int]:
     return [0] + sorted(set(wanted) - {0})
 
 
-def run_condition(predictor, params, condition: Condition, rng, ml_frames: int) -> dict[str, tuple[Result, int]]:
-    """Every estimator on one condition's frames: {label: (result, number of frames it ran on)}."""
+def run_condition(predictor, previous, params, condition: Condition, rng,
+                  ml_frames: int) -> dict[str, tuple[Result, int]]:
+    """Every estimator on one condition's frames: {label: (result, number of frames it ran on)}; ``previous``:
+    the same model without the count scaling."""
     frames = make_frames(params, condition, rng)
     published = run_published(predictor, frames)
     out = {"nanopilot (as shipped)": (run_nanopilot(predictor, frames), len(frames)),
            "nanopilot, residual=True": (run_nanopilot(predictor, frames, residual=True), len(frames)),
+           "nanopilot, normalise_counts=False": (run_nanopilot(previous, frames), len(frames)),
            "published practice (scaled)": (published, len(frames))}
     m = min(ml_frames, len(frames))
     for given in ((False, True) if condition.background else (False,)) if m else ():
@@ -336,6 +343,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     path = shipped_model_path(args.model) if args.model in ("default", "thickness") else args.model
     predictor = Predictor.load(path, threads=args.threads)
+    previous = Predictor.load(path, threads=args.threads, normalise_counts=False)
     k = len(predictor.outputs)
     ranges = {name: tuple(r) for name, r in zip(predictor.outputs, predictor.ranges)}
     params = sample_params(args.frames, ranges, k, np.random.default_rng([args.seed, 16]))
@@ -352,7 +360,7 @@ def main() -> None:
     for index in selected(args.conditions):
         condition = CONDITIONS[index]
         rng = np.random.default_rng([args.seed, 1000 + index])
-        results = run_condition(predictor, params, condition, rng, args.ml_frames)
+        results = run_condition(predictor, previous, params, condition, rng, args.ml_frames)
         print(f"[{index}] {condition.name}")
         for label, (result, m) in results.items():
             if index == 0:

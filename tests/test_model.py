@@ -150,7 +150,7 @@ def test_bad_frames_get_statuses_not_exceptions(shipped):
     frames[0, 3, 3] = np.nan
     frames[1, 5, 5] = -1
     frames[2] = 0
-    frames[3] *= 30  # 30x the training count level
+    frames[3] /= 30  # 1/30 of the training count level: too faint for the network
     frames[4, 10, 10] = 1e6
     predictor = Predictor.load(threads=2, saturation=1e5)
     est = predictor.predict(frames)
@@ -158,6 +158,30 @@ def test_bad_frames_get_statuses_not_exceptions(shipped):
     assert list(est.status[5:7]) == [OK, OK] and est.status[7] == EDGE
     assert np.isnan(est.strain[:5]).all() and np.isfinite(est.strain[5:7]).all()
     assert np.isfinite(est.strain_std[5:7]).all() and np.isnan(est.thickness).all()
+
+
+@pytest.mark.parametrize("peak", [2.0, 30.0, 300.0, 3000.0])
+def test_frames_at_any_flux_are_scaled_to_the_training_level(shipped, peak):
+    """Brighter (or fainter) frames than the training level keep the 7-count accuracy (without the scaling the
+    network is off by up to 40x at 300 counts, and its frames are flagged)."""
+    params = random_params(100, seed=16)
+    est = shipped.predict(frames_for(params, seed=17, counts=peak))
+    assert est.ok.mean() > 0.9
+    rmse = np.sqrt(np.mean((est.params()[est.ok] - params[est.ok]) ** 2, axis=0))
+    assert (rmse < [3e-4 if peak < 7 else 1.5e-4, 1e-3 if peak < 7 else 6e-4, 2.5e-3]).all(), rmse
+
+
+def test_frames_at_the_training_level_are_not_scaled_and_thickness_models_never(shipped, tiny_model):
+    frames = frames_for(random_params(50, seed=18), seed=19)
+    raw = Predictor.load(threads=2, normalise_counts=False).predict(frames)
+    scaled = shipped.predict(frames)
+    totals = frames.sum(axis=(1, 2))
+    inside = (totals >= shipped.trained_counts[0]) & (totals <= shipped.trained_counts[1])
+    assert inside.mean() > 0.9
+    np.testing.assert_array_equal(scaled.params()[inside], raw.params()[inside])
+    thickness = Predictor.load("thickness", threads=2)
+    assert not thickness.normalise_counts and np.isfinite(thickness.count_range[1])
+    assert shipped.normalise_counts and shipped.count_range[1] == np.inf
 
 
 def test_shipped_ensemble_is_accurate_and_deterministic(shipped):

@@ -23,7 +23,8 @@ from .network import StackedEnsemble
 #: The shipped default ensemble (3 outputs) and thickness model, inside the package.
 DEFAULT_MODEL = "default"
 THICKNESS_MODEL = "thickness"
-#: Frames whose total counts lie more than this factor outside the training data's range are flagged.
+#: Frames whose total counts lie more than this factor outside the training data's range are flagged (with count
+#: normalisation, see :class:`Predictor`: only fainter ones).
 COUNT_LEVEL_FACTOR = math.sqrt(10)
 #: Expected-count floor per pixel (counts) in the residual's Poisson deviance.
 RESIDUAL_FLOOR = 1e-2
@@ -77,10 +78,19 @@ class Predictor:
         128 keeps the channels-last activations in cache: about 4x the throughput of 1024 on 2 cores).
     saturation : counts at or above which a pixel is saturated (None: not checked).
     edge_margin : an estimate within this fraction of the trained span of a range end is flagged ``edge``.
+    normalise_counts : scale each frame whose total counts lie outside the training frames' central range
+        (the sidecar's ``count_stats``, 0.1-99.9 percentiles) to their median total before the network, as the
+        published method advises for a model trained at one count level (``benchmarks/real_frames.py``: at peak
+        30-10,000 counts the default ensemble's RMSE falls from flagged or wrong to 6-8e-5 / 3.5-3.8e-4 deg /
+        1.3e-3 deg, at peak 2 counts from 8.7e-4 / 4.6e-3 / 8.2e-3 to 2.3e-4 / 7.1e-4 / 1.7e-3). Frames inside
+        that range are untouched; refinement and the residual check see the raw counts. None (default): on for
+        models without a thickness output; a thickness model reads the film's thickness from the total counts
+        too, so its frames are not scaled and frames brighter than its trained range are flagged ``count_level``.
     """
 
     def __init__(self, model: ModelFile, *, instrument: Instrument | None = None, threads: int | None = None,
-                 batch_size: int = 128, saturation: float | None = None, edge_margin: float = 0.005):
+                 batch_size: int = 128, saturation: float | None = None, edge_margin: float = 0.005,
+                 normalise_counts: bool | None = None):
         meta = model.metadata
         self.instrument = model.instrument
         if instrument is not None:
@@ -93,8 +103,16 @@ class Predictor:
         self.edge_margin = float(edge_margin)
         self.kernel = meta["kernel"]
         self.ranges = np.array([meta["ranges"][name] for name in self.outputs], dtype=np.float64)
-        self.count_range = (meta["count_stats"]["p001"] / COUNT_LEVEL_FACTOR,
-                            meta["count_stats"]["p999"] * COUNT_LEVEL_FACTOR)
+        stats = meta["count_stats"]
+        self.normalise_counts = ("thickness" not in self.outputs if normalise_counts is None
+                                 else bool(normalise_counts))
+        #: (low, high) total counts of the frames analysed as they are; others are scaled to ``training_total``
+        #: (with ``normalise_counts``) or flagged.
+        self.trained_counts = (float(stats["p001"]), float(stats["p999"]))
+        self.training_total = float(stats["median"])
+        #: (low, high) total counts outside which a frame is flagged ``count_level``.
+        self.count_range = (stats["p001"] / COUNT_LEVEL_FACTOR,
+                            math.inf if self.normalise_counts else stats["p999"] * COUNT_LEVEL_FACTOR)
         self.residual_threshold = meta.get("residual_threshold")
         factors = meta.get("spread_factor") or {}
         #: (K,) factors applied to the ensemble spread in :meth:`predict` (1.0 where the sidecar has none).
@@ -186,8 +204,8 @@ class Predictor:
         """
         arr = self._check_shape(frames)
         clean, status = check_frames(arr, self.instrument, saturation=self.saturation)
-        mean, std, _ = self.predict_raw(clean)
         totals = clean.reshape(len(clean), -1).sum(axis=1, dtype=np.float64)
+        mean, std, _ = self.predict_raw(self.at_training_level(clean, totals) if self.normalise_counts else clean)
         ok = status == OK
         status[ok & ((totals < self.count_range[0]) | (totals > self.count_range[1]))] = COUNT_LEVEL
         span = self.ranges[:, 1] - self.ranges[:, 0]
@@ -202,6 +220,17 @@ class Predictor:
             stat = residual_statistic(clean[check], params[check], self.instrument, self.kernel)
             status[check[stat > self.residual_threshold]] = RESIDUAL
         return Estimates.from_params(params, status, std=out_std)
+
+    def at_training_level(self, frames: np.ndarray, totals: np.ndarray) -> np.ndarray:
+        """(N, H, W) frames, those whose ``totals`` (N,) counts lie outside :attr:`trained_counts` scaled to
+        :attr:`training_total` counts (a copy where any is scaled)."""
+        low, high = self.trained_counts
+        out = (totals > 0) & ((totals < low) | (totals > high))
+        if not out.any():
+            return frames
+        scaled = np.array(frames, dtype=np.float32)
+        scaled[out] *= (self.training_total / totals[out]).astype(np.float32)[:, None, None]
+        return scaled
 
     def _refine(self, clean, params, std, status, refine):
         from ..fitting import refine as physics_refine
