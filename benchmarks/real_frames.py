@@ -9,8 +9,9 @@ counts at random positions, distinct within a frame) after it. The estimators, o
 (a) ``nanopilot``: the model as shipped, ``Predictor.load().predict(frames)`` (frames outside the training count
     range scaled to it, ``normalise_counts``); the same with the residual check the live analysis can turn on
     (``predict(frames, residual=True)``: frames the physics does not explain); and, as the baseline, the same
-    model without the count scaling (``normalise_counts=False``, nanopilot before 2026-12-02).
-(b) ``published practice``: the same network on each frame scaled so that its total counts equal the median total
+    model without the count scaling and the hot-pixel search (``normalise_counts=False, find_hot_pixels=False``,
+    nanopilot before 2026-12-02).
+(b) ``published practice``: the same network (no hot-pixel search) on each frame scaled to the median total counts
     of the model's training frames (``count_stats["median"]`` of its sidecar, 6,402 counts for the default model):
     the paper's advice to scale brighter data down to the training level, with the one scale a user can compute
     from the frame alone (a peak-based scale needs the flux, and the peak pixel of a 2-count frame is noise).
@@ -150,6 +151,7 @@ def run_nanopilot(predictor: Predictor, frames: np.ndarray, residual: bool = Fal
     t0 = time.perf_counter()
     est = predictor.predict(frames, residual=residual)
     seconds = time.perf_counter() - t0
+    frames = predictor.without_bad_pixels(frames.astype(np.float32))  # the network's input, as predict makes it
     if predictor.normalise_counts:
         frames = predictor.at_training_level(frames, frames.reshape(len(frames), -1).sum(axis=1, dtype=np.float64))
     raw, _, _ = predictor.predict_raw(frames)
@@ -317,12 +319,12 @@ def selected(text: str | None) -> list[int]:
 def run_condition(predictor, previous, params, condition: Condition, rng,
                   ml_frames: int) -> dict[str, tuple[Result, int]]:
     """Every estimator on one condition's frames: {label: (result, number of frames it ran on)}; ``previous``:
-    the same model without the count scaling."""
+    the same model without the count scaling and the hot-pixel search."""
     frames = make_frames(params, condition, rng)
-    published = run_published(predictor, frames)
+    published = run_published(previous, frames)
     out = {"nanopilot (as shipped)": (run_nanopilot(predictor, frames), len(frames)),
            "nanopilot, residual=True": (run_nanopilot(predictor, frames, residual=True), len(frames)),
-           "nanopilot, normalise_counts=False": (run_nanopilot(previous, frames), len(frames)),
+           "nanopilot before (no scaling, no hot px)": (run_nanopilot(previous, frames), len(frames)),
            "published practice (scaled)": (published, len(frames))}
     m = min(ml_frames, len(frames))
     for given in ((False, True) if condition.background else (False,)) if m else ():
@@ -343,7 +345,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     path = shipped_model_path(args.model) if args.model in ("default", "thickness") else args.model
     predictor = Predictor.load(path, threads=args.threads)
-    previous = Predictor.load(path, threads=args.threads, normalise_counts=False)
+    previous = Predictor.load(path, threads=args.threads, normalise_counts=False, find_hot_pixels=False)
     k = len(predictor.outputs)
     ranges = {name: tuple(r) for name, r in zip(predictor.outputs, predictor.ranges)}
     params = sample_params(args.frames, ranges, k, np.random.default_rng([args.seed, 16]))

@@ -173,7 +173,7 @@ def test_frames_at_any_flux_are_scaled_to_the_training_level(shipped, peak):
 
 def test_frames_at_the_training_level_are_not_scaled_and_thickness_models_never(shipped, tiny_model):
     frames = frames_for(random_params(50, seed=18), seed=19)
-    raw = Predictor.load(threads=2, normalise_counts=False).predict(frames)
+    raw = Predictor.load(threads=2, normalise_counts=False).predict(frames)  # (no hot pixels in clean frames)
     scaled = shipped.predict(frames)
     totals = frames.sum(axis=(1, 2))
     inside = (totals >= shipped.trained_counts[0]) & (totals <= shipped.trained_counts[1])
@@ -182,6 +182,52 @@ def test_frames_at_the_training_level_are_not_scaled_and_thickness_models_never(
     thickness = Predictor.load("thickness", threads=2)
     assert not thickness.normalise_counts and np.isfinite(thickness.count_range[1])
     assert shipped.normalise_counts and shipped.count_range[1] == np.inf
+
+
+def with_hot_pixels(frames, n, seed, counts=40):
+    """A copy of ``frames`` with ``n`` pixels per frame raised by ``counts``; and their (N, n, 2) positions."""
+    rng = np.random.default_rng(seed)
+    out, where = frames.astype(np.float64), rng.integers(0, 64, size=(len(frames), n, 2))
+    for i, pixels in enumerate(where):
+        out[i, pixels[:, 0], pixels[:, 1]] += counts
+    return out, where
+
+
+def test_hot_pixels_are_found_and_ignored(shipped):
+    params = random_params(100, seed=20)
+    frames = frames_for(params, seed=21)
+    hot, _ = with_hot_pixels(frames, 4, seed=22)
+    clean, found = shipped.predict(frames), shipped.predict(hot)
+    blind = Predictor.load(threads=2, find_hot_pixels=False).predict(hot)
+
+    def rmse(est):
+        return np.sqrt(np.nanmean((est.params() - params) ** 2, axis=0))
+
+    assert (rmse(found) < 1.3 * rmse(clean)).all(), (rmse(found), rmse(clean))
+    assert (rmse(blind) > 1.5 * rmse(clean)).any()  # the test can fail: unnoticed, they cost accuracy
+
+
+@pytest.mark.parametrize("peak", [2.0, 7.0, 3000.0])
+def test_no_pixel_of_a_clean_frame_is_taken_for_a_hot_one(peak):
+    from nanopilot.model.bad_pixels import find_hot_pixels
+
+    assert not find_hot_pixels(frames_for(random_params(200, seed=23), seed=24, counts=peak).astype(np.float32)).any()
+
+
+def test_masked_pixels_change_nothing(shipped):
+    frames = frames_for(random_params(20, seed=25), seed=26).astype(np.float64)
+    mask = np.zeros((64, 64), dtype=bool)
+    mask[:, 31] = True  # a module gap
+    mask[10, 40] = True  # a known hot pixel
+    masked = Predictor.load(threads=2, mask=mask, find_hot_pixels=False)
+    spoiled = frames.copy()
+    spoiled[:, :, 31] = np.nan
+    spoiled[:, 10, 40] = 1e4
+    a, b = masked.predict(frames), masked.predict(spoiled)
+    np.testing.assert_array_equal(a.params(), b.params())
+    assert (b.status == OK).mean() > 0.8
+    with pytest.raises(ValueError, match="mask has shape"):
+        Predictor.load(mask=np.zeros((32, 64), dtype=bool))
 
 
 def test_shipped_ensemble_is_accurate_and_deterministic(shipped):
