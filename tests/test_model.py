@@ -226,8 +226,29 @@ def test_masked_pixels_change_nothing(shipped):
     a, b = masked.predict(frames), masked.predict(spoiled)
     np.testing.assert_array_equal(a.params(), b.params())
     assert (b.status == OK).mean() > 0.8
-    with pytest.raises(ValueError, match="mask has shape"):
+    with pytest.raises(ValueError, match=r"the mask array has shape \(32, 64\)"):
         Predictor.load(mask=np.zeros((32, 64), dtype=bool))
+
+
+def test_masks_load_from_numpy_nexus_and_image_files(tmp_path):
+    import h5py
+    from PIL import Image
+
+    from nanopilot.model.bad_pixels import load_mask
+
+    mask = np.zeros((64, 64), dtype=np.uint8)
+    mask[:, 31], mask[10, 40] = 1, 4  # a gap, and a pixel with another defect bit (NeXus: nonzero = masked)
+    np.save(tmp_path / "mask.npy", mask)
+    with h5py.File(tmp_path / "detector.nxs", "w") as file:
+        file["entry/instrument/detector/pixel_mask"] = mask
+    Image.fromarray(mask).save(tmp_path / "mask.tif")
+    for source in ("mask.npy", "detector.nxs", "detector.nxs::/entry/instrument/detector/pixel_mask", "mask.tif"):
+        np.testing.assert_array_equal(load_mask(f"{tmp_path}/{source}", (64, 64)), mask != 0)
+    with pytest.raises(ValueError, match="mask.tif has shape"):
+        load_mask(tmp_path / "mask.tif", (128, 128))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_mask(tmp_path / "nothing.npy", (64, 64))
+    assert Predictor.load(mask=tmp_path / "detector.nxs").mask.sum() == 65
 
 
 def test_shipped_ensemble_is_accurate_and_deterministic(shipped):

@@ -67,3 +67,23 @@ def test_session_devices_file_must_define_the_devices(tmp_path, capsys):
     bad.write_text("detector = None\n")
     assert main(["session", "--devices", str(bad), "--catalog", str(tmp_path / "cat")]) == 1
     assert "missing: x, y" in capsys.readouterr().err
+
+
+def test_setup_takes_a_detector_mask_file_and_refuses_a_wrong_one_before_subscribing(tmp_path):
+    import pytest
+
+    bl = make_beamline("domains", seed=2)
+    mask = np.zeros((64, 64), dtype=bool)
+    mask[:, 31] = True
+    np.save(tmp_path / "mask.npy", mask)
+    RE = RunEngine({})
+    with setup(RE, detector=bl.detector, x=bl.stage.x, y=bl.stage.y, mask=tmp_path / "mask.npy") as session:
+        np.testing.assert_array_equal(session.analysis.predictor.mask, mask)
+        RE(bp.grid_scan([bl.detector], bl.stage.y, -1, 1, 3, bl.stage.x, -1, 1, 3))
+        session.analysis.flush()
+        assert (session.maps.current.scattered()["status"] == "ok").sum() >= 8
+    np.save(tmp_path / "wrong.npy", np.zeros((128, 128), dtype=bool))
+    RE = RunEngine({})
+    with pytest.raises(ValueError, match="wrong.npy has shape"):
+        setup(RE, detector=bl.detector, x=bl.stage.x, y=bl.stage.y, mask=tmp_path / "wrong.npy")
+    assert not any(RE.dispatcher.cb_registry.callbacks.values())  # nothing was subscribed

@@ -52,7 +52,7 @@ class Session:
 
 
 def setup(RE, *, detector, x, y, temperature=None, deposition=None, catalog=None, model=None,
-          plot: str | Path | None = None, image_key: str | None = None) -> Session:
+          plot: str | Path | None = None, image_key: str | None = None, mask=None) -> Session:
     """Subscribe the live analysis (and texture labels) to ``RE`` and publish its LiveMaps for the plans.
 
     Parameters
@@ -66,6 +66,8 @@ def setup(RE, *, detector, x, y, temperature=None, deposition=None, catalog=None
     model : model file for the analysis (default: the shipped ensemble; use the thickness model for growth).
     plot : PNG path for the live maps, saved at each run's stop (``{uid}`` is replaced); None: no plot.
     image_key : the detector's image data key, when it cannot be found from the descriptors.
+    mask : the detector pixels the analysis ignores (an (H, W) array or a file: ``.npy``, a NeXus ``pixel_mask``, a
+        mask image; see :func:`nanopilot.model.bad_pixels.load_mask`).
 
     Raises
     ------
@@ -75,7 +77,7 @@ def setup(RE, *, detector, x, y, temperature=None, deposition=None, catalog=None
     from .model import Predictor
     from .texture import TextureCallback, frame_descriptor
 
-    predictor = Predictor.load(model)
+    predictor = Predictor.load(model, mask=mask)
     _check_instrument(detector, predictor)
     if catalog is not None and isinstance(catalog, (str, Path)):
         from .catalog import open_catalog

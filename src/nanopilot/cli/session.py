@@ -31,6 +31,7 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=1, help="seed of the simulated sample")
     p.add_argument("--catalog", default=None, help="catalogue directory or URI (default: the embedded catalogue)")
     p.add_argument("--model", default=None, help="model for the analysis (default: the shipped ensemble)")
+    p.add_argument("--mask", default=None, help="detector pixels to ignore: .npy, NeXus/HDF5 pixel_mask or mask image")
     p.add_argument("--plot", default="nanopilot-maps/maps_{uid}.png", help="PNG of the live maps per run")
     p.set_defaults(run=run)
 
@@ -65,7 +66,7 @@ def namespace(args) -> dict:
         ns.update(beamline=bl, stage=bl.stage, flyer=bl.flyer, sample=bl.sample)
         RE = RunEngine({})
     catalog = open_catalog(args.catalog)
-    session = setup(RE, catalog=catalog, model=args.model, plot=args.plot, **devices)
+    session = setup(RE, catalog=catalog, model=args.model, plot=args.plot, mask=args.mask, **devices)
     ns.update(RE=RE, catalog=catalog, session=session, analysis=session.analysis, maps=session.maps,
               texture=session.texture, det=devices["detector"], **{k: v for k, v in devices.items() if v is not None})
     return ns

@@ -1,5 +1,6 @@
-"""Pixels the network must not see: a detector mask (module gaps, dead and hot pixels known in advance) and hot
-pixels found in each frame. Both are filled from their good neighbours before the network.
+"""Pixels the network must not see: a detector mask (module gaps, dead and hot pixels known in advance; an array
+or a file, see :func:`load_mask`) and hot pixels found in each frame. Both are filled from their good neighbours
+before the network.
 
 Hot pixels are counts the physics cannot produce: no pixel of a noiseless pattern exceeds its brightest
 neighbour (checked on 4,000 random in-range patterns of the default setup), so a pixel far above its brightest
@@ -9,6 +10,9 @@ found at 2 and 7 counts (at 300 counts and above only those off the bright ring 
 """
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
@@ -64,3 +68,61 @@ def fill_pixels(frames: np.ndarray, bad: np.ndarray) -> np.ndarray:
     sums = ndimage.convolve(good, kernel, mode="constant", cval=0.0)
     counts = ndimage.convolve(weights, kernel, mode="constant", cval=0.0)
     return np.where(bad, np.divide(sums, counts, out=np.zeros_like(sums), where=counts > 0), good)
+
+
+#: File suffixes :func:`load_mask` reads as HDF5 / NeXus, and as images.
+HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".nxs", ".nx5")
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".edf")
+
+
+def load_mask(source, shape: tuple[int, int]) -> np.ndarray:
+    """A detector mask as an (H, W) bool array, True where a pixel must be ignored (any nonzero value: the NeXus
+    ``pixel_mask`` and pyFAI convention).
+
+    ``source``: an array; a ``.npy`` file; an HDF5 / NeXus file (its first dataset named ``pixel_mask``, e.g.
+    ``/entry/instrument/detector/pixel_mask``, or ``FILE::/path/to/dataset``); or an image file (``.tif``, ``.png``,
+    an areaDetector-style mask image). ``shape``: the (H, W) the frames have; another shape raises ValueError naming
+    the source.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        mask, where = _read_mask_file(str(source)), str(source)
+    else:
+        mask, where = np.asarray(source), "the mask array"
+    if mask.ndim == 3 and mask.shape[0] == 1:
+        mask = mask[0]
+    if mask.shape != tuple(shape):
+        raise ValueError(f"{where} has shape {mask.shape}; the frames have shape {tuple(shape)}: give a mask of the "
+                         f"ROI's pixels")
+    return mask != 0
+
+
+def _read_mask_file(text: str) -> np.ndarray:
+    path, _, dataset = text.partition("::")
+    suffix = Path(path).suffix.lower()
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"mask file {path} does not exist")
+    if suffix == ".npy":
+        return np.load(path, allow_pickle=False)
+    if suffix in HDF5_SUFFIXES:
+        import h5py
+
+        with h5py.File(path, "r") as file:
+            name = dataset or _first_pixel_mask(file)
+            if name is None or name not in file:
+                raise ValueError(f"mask file {path} has no dataset {dataset or 'named pixel_mask'}: give "
+                                 f"FILE::/path/to/dataset")
+            return file[name][()]
+    if suffix in IMAGE_SUFFIXES:
+        from PIL import Image
+
+        with Image.open(path) as image:
+            return np.asarray(image)
+    raise ValueError(f"mask file {path}: unknown type {suffix!r}; use .npy, HDF5/NeXus ({', '.join(HDF5_SUFFIXES)}) "
+                     f"or an image ({', '.join(IMAGE_SUFFIXES)})")
+
+
+def _first_pixel_mask(file) -> str | None:
+    found = []
+    file.visititems(lambda name, node: found.append(name) if name.split("/")[-1] == "pixel_mask" and
+                    hasattr(node, "shape") else None)
+    return found[0] if found else None

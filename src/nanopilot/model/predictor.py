@@ -87,9 +87,10 @@ class Predictor:
         that range are untouched; refinement and the residual check see the raw counts. None (default): on for
         models without a thickness output; a thickness model reads the film's thickness from the total counts
         too, so its frames are not scaled and frames brighter than its trained range are flagged ``count_level``.
-    mask : (H, W) bool, True where the detector's pixels must be ignored (module gaps, dead or known hot pixels);
-        their values (NaN or negative included) are replaced by the mean of their good neighbours before
-        anything else (:mod:`~nanopilot.model.bad_pixels`).
+    mask : the pixels to ignore (module gaps, dead or known hot pixels): an (H, W) array (nonzero: ignore) or a
+        file (``.npy``, a NeXus / HDF5 ``pixel_mask``, a mask image; see
+        :func:`~nanopilot.model.bad_pixels.load_mask`); their values (NaN or negative included) are replaced by
+        the mean of their good neighbours before anything else.
     find_hot_pixels : also replace, frame by frame, pixels far above their brightest neighbour (counts the
         physics cannot produce; 0.01-0.05 ms per frame on 2 cores, at most a tenth of the ensemble's cost). With 4 hot
         pixels of +40 counts per frame at peak 7 counts the default ensemble's RMSE goes from 2.4e-4 / 2.0e-3 /
@@ -111,10 +112,7 @@ class Predictor:
         self.edge_margin = float(edge_margin)
         self.kernel = meta["kernel"]
         self.ranges = np.array([meta["ranges"][name] for name in self.outputs], dtype=np.float64)
-        self.mask = None if mask is None else np.asarray(mask, dtype=bool)
-        if self.mask is not None and self.mask.shape != tuple(self.instrument.roi_shape):
-            raise ValueError(f"mask has shape {self.mask.shape}; the model {Path(model.path).name} takes frames of "
-                             f"shape {tuple(self.instrument.roi_shape)}: give a mask of the ROI's pixels")
+        self.mask = None if mask is None else bad_pixels.load_mask(mask, self.instrument.roi_shape)
         self.find_hot_pixels = bool(find_hot_pixels)
         stats = meta["count_stats"]
         self.normalise_counts = ("thickness" not in self.outputs if normalise_counts is None
