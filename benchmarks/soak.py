@@ -108,7 +108,8 @@ class Outage:
 
 
 class PeakRSS:
-    """Samples the resident set size (MB) every ``interval`` s in a thread while in a ``with`` block."""
+    """Samples the resident set size (MB) every ``interval`` s in a thread while in a ``with`` block: ``before``
+    (at entry) and ``peak``."""
 
     def __init__(self, interval: float = 0.02):
         self.interval, self.peak, self._stop = interval, 0.0, threading.Event()
@@ -119,7 +120,7 @@ class PeakRSS:
             return int(f.read().split()[1]) * 4096 / 2 ** 20
 
     def __enter__(self):
-        self.peak = self.now()
+        self.before = self.peak = self.now()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
         return self
@@ -147,7 +148,6 @@ def scan(RE, bl, analysis, sent: Counter) -> tuple[str, float, PeakRSS]:
     """Run the fly scan and finish its analysis: (uid, wall time s, RSS samples)."""
     RE.subscribe(lambda name, doc: sent.update(frames=len(doc["seq_num"])) if name == "event_page" else None)
     with PeakRSS() as rss:
-        rss.before = rss.peak
         t0 = time.perf_counter()
         (uid,) = RE(fly_plan(bl.flyer))
         analysis.close(timeout=600)

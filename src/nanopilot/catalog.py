@@ -32,7 +32,7 @@ API_KEY_ENV = "TILED_API_KEY"
 EMBEDDED_API_KEY = "nanopilotembedded"
 #: The directory of each embedded catalogue opened here (id(client) -> directory), for the checks before writing.
 _EMBEDDED: dict[int, Path] = {}
-_WARNED = set()  # hosts and backup directories warned about once already
+_WARNED = set()  # hosts warned about once already
 
 
 def default_data_dir() -> Path:
@@ -61,7 +61,7 @@ def open_catalog(location: str | os.PathLike | None = None, *, writable: bool = 
         comes from ``$TILED_API_KEY``; a URI that points at the server root opens it as is. An API key sent over
         plain ``http://`` to a host other than the loopback warns (once per host): use ``https://``.
     writable : if True, an embedded catalogue that cannot be written raises PermissionError naming the path
-        (:func:`make_writer` checks the same before a scan).
+        (:func:`nanopilot.storage.make_writer` checks the same before a scan).
 
     Returns
     -------
@@ -107,13 +107,19 @@ def check_writable(directory: str | os.PathLike) -> None:
     """
     directory = Path(directory)
     for folder in (directory, directory / "data"):
-        _probe_directory(folder, "the catalogue")
+        check_directory_writable(folder, "the catalogue")
     for database in (directory / "catalog.db", directory / "storage.sqlite"):
         if database.exists():
             _probe_sqlite(database)
 
 
-def _probe_directory(folder: Path, what: str) -> None:
+def embedded_directory(client) -> Path | None:
+    """The directory of an embedded catalogue opened by :func:`open_catalog`, None for any other client."""
+    return _EMBEDDED.get(id(client))
+
+
+def check_directory_writable(folder: Path, what: str) -> None:
+    """Raise PermissionError naming ``what`` and ``folder`` unless a file can be written there (tried)."""
     probe = folder / f".nanopilot-write-probe-{os.getpid()}-{threading.get_ident()}"
     try:
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

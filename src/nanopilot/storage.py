@@ -18,7 +18,7 @@ import weakref
 from pathlib import Path
 
 from .backup import BACKUP_DIR_ENV, RunJournal
-from .catalog import _EMBEDDED, _WARNED, _probe_directory, check_writable, default_backup_dir
+from .catalog import check_directory_writable, check_writable, default_backup_dir, embedded_directory
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +34,7 @@ warnings.filterwarnings("ignore", message=r"The callback <bluesky_tiled_plugins\
 #: (worker threads) must not write to one SQLite catalogue at the same time ("database is locked").
 _WRITE_LOCK = threading.RLock()
 _OUTAGES: dict[int, types.SimpleNamespace] = {}  # id(client context) -> its outage, see _outage_of
+_WARNED: set[Path] = set()  # backup directories warned about (on the catalogue's filesystem) once already
 
 
 class StorageWriter:
@@ -181,8 +182,8 @@ def make_writer(catalog, *, batch_size: int = DEFAULT_BATCH_SIZE,
         backup.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise ValueError(f"cannot create the backup directory {backup}: {err}") from err
-    _probe_directory(backup, "the backup directory")
-    directory = _EMBEDDED.get(id(catalog))
+    check_directory_writable(backup, "the backup directory")
+    directory = embedded_directory(catalog)
     if directory is not None:
         check_writable(directory)
         _warn_same_filesystem(backup, directory)

@@ -92,9 +92,9 @@ class Predictor:
         :func:`~nanopilot.model.bad_pixels.load_mask`); their values (NaN or negative included) are replaced by
         the mean of their good neighbours before anything else.
     find_hot_pixels : also replace, frame by frame, pixels far above their brightest neighbour (counts the
-        physics cannot produce; 0.01-0.05 ms per frame on 2 cores, at most a tenth of the ensemble's cost). With 4 hot
-        pixels of +40 counts per frame at peak 7 counts the default ensemble's RMSE goes from 2.4e-4 / 2.0e-3 /
-        4.6e-3 to 1.25e-4 / 4.7e-4 / 1.39e-3, within 1.1x of clean frames (``benchmarks/real_frames.py``).
+        physics cannot produce; 0.01-0.05 ms per frame on 2 cores, at most a tenth of the ensemble's cost). With
+        4 hot pixels of +40 counts per frame at peak 7 counts the default ensemble's RMSE goes from 2.4e-4 /
+        2.0e-3 / 4.6e-3 to 1.25e-4 / 4.7e-4 / 1.39e-3, within 1.1x of clean frames (``benchmarks/real_frames.py``).
     """
 
     def __init__(self, model: ModelFile, *, instrument: Instrument | None = None, threads: int | None = None,
