@@ -59,7 +59,7 @@ from nanopilot.estimates import OK, Estimates
 from nanopilot.fitting import refine
 from nanopilot.model import Predictor, shipped_model_path
 from nanopilot.model.data import sample_params
-from nanopilot.model.predictor import STRAIN_PRIOR_FACTOR, TILT_PRIOR_FACTOR
+from nanopilot.model.predictor import PUBLISHED_MODEL, SHIPPED_MODELS, STRAIN_PRIOR_FACTOR, TILT_PRIOR_FACTOR
 from nanopilot.physics import intensity_scale, simulate
 from nanopilot.physics.forward import _geometry
 
@@ -302,12 +302,19 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=1600)
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--model", default="default", help="shipped model name or model file (sidecar .json)")
+    parser.add_argument("--baseline", default=PUBLISHED_MODEL,
+                        help="the published network trained the published way (rows 'before' and 'published')")
     parser.add_argument("--thickness", action="store_true", help="measure the shipped thickness model instead")
     parser.add_argument("--conditions", help="comma-separated condition indices (default: all; 0 always runs)")
     args = parser.parse_args()
     if args.thickness:
         args.model = "thickness"
     return args
+
+
+def model_path(name: str):
+    """A shipped model's sidecar path, or ``name`` itself (a model file)."""
+    return shipped_model_path(name) if name in SHIPPED_MODELS else name
 
 
 def selected(text: str | None) -> list[int]:
@@ -324,7 +331,7 @@ def run_condition(predictor, previous, params, condition: Condition, rng,
     published = run_published(previous, frames)
     out = {"nanopilot (as shipped)": (run_nanopilot(predictor, frames), len(frames)),
            "nanopilot, residual=True": (run_nanopilot(predictor, frames, residual=True), len(frames)),
-           "nanopilot before (no scaling, no hot px)": (run_nanopilot(previous, frames), len(frames)),
+           "published network, raw frames": (run_nanopilot(previous, frames), len(frames)),
            "published practice (scaled)": (published, len(frames))}
     m = min(ml_frames, len(frames))
     for given in ((False, True) if condition.background else (False,)) if m else ():
@@ -343,9 +350,9 @@ def ml_label(condition: Condition, given: bool) -> str:
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
-    path = shipped_model_path(args.model) if args.model in ("default", "thickness") else args.model
-    predictor = Predictor.load(path, threads=args.threads)
-    previous = Predictor.load(path, threads=args.threads, normalise_counts=False, find_hot_pixels=False)
+    predictor = Predictor.load(model_path(args.model), threads=args.threads)
+    previous = Predictor.load(model_path(args.baseline), threads=args.threads, normalise_counts=False,
+                              find_hot_pixels=False)
     k = len(predictor.outputs)
     ranges = {name: tuple(r) for name, r in zip(predictor.outputs, predictor.ranges)}
     params = sample_params(args.frames, ranges, k, np.random.default_rng([args.seed, 16]))

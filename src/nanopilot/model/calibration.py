@@ -1,9 +1,17 @@
-"""Calibration of an ensemble's spread: one factor per output so that the scaled spread matches the actual error.
+"""Calibration of an ensemble's spread, so that the reported standard deviation matches the actual error.
 
 The sample standard deviation over a few ensemble members underestimates the error (the members share their
-training data and architecture). On a freshly simulated validation set the factor ``f_k`` of output k is chosen
-so that ``RMS(error_k / (f_k * spread_k)) = 1`` over the frames; it is stored in the model's sidecar
-(``spread_factor``: {output: factor}) and :meth:`~nanopilot.model.Predictor.predict` reports ``f_k * spread_k``.
+training data and architecture). On a freshly simulated validation set:
+
+- a model trained at one count level gets one factor ``f_k`` per output, chosen so that ``RMS(error_k / (f_k *
+  spread_k)) = 1``; it is stored in the model's sidecar (``spread_factor``: {output: factor}) and
+  :meth:`~nanopilot.model.Predictor.predict` reports ``f_k * spread_k``;
+- a model trained across count levels (its error falls 10-fold from 2 to 10,000 peak counts, its members' spread
+  does not follow it exactly) gets a :class:`LevelCalibration`: per bin of the frames' total counts, each
+  frame's spread shrunk toward the bin's typical spread (the spread of 4 members is itself noisy, which gives the
+  ratio error / spread heavy tails) and a factor per output and bin chosen so that 68% of the errors lie within
+  1 std and 95% within 2 (``level_calibration`` in the sidecar).
+
 Editing the sidecar leaves the weights' checksum valid (it covers the ``.pt`` file only).
 
     nanopilot train --calibrate MODEL [--frames 4000] [--seed 11]
@@ -11,17 +19,97 @@ Editing the sidecar leaves the weights' checksum valid (it covers the ``.pt`` fi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import numpy as np
 
 from ..physics import Instrument
-from .data import SimulatedSource
+from .data import Background, SimulatedSource
 from .files import load_model, paths
 
 #: Frames and seed of the calibration set (the accuracy benchmark's held-out sets use seeds 0, 1 and 2).
 CALIBRATION_FRAMES, CALIBRATION_SEED = 4000, 11
+#: Count-level bins of a :class:`LevelCalibration` (equally many calibration frames in each).
+LEVEL_BINS = 8
+#: Weight of a frame's own ensemble variance against its count level's typical one in a :class:`LevelCalibration`.
+SPREAD_WEIGHT = 0.5
+#: Gaussian shares within 1 and 2 std that a :class:`LevelCalibration`'s factors aim at.
+TARGET_COVERAGE = (0.683, 0.954)
+
+
+@dataclasses.dataclass
+class LevelCalibration:
+    """Reported std of an ensemble trained across count levels, as a function of the frame's total counts.
+
+    ``std = factor(T) * sqrt(weight * spread**2 + (1 - weight) * typical(T)**2)`` per output, with ``factor`` and
+    ``typical`` (the median spread) tabulated at ``log10_total`` (B,) bin centres (log10 of total counts) and
+    interpolated linearly in between (the end values beyond).
+
+    log10_total : (B,) bin centres. factor : (B, K) dimensionless. typical : (B, K) physical units.
+    weight : 0-1, how much the frame's own spread counts.
+    """
+
+    log10_total: np.ndarray
+    factor: np.ndarray
+    typical: np.ndarray
+    weight: float = SPREAD_WEIGHT
+
+    def std(self, spread: np.ndarray, totals: np.ndarray) -> np.ndarray:
+        """(N, K) calibrated std of frames with ensemble spread (N, K) and total counts (N,)."""
+        x = np.log10(np.maximum(np.asarray(totals, dtype=np.float64), 1.0))
+        factor = np.stack([np.interp(x, self.log10_total, f) for f in self.factor.T], axis=1)
+        typical = np.stack([np.interp(x, self.log10_total, t) for t in self.typical.T], axis=1)
+        return factor * np.sqrt(self.weight * np.asarray(spread) ** 2 + (1 - self.weight) * typical ** 2)
+
+    @classmethod
+    def fit(cls, error: np.ndarray, spread: np.ndarray, totals: np.ndarray, *, bins: int = LEVEL_BINS,
+            weight: float = SPREAD_WEIGHT) -> LevelCalibration:
+        """Fit on a calibration set: errors and spreads (N, K) in physical units, total counts (N,)."""
+        x = np.log10(np.maximum(np.asarray(totals, dtype=np.float64), 1.0))
+        edges = np.quantile(x, np.linspace(0, 1, bins + 1))
+        which = np.clip(np.searchsorted(edges, x, side="right") - 1, 0, bins - 1)
+        centres, factors, typicals = [], [], []
+        for b in range(bins):
+            sel = which == b
+            typical = np.nanmedian(spread[sel], axis=0)
+            shrunk = np.sqrt(weight * spread[sel] ** 2 + (1 - weight) * typical ** 2)
+            factors.append([coverage_factor(z) for z in (np.abs(error[sel]) / shrunk).T])
+            centres.append(float(np.median(x[sel])))
+            typicals.append(typical)
+        return cls(np.array(centres), np.array(factors), np.array(typicals), float(weight))
+
+    def to_dict(self, outputs) -> dict:
+        return {"log10_total": self.log10_total.tolist(), "weight": self.weight,
+                "factor": {n: self.factor[:, i].tolist() for i, n in enumerate(outputs)},
+                "typical": {n: self.typical[:, i].tolist() for i, n in enumerate(outputs)}}
+
+    @classmethod
+    def from_dict(cls, data: dict, outputs) -> LevelCalibration:
+        return cls(np.asarray(data["log10_total"], dtype=np.float64),
+                   np.stack([np.asarray(data["factor"][n], dtype=np.float64) for n in outputs], axis=1),
+                   np.stack([np.asarray(data["typical"][n], dtype=np.float64) for n in outputs], axis=1),
+                   float(data["weight"]))
+
+
+def coverage_factor(z: np.ndarray) -> float:
+    """The factor f that brings the shares of |z| / f within 1 and 2 closest to :data:`TARGET_COVERAGE`
+    (least squares over a fine grid of f); z: (N,) |error| / spread, non-finite values left out."""
+    z = np.sort(z[np.isfinite(z)])
+    candidates = np.quantile(z, TARGET_COVERAGE[0]) * np.geomspace(0.5, 2.0, 301)
+    share = lambda limit: np.searchsorted(z, limit, side="right") / len(z)  # noqa: E731
+    cost = [(share(f) - TARGET_COVERAGE[0]) ** 2 + (share(2 * f) - TARGET_COVERAGE[1]) ** 2 for f in candidates]
+    return float(candidates[int(np.argmin(cost))])
+
+
+def calibration_source(meta: dict, outputs) -> SimulatedSource:
+    """Simulated frames as the model in ``meta`` (a sidecar) was trained on: its ranges, count levels, background
+    and kernel."""
+    background = (meta.get("config") or {}).get("data", {}).get("background")
+    return SimulatedSource(Instrument.from_dict(meta["instrument"]), {n: tuple(meta["ranges"][n]) for n in outputs},
+                           outputs=len(outputs), counts=meta["counts"], kernel=meta["kernel"], reuse=1,
+                           background=Background(**background) if background else None)
 
 
 def spread_factors(error: np.ndarray, spread: np.ndarray) -> np.ndarray:
@@ -72,9 +160,7 @@ def calibrate(path: str | Path, *, frames: int = CALIBRATION_FRAMES, seed: int =
         raise ValueError(f"model {model.path} is a single network: it has no ensemble spread to calibrate")
     meta = model.metadata
     predictor = Predictor(model, threads=threads)
-    ranges = {name: tuple(meta["ranges"][name]) for name in predictor.outputs}
-    source = SimulatedSource(Instrument.from_dict(meta["instrument"]), ranges, outputs=len(predictor.outputs),
-                             counts=meta["counts"], kernel=meta["kernel"], reuse=1)
+    source = calibration_source(meta, predictor.outputs)
     images, params = source.batch(int(frames), np.random.default_rng([int(seed), 5]))
     mean, spread, _ = predictor.predict_raw(images.numpy())
     factors = spread_factors(mean - params.numpy(), spread)
@@ -84,7 +170,12 @@ def calibrate(path: str | Path, *, frames: int = CALIBRATION_FRAMES, seed: int =
     data["spread_factor"] = result
     data["spread_calibration"] = {"frames": int(frames), "seed": int(seed), "kernel": meta["kernel"],
                                   "counts": meta["counts"]}
+    if isinstance(source.counts, tuple):
+        totals = images.sum(dim=(1, 2)).double().numpy()
+        level = LevelCalibration.fit(mean - params.numpy(), spread, totals)
+        data["level_calibration"] = level.to_dict(predictor.outputs)
     sidecar.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
     log(f"calibrated {sidecar} on {frames} frames (seed {seed}): spread factor "
-        + ", ".join(f"{k} {v:.3f}" for k, v in result.items()))
+        + ", ".join(f"{k} {v:.3f}" for k, v in result.items())
+        + (", and per count level" if isinstance(source.counts, tuple) else ""))
     return result

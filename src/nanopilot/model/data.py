@@ -6,11 +6,14 @@ the same noisy frame twice.
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import numpy as np
 import torch
 
 from ..physics import Instrument, Library, intensity_scale
-from ..physics.forward import _const, chi_donut, laue_matrix
+from ..physics.forward import PUBLISHED_PEAK_COUNTS, _const, chi_donut, laue_matrix
 
 #: The published parameter ranges (strain, omega deg, chi deg) and the thickness range of the growth plans (A).
 DEFAULT_RANGES = {"strain": (-0.005, 0.005), "omega": (-0.05, 0.05), "chi": (-0.1, 0.1), "thickness": (60.0, 300.0)}
@@ -31,21 +34,70 @@ def _noisy(expected: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
     return torch.poisson(expected, generator=gen)
 
 
+def check_counts(counts) -> str | float | tuple[float, float]:
+    """``counts`` of a training set: "published", a peak count level, or [low, high] peak counts drawn
+    log-uniformly per frame (0 < low < high); a clear error otherwise."""
+    if isinstance(counts, (list, tuple)):
+        if len(counts) != 2 or not all(isinstance(c, (int, float)) for c in counts):
+            raise ValueError(f"data.counts as a range must be [low, high] peak counts, got {counts!r}")
+        low, high = float(counts[0]), float(counts[1])
+        if not (0 < low < high < math.inf):
+            raise ValueError(f"data.counts range needs 0 < low < high (peak counts), got {counts!r}")
+        return low, high
+    if counts == "published" or (isinstance(counts, (int, float)) and 0 < counts < math.inf):
+        return counts
+    raise ValueError(f"data.counts must be 'published', a positive peak count level or [low, high], got {counts!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Background:
+    """A smooth background added to a share of the training frames before their Poisson noise.
+
+    fraction : share of frames (0-1) that get one.
+    max_ratio : its mean level (counts/pixel) is drawn uniformly in [0, max_ratio] times the frame's peak count
+        level (0.2 counts/pixel at the published 7 counts is a ratio of 0.029).
+    gradient : a plane across the ROI, the level times 1 + gx u + gy v (u, v in [-1, 1] over columns and rows,
+        gx and gy uniform in [-gradient, gradient]; gradient <= 1 keeps it non-negative).
+    """
+
+    fraction: float = 0.5
+    max_ratio: float = 0.04
+    gradient: float = 0.5
+
+    def __post_init__(self):
+        if not (0 <= self.fraction <= 1 and self.max_ratio >= 0 and 0 <= self.gradient <= 1):
+            raise ValueError(f"data.background needs 0 <= fraction <= 1, max_ratio >= 0 and 0 <= gradient <= 1, "
+                             f"got {dataclasses.asdict(self)}")
+
+    def draw(self, peaks: torch.Tensor, shape: tuple[int, int], rng: np.random.Generator) -> torch.Tensor:
+        """(n, H, W) float32 background counts/pixel for frames of peak count levels ``peaks`` (n,)."""
+        n = len(peaks)
+        level = rng.random(n) * self.max_ratio * (rng.random(n) < self.fraction)
+        gx, gy = (self.gradient * (2 * rng.random((2, n)) - 1))
+        v, u = np.meshgrid(np.linspace(-1, 1, shape[0]), np.linspace(-1, 1, shape[1]), indexing="ij")
+        plane = 1 + gx[:, None, None] * u + gy[:, None, None] * v
+        out = torch.as_tensor((level[:, None, None] * plane).astype(np.float32), device=peaks.device)
+        return out * peaks.float()[:, None, None]
+
+
 class SimulatedSource:
     """Random off-grid film states rendered with the separable forward model each time they are asked for.
 
     ``ranges``: {name: (low, high)}; ``outputs`` 3 or 4 (thickness is drawn too when 4, else the instrument's);
-    ``counts`` and ``kernel`` as in :func:`~nanopilot.physics.simulate`. ``reuse`` r > 1 draws n / r
+    ``counts`` as in :func:`~nanopilot.physics.simulate` or a [low, high] range of peak counts drawn
+    log-uniformly per frame; ``background``: a :class:`Background` (None: none); ``kernel`` as in
+    :func:`~nanopilot.physics.simulate`. ``reuse`` r > 1 draws n / r
     (strain, omega[, thickness]) states and n / r chi values and pairs each with r random partners: every
     parameter is still random and off-grid, the patterns are exactly :func:`~nanopilot.physics.simulate`'s,
     and a batch costs about half as much to render.
     """
 
     def __init__(self, instrument: Instrument, ranges: dict, outputs: int, *, counts="published", kernel="box",
-                 reuse: int = 4, device="cpu"):
+                 reuse: int = 4, device="cpu", background: Background | None = None):
         self.instrument, self.ranges, self.outputs = instrument, ranges, outputs
-        self.counts, self.kernel, self.reuse = counts, kernel, max(1, int(reuse))
-        self.scale = intensity_scale(instrument, counts)
+        self.counts, self.kernel, self.reuse = check_counts(counts), kernel, max(1, int(reuse))
+        self.background = background
+        self.unit = intensity_scale(instrument, 1.0)  # raw formula units -> counts of a pattern peaking at 1
         self.device = torch.device(device)
         self.donut = _const(instrument, "donut", self.device).float()
 
@@ -61,10 +113,22 @@ class SimulatedSource:
                                                                       dtype=torch.float64, device=dev)
         a = laue_matrix(params[:, 0], torch.deg2rad(params[:, 1]), thickness, self.instrument, self.kernel)
         b_m = chi_donut(torch.deg2rad(chi), self.instrument, self.kernel, self.donut)
-        images = torch.matmul(b_m[b_index], (a.float() * self.scale).transpose(1, 2)[a_index])
+        images = torch.matmul(b_m[b_index], (a.float() * self.unit).transpose(1, 2)[a_index])
+        peaks = self._peaks(n, rng).to(dev)
+        images = images * peaks[:, None, None]
+        if self.background is not None:
+            images = images + self.background.draw(peaks, tuple(images.shape[1:]), rng)
         out = params[a_index].clone()
         out[:, 2] = chi[b_index]
         return images, out
+
+    def _peaks(self, n: int, rng: np.random.Generator) -> torch.Tensor:
+        """(n,) float32 peak count level of each frame (one level, or log-uniform over the counts range)."""
+        if isinstance(self.counts, tuple):
+            low, high = np.log(self.counts)
+            return torch.as_tensor(np.exp(low + (high - low) * rng.random(n)), dtype=torch.float32)
+        level = PUBLISHED_PEAK_COUNTS if self.counts == "published" else float(self.counts)
+        return torch.full((n,), level, dtype=torch.float32)
 
     def batch(self, n: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """``n`` noisy frames (n, H, W) float32 counts and their (n, outputs) float64 parameters."""

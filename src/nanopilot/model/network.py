@@ -2,7 +2,9 @@
 
 The published architecture: six unpadded 3x3 convolutions with ReLU, channels 1-2-4 | pool | 4-8-16 | pool |
 16-32-64 | pool, then one linear layer 1024 -> 3 (27,771 parameters for a 64 x 64 input). Raw counts go in;
-the outputs are labels (physical values scaled so each spans about +-0.5, see :class:`LabelScaler`).
+the outputs are labels (physical values scaled so each spans about +-0.5, see :class:`LabelScaler`). With
+``Architecture.input_total`` set, each frame is first scaled to that total count, so one network serves every
+flux (the network then reads the count level from the frame's graininess alone).
 
 :class:`StackedEnsemble` runs N such networks in one pass: the first convolution of every member reads the same
 single input channel, so it is one ordinary convolution with N times the filters; every later layer is a grouped
@@ -30,16 +32,24 @@ class Architecture:
     channels : output channels of each convolution, grouped by block (a 2 x 2 max pool ends every block).
     outputs : 3 (strain, omega, chi) or 4 (+ thickness).
     input_shape : (rows, cols) of the detector frames.
+    input_total : counts each frame is scaled to (by its own total) before the first convolution; None: raw
+        counts go in, as in the published network.
     """
 
     channels: tuple[tuple[int, ...], ...] = PUBLISHED_CHANNELS
     outputs: int = 3
     input_shape: tuple[int, int] = (64, 64)
+    input_total: float | None = None
 
     def __post_init__(self):
         channels = tuple(tuple(int(c) for c in block) for block in self.channels)
         object.__setattr__(self, "channels", channels)
         object.__setattr__(self, "input_shape", tuple(int(v) for v in self.input_shape))
+        if self.input_total is not None:
+            total = float(self.input_total)
+            if not (np.isfinite(total) and total > 0):
+                raise ValueError(f"input_total must be a positive number of counts (or null), got {self.input_total!r}")
+            object.__setattr__(self, "input_total", total)
         if self.outputs not in (3, 4):
             raise ValueError(f"outputs must be 3 (strain, omega, chi) or 4 (+ thickness), got {self.outputs!r}")
         if not channels or any(not block or min(block) < 1 for block in channels):
@@ -63,8 +73,16 @@ class Architecture:
         return PARAMETERS[: self.outputs]
 
     def to_dict(self) -> dict:
-        return {"channels": [list(b) for b in self.channels], "outputs": self.outputs,
-                "input_shape": list(self.input_shape)}
+        out = {"channels": [list(b) for b in self.channels], "outputs": self.outputs,
+               "input_shape": list(self.input_shape)}
+        return out if self.input_total is None else {**out, "input_total": self.input_total}
+
+    def scale_input(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, H, W) frames as the first convolution reads them: scaled to :attr:`input_total` counts each (an
+        empty frame stays empty), or unchanged when that is None."""
+        if self.input_total is None:
+            return x
+        return x * (self.input_total / x.sum(dim=(-2, -1), keepdim=True).clamp_min(1.0))
 
     @classmethod
     def from_dict(cls, data: dict) -> Architecture:
@@ -124,7 +142,7 @@ class NanobeamNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim == 3:
             x = x.unsqueeze(1)
-        return self.head(torch.flatten(self.features(x), 1))
+        return self.head(torch.flatten(self.features(self.arch.scale_input(x)), 1))
 
 
 class StackedEnsemble(nn.Module):
@@ -164,7 +182,7 @@ class StackedEnsemble(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim == 3:
             x = x.unsqueeze(1)
-        return self.head(self.features(x)).reshape(x.shape[0], self.n, self.arch.outputs)
+        return self.head(self.features(self.arch.scale_input(x))).reshape(x.shape[0], self.n, self.arch.outputs)
 
 
 def count_parameters(module: nn.Module) -> int:

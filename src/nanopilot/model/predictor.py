@@ -17,6 +17,7 @@ import torch
 from ..estimates import COUNT_LEVEL, EDGE, OK, RESIDUAL, Estimates, check_frames
 from ..physics import Instrument, simulate
 from . import bad_pixels
+from .calibration import LevelCalibration
 from .files import ModelFile, load_model
 from .inference_thread import run_in_inference_thread
 from .network import StackedEnsemble
@@ -38,8 +39,11 @@ TILT_PRIOR_FACTOR = 2.0
 STRAIN_PRIOR_FACTOR = 1.5
 
 
+#: The published network trained the published way (one count level, raw counts in): the baseline of
+#: ``benchmarks/real_frames.py`` and the start of the default model's training.
+PUBLISHED_MODEL = "published"
 #: Models shipped inside the package, loadable by name.
-SHIPPED_MODELS = (DEFAULT_MODEL, THICKNESS_MODEL)
+SHIPPED_MODELS = (DEFAULT_MODEL, THICKNESS_MODEL, PUBLISHED_MODEL)
 
 
 def shipped_model_path(name: str = DEFAULT_MODEL) -> Path:
@@ -115,19 +119,26 @@ class Predictor:
         self.mask = None if mask is None else bad_pixels.load_mask(mask, self.instrument.roi_shape)
         self.find_hot_pixels = bool(find_hot_pixels)
         stats = meta["count_stats"]
-        self.normalise_counts = ("thickness" not in self.outputs if normalise_counts is None
-                                 else bool(normalise_counts))
+        #: The network scales every frame to one total itself (trained across count levels): nothing to scale
+        #: here, and brighter frames than it was trained on are only less noisy.
+        self.any_flux = model.architecture.input_total is not None
+        if normalise_counts is None:
+            normalise_counts = "thickness" not in self.outputs and not self.any_flux
+        self.normalise_counts = bool(normalise_counts)
         #: (low, high) total counts of the frames analysed as they are; others are scaled to ``training_total``
         #: (with ``normalise_counts``) or flagged.
         self.trained_counts = (float(stats["p001"]), float(stats["p999"]))
         self.training_total = float(stats["median"])
         #: (low, high) total counts outside which a frame is flagged ``count_level``.
         self.count_range = (stats["p001"] / COUNT_LEVEL_FACTOR,
-                            math.inf if self.normalise_counts else stats["p999"] * COUNT_LEVEL_FACTOR)
+                            math.inf if self.normalise_counts or self.any_flux else stats["p999"] * COUNT_LEVEL_FACTOR)
         self.residual_threshold = meta.get("residual_threshold")
         factors = meta.get("spread_factor") or {}
         #: (K,) factors applied to the ensemble spread in :meth:`predict` (1.0 where the sidecar has none).
         self.spread_factor = np.array([float(factors.get(name, 1.0)) for name in self.outputs])
+        level = meta.get("level_calibration")
+        #: The count-level dependent calibration of a model trained across count levels (None: the factors).
+        self.level_calibration = None if level is None else LevelCalibration.from_dict(level, self.outputs)
         network = StackedEnsemble(model.networks) if self.n_members > 1 else model.networks[0]
         self.network = network.eval().to(memory_format=torch.channels_last)
         for p in self.network.parameters():
@@ -225,7 +236,7 @@ class Predictor:
         span = self.ranges[:, 1] - self.ranges[:, 0]
         inner_lo, inner_hi = self.ranges[:, 0] + self.edge_margin * span, self.ranges[:, 1] - self.edge_margin * span
         at_edge = ((mean < inner_lo) | (mean > inner_hi)).any(axis=1)
-        params, out_std = mean.copy(), std * self.spread_factor
+        params, out_std = mean.copy(), self.calibrated_std(std, totals)
         if refine is not False:
             params, out_std, status = self._refine(clean, params, out_std, status, refine)
         status[(status == OK) & at_edge] = EDGE
@@ -234,6 +245,13 @@ class Predictor:
             stat = residual_statistic(clean[check], params[check], self.instrument, self.kernel)
             status[check[stat > self.residual_threshold]] = RESIDUAL
         return Estimates.from_params(params, status, std=out_std)
+
+    def calibrated_std(self, spread: np.ndarray, totals: np.ndarray) -> np.ndarray:
+        """(N, K) reported std of frames with ensemble spread (N, K) and total counts (N,): the count-level
+        calibration where the model has one, else the spread times :attr:`spread_factor`."""
+        if self.level_calibration is not None:
+            return self.level_calibration.std(spread, totals)
+        return spread * self.spread_factor
 
     def without_bad_pixels(self, frames: np.ndarray) -> np.ndarray:
         """``frames`` with the masked pixels and (if :attr:`find_hot_pixels`) the hot ones filled from their good

@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from ..physics import Instrument
-from .data import DEFAULT_RANGES
+from .data import DEFAULT_RANGES, Background, check_counts
 from .network import Architecture
 
 OPTIMIZERS = ("adam", "adamw")
@@ -24,7 +24,9 @@ class TrainConfig:
 
     model : architecture (``channels`` per block, ``outputs`` 3 or 4).
     data : ``library`` (HDF5 path) or None for on-the-fly simulation; ``ranges`` {name: [low, high]} (strain,
-        omega deg, chi deg, thickness A); ``counts`` ("published" or a peak count level); ``kernel``;
+        omega deg, chi deg, thickness A); ``counts`` ("published", a peak count level, or [low, high] peak
+        counts drawn log-uniformly per frame); ``background`` (None, or the fields of
+        :class:`~nanopilot.model.data.Background`: a smooth background on a share of the frames); ``kernel``;
         ``samples_per_epoch`` and ``val_samples`` (simulation) or ``val_fraction`` (library).
     training : ``epochs``, ``batch_size``, ``lr`` (peak), ``weight_decay``, ``optimizer``, ``schedule``,
         ``loss_weights`` ({output name: weight} of each output's squared error in the loss, in label units;
@@ -33,7 +35,10 @@ class TrainConfig:
         ``keep_best`` (see ``seeds``), ``threads``, and ``minutes``: a wall-time budget
         per member (None: none). With a budget the schedule runs on the elapsed fraction of it instead of the
         step count (the same one-cycle or cosine shape), ``epochs`` becomes an upper bound, early stopping is
-        off, and training stops when the budget is spent (the last, partial epoch is validated too).
+        off, and training stops when the budget is spent (the last, partial epoch is validated too);
+        ``count_weighting`` p: each frame's squared error weighs clip(total / input_total, 0.3, 40) ** p (bright
+        frames, whose errors are smaller, are not drowned by faint ones; needs ``model.input_total``; None: 1);
+        ``init``: a model file (or shipped name) whose members start the training.
     seeds : one ensemble member trained per seed; ``training.keep_best`` k (None: all) keeps the k members with
         the lowest validation loss, each on its own validation set (their seeds in the config's order; all of
         them when k >= the number of seeds).
@@ -44,7 +49,8 @@ class TrainConfig:
     architecture: Architecture = dataclasses.field(default_factory=Architecture)
     library: str | None = None
     ranges: dict = dataclasses.field(default_factory=lambda: dict(DEFAULT_RANGES))
-    counts: str | float = "published"
+    counts: str | float | tuple = "published"
+    background: dict | None = None
     kernel: str = "box"
     samples_per_epoch: int = 65536
     val_samples: int = 4096
@@ -60,11 +66,19 @@ class TrainConfig:
     keep_best: int | None = None
     threads: int | None = None
     minutes: float | None = None
+    count_weighting: float | None = None
     init: str | None = None
     seeds: tuple[int, ...] = (0,)
     instrument: dict | None = None
 
     def __post_init__(self):
+        self.counts = check_counts(self.counts)
+        if self.background is not None:
+            Background(**self.background)  # a clear error for unknown fields or bad values, at load time
+        if self.count_weighting is not None and (self.architecture.input_total is None
+                                                 or not 0 <= float(self.count_weighting) <= 2):
+            raise ValueError("training.count_weighting needs model.input_total and 0 <= p <= 2, got "
+                             f"{self.count_weighting!r} with input_total {self.architecture.input_total!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"training.optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.schedule not in SCHEDULES:
@@ -111,11 +125,12 @@ class TrainConfig:
             "name": self.name,
             "model": self.architecture.to_dict(),
             "data": {"library": self.library, "ranges": {k: list(v) for k, v in self.ranges.items()},
-                     "counts": self.counts, "kernel": self.kernel, "samples_per_epoch": self.samples_per_epoch,
+                     "counts": list(self.counts) if isinstance(self.counts, tuple) else self.counts,
+                     "background": self.background, "kernel": self.kernel, "samples_per_epoch": self.samples_per_epoch,
                      "val_samples": self.val_samples, "val_fraction": self.val_fraction},
             "training": {k: getattr(self, k) for k in ("epochs", "batch_size", "lr", "weight_decay", "optimizer",
                                                        "schedule", "loss_weights", "patience", "keep_best",
-                                                       "threads", "minutes", "init")},
+                                                       "threads", "minutes", "count_weighting", "init")},
             "seeds": list(self.seeds),
             "instrument": self.instrument,
         }

@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..physics import Instrument
-from .data import LibrarySource, SimulatedSource
+from .data import Background, LibrarySource, SimulatedSource
 from .network import LabelScaler, NanobeamNN, seed_everything
 from .train_config import TrainConfig
 
@@ -43,8 +43,18 @@ def _source(config: TrainConfig, instrument: Instrument, device):
     if config.library:  # one split for every member: none trains on the patterns the ensemble is calibrated on
         return LibrarySource(config.library, instrument, config.architecture.outputs,
                              val_fraction=config.val_fraction, seed=config.seeds[0])
+    background = Background(**config.background) if config.background else None
     return SimulatedSource(instrument, config.ranges, config.architecture.outputs, counts=config.counts,
-                           kernel=config.kernel, device=device)
+                           kernel=config.kernel, device=device, background=background)
+
+
+def frame_weights(frames: torch.Tensor, config: TrainConfig) -> torch.Tensor:
+    """(B, 1) weight of each frame's squared error: clip(total / input_total, 0.3, 40) ** count_weighting
+    (ones without ``count_weighting``)."""
+    if config.count_weighting is None:
+        return frames.new_ones((len(frames), 1))
+    ratio = frames.sum(dim=(-2, -1)) / config.architecture.input_total
+    return ratio.clamp(0.3, 40.0).pow(float(config.count_weighting)).reshape(-1, 1)
 
 
 def evaluate(network: torch.nn.Module, frames: torch.Tensor, params: torch.Tensor, scaler: LabelScaler,
@@ -98,7 +108,7 @@ def _initial_weights(config: TrainConfig, seed: int) -> dict:
 
     shipped = config.init in SHIPPED_MODELS and not paths(config.init)[1].is_file()
     model = load_model(shipped_model_path(config.init) if shipped else config.init)
-    if model.architecture != config.architecture:
+    if dataclasses.replace(model.architecture, input_total=config.architecture.input_total) != config.architecture:
         raise ValueError(f"training.init {config.init!r} has architecture {model.architecture.to_dict()}; "
                          f"the config asks for {config.architecture.to_dict()}")
     model.instrument.require_same(config.get_instrument(), f"training.init {config.init!r}")
@@ -148,7 +158,8 @@ def train_model(config: TrainConfig, seed: int, *, device="cpu", progress: bool 
         for frames, params in source.epoch(n_train, config.batch_size, rng):
             frames, params = frames.to(device), params.to(device)
             x = frames.unsqueeze(1).contiguous(memory_format=torch.channels_last)
-            loss = ((network(x) - scaler.to_labels(params.float())) ** 2 * weights).mean()
+            squared = (network(x) - scaler.to_labels(params.float())) ** 2
+            loss = (squared * weights * frame_weights(frames, config)).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -224,13 +235,14 @@ def assemble(config: TrainConfig, results: list[TrainResult], out: str | Path, *
 
     Calibration, on a validation set of its own (seeded by the config's first seed): ensemble RMSE per parameter,
     the median ensemble spread (``typical_std``, used by ``Predictor.predict(refine=k)``), the spread's
-    calibration factors (``spread_factor``, see :mod:`~nanopilot.model.calibration`), and the residual
+    calibration factors (``spread_factor``, and ``level_calibration`` for a model trained across count levels;
+    see :mod:`~nanopilot.model.calibration`), and the residual
     threshold (99.9th percentile of the validation frames' residual statistic, times 1.5). ``seconds``: the
     training wall time to record (default: the members' own times added up, plus this calibration).
     Returns the sidecar path.
     """
     from .. import __version__
-    from .calibration import spread_factors
+    from .calibration import LevelCalibration, spread_factors
     from .files import ModelFile, save_model
     from .predictor import Predictor, residual_statistic
 
@@ -255,6 +267,9 @@ def assemble(config: TrainConfig, results: list[TrainResult], out: str | Path, *
     metadata["typical_std"] = np.median(std, axis=0).tolist() if len(results) > 1 else [None] * len(mean[0])
     if len(results) > 1:
         metadata["spread_factor"] = dict(zip(predictor.outputs, spread_factors(err, std).tolist()))
+    if len(results) > 1 and isinstance(source.counts, tuple):
+        totals = frames.sum(dim=(1, 2)).double().numpy()
+        metadata["level_calibration"] = LevelCalibration.fit(err, std, totals).to_dict(predictor.outputs)
     residual = residual_statistic(frames.numpy(), mean, instrument, source.kernel)
     metadata["residual_threshold"] = float(1.5 * np.quantile(residual, 0.999))
     if seconds is None:
