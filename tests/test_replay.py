@@ -116,3 +116,133 @@ def test_lookup_takes_a_digits_only_uid_prefix_as_a_uid_after_scan_ids():
     assert lookup(catalog, "-1")["scan_id"] == 2 and lookup(catalog, "abcdef")["scan_id"] == 2
     with pytest.raises(ValueError, match="scan_id or index 99999.*uid '99999'"):
         lookup(catalog, "99999")
+
+
+# ---------------------------------------------------------------- which model a replay uses
+def shipped_sha(name):
+    from nanopilot.model import load_model, shipped_model_path
+
+    return load_model(shipped_model_path(name)).metadata["weights"]["sha256"]
+
+
+def store_analysis(catalog, uid, predictor):
+    """Analyse stored raw run ``uid`` with ``predictor`` and store the analysis run; returns its start."""
+    analysis = NanobeamAnalysis(predictor, threaded=False)
+    analysis.subscribe(TiledWriter(catalog, batch_size=100))
+    replay(catalog[uid], analysis)
+    return catalog.search(Key("raw_uid") == uid).values().last().start
+
+
+def cli_replay(catalog, catalog_dir, uid, *options):
+    """``nanopilot replay UID --write OPTIONS``: (exit code, the analyses of ``uid`` stored, oldest first)."""
+    from nanopilot.cli import main
+
+    code = main(["replay", uid[:8], "--catalog", str(catalog_dir), "--write", *options])
+    analyses = [run.start for run in catalog.search(Key("raw_uid") == uid).values()]
+    return code, sorted(analyses, key=lambda start: start["time"])
+
+
+def tiny_model_file(directory):
+    """A one-member model of the tiny test architecture saved as ``directory/tiny``; returns its sidecar."""
+    import torch
+    from test_model import TINY, tiny_metadata
+
+    from nanopilot.model import NanobeamNN, save_model
+
+    torch.manual_seed(5)
+    return save_model(directory / "tiny", [NanobeamNN(TINY)], {"name": "tiny", **tiny_metadata()})
+
+
+def test_replay_uses_the_model_of_the_stored_analysis(catalog, catalog_dir, capsys):
+    from nanopilot.model import Predictor
+
+    uid, _ = live_scan(catalog, catalog_dir / "frames_model_a", "inline", 2, 3)
+    first = store_analysis(catalog, uid, Predictor.load("thickness"))
+    capsys.readouterr()
+    code, analyses = cli_replay(catalog, catalog_dir, uid)
+    out = capsys.readouterr().out
+    assert code == 0 and len(analyses) == 2
+    assert analyses[-1]["model"]["weights"]["sha256"] == shipped_sha("thickness") != shipped_sha("default")
+    assert f"model thickness: the one the stored analysis {first['uid'][:8]} used" in out
+
+
+def test_replay_without_a_stored_analysis_uses_the_shipped_default(catalog, catalog_dir, capsys):
+    uid, _ = live_scan(catalog, catalog_dir / "frames_model_none", "inline", 2, 3)
+    code, analyses = cli_replay(catalog, catalog_dir, uid)
+    assert code == 0 and len(analyses) == 1
+    assert analyses[0]["model"]["weights"]["sha256"] == shipped_sha("default")
+    assert "(the shipped default): no analysis stored for this run" in capsys.readouterr().out
+
+
+def test_replay_errors_before_analysing_when_the_stored_model_is_missing(catalog, catalog_dir, tmp_path, capsys):
+    from nanopilot.model import Predictor
+
+    uid, _ = live_scan(catalog, catalog_dir / "frames_model_gone", "inline", 2, 3)
+    sidecar = tiny_model_file(tmp_path)
+    first = store_analysis(catalog, uid, Predictor.load(sidecar))
+    sha = first["model"]["weights"]["sha256"]
+    sidecar.unlink()
+    sidecar.with_suffix(".pt").unlink()
+    capsys.readouterr()
+    code, analyses = cli_replay(catalog, catalog_dir, uid)
+    err = capsys.readouterr().err
+    assert code == 1 and len(analyses) == 1  # nothing analysed, nothing stored
+    for part in ("'tiny'", sha[:12], "tiny.pt", first["uid"][:8], "pass --model"):
+        assert part in err, part
+    from nanopilot.replay import stored_model
+
+    with pytest.raises(FileNotFoundError, match=f"model 'tiny' \\(sha256 {sha[:12]}"):
+        stored_model(catalog, catalog[uid])
+
+
+def test_a_model_file_is_found_at_the_path_recorded(catalog, catalog_dir, tmp_path, monkeypatch, capsys):
+    from nanopilot.model import Predictor
+
+    uid, _ = live_scan(catalog, catalog_dir / "frames_model_file", "inline", 2, 3)
+    sidecar = tiny_model_file(tmp_path / "models")
+    first = store_analysis(catalog, uid, Predictor.load(sidecar))
+    monkeypatch.chdir(tmp_path)  # not where the model is
+    capsys.readouterr()
+    code, analyses = cli_replay(catalog, catalog_dir, uid)
+    assert code == 0 and analyses[-1]["model"]["weights"]["sha256"] == first["model"]["weights"]["sha256"]
+    assert f"model tiny: the one the stored analysis {first['uid'][:8]} used" in capsys.readouterr().out
+
+
+def test_replay_model_option_overrides_the_stored_analysis(catalog, catalog_dir, capsys):
+    from nanopilot.model import Predictor
+
+    uid, _ = live_scan(catalog, catalog_dir / "frames_model_override", "inline", 2, 3)
+    store_analysis(catalog, uid, Predictor.load("thickness"))
+    capsys.readouterr()
+    code, analyses = cli_replay(catalog, catalog_dir, uid, "--model", "default")
+    assert code == 0 and analyses[-1]["model"]["weights"]["sha256"] == shipped_sha("default")
+    assert "model default: given by --model" in capsys.readouterr().out
+
+
+def test_a_renamed_shipped_model_is_found_by_its_weights(catalog, catalog_dir):
+    """An analysis stored when today's "published" weights were called "default" replays with "published"."""
+    from nanopilot.model import Predictor, shipped_model_path
+    from nanopilot.replay import stored_model
+
+    uid, _ = live_scan(catalog, catalog_dir / "frames_model_renamed", "inline", 2, 3)
+    renamed = Predictor.load("thickness")
+    renamed.metadata = {**renamed.metadata, "name": "default",
+                        "weights": {**renamed.metadata["weights"], "file": "default.pt"}}
+    renamed.path = shipped_model_path("default")
+    store_analysis(catalog, uid, renamed)
+    found = stored_model(catalog, uid)
+    assert (found.name, found.path, found.recorded["name"]) == ("thickness", shipped_model_path("thickness"),
+                                                                "default")
+
+
+def test_replay_follows_the_latest_of_several_analyses_and_says_so(catalog, catalog_dir, caplog):
+    from nanopilot.model import Predictor
+    from nanopilot.replay import stored_model
+
+    uid, _ = live_scan(catalog, catalog_dir / "frames_model_several", "inline", 2, 3)
+    store_analysis(catalog, uid, Predictor.load("default"))
+    latest = store_analysis(catalog, uid, Predictor.load("thickness"))
+    found = stored_model(catalog, uid)
+    assert found.name == "thickness" and found.analysis_uid == latest["uid"]
+    assert "2 different models" in found.note and latest["uid"][:8] in found.note
+    assert found.note in caplog.text

@@ -1,18 +1,27 @@
-"""Replay a stored run's documents through callbacks, lazily.
+"""Replay a stored run's documents through callbacks, lazily; find the model its stored analysis used.
 
 Reads one stream's scalar table, then its array fields one chunk at a time, and merges the streams'
 events by time, so a run much larger than memory replays in bounded memory. Frames stored externally
 (HDF5 registered by the TiledWriter) come back inline, exactly as the live analysis saw them.
+
+:func:`stored_model` finds the model file that the latest analysis run stored for a raw run used, so a
+replay analyses the run with the same model (by the weights' SHA-256, whatever the model is called now).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import heapq
+import json
+import logging
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import event_model
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_CHUNK = 256
 
@@ -91,3 +100,103 @@ class _Stream:
 
 def _python(value):
     return value.item() if hasattr(value, "item") else value
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredModel:
+    """The model a stored analysis run used, found on this machine.
+
+    path : its sidecar, for ``Predictor.load(path)``; name : its name here (a shipped model's name or the
+    file's stem); recorded : the analysis start document's ``model``; analysis_uid : that analysis run's uid;
+    note : why this analysis was chosen when the run's stored analyses used different models, else "".
+    """
+
+    path: Path
+    name: str
+    recorded: dict
+    analysis_uid: str
+    note: str = ""
+
+
+def stored_analyses(catalog, raw_uid: str) -> list[dict]:
+    """Start documents of the NanobeamAnalysis runs stored in ``catalog`` for raw run ``raw_uid``, oldest first."""
+    from tiled.queries import Key
+
+    from .callbacks.derived import ANALYSIS_NAME
+
+    found = catalog.search(Key("raw_uid") == raw_uid).search(Key("analysis") == ANALYSIS_NAME)
+    return sorted((dict(run.start) for run in found.values()), key=lambda start: start.get("time", 0.0))
+
+
+def stored_model(catalog, run) -> StoredModel | None:
+    """The model of the latest analysis stored for ``run`` (a BlueskyRun or its uid); None if none is stored.
+
+    Raises FileNotFoundError naming the recorded model (name, SHA-256 prefix, file) when it is on this machine
+    neither as a shipped model nor at the path or name recorded. Logs a warning when the run's stored analyses
+    used different models.
+    """
+    raw_uid = run if isinstance(run, str) else run.start["uid"]
+    starts = stored_analyses(catalog, raw_uid)
+    if not starts:
+        return None
+    latest = starts[-1]
+    recorded = dict(latest.get("model") or {})
+    try:
+        path, name = find_model(recorded)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"the analysis {latest['uid'][:8]} stored for run {raw_uid[:8]}: {err}") from None
+    models = {_identity(start.get("model") or {}): _describe(start.get("model") or {}) for start in starts}
+    note = ""
+    if len(models) > 1:
+        note = (f"{len(starts)} analyses of run {raw_uid[:8]} are stored, with {len(models)} different models "
+                f"({'; '.join(models.values())}): following the latest, {latest['uid'][:8]}")
+        logger.warning(note)
+    return StoredModel(path, name, recorded, latest["uid"], note)
+
+
+def find_model(recorded: dict) -> tuple[Path, str]:
+    """(sidecar path, name) of the model file described by ``recorded`` (an analysis start's ``model``).
+
+    Looks for its weights' SHA-256 among the shipped models first (a shipped model keeps its weights when
+    renamed), then at the sidecar path, the name and the weights file recorded. FileNotFoundError otherwise.
+    """
+    from .model.files import paths
+    from .model.predictor import SHIPPED_MODELS, shipped_model_path
+
+    weights = recorded.get("weights") or {}
+    sha = weights.get("sha256")
+    if not sha:
+        raise FileNotFoundError(f"{_describe(recorded)} cannot be found again: pass --model FILE to replay with "
+                                "a model file")
+    for name in SHIPPED_MODELS:
+        if _sidecar_sha(shipped_model_path(name)) == sha:
+            return shipped_model_path(name), name
+    for candidate in (recorded.get("path"), recorded.get("name"), weights.get("file")):
+        sidecar = paths(candidate)[1] if candidate else None
+        if sidecar is not None and _sidecar_sha(sidecar) == sha:
+            return sidecar, sidecar.stem
+    raise FileNotFoundError(f"{_describe(recorded)} is not on this machine (no shipped model has its weights, "
+                            "and no model file with them is at the path or name recorded): pass --model FILE "
+                            "to replay with another model")
+
+
+def _identity(recorded: dict) -> str:
+    """What tells models apart: the weights' SHA-256, else the name."""
+    return (recorded.get("weights") or {}).get("sha256") or str(recorded.get("name") or recorded.get("class"))
+
+
+def _describe(recorded: dict) -> str:
+    """'model NAME (sha256 PREFIX..., file FILE)' for messages."""
+    weights = recorded.get("weights") or {}
+    name = recorded.get("name") or recorded.get("class") or "?"
+    if not weights.get("sha256"):
+        return f"model {name!r} (no weights file recorded)"
+    return f"model {name!r} (sha256 {weights['sha256'][:12]}..., file {weights.get('file', '?')})"
+
+
+def _sidecar_sha(sidecar: Path) -> str | None:
+    """The weights SHA-256 a model sidecar records; None if it is missing or unreadable."""
+    try:
+        return json.loads(Path(sidecar).read_text())["weights"]["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

@@ -11,6 +11,7 @@ import json
 import logging
 import time
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 from event_model import compose_run
@@ -24,10 +25,13 @@ ANALYSIS_NAME = "nanopilot.NanobeamAnalysis"
 
 
 def predictor_metadata(predictor) -> dict:
-    """JSON-able description of a predictor for the analysis start document."""
+    """JSON-able description of a predictor for the analysis start document (with its model file's absolute
+    ``path``, when it has one, so a replay can find the same model)."""
     info = getattr(predictor, "metadata", None)
     info = dict(info() if callable(info) else info or {})
     info.setdefault("class", type(predictor).__name__)
+    if getattr(predictor, "path", None) is not None:
+        info.setdefault("path", str(Path(predictor.path).resolve()))
     return json.loads(json.dumps(info, default=str))
 
 

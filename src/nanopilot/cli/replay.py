@@ -11,7 +11,9 @@ def register(subparsers) -> None:
     p.add_argument("run_id", metavar="RUN", help="run uid (or its first 5+ characters), scan_id, or -1 for the latest")
     p.add_argument("--catalog", default=None,
                    help="catalogue directory or http(s) URI (default: the embedded catalogue; see `nanopilot.catalog`)")
-    p.add_argument("--model", default=None, help="model file (default: the shipped default ensemble)")
+    p.add_argument("--model", default=None,
+                   help="model file or shipped model name (default: the model of the run's latest stored analysis, "
+                        "else the shipped default ensemble)")
     p.add_argument("--write", action="store_true", help="store the analysis run in the same catalogue")
     p.add_argument("--plot", default=None, help="write the maps to this PNG file")
     p.add_argument("--refine", action="store_true", help="refine the network's estimates by physics fitting")
@@ -40,6 +42,26 @@ def lookup(catalog, key: str):
     raise ValueError(f"no run {key!r} in the catalogue ({'; '.join(tried)})")
 
 
+def choose_model(catalog, stored, model: str | None):
+    """The model to replay ``stored`` with (``--model``, else its stored analysis's, else None: the shipped
+    default), printing which and why."""
+    from ..replay import stored_model
+
+    if model is not None:
+        print(f"model {model}: given by --model")
+        return model
+    found = stored_model(catalog, stored)
+    if found is None:
+        print("model default (the shipped default): no analysis stored for this run")
+        return None
+    recorded = found.recorded.get("name")
+    alias = f" (recorded as {recorded!r})" if recorded and recorded != found.name else ""
+    print(f"model {found.name}{alias}: the one the stored analysis {found.analysis_uid[:8]} used")
+    if found.note:
+        print(f"note: {found.note}")
+    return found.path
+
+
 def run(args) -> int:
     from ..callbacks import NanobeamAnalysis
     from ..callbacks.plot import LiveMapPlot
@@ -49,7 +71,8 @@ def run(args) -> int:
 
     catalog = open_catalog(args.catalog)
     stored = lookup(catalog, args.run_id)
-    analysis = NanobeamAnalysis(Predictor.load(args.model), refine=args.refine, threaded=False)
+    analysis = NanobeamAnalysis(Predictor.load(choose_model(catalog, stored, args.model)), refine=args.refine,
+                                threaded=False)
     if args.write:
         from ..storage import make_writer
 
