@@ -6,25 +6,25 @@ counts=c)``: the brightest pattern of the default 41^3 grid peaks at c counts; 7
 background b (counts/pixel) is added before the Poisson noise (counts ~ Poisson(s I + b)) and hot pixels (+40
 counts at random positions, distinct within a frame) after it. The estimators, on the same frames:
 
-(a) ``nanopilot``: the model as shipped, ``Predictor.load().predict(frames)`` (frames outside the training count
-    range scaled to it, ``normalise_counts``); the same with the residual check the live analysis can turn on
-    (``predict(frames, residual=True)``: frames the physics does not explain); and, as the baseline, the same
-    model without the count scaling and the hot-pixel search (``normalise_counts=False, find_hot_pixels=False``,
-    nanopilot before 2026-12-02).
-(b) ``published practice``: the same network (no hot-pixel search) on each frame scaled to the median total counts
-    of the model's training frames (``count_stats["median"]`` of its sidecar, 6,402 counts for the default model):
-    the paper's advice to scale brighter data down to the training level, with the one scale a user can compute
-    from the frame alone (a peak-based scale needs the flux, and the peak pixel of a 2-count frame is noise).
+(a) ``nanopilot``: the model as shipped, ``Predictor.load().predict(frames)`` (the default model, trained across
+    count levels 2-10,000 and with backgrounds, scales each frame to one total itself); the same with the residual
+    check (``predict(frames, residual=True)``: frames the physics does not explain); and, as the baseline, the
+    published network trained the published way at one count level (the shipped ``published`` model, the default
+    until 2026-12-02; ``--baseline``) on the raw frames, without count scaling and hot-pixel search.
+(b) ``published practice``: that published network (no hot-pixel search) on each frame scaled to the median total
+    counts of its training frames (``count_stats["median"]`` of its sidecar, 6,402 counts): the paper's advice to
+    scale brighter data down to the training level, with the one scale a user can compute from the frame alone (a
+    peak-based scale needs the flux, and the peak pixel of a 2-count frame is noise).
 (c) ``ML refinement``, the physical floor: nanopilot's Poisson maximum-likelihood refinement
     (``nanopilot.fitting.refine``, box kernel, free scale, strain averaged over the omega posterior) on the first
-    ``--ml-frames`` frames, started from (b)'s raw network estimate (flux-independent, so every frame is refined)
-    in three passes, each from the last: a wide tilt search (prior std 1/8 of the trained span); the priors of
-    ``Predictor.predict(refine=True)``; the same with the tilt priors narrowed to 4x the posterior std of the
+    ``--ml-frames`` frames, started from (b)'s raw network estimate (flux-independent, so every frame is refined) in
+    three passes, each from the last: a wide tilt search (prior std 1/8 of the trained span); the priors of the baseline
+    model's ``Predictor.predict(refine=True)``; the same with the tilt priors narrowed to 4x the posterior std of the
     second pass where that is smaller. (One pass, as nanopilot refines, cannot leave the +-4 prior std tilt window
-    around its start, and under a background the start is biased by more than that; without the third, refine's
-    33 omega cells across that window, about 2.2e-4 deg each, limit bright frames: strain 2.0e-5 instead of 4e-6
-    at 10,000 counts.) Its model has no hot pixels and no background beyond a constant floor: with a background it
-    runs twice, ignoring it (floor 1e-4 counts/pixel, as nanopilot refines) and given the true b as its floor.
+    around its start, and under a background the start is biased by more than that; without the third, refine's 33 omega
+    cells across that window, about 2.2e-4 deg each, limit bright frames: strain 2.0e-5 instead of 4e-6 at 10,000
+    counts.) Its model has no hot pixels and no background beyond a constant floor: with a background it runs twice,
+    ignoring it (floor 1e-4 counts/pixel, as nanopilot refines) and given the true b as its floor.
 
 Per estimator and condition: RMSE of strain, omega (deg), chi (deg)[, thickness (A) for a 4-output model] over the
 frames with finite reported values (``nan``: how many had none; for the networks, whose statuses blank the values,
@@ -308,7 +308,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--conditions", help="comma-separated condition indices (default: all; 0 always runs)")
     args = parser.parse_args()
     if args.thickness:
-        args.model = "thickness"
+        args.model = args.baseline = "thickness"
     return args
 
 
@@ -336,7 +336,7 @@ def run_condition(predictor, previous, params, condition: Condition, rng,
     m = min(ml_frames, len(frames))
     for given in ((False, True) if condition.background else (False,)) if m else ():
         floor = condition.background if given else ML_FLOOR
-        out[ml_label(condition, given)] = (run_ml(predictor, frames[:m], published.raw[:m], floor), m)
+        out[ml_label(condition, given)] = (run_ml(previous, frames[:m], published.raw[:m], floor), m)
     return out
 
 

@@ -129,6 +129,21 @@ def spread_factors(error: np.ndarray, spread: np.ndarray) -> np.ndarray:
     return np.sqrt(np.nanmean(z2, axis=0))
 
 
+def level_fields(predictor, error: np.ndarray, spread: np.ndarray, totals: np.ndarray, seed: int) -> dict:
+    """The sidecar fields of a model trained across count levels: its ``level_calibration`` (fitted on errors and
+    spreads (N, K) of frames with ``totals`` (N,) counts) and ``reference_rmse``, its RMSE per output on
+    :data:`CALIBRATION_FRAMES` frames at the published count level without background (seeded by ``seed``), the
+    yardstick of :data:`~nanopilot.estimates.UNCERTAIN`."""
+    meta = predictor.metadata
+    source = SimulatedSource(predictor.instrument, {n: tuple(meta["ranges"][n]) for n in predictor.outputs},
+                             outputs=len(predictor.outputs), kernel=meta["kernel"], reuse=1)
+    images, params = source.batch(CALIBRATION_FRAMES, np.random.default_rng([int(seed), 7]))
+    mean, _, _ = predictor.predict_raw(images.numpy())
+    rmse = np.sqrt(((mean - params.numpy()) ** 2).mean(axis=0))
+    return {"level_calibration": LevelCalibration.fit(error, spread, totals).to_dict(predictor.outputs),
+            "reference_rmse": {"counts": "published", **dict(zip(predictor.outputs, rmse.tolist()))}}
+
+
 def calibrate(path: str | Path, *, frames: int = CALIBRATION_FRAMES, seed: int = CALIBRATION_SEED,
               threads: int | None = None, log=print) -> dict:
     """Fit the spread factors of the model file ``path`` on a fresh simulated set and write them to its sidecar.
@@ -172,8 +187,7 @@ def calibrate(path: str | Path, *, frames: int = CALIBRATION_FRAMES, seed: int =
                                   "counts": meta["counts"]}
     if isinstance(source.counts, tuple):
         totals = images.sum(dim=(1, 2)).double().numpy()
-        level = LevelCalibration.fit(mean - params.numpy(), spread, totals)
-        data["level_calibration"] = level.to_dict(predictor.outputs)
+        data.update(level_fields(predictor, mean - params.numpy(), spread, totals, seed))
     sidecar.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
     log(f"calibrated {sidecar} on {frames} frames (seed {seed}): spread factor "
         + ", ".join(f"{k} {v:.3f}" for k, v in result.items())

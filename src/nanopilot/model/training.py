@@ -242,7 +242,7 @@ def assemble(config: TrainConfig, results: list[TrainResult], out: str | Path, *
     Returns the sidecar path.
     """
     from .. import __version__
-    from .calibration import LevelCalibration, spread_factors
+    from .calibration import level_fields, spread_factors
     from .files import ModelFile, save_model
     from .predictor import Predictor, residual_statistic
 
@@ -269,7 +269,7 @@ def assemble(config: TrainConfig, results: list[TrainResult], out: str | Path, *
         metadata["spread_factor"] = dict(zip(predictor.outputs, spread_factors(err, std).tolist()))
     if len(results) > 1 and isinstance(source.counts, tuple):
         totals = frames.sum(dim=(1, 2)).double().numpy()
-        metadata["level_calibration"] = LevelCalibration.fit(err, std, totals).to_dict(predictor.outputs)
+        metadata.update(level_fields(predictor, err, std, totals, config.seeds[0]))
     residual = residual_statistic(frames.numpy(), mean, instrument, source.kernel)
     metadata["residual_threshold"] = float(1.5 * np.quantile(residual, 0.999))
     if seconds is None:
