@@ -33,7 +33,7 @@ import dataclasses
 import numpy as np
 from sklearn.neighbors import NearestNeighbors
 
-from ..estimates import PARAMETERS
+from ..estimates import PARAMETERS, usable
 
 #: Default weight of each feature group (applied after standardisation, divided by sqrt(columns in group)).
 GROUP_WEIGHTS = {"estimate": 1.0, "local_mean": 1.0, "local_spread": 0.5, "local_gradient": 0.5, "frame": 1.0}
@@ -247,7 +247,7 @@ def texture_features(run, *, n_neighbours: int = 8, group_weights: dict[str, flo
         raise ValueError(f"unknown feature groups {unknown}; the groups are {sorted(GROUP_WEIGHTS)}")
     points = run.scattered()
     n = len(points["seq_num"])
-    ok = points["status"] == "ok"
+    ok = usable(points["status"])  # ok or a warning (e.g. edge): the value stands
     names = [p for p in PARAMETERS if np.isfinite(points[p][ok]).any()]
     values = np.column_stack([np.where(ok, points[p], np.nan) for p in names]) if names else np.zeros((n, 0))
     motors = run.motors[::-1][:2]  # fast axis (x) first

@@ -1,0 +1,141 @@
+"""Does the physics explain a frame? A flat background fit and the Poisson deviance against the estimate's pattern.
+
+Each frame x (counts) is modelled as ``a * s + b``: ``s`` the pattern the estimate predicts (the forward model at
+the estimated parameters, the model's kernel), ``a >= 0`` its scale and ``b >= 0`` a flat background (expected
+counts per pixel), both fitted by Poisson maximum likelihood. At the optimum the model's total equals the frame's,
+``a * sum(s) + b * P = sum(x)`` (P pixels), so the fit is one concave problem in the background's share of the counts
+``f = b * P / sum(x)`` in [0, 1], solved by safeguarded Newton steps on the pixels with counts. The residual
+statistic is the Poisson deviance per count of the frame against ``a * s + b +`` :data:`RESIDUAL_FLOOR`.
+
+Cost, 2 cores, batches of 1024 frames: see :func:`fit_background`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..physics import Instrument, simulate
+from ..physics.forward import simulate_box
+
+#: Expected-count floor per pixel (counts) in the residual's Poisson deviance.
+RESIDUAL_FLOOR = 1e-2
+#: Newton iterations at most (each frame stops when its step is below :data:`TOLERANCE`; 3-6 are typical).
+MAX_ITER = 30
+#: Convergence on the background share f of the counts (1e-7 of the counts: far below its std).
+TOLERANCE = 1e-7
+#: Frames per chunk (the arrays of a chunk stay in the CPU's cache).
+CHUNK = 64
+
+
+def patterns(params: np.ndarray, instrument: Instrument, kernel: str = "box") -> np.ndarray:
+    """(N, H, W) float32 patterns (raw units) of (N, 3|4) finite params under ``kernel`` (box: the fast numpy twin)."""
+    if kernel == "box":
+        return simulate_box(params, instrument)
+    return simulate(params, instrument, kernel=kernel)
+
+
+def fit_background(frames: np.ndarray, params: np.ndarray, instrument: Instrument, kernel: str = "box",
+                   batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Flat background of each frame besides the pattern its estimate predicts, and the residual statistic.
+
+    Parameters
+    ----------
+    frames : (N, H, W) counts.
+    params : (N, 3|4) estimates (strain, omega deg, chi deg[, thickness A]).
+    instrument, kernel : the setup and forward-model kernel of the estimates.
+    batch_size : patterns rendered at once (bounds memory).
+
+    Returns
+    -------
+    (background, background_std, residual), each (N,): the background ``b`` (expected counts per pixel), its
+    standard deviation from the expected Fisher information of (a, b) (evaluated at a background of at least
+    :data:`RESIDUAL_FLOOR`: at b = 0 the information is unbounded), and the Poisson deviance per count against
+    ``a * s + b + RESIDUAL_FLOOR``. NaN where params are not finite or the frame has no counts.
+    About 0.1 ms per frame on 2 cores (box kernel; most of it the pattern).
+    """
+    n = len(frames)
+    out = np.full((3, n), np.nan)
+    good = np.flatnonzero(np.isfinite(params).all(axis=1))
+    for start in range(0, len(good), batch_size):
+        idx = good[start:start + batch_size]
+        s = torch.from_numpy(np.ascontiguousarray(patterns(params[idx], instrument, kernel)).reshape(len(idx), -1))
+        x = torch.as_tensor(np.asarray(frames[idx]).reshape(len(idx), -1), dtype=torch.float32)
+        for first in range(0, len(idx), CHUNK):
+            rows = slice(first, first + CHUNK)
+            out[:, idx[rows]] = _fit(x[rows], s[rows]).numpy()
+    return out[0], out[1], out[2]
+
+
+def residual_statistic(frames: np.ndarray, params: np.ndarray, instrument: Instrument, kernel: str = "box",
+                       batch_size: int = 1024) -> np.ndarray:
+    """Poisson deviance per count of each frame against the pattern its estimate predicts, with a fitted scale and
+    flat background (see :func:`fit_background`; frames with background are not flagged for having it).
+
+    frames (N, H, W) counts; params (N, 3|4) estimates. Returns (N,); NaN where params are not finite.
+    """
+    return fit_background(frames, params, instrument, kernel, batch_size)[2]
+
+
+def _fit(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """(3, n) float64: background, its std and the deviance per count of frames x (n, P) against patterns s (n, P)."""
+    pixels = x.shape[1]
+    total = x.sum(dim=1, dtype=torch.float64)
+    signal = s.sum(dim=1, dtype=torch.float64)
+    u = s / signal.clamp_min(1e-30).float()[:, None]  # the pattern as a share of the counts
+    d = 1.0 / pixels - u  # d mu / d f
+    f = _share(x, u, d)
+    background = f * total / pixels
+    scale = (1 - f) * total / signal.clamp_min(1e-30)
+    mu = torch.addcmul(background.clamp_min(RESIDUAL_FLOOR).float()[:, None], scale.float()[:, None], s)
+    info = _fisher(mu, s)  # (n, 2, 2) over (a, b)
+    std = torch.sqrt(info[:, 0, 0] / (info[:, 0, 0] * info[:, 1, 1] - info[:, 0, 1] ** 2))
+    mu = torch.addcmul((background + RESIDUAL_FLOOR).float()[:, None], scale.float()[:, None], s)
+    deviance = 2 * (torch.xlogy(x, x / mu).sum(dim=1, dtype=torch.float64) + RESIDUAL_FLOOR * pixels) / total
+    result = torch.stack([background, std, deviance])
+    result[:, ~(total > 0)] = float("nan")
+    return result
+
+
+def _share(x: torch.Tensor, u: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """(n,) float64: the background's share f in [0, 1] of each frame's counts at the likelihood's maximum.
+
+    The log-likelihood sum(x log(u + f d)) is concave in f. Starts from the counts where the pattern is below a
+    thousandth of a flat one, then Newton steps kept inside the bracket [lo, hi] known to hold the maximum
+    (bisection where a step leaves it).
+    """
+    n, pixels = x.shape
+    total = x.sum(dim=1, dtype=torch.float64)
+    # f = 0 (no background) is the maximum where the slope there is <= 0 (+inf where a count falls outside the
+    # pattern); f = 1 (no pattern) where the slope there, sum(x) - P sum(x u), is >= 0
+    at_zero = torch.where(x > 0, x * d / u, 0.0).sum(dim=1, dtype=torch.float64) <= 0
+    at_one = total - pixels * torch.linalg.vecdot(x, u).double() >= 0
+    outside = u < 1e-3 / pixels
+    f = (x * outside).sum(dim=1, dtype=torch.float64) / outside.sum(dim=1).clamp_min(1) * pixels / total
+    f = torch.maximum(f, 1.0 / total.clamp_min(1)).clamp_max(0.5)
+    lo, hi = torch.zeros(n, dtype=torch.float64), torch.ones(n, dtype=torch.float64)
+    todo = ~at_zero & ~at_one
+    for _ in range(MAX_ITER):
+        if not todo.any():
+            break
+        q = d / torch.addcmul(u, f.float()[:, None], d)  # d log mu / d f
+        xq = x * q
+        g = xq.sum(dim=1, dtype=torch.float64)
+        h = -torch.linalg.vecdot(xq, q).double()
+        lo = torch.where(g > 0, f, lo)
+        hi = torch.where(g > 0, hi, f)
+        step = f - g / h
+        new = torch.where((step > lo) & (step < hi), step, (lo + hi) / 2)
+        todo &= (new - f).abs() > TOLERANCE
+        f = torch.where(todo, new, f)
+    return torch.where(at_zero, 0.0, torch.where(at_one, 1.0, f))
+
+
+def _fisher(mu: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """(n, 2, 2) float64 expected Fisher information of (a, b) for Poisson means mu = a s + b (n, P)."""
+    w = 1.0 / mu
+    ws = w * s
+    i_bb = w.sum(dim=1, dtype=torch.float64)
+    i_ab = ws.sum(dim=1, dtype=torch.float64)
+    i_aa = (ws * s).sum(dim=1, dtype=torch.float64)
+    return torch.stack([torch.stack([i_aa, i_ab], 1), torch.stack([i_ab, i_bb], 1)], 1)
