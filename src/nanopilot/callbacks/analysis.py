@@ -8,7 +8,7 @@ Document flow (RunEngine thread)::
 
 The worker (:mod:`.worker`) owns the predictor and emits every derived document, so subscribers (a TiledWriter,
 a plot) see one ordered stream. ``threaded=False`` does the same work inline (deterministic batching).
-Every frame a run delivers is accounted for once: received = ok + flagged + skipped + errors + rejected.
+Every frame a run delivers is accounted for once: received = ok + warned + flagged + skipped + errors + rejected.
 """
 
 from __future__ import annotations

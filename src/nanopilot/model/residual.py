@@ -20,10 +20,11 @@ from ..physics.forward import simulate_box
 
 #: Expected-count floor per pixel (counts) in the residual's Poisson deviance.
 RESIDUAL_FLOOR = 1e-2
-#: Newton iterations at most (each frame stops when its step is below :data:`TOLERANCE`; 3-6 are typical).
+#: Newton iterations at most (each frame stops when its step is below :data:`TOLERANCE`; 2-3 are typical).
 MAX_ITER = 30
-#: Convergence on the background share f of the counts (1e-7 of the counts: far below its std).
-TOLERANCE = 1e-7
+#: Convergence on the background share f of the counts (its std is about 3e-3 at peak 7 counts and 0.05
+#: counts/pixel, 2e-3 for a clean frame; steps much below 1e-5 are float32 rounding).
+TOLERANCE = 1e-5
 #: Frames per chunk (the arrays of a chunk stay in the CPU's cache).
 CHUNK = 64
 
@@ -80,62 +81,70 @@ def residual_statistic(frames: np.ndarray, params: np.ndarray, instrument: Instr
 def _fit(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     """(3, n) float64: background, its std and the deviance per count of frames x (n, P) against patterns s (n, P)."""
     pixels = x.shape[1]
-    total = x.sum(dim=1, dtype=torch.float64)
-    signal = s.sum(dim=1, dtype=torch.float64)
-    u = s / signal.clamp_min(1e-30).float()[:, None]  # the pattern as a share of the counts
-    d = 1.0 / pixels - u  # d mu / d f
-    f = _share(x, u, d)
-    background = f * total / pixels
-    scale = (1 - f) * total / signal.clamp_min(1e-30)
-    mu = torch.addcmul(background.clamp_min(RESIDUAL_FLOOR).float()[:, None], scale.float()[:, None], s)
-    info = _fisher(mu, s)  # (n, 2, 2) over (a, b)
-    std = torch.sqrt(info[:, 0, 0] / (info[:, 0, 0] * info[:, 1, 1] - info[:, 0, 1] ** 2))
+    total = x.sum(dim=1).double()
+    signal = s.sum(dim=1).double().clamp_min(1e-30)
+    f = _share(x, s * (1 / signal).float()[:, None], total)
+    background, scale = f * total / pixels, (1 - f) * total / signal
+    std = _background_std(s, scale, background.clamp_min(RESIDUAL_FLOOR), signal)
     mu = torch.addcmul((background + RESIDUAL_FLOOR).float()[:, None], scale.float()[:, None], s)
-    deviance = 2 * (torch.xlogy(x, x / mu).sum(dim=1, dtype=torch.float64) + RESIDUAL_FLOOR * pixels) / total
+    deviance = 2 * (torch.xlogy(x, x / mu).sum(dim=1).double() + RESIDUAL_FLOOR * pixels) / total
     result = torch.stack([background, std, deviance])
     result[:, ~(total > 0)] = float("nan")
     return result
 
 
-def _share(x: torch.Tensor, u: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-    """(n,) float64: the background's share f in [0, 1] of each frame's counts at the likelihood's maximum.
+def _share(x: torch.Tensor, u: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
+    """(n,) float64: the background's share f in [0, 1] of the counts of frames x (n, P) at the likelihood's
+    maximum, for patterns u (n, P) of unit sum.
 
-    The log-likelihood sum(x log(u + f d)) is concave in f. Starts from the counts where the pattern is below a
-    thousandth of a flat one, then Newton steps kept inside the bracket [lo, hi] known to hold the maximum
-    (bisection where a step leaves it).
+    The log-likelihood sum(x log((1 - f) u + f / P)) is concave in f: f = 0 is the maximum where its slope there
+    is <= 0 (+inf where a count falls outside the pattern), f = 1 where its slope there is >= 0; the other frames
+    go to :func:`_newton`.
     """
-    n, pixels = x.shape
-    total = x.sum(dim=1, dtype=torch.float64)
-    # f = 0 (no background) is the maximum where the slope there is <= 0 (+inf where a count falls outside the
-    # pattern); f = 1 (no pattern) where the slope there, sum(x) - P sum(x u), is >= 0
-    at_zero = torch.where(x > 0, x * d / u, 0.0).sum(dim=1, dtype=torch.float64) <= 0
+    pixels = x.shape[1]
+    at_zero = torch.nansum(x / u, dim=1).double() / pixels - total <= 0  # 0/0 (no count, no pattern) is left out
     at_one = total - pixels * torch.linalg.vecdot(x, u).double() >= 0
+    f = torch.where(at_zero, 0.0, torch.where(at_one, 1.0, torch.nan)).double()
+    rows = torch.nonzero(~at_zero & ~at_one).flatten()
+    if len(rows) == len(f):
+        f = _newton(x, u, total)
+    elif len(rows):
+        f[rows] = _newton(x[rows], u[rows], total[rows])
+    return f
+
+
+def _newton(x: torch.Tensor, u: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
+    """(n,) float64: the maximum f in (0, 1) of sum(x log(u + f d)), d = 1 / P - u, for frames whose maximum is
+    inside. Starts from the counts where the pattern is below a thousandth of a flat one, then Newton steps kept
+    inside the bracket [lo, hi] known to hold the maximum (bisection where a step leaves it)."""
+    n, pixels = x.shape
+    d = 1.0 / pixels - u  # d mu / d f
     outside = u < 1e-3 / pixels
-    f = (x * outside).sum(dim=1, dtype=torch.float64) / outside.sum(dim=1).clamp_min(1) * pixels / total
+    f = torch.linalg.vecdot(x, outside.float()).double() / outside.sum(dim=1).clamp_min(1) * pixels / total
     f = torch.maximum(f, 1.0 / total.clamp_min(1)).clamp_max(0.5)
     lo, hi = torch.zeros(n, dtype=torch.float64), torch.ones(n, dtype=torch.float64)
-    todo = ~at_zero & ~at_one
+    todo = torch.ones(n, dtype=torch.bool)
     for _ in range(MAX_ITER):
-        if not todo.any():
-            break
         q = d / torch.addcmul(u, f.float()[:, None], d)  # d log mu / d f
-        xq = x * q
-        g = xq.sum(dim=1, dtype=torch.float64)
-        h = -torch.linalg.vecdot(xq, q).double()
-        lo = torch.where(g > 0, f, lo)
-        hi = torch.where(g > 0, hi, f)
+        g = torch.linalg.vecdot(x, q).double()
+        h = -torch.linalg.vecdot(x * q, q).double()
+        lo, hi = torch.where(g > 0, f, lo), torch.where(g > 0, hi, f)
         step = f - g / h
         new = torch.where((step > lo) & (step < hi), step, (lo + hi) / 2)
         todo &= (new - f).abs() > TOLERANCE
         f = torch.where(todo, new, f)
-    return torch.where(at_zero, 0.0, torch.where(at_one, 1.0, f))
+        if not todo.any():
+            break
+    return f
 
 
-def _fisher(mu: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    """(n, 2, 2) float64 expected Fisher information of (a, b) for Poisson means mu = a s + b (n, P)."""
-    w = 1.0 / mu
-    ws = w * s
-    i_bb = w.sum(dim=1, dtype=torch.float64)
-    i_ab = ws.sum(dim=1, dtype=torch.float64)
-    i_aa = (ws * s).sum(dim=1, dtype=torch.float64)
-    return torch.stack([torch.stack([i_aa, i_ab], 1), torch.stack([i_ab, i_bb], 1)], 1)
+def _background_std(s: torch.Tensor, a: torch.Tensor, b: torch.Tensor, signal: torch.Tensor) -> torch.Tensor:
+    """(n,) float64 std of b from the expected Fisher information of (a, b) for Poisson means a s + b, s (n, P).
+
+    Only sum(1 / mu) is summed: sum(mu / mu) = P and sum(s mu / mu) = sum(s) give the other two entries.
+    """
+    pixels = s.shape[1]
+    i_bb = torch.reciprocal(torch.addcmul(b.float()[:, None], a.float()[:, None], s)).sum(dim=1, dtype=torch.float64)
+    i_ab = (pixels - b * i_bb) / a
+    i_aa = (signal - b * i_ab) / a
+    return torch.where(a > 0, torch.sqrt(i_aa / (i_aa * i_bb - i_ab ** 2)), 1 / torch.sqrt(i_bb))
