@@ -227,7 +227,9 @@ def texture_features(run, *, n_neighbours: int = 8, group_weights: dict[str, flo
     ----------
     run : nanopilot.callbacks.RunMap
         The map: estimates and positions of every analysed point, and frame descriptors when the analysis
-        was given ``frame_features`` (e.g. :func:`frame_descriptor`).
+        was given ``frame_features`` (e.g. :func:`frame_descriptor`). Points with a warning status (``edge``)
+        count with their values, as in the maps (a texture whose tilts reach a trained range's end stays on the
+        map, and the temperature plan's change test sees it); flagged points get no label.
     n_neighbours : int
         Neighbourhood size of the local statistics (nearest scan points besides the point itself).
     group_weights : dict, optional
