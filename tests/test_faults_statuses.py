@@ -153,3 +153,14 @@ def test_residual_check_does_not_flag_frames_for_their_background(predictor):
         statistic = residual_statistic(frames, params, predictor.instrument, predictor.kernel)
         flagged[level] = (statistic > threshold).mean()
     assert flagged[0.05] <= flagged[0.0] + 0.01 and flagged[0.2] <= flagged[0.0] + 0.01
+
+
+def test_refinement_refines_an_edge_estimate_and_keeps_the_warning():
+    from nanopilot.fitting import refine
+
+    truth = np.array([[0.0049, 0.01, 0.02], [0.0, 0.0, 0.0]])
+    frames = poisson(simulate(truth, kernel="gauss", counts=7), seed=12)
+    start = Estimates.from_params(truth + [1e-4, 2e-3, 5e-3], np.array([EDGE, OK], dtype=object))
+    result = refine(frames, start)
+    assert list(result.status) == [EDGE, OK] and np.isfinite(result.params()).all()
+    assert np.isfinite(result.strain_std[0]) and abs(result.strain[0] - truth[0, 0]) < 4 * result.strain_std[0]
