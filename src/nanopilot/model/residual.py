@@ -4,10 +4,10 @@ Each frame x (counts) is modelled as ``a * s + b``: ``s`` the pattern the estima
 the estimated parameters, the model's kernel), ``a >= 0`` its scale and ``b >= 0`` a flat background (expected
 counts per pixel), both fitted by Poisson maximum likelihood. At the optimum the model's total equals the frame's,
 ``a * sum(s) + b * P = sum(x)`` (P pixels), so the fit is one concave problem in the background's share of the counts
-``f = b * P / sum(x)`` in [0, 1], solved by safeguarded Newton steps on the pixels with counts. The residual
-statistic is the Poisson deviance per count of the frame against ``a * s + b +`` :data:`RESIDUAL_FLOOR`.
-
-Cost, 2 cores, batches of 1024 frames: see :func:`fit_background`.
+``f = b * P / sum(x)`` in [0, 1]: a frame whose maximum lies on the boundary (a clean frame: no count outside the
+pattern, b = 0) needs no iteration, the others 2-3 safeguarded Newton steps. The residual statistic is the Poisson
+deviance per count of the frame against ``a * s + b +`` :data:`RESIDUAL_FLOOR`; with b = 0 it is the statistic of
+a pattern scaled to the frame's total counts, as the residual thresholds in the model files were calibrated.
 """
 
 from __future__ import annotations
@@ -53,7 +53,10 @@ def fit_background(frames: np.ndarray, params: np.ndarray, instrument: Instrumen
     standard deviation from the expected Fisher information of (a, b) (evaluated at a background of at least
     :data:`RESIDUAL_FLOOR`: at b = 0 the information is unbounded), and the Poisson deviance per count against
     ``a * s + b + RESIDUAL_FLOOR``. NaN where params are not finite or the frame has no counts.
-    About 0.1 ms per frame on 2 cores (box kernel; most of it the pattern).
+    Cost (box kernel, 1,024 frames at peak 7 counts, one core): 0.10 ms of CPU time per frame for clean frames,
+    0.13-0.15 ms with 0.2 counts/pixel of background (about half of it the patterns), 13-18% of the default
+    ensemble's. float32 throughout: a clean frame's statistic is the float64 one of the previous check within
+    5e-7, the background within 3e-5 counts/pixel of a fit to 100 times finer tolerance.
     """
     n = len(frames)
     out = np.full((3, n), np.nan)
