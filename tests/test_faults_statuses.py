@@ -164,3 +164,19 @@ def test_refinement_refines_an_edge_estimate_and_keeps_the_warning():
     result = refine(frames, start)
     assert list(result.status) == [EDGE, OK] and np.isfinite(result.params()).all()
     assert np.isfinite(result.strain_std[0]) and abs(result.strain[0] - truth[0, 0]) < 4 * result.strain_std[0]
+
+
+def test_live_analysis_with_the_residual_check_reports_background(predictor):
+    bl = make_beamline("published", seed=3, noise=True)
+    analysis = NanobeamAnalysis(predictor, batch_size=100, threaded=False, residual=True)
+    docs = []
+    analysis.subscribe(lambda name, doc: docs.append((name, doc)))
+    RE = RunEngine({})
+    RE.subscribe(analysis)
+    (uid,) = RE(bp.grid_scan([bl.detector], bl.stage.y, -1, 1, 3, bl.stage.x, -1, 1, 3))
+    points = analysis.maps[uid].scattered()
+    kept = np.isin(points["status"].astype(str), (OK, EDGE))
+    assert kept.any() and np.isfinite(points["background"][kept]).all()
+    assert np.isfinite(points["background_std"][kept]).all() and (points["background"][kept] < 0.02).all()
+    page = next(d for n, d in docs if n == "event_page")
+    assert np.isfinite(page["data"]["background"]).any()

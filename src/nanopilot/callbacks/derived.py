@@ -52,9 +52,10 @@ class DerivedRun:
         self._descriptor = None
 
     # ------------------------------------------------------------------ analysis
-    def analyse(self, blocks: list, refine: bool) -> tuple[Estimates, np.ndarray]:
+    def analyse(self, blocks: list, refine: bool, residual: bool = False) -> tuple[Estimates, np.ndarray]:
         """Predict a batch given as blocks ``(frames, n, status)`` (see :func:`frame_batch`); frames that are
         not (H, W) arrays of numbers, or that a block's status flags, are flagged instead of failing the batch.
+        ``residual``: also run the predictor's residual check (and background estimate).
 
         Returns the estimates and the batch as analysed, (N, H, W) float32 (flagged frames zeroed).
         """
@@ -63,7 +64,7 @@ class DerivedRun:
         if not usable.any():  # e.g. a run of another instrument: nothing for the network
             estimates = Estimates.empty(len(batch))
         else:
-            estimates = self.predictor.predict(batch, refine=refine)
+            estimates = self.predictor.predict(batch, refine=refine, **({"residual": True} if residual else {}))
         if not usable.all():
             bad = ~usable
             estimates.status[bad] = status[bad]
