@@ -60,8 +60,9 @@ def summary_of(derived):
 
 
 def adds_up(summary):
-    return summary["frames_received"] == (summary["frames_ok"] + summary["frames_flagged"] + summary["frames_skipped"]
-                                          + summary["frames_errors"] + summary["frames_rejected"])
+    return summary["frames_received"] == (summary["frames_ok"] + summary["frames_warned"] + summary["frames_flagged"]
+                                          + summary["frames_skipped"] + summary["frames_errors"]
+                                          + summary["frames_rejected"])
 
 
 # ---------------------------------------------------------------- 3. one bad frame never discards its batch

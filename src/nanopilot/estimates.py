@@ -1,6 +1,8 @@
 """The record every estimator returns (correlation fit, refinement, the CNN predictor), and frame checks.
 
-Per-frame problems never raise: they are reported in ``Estimates.status`` and the frame's values are NaN.
+Per-frame problems never raise: they are reported in ``Estimates.status``. A *warning* status (:data:`WARNINGS`,
+e.g. ``edge``) keeps the frame's values and std: the estimate stands and the status says why it deserves care. Every
+other status but ok is a *failure* (:data:`FAILURES`): the frame could not be estimated and its values are NaN.
 Batch-level problems (wrong rank or shape, empty batch) raise ValueError before any work.
 """
 
@@ -28,9 +30,20 @@ MISSING = "missing"  # a live-stream document carries a point's positions but no
 WRONG_INSTRUMENT = "wrong_instrument"  # the run declares another instrument than the estimator was made for
 STATUSES = (OK, NONFINITE, NEGATIVE, EMPTY, SATURATED, COUNT_LEVEL, EDGE, RESIDUAL, WRONG_SHAPE, NOT_CONVERGED,
             BAD_TYPE, MISSING, WRONG_INSTRUMENT)
+#: Statuses that keep the frame's values and std (the estimate stands; the status says why it deserves care).
+WARNINGS = (EDGE,)
+#: Statuses of frames that could not be estimated (values NaN).
+FAILURES = tuple(s for s in STATUSES if s != OK and s not in WARNINGS)
 
 PARAMETERS = ("strain", "omega", "chi", "thickness")
 UNITS = {"strain": "", "omega": "deg", "chi": "deg", "thickness": "angstrom"}
+#: Units of :attr:`Estimates.background` (expected counts per pixel, flat over the frame).
+BACKGROUND_UNITS = "counts/pixel"
+
+
+def usable(status) -> np.ndarray:
+    """Boolean mask of the frames whose values stand: status ok or a warning (:data:`WARNINGS`)."""
+    return np.isin(np.asarray(status, dtype=object).astype(str), (OK,) + WARNINGS)
 
 
 @dataclasses.dataclass
@@ -40,7 +53,9 @@ class Estimates:
     strain (dimensionless), omega (deg), chi (deg), thickness (angstrom; NaN when not estimated);
     ``*_std`` their standard deviations (NaN when the estimator gives none); ``score`` an
     estimator-specific goodness (match score, negative log-likelihood, ...; NaN when none);
-    ``status`` one of :data:`STATUSES` per frame.
+    ``status`` one of :data:`STATUSES` per frame; ``background`` the flat background the frame holds besides the
+    pattern (expected counts per pixel, :data:`BACKGROUND_UNITS`) and ``background_std`` its standard deviation
+    (both NaN when not estimated).
     """
 
     strain: np.ndarray
@@ -53,6 +68,13 @@ class Estimates:
     thickness_std: np.ndarray
     score: np.ndarray
     status: np.ndarray
+    background: np.ndarray | None = None
+    background_std: np.ndarray | None = None
+
+    def __post_init__(self):
+        for name in ("background", "background_std"):
+            if getattr(self, name) is None:
+                setattr(self, name, np.full(len(self.status), np.nan))
 
     @classmethod
     def empty(cls, n: int) -> Estimates:
@@ -65,12 +87,12 @@ class Estimates:
                     score: np.ndarray | None = None) -> Estimates:
         """From (N, 3|4) params (strain, omega, chi[, thickness]) and optional (N, 3|4) std and (N,) score.
 
-        Frames whose status is not ok get NaN values.
+        Frames whose status is a failure (:data:`FAILURES`) get NaN values; ok and warning frames keep theirs.
         """
         n = len(params)
         est = cls.empty(n)
         est.status = np.asarray(status, dtype=object).copy()
-        bad = est.status != OK
+        bad = ~usable(est.status)
         for i, name in enumerate(PARAMETERS[: params.shape[1]]):
             getattr(est, name)[:] = np.where(bad, np.nan, params[:, i])
             if std is not None:
@@ -86,6 +108,11 @@ class Estimates:
     def ok(self) -> np.ndarray:
         """Boolean mask of frames with status ok."""
         return self.status == OK
+
+    @property
+    def usable(self) -> np.ndarray:
+        """Boolean mask of frames whose values stand: status ok or a warning (:data:`WARNINGS`)."""
+        return usable(self.status)
 
     def params(self, with_thickness: bool = False) -> np.ndarray:
         """(N, 3) or (N, 4) array of strain, omega, chi[, thickness]."""

@@ -8,7 +8,7 @@ Document flow (RunEngine thread)::
 
 The worker (:mod:`.worker`) owns the predictor and emits every derived document, so subscribers (a TiledWriter,
 a plot) see one ordered stream. ``threaded=False`` does the same work inline (deterministic batching).
-Every frame a run delivers is accounted for once: received = ok + flagged + skipped + errors + rejected.
+Every frame a run delivers is accounted for once: received = ok + warned + flagged + skipped + errors + rejected.
 """
 
 from __future__ import annotations
@@ -46,6 +46,9 @@ class NanobeamAnalysis(DocumentRouter):
     max_queued_frames : bound of the queue between the RunEngine and the worker (memory bound).
     when_behind : back-pressure policy, one of :data:`POLICIES`.
     refine : passed to ``predictor.predict`` (physics refinement of the network's estimates).
+    residual : also flag frames the physics model does not explain and estimate each frame's flat background
+        (``predictor.predict(frames, residual=True)``, see :class:`nanopilot.model.Predictor`): 13-18% of the
+        default ensemble's CPU time.
     motors : position data keys, slowest first (default: the start document's ``motors``, else its
         dimension hints).
     frame_features : optional ``f(frames (N, H, W) float32) -> (N, k)`` compact descriptor of each frame
@@ -63,8 +66,8 @@ class NanobeamAnalysis(DocumentRouter):
 
     def __init__(self, predictor=None, image_key: str | None = None, *, maps: LiveMaps | None = None,
                  batch_size: int = 512, max_latency: float = 0.5, max_queued_frames: int = 16384,
-                 when_behind: str = "block", refine: bool = False, motors: list[str] | None = None,
-                 frame_features=None, threaded: bool = True, raw_storage=None):
+                 when_behind: str = "block", refine: bool = False, residual: bool = False,
+                 motors: list[str] | None = None, frame_features=None, threaded: bool = True, raw_storage=None):
         super().__init__()
         if when_behind not in POLICIES:
             raise ValueError(f"when_behind must be one of {POLICIES}, got {when_behind!r}")
@@ -90,7 +93,7 @@ class NanobeamAnalysis(DocumentRouter):
         self.unattributed: Counter = Counter()
         self._unattributed_logged = False
         self._worker = AnalysisWorker(self.maps, batch_size=int(batch_size), max_latency=float(max_latency),
-                                      refine=bool(refine), frame_features=frame_features,
+                                      refine=bool(refine), residual=bool(residual), frame_features=frame_features,
                                       max_queued_frames=int(max_queued_frames), when_behind=when_behind,
                                       threaded=threaded)
         if threaded:  # the worker finishes what it was handed and stops when this object is freed
@@ -102,6 +105,7 @@ class NanobeamAnalysis(DocumentRouter):
     max_queued_frames = property(lambda self: self._worker.max_queued_frames, doc="Bound of the queue (frames).")
     when_behind = property(lambda self: self._worker.when_behind, doc="Back-pressure policy (see POLICIES).")
     refine = property(lambda self: self._worker.refine, doc="Physics refinement of the estimates.")
+    residual = property(lambda self: self._worker.residual, doc="Residual check and background estimate.")
     frame_features = property(lambda self: self._worker.frame_features, doc="Per-frame descriptor function.")
 
     @property

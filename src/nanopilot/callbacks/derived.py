@@ -1,8 +1,9 @@
 """The analysis run: event-model documents carrying the per-frame estimates of one raw run.
 
 start (names the raw run, the model and the instrument) -> descriptor "primary" (units) -> event pages
-(strain, omega, chi[, thickness], their std, status, raw seq_num, positions) -> one "summary" event
-(frames received = ok + flagged (by reason) + skipped + errors + rejected (by reason)) -> stop.
+(strain, omega, chi[, thickness], their std, background, status, raw seq_num, positions) -> one "summary" event
+(frames received = ok + warned (values kept, by reason) + flagged (values NaN, by reason) + skipped + errors +
+rejected (by reason)) -> stop.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from event_model import compose_run
 
-from ..estimates import OK, UNITS, Estimates
+from ..estimates import BACKGROUND_UNITS, OK, UNITS, WARNINGS, Estimates
 from .frame_sources import frame_batch
 
 logger = logging.getLogger(__name__)
@@ -55,9 +56,10 @@ class DerivedRun:
         self._descriptor = None
 
     # ------------------------------------------------------------------ analysis
-    def analyse(self, blocks: list, refine: bool) -> tuple[Estimates, np.ndarray]:
+    def analyse(self, blocks: list, refine: bool, residual: bool = False) -> tuple[Estimates, np.ndarray]:
         """Predict a batch given as blocks ``(frames, n, status)`` (see :func:`frame_batch`); frames that are
         not (H, W) arrays of numbers, or that a block's status flags, are flagged instead of failing the batch.
+        ``residual``: also run the predictor's residual check (and background estimate).
 
         Returns the estimates and the batch as analysed, (N, H, W) float32 (flagged frames zeroed).
         """
@@ -66,12 +68,12 @@ class DerivedRun:
         if not usable.any():  # e.g. a run of another instrument: nothing for the network
             estimates = Estimates.empty(len(batch))
         else:
-            estimates = self.predictor.predict(batch, refine=refine)
+            estimates = self.predictor.predict(batch, refine=refine, **({"residual": True} if residual else {}))
         if not usable.all():
             bad = ~usable
             estimates.status[bad] = status[bad]
             for name in ("strain", "omega", "chi", "thickness", "strain_std", "omega_std", "chi_std",
-                         "thickness_std", "score"):
+                         "thickness_std", "score", "background", "background_std"):
                 getattr(estimates, name)[bad] = np.nan
         return estimates, batch
 
@@ -102,6 +104,8 @@ class DerivedRun:
         for name in self.outputs:
             keys[name] = {"dtype": "number", "shape": [], "source": ANALYSIS_NAME, "units": UNITS[name]}
             keys[name + "_std"] = {"dtype": "number", "shape": [], "source": ANALYSIS_NAME, "units": UNITS[name]}
+        for name in ("background", "background_std"):  # NaN where the analysis does not estimate it
+            keys[name] = {"dtype": "number", "shape": [], "source": ANALYSIS_NAME, "units": BACKGROUND_UNITS}
         keys["status"] = {"dtype": "string", "shape": [], "source": ANALYSIS_NAME}
         keys["raw_seq_num"] = {"dtype": "integer", "shape": [], "source": ANALYSIS_NAME}
         for motor, units in self.motor_units.items():
@@ -117,6 +121,8 @@ class DerivedRun:
         n = len(seq_nums)
         data = {name: getattr(est, name).tolist() for name in self.outputs}
         data.update({name + "_std": getattr(est, name + "_std").tolist() for name in self.outputs})
+        data.update({name: np.asarray(getattr(est, name), dtype=float).tolist()
+                     for name in ("background", "background_std")})
         data["status"] = [str(s) for s in est.status]
         data["raw_seq_num"] = [int(s) for s in seq_nums]
         for i, motor in enumerate(self.motor_units):
@@ -137,12 +143,14 @@ class DerivedRun:
         errors, rejected_by_reason); ``storage``: where the raw run was stored (None: not known), in the summary
         (``raw_storage``) and the stop reason; a raw run stored nowhere ("lost: ...") ends with exit_status "fail"."""
         ok = self.status_counts.get(OK, 0)
-        flagged = {k: v for k, v in sorted(self.status_counts.items()) if k != OK}
+        warned = {k: v for k, v in sorted(self.status_counts.items()) if k in WARNINGS}
+        flagged = {k: v for k, v in sorted(self.status_counts.items()) if k != OK and k not in WARNINGS}
         rejected = dict(sorted(counts.rejected_by_reason.items()))
-        summary = {"frames_received": int(counts.received), "frames_ok": ok,
+        summary = {"frames_received": int(counts.received), "frames_ok": ok, "frames_warned": sum(warned.values()),
                    "frames_flagged": sum(flagged.values()), "frames_skipped": int(counts.skipped),
                    "frames_errors": int(counts.errors), "frames_rejected": sum(rejected.values()),
-                   "flagged_by_reason": json.dumps(flagged), "rejected_by_reason": json.dumps(rejected)}
+                   "warned_by_reason": json.dumps(warned), "flagged_by_reason": json.dumps(flagged),
+                   "rejected_by_reason": json.dumps(rejected)}
         if storage is not None:
             summary["raw_storage"] = storage
         keys = {k: {"dtype": "string" if isinstance(v, str) else "integer", "shape": [], "source": ANALYSIS_NAME}
@@ -151,7 +159,8 @@ class DerivedRun:
         emit("descriptor", desc.descriptor_doc)
         now = time.time()
         emit("event", desc.compose_event(data=summary, timestamps={k: now for k in summary}, seq_num=1, time=now))
-        reason = (f"{ok} frames ok, {summary['frames_flagged']} flagged{_by_reason(flagged)}, "
+        reason = (f"{ok} frames ok, {summary['frames_warned']} with a warning{_by_reason(warned)}, "
+                  f"{summary['frames_flagged']} flagged{_by_reason(flagged)}, "
                   f"{summary['frames_skipped']} skipped, {summary['frames_errors']} lost to errors, "
                   f"{summary['frames_rejected']} rejected{_by_reason(rejected)} "
                   f"(of {summary['frames_received']} received)")

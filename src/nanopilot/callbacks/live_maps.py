@@ -11,10 +11,12 @@ from collections import Counter
 
 import numpy as np
 
-from ..estimates import PARAMETERS, Estimates
+from ..estimates import OK, PARAMETERS, Estimates, usable
 
-#: Per-point fields held for every run (besides positions and seq_num).
-FIELDS = PARAMETERS + tuple(p + "_std" for p in PARAMETERS)
+#: Per-point fields held for every run (besides positions and seq_num): the estimates, their std (NaN where a frame
+#: failed; kept where its status is a warning such as ``edge``) and the background (counts/pixel, NaN when not
+#: estimated).
+FIELDS = PARAMETERS + tuple(p + "_std" for p in PARAMETERS) + ("background", "background_std")
 
 
 class RunMap:
@@ -53,7 +55,7 @@ class RunMap:
 
     @property
     def accounted(self) -> int:
-        """Frames analysed (ok or flagged), skipped, lost to errors or rejected: ``received`` once caught up."""
+        """Frames analysed (ok, warned or flagged), skipped, lost to errors or rejected: ``received`` once caught up."""
         return len(self._seq) + self.skipped + self.errors + self.rejected
 
     # ------------------------------------------------------------------ writing (analysis side)
@@ -103,15 +105,20 @@ class RunMap:
             return np.zeros((len(self._seq), 0))
         return np.array(self._features, dtype=float).reshape(len(self._seq), -1)
 
+    def status_counts(self) -> dict[str, int]:
+        """Number of analysed points per status (ok, warnings such as ``edge``, failures)."""
+        return dict(Counter(str(s) for s in self._status))
+
     def gridded(self, field: str) -> np.ndarray:
         """A field on the scan grid (shape of the start document), NaN where not (yet) measured or flagged.
 
-        Row-major over the motors (slowest first); snaked rows are put back in place.
+        Row-major over the motors (slowest first); snaked rows are put back in place. ``"status"`` gives
+        :func:`status_value` per point (1 ok, 0.5 a warning, 0 flagged).
         """
         if not self.shape:
             raise ValueError(f"run {self.uid[:8]} is not a rectilinear grid scan; use scattered()")
         points = self.scattered()
-        values = points[field].astype(float) if field != "status" else (points["status"] == "ok").astype(float)
+        values = points[field].astype(float) if field != "status" else status_value(points["status"])
         grid = np.full(int(np.prod(self.shape)), np.nan)
         index = self._grid_index(points["seq_num"] - 1)
         keep = (index >= 0) & (index < grid.size)
@@ -131,6 +138,12 @@ class RunMap:
         if not self.shape or not self.extents:
             raise ValueError(f"run {self.uid[:8]} has no grid extents")
         return [np.linspace(lo, hi, n) for (lo, hi), n in zip(self.extents, self.shape)]
+
+
+def status_value(status) -> np.ndarray:
+    """Per point 1.0 for ok, 0.5 for a warning (values kept, e.g. ``edge``), 0.0 for a failure (values NaN)."""
+    status = np.asarray(status, dtype=object)
+    return np.where(status == OK, 1.0, np.where(usable(status), 0.5, 0.0))
 
 
 class LiveMaps:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .live_maps import LiveMaps, RunMap
+from .live_maps import LiveMaps, RunMap, status_value
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ PANELS = {  # field -> (title, colour map)
     "chi": ("chi (deg)", "PiYG"),
     "thickness": ("thickness (A)", "viridis"),
     "strain_std": ("strain uncertainty", "magma"),
-    "status": ("frame ok (1) / flagged (0)", "gray"),
+    "status": ("frame ok (1) / warning (0.5) / flagged (0)", "gray"),
     "texture": ("texture label", "tab10"),
 }
 
@@ -99,7 +99,7 @@ class LiveMapPlot:
 
     def _panel(self, ax, run: RunMap, points: dict, field: str) -> None:
         title, cmap = PANELS[field]
-        values = (points["status"] == "ok").astype(float) if field == "status" else points[field].astype(float)
+        values = status_value(points["status"]) if field == "status" else points[field].astype(float)
         motors = run.motors
         if run.shape and len(run.shape) == 2 and run.extents:
             grid = run.gridded(field)

@@ -36,11 +36,12 @@ class AnalysisWorker:
     ``(frames, n, status)`` of :func:`~nanopilot.callbacks.frame_sources.frame_batch`, ``("stop", run, doc)``.
     """
 
-    def __init__(self, maps: LiveMaps, *, batch_size: int, max_latency: float, refine: bool, frame_features,
+    def __init__(self, maps: LiveMaps, *, batch_size: int, max_latency: float, refine: bool, residual: bool,
+                 frame_features,
                  max_queued_frames: int, when_behind: str, threaded: bool):
         self.maps = maps
         self.emit = Subscribers("analysis")  # derived documents go to each subscriber
-        self.batch_size, self.max_latency, self.refine = batch_size, max_latency, refine
+        self.batch_size, self.max_latency, self.refine, self.residual = batch_size, max_latency, refine, residual
         self.frame_features = frame_features
         self.max_queued_frames, self.when_behind = max_queued_frames, when_behind
         self.queued = 0  # frames handed over and not yet analysed
@@ -158,7 +159,7 @@ class AnalysisWorker:
         seq_nums = np.concatenate([p[1] for p in pending])
         positions = np.concatenate([p[2] for p in pending])
         try:
-            estimates, batch = run.derived.analyse([p[3] for p in pending], self.refine)
+            estimates, batch = run.derived.analyse([p[3] for p in pending], self.refine, self.residual)
             features = self.frame_features(batch) if self.frame_features is not None else None
             self.maps.add(run.uid, seq_nums, positions, estimates, features)
         except Exception:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..estimates import Estimates
+from ..estimates import OK, WARNINGS, Estimates
 from ..fitting import METHODS, correlation_fit, refine
 from ..physics import Instrument, Library, poisson, simulate
 from .library import parse_counts
@@ -93,23 +93,26 @@ def print_table(stages, truth: np.ndarray | None, with_thickness: bool) -> None:
     for label, est, seconds in stages:
         values = est.params(with_thickness=with_thickness)
         if truth is not None:
-            cells = np.sqrt(np.nanmean((values - truth[:, :len(names)]) ** 2, axis=0)) if est.ok.any() \
+            cells = np.sqrt(np.nanmean((values - truth[:, :len(names)]) ** 2, axis=0)) if est.usable.any() \
                 else np.full(len(names), np.nan)
         else:
-            cells = np.nanmedian(values, axis=0) if est.ok.any() else np.full(len(names), np.nan)
-        flagged = int((~est.ok).sum())
+            cells = np.nanmedian(values, axis=0) if est.usable.any() else np.full(len(names), np.nan)
+        flagged = int((~est.usable).sum())  # failures (values NaN); warnings keep their values
         print(f"{label:<12}" + "".join(f"{v:>20.3g}" for v in cells)
               + f"{seconds / len(est) * 1e3:>12.2f}{flagged:>9}")
     final = stages[-1][1]
-    if not final.ok.all():
-        print("flagged frames by status: " + ", ".join(f"{k}: {v}" for k, v in final.counts().items() if k != "ok"))
+    counts = final.counts()
+    for label, kept in (("flagged frames by status", False), ("frames with a warning (values kept)", True)):
+        found = {k: v for k, v in counts.items() if k != OK and (k in WARNINGS) == kept}
+        if found:
+            print(f"{label}: " + ", ".join(f"{k}: {v}" for k, v in found.items()))
 
 
 def save_estimates(est: Estimates, path: str | Path) -> None:
     """Write every field of ``est`` to ``.npz`` (arrays) or ``.csv`` (one row per frame, with a header)."""
     path = Path(path)
-    fields = {f.name: getattr(est, f.name) for f in dataclasses.fields(est)}
-    fields["status"] = fields["status"].astype(str)
+    fields = {f.name: getattr(est, f.name) for f in dataclasses.fields(est) if f.name != "status"}
+    fields["status"] = est.status.astype(str)  # the last column
     if path.suffix == ".npz":
         np.savez(path, **fields)
     elif path.suffix == ".csv":

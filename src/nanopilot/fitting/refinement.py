@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..estimates import NOT_CONVERGED, OK, Estimates, check_frames
+from ..estimates import NOT_CONVERGED, OK, Estimates, check_frames, usable
 from ..physics import Instrument
 from .box_tilts import _BoxModel, _fit_box
 from .likelihood import _Model, _fit
@@ -40,7 +40,8 @@ def refine(frames, initial, instrument: Instrument | None = None, *, kernel: str
         Detector frames in counts (rows = detector y).
     initial : Estimates or array (N, 3) or (N, 4)
         Starting strain, omega (deg), chi (deg)[, thickness (A)]; a missing or NaN thickness means
-        ``instrument.thickness``. Frames whose initial Estimates status is not ok keep that status. With
+        ``instrument.thickness``. Frames whose initial Estimates status is not ok keep that status (a failure: not
+        refined, values NaN; a warning such as ``edge``: refined, values kept). With
         ``kernel="box"`` the start is also the prior of the tilts: normal with the Estimates' ``omega_std`` and
         ``chi_std`` (deg) where finite, else :data:`DEFAULT_TILT_STD_DEG` (and of strain with ``strain_prior``).
     instrument : the setup (default: the published one).
@@ -83,7 +84,7 @@ def refine(frames, initial, instrument: Instrument | None = None, *, kernel: str
     params = np.full((len(clean), 4), np.nan)
     std = np.full((len(clean), 4), np.nan)
     score = np.full(len(clean), np.nan)
-    todo = np.flatnonzero(status == OK)
+    todo = np.flatnonzero(usable(status))
     model = (_BoxModel if kernel == "box" else _Model)(instrument, fit_thickness, floor, device)
     prior = _prior(initial, len(clean), strain_prior)
     with tqdm(total=len(todo), unit="frame", desc="refine", disable=not progress) as bar:
@@ -135,7 +136,7 @@ def _start(initial, status: np.ndarray, instrument: Instrument):
     thickness_given = np.isfinite(start[:, 3])
     start[:, 3] = np.where(thickness_given, start[:, 3], instrument.thickness)
     bad = ~np.isfinite(start).all(axis=1) | (start[:, 0] <= -1) | (start[:, 3] <= 0)
-    status[(status == OK) & bad] = NOT_CONVERGED
+    status[usable(status) & bad] = NOT_CONVERGED
     return start, thickness_given, status
 
 

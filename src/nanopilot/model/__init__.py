@@ -5,12 +5,13 @@
 
 from .files import ModelFile, load_model, save_model
 from .network import Architecture, LabelScaler, NanobeamNN, StackedEnsemble, count_parameters, multiply_adds
-from .predictor import DEFAULT_MODEL, THICKNESS_MODEL, Predictor, residual_statistic, shipped_model_path
+from .predictor import DEFAULT_MODEL, THICKNESS_MODEL, Predictor, shipped_model_path
+from .residual import fit_background, residual_statistic
 from .train_config import TrainConfig
 from .training import TrainResult, train, train_model
 
 __all__ = [
     "DEFAULT_MODEL", "THICKNESS_MODEL", "Architecture", "LabelScaler", "ModelFile", "NanobeamNN", "Predictor",
-    "StackedEnsemble", "TrainConfig", "TrainResult", "count_parameters", "load_model", "multiply_adds",
-    "residual_statistic", "save_model", "shipped_model_path", "train", "train_model",
+    "StackedEnsemble", "TrainConfig", "TrainResult", "count_parameters", "fit_background", "load_model",
+    "multiply_adds", "residual_statistic", "save_model", "shipped_model_path", "train", "train_model",
 ]

@@ -219,6 +219,12 @@ def grow_until(detectors: Sequence[Readable], deposition: Movable, x: Movable, y
     pause) by the plan's last messages; on a halt (also after a pause) or a KeyboardInterrupt inside a device
     (the RunEngine halts) directly, as the generator closes. A pause leaves it open (the operator decides). A
     :class:`~nanopilot.plans.common.SafeStateGuard` on the run is a second line.
+
+    Points whose frame has a warning status (``edge``: an estimate within the model's edge margin of a trained
+    range end) count with their values, as in the maps; flagged frames (values NaN) do not. This is the
+    conservative choice: without them the points whose thickness or tilts leave the trained range (a film growing
+    past it, a patch tilting as it relaxes) would drop out of the tests, and the shutter would stay open on the
+    evidence of the points that have not changed.
     """
     maps = resolve_maps(maps)
     detectors = check_detectors(detectors)

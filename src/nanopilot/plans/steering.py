@@ -3,7 +3,8 @@
 The scan region is a lattice of ``fine x fine`` points (the full fine raster). A *cell* is a square of side
 ``h`` lattice steps whose four corners are measured. A cell's interest is the largest change across it (or curvature
 next to it) of any analysed field in units of that field's noise (from the network's uncertainty), plus a bonus for a
-texture boundary and for flagged frames. The cells with the highest interest times side are split in four,
+texture boundary and for frames whose status is not ok (flagged, or a warning such as ``edge``, whose value is used
+as well). The cells with the highest interest times side are split in four,
 which measures their centres and edge midpoints; cells of side 1 are final. :func:`reconstruct` rebuilds the
 map on the fine raster from the scattered points.
 """
@@ -16,7 +17,8 @@ import numpy as np
 from scipy import interpolate, spatial
 
 FIELDS = ("strain", "omega", "chi", "thickness")
-#: interest of a cell whose corners disagree on the texture label, or hold a flagged frame
+#: interest of a cell whose corners disagree on the texture label, or hold a flagged frame (or one with a warning,
+#: e.g. ``edge``: its value counts, and the points around it are measured more densely all the same)
 BOUNDARY_INTEREST = 10.0
 FLAGGED_INTEREST = 5.0
 #: methods of :func:`reconstruct`

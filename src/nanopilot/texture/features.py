@@ -33,7 +33,7 @@ import dataclasses
 import numpy as np
 from sklearn.neighbors import NearestNeighbors
 
-from ..estimates import PARAMETERS
+from ..estimates import PARAMETERS, usable
 
 #: Default weight of each feature group (applied after standardisation, divided by sqrt(columns in group)).
 GROUP_WEIGHTS = {"estimate": 1.0, "local_mean": 1.0, "local_spread": 0.5, "local_gradient": 0.5, "frame": 1.0}
@@ -227,7 +227,9 @@ def texture_features(run, *, n_neighbours: int = 8, group_weights: dict[str, flo
     ----------
     run : nanopilot.callbacks.RunMap
         The map: estimates and positions of every analysed point, and frame descriptors when the analysis
-        was given ``frame_features`` (e.g. :func:`frame_descriptor`).
+        was given ``frame_features`` (e.g. :func:`frame_descriptor`). Points with a warning status (``edge``)
+        count with their values, as in the maps (a texture whose tilts reach a trained range's end stays on the
+        map, and the temperature plan's change test sees it); flagged points get no label.
     n_neighbours : int
         Neighbourhood size of the local statistics (nearest scan points besides the point itself).
     group_weights : dict, optional
@@ -247,7 +249,7 @@ def texture_features(run, *, n_neighbours: int = 8, group_weights: dict[str, flo
         raise ValueError(f"unknown feature groups {unknown}; the groups are {sorted(GROUP_WEIGHTS)}")
     points = run.scattered()
     n = len(points["seq_num"])
-    ok = points["status"] == "ok"
+    ok = usable(points["status"])  # ok or a warning (e.g. edge): the value stands
     names = [p for p in PARAMETERS if np.isfinite(points[p][ok]).any()]
     values = np.column_stack([np.where(ok, points[p], np.nan) for p in names]) if names else np.zeros((n, 0))
     motors = run.motors[::-1][:2]  # fast axis (x) first
