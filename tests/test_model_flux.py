@@ -125,3 +125,28 @@ def test_level_calibration_covers_68_and_95_percent_at_every_count_level():
     outputs = ("strain", "omega", "chi")
     again = LevelCalibration.from_dict(calibration.to_dict(outputs), outputs)
     np.testing.assert_allclose(again.std(spread, totals), std)
+
+
+def test_frames_whose_std_exceeds_the_reference_level_are_uncertain_and_keep_their_values(tmp_path):
+    from nanopilot.estimates import UNCERTAIN, WARNINGS
+    from nanopilot.model import Predictor
+    from nanopilot.model.files import save_model
+    from nanopilot.physics import poisson, simulate
+    from test_model import random_params, tiny_metadata
+
+    torch.manual_seed(5)
+    frames = poisson(simulate(random_params(20, seed=3), counts=7.0), 4)
+    statuses = {}
+    for reference in (1e-12, 1e3):
+        path = tmp_path / f"ref{reference:g}"
+        meta = {**tiny_metadata(), "reference_rmse": {"counts": "published", "strain": reference,
+                                                      "omega": reference, "chi": reference}}
+        save_model(path, [NanobeamNN(TINY) for _ in range(3)], meta)
+        predictor = Predictor.load(path, edge_margin=0.0)
+        est = predictor.predict(frames)
+        statuses[reference] = set(est.status)
+        assert np.isfinite(est.params()).all() and np.isfinite(est.strain_std).all()
+    assert UNCERTAIN in WARNINGS
+    assert statuses[1e-12] == {UNCERTAIN} and UNCERTAIN not in statuses[1e3]
+    assert set(Predictor.load(tmp_path / "ref1e-12", uncertain_factor=None, edge_margin=0.0).predict(frames).status) \
+        != {UNCERTAIN}

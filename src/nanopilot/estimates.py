@@ -22,16 +22,17 @@ EMPTY = "empty"  # frame has no counts at all
 SATURATED = "saturated"  # some pixel at or above the detector's saturation level
 COUNT_LEVEL = "count_level"  # total counts outside the order of magnitude the estimator was made for
 EDGE = "edge"  # estimate at the edge of the trained / library range
+UNCERTAIN = "uncertain"  # the estimate's std exceeds what the estimator stands for at its reference level
 RESIDUAL = "residual"  # the physics model does not explain the frame
 WRONG_SHAPE = "wrong_shape"  # one frame of another shape in a live stream (a whole batch of them raises)
 NOT_CONVERGED = "not_converged"  # an iterative fit did not converge (or had no finite start)
 BAD_TYPE = "bad_type"  # one frame in a live stream that is not an array of numbers (e.g. strings)
 MISSING = "missing"  # a live-stream document carries a point's positions but not its frame
 WRONG_INSTRUMENT = "wrong_instrument"  # the run declares another instrument than the estimator was made for
-STATUSES = (OK, NONFINITE, NEGATIVE, EMPTY, SATURATED, COUNT_LEVEL, EDGE, RESIDUAL, WRONG_SHAPE, NOT_CONVERGED,
-            BAD_TYPE, MISSING, WRONG_INSTRUMENT)
+STATUSES = (OK, NONFINITE, NEGATIVE, EMPTY, SATURATED, COUNT_LEVEL, EDGE, UNCERTAIN, RESIDUAL, WRONG_SHAPE,
+            NOT_CONVERGED, BAD_TYPE, MISSING, WRONG_INSTRUMENT)
 #: Statuses that keep the frame's values and std (the estimate stands; the status says why it deserves care).
-WARNINGS = (EDGE,)
+WARNINGS = (EDGE, UNCERTAIN)
 #: Statuses of frames that could not be estimated (values NaN).
 FAILURES = tuple(s for s in STATUSES if s != OK and s not in WARNINGS)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..estimates import COUNT_LEVEL, EDGE, OK, RESIDUAL, Estimates, check_frames, usable
+from ..estimates import COUNT_LEVEL, EDGE, OK, RESIDUAL, UNCERTAIN, Estimates, check_frames, usable
 from ..physics import Instrument
 from . import bad_pixels
 from .calibration import LevelCalibration
@@ -41,6 +41,10 @@ STRAIN_PRIOR_FACTOR = 1.5
 #: The published network trained the published way (one count level, raw counts in): the baseline of
 #: ``benchmarks/real_frames.py`` and the start of the default model's training.
 PUBLISHED_MODEL = "published"
+#: A frame is ``uncertain`` (values kept) where some output's reported std exceeds this factor times the model's
+#: RMSE at the published count level (``reference_rmse`` in its sidecar): the frames left ``ok`` then err by more
+#: than 4x that RMSE (2.5 std at the limit) in about 1% of cases at most, if the std is calibrated.
+UNCERTAIN_FACTOR = 1.6
 #: Models shipped inside the package, loadable by name.
 SHIPPED_MODELS = (DEFAULT_MODEL, THICKNESS_MODEL, PUBLISHED_MODEL)
 
@@ -75,6 +79,9 @@ class Predictor:
         file (``.npy``, a NeXus / HDF5 ``pixel_mask``, a mask image; see
         :func:`~nanopilot.model.bad_pixels.load_mask`); their values (NaN or negative included) are replaced by
         the mean of their good neighbours before anything else.
+    uncertain_factor : a frame whose reported std exceeds this factor times the model's RMSE at the published
+        count level in any output is ``uncertain`` (a warning: values kept); None: never. Only for models whose
+        sidecar records that RMSE (``reference_rmse``: models trained across count levels).
     find_hot_pixels : also replace, frame by frame, pixels far above their brightest neighbour (counts the
         physics cannot produce; 0.01-0.05 ms per frame on 2 cores, at most a tenth of the ensemble's cost). With
         4 hot pixels of +40 counts per frame at peak 7 counts the default ensemble's RMSE goes from 2.4e-4 /
@@ -83,7 +90,8 @@ class Predictor:
 
     def __init__(self, model: ModelFile, *, instrument: Instrument | None = None, threads: int | None = None,
                  batch_size: int = 128, saturation: float | None = None, edge_margin: float = 0.005,
-                 normalise_counts: bool | None = None, mask=None, find_hot_pixels: bool = True):
+                 normalise_counts: bool | None = None, mask=None, find_hot_pixels: bool = True,
+                 uncertain_factor: float | None = UNCERTAIN_FACTOR):
         meta = model.metadata
         self.instrument = model.instrument
         if instrument is not None:
@@ -116,6 +124,10 @@ class Predictor:
         factors = meta.get("spread_factor") or {}
         #: (K,) factors applied to the ensemble spread in :meth:`predict` (1.0 where the sidecar has none).
         self.spread_factor = np.array([float(factors.get(name, 1.0)) for name in self.outputs])
+        reference = meta.get("reference_rmse")
+        #: (K,) std above which a frame is ``uncertain`` (None: never; models without ``reference_rmse``).
+        self.max_std = (None if reference is None or uncertain_factor is None else
+                        float(uncertain_factor) * np.array([reference[name] for name in self.outputs]))
         level = meta.get("level_calibration")
         #: The count-level dependent calibration of a model trained across count levels (None: the factors).
         self.level_calibration = None if level is None else LevelCalibration.from_dict(level, self.outputs)
@@ -204,9 +216,10 @@ class Predictor:
         Estimates with strain, omega (deg), chi (deg), thickness (A; NaN for a 3-output model), their standard
         deviations (ensemble spread times the sidecar's calibration factor, see
         :mod:`nanopilot.model.calibration`; Fisher / posterior std where refined), the background (NaN when not
-        estimated) and status per frame: ok, the warning ``edge`` (an estimate within ``edge_margin`` of a trained
-        range end: values kept) or the first problem found (nonfinite, negative, empty, saturated, count_level,
-        residual, not_converged: values NaN). A frame at the edge that fails the residual check is ``residual``.
+        estimated) and status per frame: ok; a warning (values kept): ``edge`` (an estimate within
+        ``edge_margin`` of a trained range end) or ``uncertain`` (std above :attr:`max_std`); or the first
+        problem found (nonfinite, negative, empty, saturated, count_level, residual, not_converged: values NaN).
+        A frame at the edge that fails the residual check is ``residual``.
 
         Raises
         ------
@@ -228,6 +241,8 @@ class Predictor:
         if refine is not False:
             params, out_std, status = self._refine(clean, params, out_std, status, refine)
         status[(status == OK) & at_edge] = EDGE
+        if self.max_std is not None:
+            status[(status == OK) & (out_std > self.max_std).any(axis=1)] = UNCERTAIN
         fitted = None
         if background or (background is None and residual):
             fitted = self._background(clean, params, status, flag=residual)
