@@ -27,11 +27,12 @@ counts at random positions, distinct within a frame) after it. The estimators, o
     ignoring it (floor 1e-4 counts/pixel, as nanopilot refines) and given the true b as its floor.
 
 Per estimator and condition: RMSE of strain, omega (deg), chi (deg)[, thickness (A) for a 4-output model] over the
-frames with finite reported values (``nan``: how many had none; for the networks, whose statuses blank the values,
-an ``every frame`` row gives the RMSE of the raw network output on all frames); ``flag %``: status not ok;
-``silent%``: status ok but |error| > 4x the same estimator's RMSE at 7 counts (no background, no hot pixels) in
-strain, omega or chi; ``1s``/``2s``: share of ok frames with |error| <= 1 / 2 reported std (strain / omega / chi;
-n/a where the std is NaN); ms per frame (wall time of the estimator's call, ``--threads`` torch threads). The floor
+frames with finite reported values (``nan``: how many had none; for the networks, whose failure statuses blank the
+values, an ``every frame`` row gives the RMSE of the raw network output on all frames); ``flag %``: a failure
+status (values NaN); ``warn %``: a warning status (``edge``, ``uncertain``: values kept); ``silent%``: status ok
+but |error| > 4x the same estimator's RMSE at 7 counts (no background, no hot pixels) in strain, omega or chi;
+``1s``/``2s``: share of the frames with values whose |error| <= 1 / 2 reported std (strain / omega / chi; n/a
+where the std is NaN); ms per frame (wall time of the estimator's call, ``--threads`` torch threads). The floor
 the box kernel puts on the tilts at infinite counts (RMSE of the midpoint of the cell of constant image that holds
 the truth) is printed first.
 
@@ -55,7 +56,7 @@ import time
 import numpy as np
 import torch
 
-from nanopilot.estimates import OK, Estimates
+from nanopilot.estimates import OK, WARNINGS, Estimates, usable
 from nanopilot.fitting import refine
 from nanopilot.model import Predictor, shipped_model_path
 from nanopilot.model.data import sample_params
@@ -215,8 +216,9 @@ def rmse(values: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, int]:
 
 
 def coverage(result: Result, truth: np.ndarray, sigmas: float) -> np.ndarray:
-    """(3,) share of ok frames whose |error| <= ``sigmas`` reported std, per strain / omega / chi (NaN: no std)."""
-    ok = result.status == OK
+    """(3,) share of the frames with values (ok or a warning) whose |error| <= ``sigmas`` reported std, per strain /
+    omega / chi (NaN: no std)."""
+    ok = usable(result.status)
     err, std = np.abs(result.values[ok, :3] - truth[ok, :3]), result.std[ok, :3]
     has = np.isfinite(std)
     inside = np.where(has, err <= sigmas * std, False).sum(axis=0)
@@ -238,16 +240,17 @@ def header(k: int) -> str:
     """The column titles; ``k`` outputs (4: with thickness)."""
     thick = f"{'thick A':>9}" if k == 4 else ""
     return (f"  {'estimator':<40}{'frames':>6}{'nan':>5}{'strain':>10}{'omega deg':>10}{'chi deg':>10}{thick}"
-            f"{'flag %':>8}{'silent%':>8}  {'1s s/o/c %':<12}{'2s s/o/c %':<12}{'ms/frame':>8}")
+            f"{'flag %':>8}{'warn %':>8}{'silent%':>8}  {'1s s/o/c %':<12}{'2s s/o/c %':<12}{'ms/frame':>8}")
 
 
 def format_row(label: str, result: Result, truth: np.ndarray, reference: np.ndarray | None) -> list[str]:
     """The table row(s) of one estimator: reported values, and the raw output on every frame where some are NaN."""
     values, n_nan = rmse(result.values, truth)
     cells = "".join(f"{v:>10.2e}" if i < 3 else f"{v:>9.2f}" for i, v in enumerate(values))
-    flagged = float((result.status != OK).mean())
+    warned = float(np.isin(result.status, WARNINGS).mean())
+    flagged = float((result.status != OK).mean()) - warned
     silent = "" if reference is None else _pct(silent_share(result, truth, reference))
-    first = (f"  {label:<40}{len(truth):>6}{n_nan:>5}{cells}{_pct(flagged):>8}{silent:>8}  "
+    first = (f"  {label:<40}{len(truth):>6}{n_nan:>5}{cells}{_pct(flagged):>8}{_pct(warned):>8}{silent:>8}  "
              f"{_pct(coverage(result, truth, 1)):<12}{_pct(coverage(result, truth, 2)):<12}"
              f"{1e3 * result.seconds / len(truth):>8.2f}")
     rows = [first]

@@ -40,7 +40,7 @@ def test_uniformly_drawn_in_range_frames_have_no_nan_holes(predictor):
     assert not failed.any()
     values = np.column_stack([est.params(), est.strain_std, est.omega_std, est.chi_std])
     assert np.isfinite(values).all()
-    assert est.usable.all() and est.ok.sum() == 400 - (est.status == EDGE).sum()
+    assert est.usable.all()
 
 
 def test_edge_frame_keeps_its_value_and_std(predictor):
@@ -64,7 +64,7 @@ def test_edge_frame_that_fails_the_residual_check_is_residual(predictor):
     frames = poisson(np.stack([two, simulate(np.array([[0.0, 0.0, 0.0]]), counts=7)[0]]), seed=3)
     assert predictor.predict(frames).status[0] == EDGE
     est = predictor.predict(frames, residual=True)
-    assert list(est.status) == [RESIDUAL, OK]
+    assert est.status[0] == RESIDUAL and est.usable[1]
     assert np.isnan(est.params()[0]).all() and np.isnan(est.strain_std[0]) and np.isnan(est.background[0])
 
 

@@ -160,28 +160,36 @@ def test_bad_frames_get_statuses_not_exceptions(shipped):
     assert np.isfinite(est.strain_std[5:7]).all() and np.isnan(est.thickness).all()
 
 
+@pytest.fixture(scope="module")
+def published():
+    """The published network trained at one count level (raw counts in)."""
+    return Predictor.load("published", threads=2)
+
+
 @pytest.mark.parametrize("peak", [2.0, 30.0, 300.0, 3000.0])
-def test_frames_at_any_flux_are_scaled_to_the_training_level(shipped, peak):
-    """Brighter (or fainter) frames than the training level keep the 7-count accuracy (without the scaling the
-    network is off by up to 40x at 300 counts, and its frames are flagged)."""
+def test_frames_at_any_flux_are_scaled_to_the_training_level(published, peak):
+    """A model trained at one count level: brighter (or fainter) frames keep the 7-count accuracy (without the
+    scaling the network is off by up to 40x at 300 counts, and its frames are flagged)."""
     params = random_params(100, seed=16)
-    est = shipped.predict(frames_for(params, seed=17, counts=peak))
+    est = published.predict(frames_for(params, seed=17, counts=peak))
     assert est.ok.mean() > 0.9
     rmse = np.sqrt(np.mean((est.params()[est.ok] - params[est.ok]) ** 2, axis=0))
     assert (rmse < [3e-4 if peak < 7 else 1.5e-4, 1e-3 if peak < 7 else 6e-4, 2.5e-3]).all(), rmse
 
 
-def test_frames_at_the_training_level_are_not_scaled_and_thickness_models_never(shipped, tiny_model):
+def test_frames_at_the_training_level_are_not_scaled_and_thickness_models_never(published, shipped):
     frames = frames_for(random_params(50, seed=18), seed=19)
-    raw = Predictor.load(threads=2, normalise_counts=False).predict(frames)  # (no hot pixels in clean frames)
-    scaled = shipped.predict(frames)
+    raw = Predictor.load("published", threads=2, normalise_counts=False).predict(frames)  # no hot pixels here
+    scaled = published.predict(frames)
     totals = frames.sum(axis=(1, 2))
-    inside = (totals >= shipped.trained_counts[0]) & (totals <= shipped.trained_counts[1])
+    inside = (totals >= published.trained_counts[0]) & (totals <= published.trained_counts[1])
     assert inside.mean() > 0.9
     np.testing.assert_array_equal(scaled.params()[inside], raw.params()[inside])
     thickness = Predictor.load("thickness", threads=2)
     assert not thickness.normalise_counts and np.isfinite(thickness.count_range[1])
-    assert shipped.normalise_counts and shipped.count_range[1] == np.inf
+    assert published.normalise_counts and published.count_range[1] == np.inf
+    # the default model scales every frame inside its network: nothing to scale before it, no upper count limit
+    assert shipped.any_flux and not shipped.normalise_counts and shipped.count_range[1] == np.inf
 
 
 def with_hot_pixels(frames, n, seed, counts=40):
@@ -257,8 +265,8 @@ def test_shipped_ensemble_is_accurate_and_deterministic(shipped):
     est = shipped.predict(frames)
     again = shipped.predict(frames.astype(np.int32))
     np.testing.assert_array_equal(est.params(), again.params())
-    assert est.ok.mean() > 0.95
-    rmse = np.sqrt(np.nanmean((est.params()[est.ok] - params[est.ok]) ** 2, axis=0))
+    assert est.usable.all() and est.ok.mean() > 0.8  # the rest: warnings (edge, uncertain) that keep values
+    rmse = np.sqrt(np.mean((est.params() - params) ** 2, axis=0))
     assert (rmse < [2e-4, 8e-4, 2.5e-3]).all(), rmse
     single = est[0]
     assert len(single) == 1 and single.status[0] == est.status[0]
@@ -270,8 +278,8 @@ def test_refine_passes_estimates_through_fitting():
     predictor = Predictor.load(threads=2)
     net = predictor.predict(frames)
     refined = predictor.predict(frames, refine=True)
-    assert (refined.status == net.status).all() and refined.ok.sum() > 40
-    ok = refined.ok
+    assert (refined.usable == net.usable).all() and refined.usable.sum() > 40
+    ok = refined.usable
     assert not np.allclose(refined.params()[ok], net.params()[ok])
     rmse_net = np.sqrt(((net.params()[ok] - params[ok]) ** 2).mean(axis=0))
     rmse_ref = np.sqrt(((refined.params()[ok] - params[ok]) ** 2).mean(axis=0))

@@ -5,10 +5,11 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from test_model import random_params, tiny_metadata
 
-from nanopilot.model import Architecture, NanobeamNN, TrainConfig
+from nanopilot.model import Architecture, NanobeamNN, Predictor, TrainConfig
 from nanopilot.model.data import Background, SimulatedSource
-from nanopilot.physics import Instrument
+from nanopilot.physics import Instrument, simulate
 
 TINY = Architecture(channels=((2, 4), (4, 8), (8, 8)))
 RANGES = {"strain": (-0.005, 0.005), "omega": (-0.05, 0.05), "chi": (-0.1, 0.1)}
@@ -81,7 +82,6 @@ def test_frame_weights_favour_bright_frames_within_limits():
 def test_any_flux_training_warm_starts_from_a_raw_count_model(tmp_path):
     from nanopilot.model.files import load_model, save_model
     from nanopilot.model.training import train_model
-    from test_model import tiny_metadata
 
     torch.manual_seed(4)
     start = tmp_path / "raw"
@@ -129,10 +129,8 @@ def test_level_calibration_covers_68_and_95_percent_at_every_count_level():
 
 def test_frames_whose_std_exceeds_the_reference_level_are_uncertain_and_keep_their_values(tmp_path):
     from nanopilot.estimates import UNCERTAIN, WARNINGS
-    from nanopilot.model import Predictor
     from nanopilot.model.files import save_model
-    from nanopilot.physics import poisson, simulate
-    from test_model import random_params, tiny_metadata
+    from nanopilot.physics import poisson
 
     torch.manual_seed(5)
     frames = poisson(simulate(random_params(20, seed=3), counts=7.0), 4)
@@ -150,3 +148,60 @@ def test_frames_whose_std_exceeds_the_reference_level_are_uncertain_and_keep_the
     assert statuses[1e-12] == {UNCERTAIN} and UNCERTAIN not in statuses[1e3]
     assert set(Predictor.load(tmp_path / "ref1e-12", uncertain_factor=None, edge_margin=0.0).predict(frames).status) \
         != {UNCERTAIN}
+
+
+@pytest.fixture(scope="module")
+def default():
+    return Predictor.load(threads=2)
+
+
+CONDITIONS = {  # name: (peak counts, background counts/pixel, hot pixels per frame)
+    "2 counts": (2.0, 0.0, 0), "30 counts": (30.0, 0.0, 0), "3,000 counts": (3000.0, 0.0, 0),
+    "0.2 background": (7.0, 0.2, 0), "4 hot pixels": (7.0, 0.0, 4), "300 counts, background, hot": (300.0, 6.0, 4),
+}
+
+
+def condition_frames(params, peak, background, hot, seed):
+    rng = np.random.default_rng(seed)
+    frames = rng.poisson(simulate(params, counts=peak) + background).astype(np.float64)
+    for frame in frames:
+        frame[rng.integers(0, 64, hot), rng.integers(0, 64, hot)] += 40
+    return frames
+
+
+@pytest.mark.parametrize("name", CONDITIONS)
+def test_the_default_model_stands_behind_frames_of_every_condition(default, name):
+    """Every frame keeps its values (ok or a warning), errors stay near the 7-count level (or below, brighter), and
+    frames reported ok are not off by more than 4x the model's 7-count RMSE."""
+    from nanopilot.estimates import usable
+
+    params = random_params(100, seed=30)
+    est = default.predict(condition_frames(params, *CONDITIONS[name], seed=31))
+    assert usable(est.status).all(), est.counts()
+    assert np.isfinite(est.params()).all() and np.isfinite(est.strain_std).all()
+    err = est.params() - params
+    rmse = np.sqrt((err ** 2).mean(axis=0))
+    reference = np.array([default.metadata["reference_rmse"][n] for n in ("strain", "omega", "chi")])
+    assert (rmse < (2.5 if CONDITIONS[name][0] < 7 else 1.5) * reference).all(), rmse
+    off = (np.abs(err) > 4 * reference).any(axis=1)
+    assert (off & est.ok).sum() <= 2, est.counts()
+
+
+@pytest.mark.parametrize("peak", [7.0, 300.0, 3000.0])
+def test_the_residual_check_holds_at_every_count_level(default, peak):
+    """Two domains in one frame (chi -/+0.06 deg) are not reported ok at any flux, clean frames (with a background)
+    do not fail the check: one threshold for all levels, set by the faintest frames, passed every bright
+    two-domain frame."""
+    from nanopilot.estimates import RESIDUAL
+
+    params = random_params(60, seed=40)
+    clean = condition_frames(params, peak, 0.02 * peak, 0, seed=41)
+    est = default.predict(clean, residual=True)
+    assert (est.status == RESIDUAL).mean() <= 0.02, est.counts()
+    first, second = params.copy(), params.copy()
+    first[:, 2], second[:, 2] = -0.06, 0.06
+    mixed = np.random.default_rng(42).poisson((simulate(first, counts=peak) + simulate(second, counts=peak)) / 2)
+    status = default.predict(mixed, residual=True).status
+    assert (status != "ok").mean() > 0.9  # at 7 counts the members disagree (uncertain), brighter ones fail the check
+    if peak > 100:
+        assert (status == RESIDUAL).mean() > 0.9

@@ -26,6 +26,10 @@ def register(subparsers) -> None:
     p.add_argument("--minutes", type=float,
                    help="wall-time budget per member in minutes (overrides the config's training.minutes): the "
                         "learning-rate schedule runs on the elapsed time and training stops when it is spent")
+    p.add_argument("--init", metavar="MODEL",
+                   help="start the members from this model file's (or shipped model's) weights (overrides the "
+                        "config's training.init), e.g. to continue a training")
+    p.add_argument("--lr", type=float, help="peak learning rate (overrides the config's training.lr)")
     p.add_argument("--device", default="cpu", help="torch device for training (default: %(default)s)")
     p.add_argument("--jobs", type=int, default=1,
                    help="members trained at once, each in a process of its own (default: %(default)s; worth it "
@@ -62,6 +66,10 @@ def run(args) -> int:
         changes["threads"] = args.threads
     if args.minutes is not None:
         changes["minutes"] = args.minutes
+    if args.init is not None:
+        changes["init"] = args.init
+    if args.lr is not None:
+        changes["lr"] = args.lr
     config = dataclasses.replace(config, **changes)
     out = args.out or config.name
     t0 = time.perf_counter()

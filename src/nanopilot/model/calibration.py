@@ -67,18 +67,15 @@ class LevelCalibration:
     def fit(cls, error: np.ndarray, spread: np.ndarray, totals: np.ndarray, *, bins: int = LEVEL_BINS,
             weight: float = SPREAD_WEIGHT) -> LevelCalibration:
         """Fit on a calibration set: errors and spreads (N, K) in physical units, total counts (N,)."""
-        x = np.log10(np.maximum(np.asarray(totals, dtype=np.float64), 1.0))
-        edges = np.quantile(x, np.linspace(0, 1, bins + 1))
-        which = np.clip(np.searchsorted(edges, x, side="right") - 1, 0, bins - 1)
-        centres, factors, typicals = [], [], []
+        which, centres = level_bins(totals, bins)
+        factors, typicals = [], []
         for b in range(bins):
             sel = which == b
             typical = np.nanmedian(spread[sel], axis=0)
             shrunk = np.sqrt(weight * spread[sel] ** 2 + (1 - weight) * typical ** 2)
             factors.append([coverage_factor(z) for z in (np.abs(error[sel]) / shrunk).T])
-            centres.append(float(np.median(x[sel])))
             typicals.append(typical)
-        return cls(np.array(centres), np.array(factors), np.array(typicals), float(weight))
+        return cls(centres, np.array(factors), np.array(typicals), float(weight))
 
     def to_dict(self, outputs) -> dict:
         return {"log10_total": self.log10_total.tolist(), "weight": self.weight,
@@ -129,18 +126,41 @@ def spread_factors(error: np.ndarray, spread: np.ndarray) -> np.ndarray:
     return np.sqrt(np.nanmean(z2, axis=0))
 
 
-def level_fields(predictor, error: np.ndarray, spread: np.ndarray, totals: np.ndarray, seed: int) -> dict:
-    """The sidecar fields of a model trained across count levels: its ``level_calibration`` (fitted on errors and
-    spreads (N, K) of frames with ``totals`` (N,) counts) and ``reference_rmse``, its RMSE per output on
-    :data:`CALIBRATION_FRAMES` frames at the published count level without background (seeded by ``seed``), the
-    yardstick of :data:`~nanopilot.estimates.UNCERTAIN`."""
+def level_bins(totals: np.ndarray, bins: int = LEVEL_BINS) -> tuple[np.ndarray, np.ndarray]:
+    """(N,) bin index of each frame's total counts (N,) in ``bins`` bins of equally many frames, and (bins,) the
+    median log10 total of each bin."""
+    x = np.log10(np.maximum(np.asarray(totals, dtype=np.float64), 1.0))
+    edges = np.quantile(x, np.linspace(0, 1, bins + 1))
+    which = np.clip(np.searchsorted(edges, x, side="right") - 1, 0, bins - 1)
+    return which, np.array([float(np.median(x[which == b])) for b in range(bins)])
+
+
+def level_fields(predictor, frames: np.ndarray, params: np.ndarray, seed: int) -> dict:
+    """The sidecar fields of a model trained across count levels, from calibration frames (N, H, W) counts drawn
+    as it was trained and their true params (N, K):
+
+    - ``level_calibration`` (:class:`LevelCalibration`);
+    - ``residual_levels``: the residual check's threshold per count level, 1.5 x the 99.9th percentile of the
+      statistic of each bin's frames (one threshold for all levels would be set by the faintest frames, whose
+      deviance per count is largest, and pass any bright frame);
+    - ``reference_rmse``: the RMSE per output on :data:`CALIBRATION_FRAMES` frames at the published count level
+      without background (seeded by ``seed``), the yardstick of :data:`~nanopilot.estimates.UNCERTAIN`.
+    """
+    from .residual import residual_statistic
+
+    mean, spread, _ = predictor.predict_raw(frames)
+    totals = frames.reshape(len(frames), -1).sum(axis=1, dtype=np.float64)
+    which, centres = level_bins(totals)
+    statistic = residual_statistic(frames, mean, predictor.instrument, predictor.kernel)
+    thresholds = [1.5 * float(np.nanquantile(statistic[which == b], 0.999)) for b in range(len(centres))]
     meta = predictor.metadata
     source = SimulatedSource(predictor.instrument, {n: tuple(meta["ranges"][n]) for n in predictor.outputs},
                              outputs=len(predictor.outputs), kernel=meta["kernel"], reuse=1)
-    images, params = source.batch(CALIBRATION_FRAMES, np.random.default_rng([int(seed), 7]))
-    mean, _, _ = predictor.predict_raw(images.numpy())
-    rmse = np.sqrt(((mean - params.numpy()) ** 2).mean(axis=0))
-    return {"level_calibration": LevelCalibration.fit(error, spread, totals).to_dict(predictor.outputs),
+    images, truth = source.batch(CALIBRATION_FRAMES, np.random.default_rng([int(seed), 7]))
+    reference, _, _ = predictor.predict_raw(images.numpy())
+    rmse = np.sqrt(((reference - truth.numpy()) ** 2).mean(axis=0))
+    return {"level_calibration": LevelCalibration.fit(mean - params, spread, totals).to_dict(predictor.outputs),
+            "residual_levels": {"log10_total": centres.tolist(), "threshold": thresholds},
             "reference_rmse": {"counts": "published", **dict(zip(predictor.outputs, rmse.tolist()))}}
 
 
@@ -186,8 +206,7 @@ def calibrate(path: str | Path, *, frames: int = CALIBRATION_FRAMES, seed: int =
     data["spread_calibration"] = {"frames": int(frames), "seed": int(seed), "kernel": meta["kernel"],
                                   "counts": meta["counts"]}
     if isinstance(source.counts, tuple):
-        totals = images.sum(dim=(1, 2)).double().numpy()
-        data.update(level_fields(predictor, mean - params.numpy(), spread, totals, seed))
+        data.update(level_fields(predictor, images.numpy(), params.numpy(), seed))
     sidecar.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
     log(f"calibrated {sidecar} on {frames} frames (seed {seed}): spread factor "
         + ", ".join(f"{k} {v:.3f}" for k, v in result.items())

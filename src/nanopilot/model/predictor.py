@@ -121,6 +121,10 @@ class Predictor:
         self.count_range = (stats["p001"] / COUNT_LEVEL_FACTOR,
                             math.inf if self.normalise_counts or self.any_flux else stats["p999"] * COUNT_LEVEL_FACTOR)
         self.residual_threshold = meta.get("residual_threshold")
+        levels = meta.get("residual_levels")
+        #: (log10 total counts (B,), thresholds (B,)) of the residual check per count level (None: one threshold).
+        self.residual_levels = None if levels is None else (np.asarray(levels["log10_total"], dtype=np.float64),
+                                                            np.asarray(levels["threshold"], dtype=np.float64))
         factors = meta.get("spread_factor") or {}
         #: (K,) factors applied to the ensemble spread in :meth:`predict` (1.0 where the sidecar has none).
         self.spread_factor = np.array([float(factors.get(name, 1.0)) for name in self.outputs])
@@ -205,7 +209,8 @@ class Predictor:
             inverse variance (network: its validation RMSE; refinement: its Fisher std).
         residual : also flag frames the physics model does not explain (``residual``: the Poisson deviance per
             count against the estimate's pattern with a fitted scale and flat background above the sidecar's
-            ``residual_threshold``, see :mod:`nanopilot.model.residual`); frames at the edge are checked too.
+            ``residual_threshold``, or its ``residual_levels`` at the frame's total counts; see
+            :mod:`nanopilot.model.residual`); frames at the edge are checked too.
         background : estimate each usable frame's flat background (``background``, ``background_std``, counts per
             pixel; see :func:`~nanopilot.model.residual.fit_background`); None (default): when ``residual`` is on
             (the check fits it anyway). Background and check together: 0.10-0.15 ms of CPU time per frame, 13-18% of
@@ -258,7 +263,11 @@ class Predictor:
         its std (n,)), counts per pixel."""
         check = np.flatnonzero(usable(status))
         level, level_std, stat = fit_background(clean[check], params[check], self.instrument, self.kernel)
-        if flag and self.residual_threshold is not None:
+        if flag and self.residual_levels is not None:
+            totals = clean[check].reshape(len(check), -1).sum(axis=1, dtype=np.float64)
+            limit = np.interp(np.log10(np.maximum(totals, 1.0)), *self.residual_levels)
+            status[check[stat > limit]] = RESIDUAL
+        elif flag and self.residual_threshold is not None:
             status[check[stat > self.residual_threshold]] = RESIDUAL
         kept = usable(status[check])
         return check[kept], level[kept], level_std[kept]

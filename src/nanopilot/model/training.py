@@ -268,8 +268,7 @@ def assemble(config: TrainConfig, results: list[TrainResult], out: str | Path, *
     if len(results) > 1:
         metadata["spread_factor"] = dict(zip(predictor.outputs, spread_factors(err, std).tolist()))
     if len(results) > 1 and isinstance(source.counts, tuple):
-        totals = frames.sum(dim=(1, 2)).double().numpy()
-        metadata.update(level_fields(predictor, err, std, totals, config.seeds[0]))
+        metadata.update(level_fields(predictor, frames.numpy(), params.numpy(), config.seeds[0]))
     residual = residual_statistic(frames.numpy(), mean, instrument, source.kernel)
     metadata["residual_threshold"] = float(1.5 * np.quantile(residual, 0.999))
     if seconds is None:
