@@ -13,6 +13,7 @@ Every frame a run delivers is accounted for once: received = ok + warned + flagg
 
 from __future__ import annotations
 
+import inspect
 import logging
 import weakref
 from collections import Counter
@@ -47,8 +48,9 @@ class NanobeamAnalysis(DocumentRouter):
     when_behind : back-pressure policy, one of :data:`POLICIES`.
     refine : passed to ``predictor.predict`` (physics refinement of the network's estimates).
     residual : also flag frames the physics model does not explain and estimate each frame's flat background
-        (``predictor.predict(frames, residual=True)``, see :class:`nanopilot.model.Predictor`): 13-18% of the
-        default ensemble's CPU time.
+        (``predictor.predict(frames, residual=True)``, see :class:`nanopilot.model.Predictor`); None (default): on
+        when the predictor's ``predict`` takes ``residual`` (a nanopilot Predictor does). It costs 13-18% of the
+        default ensemble's CPU time (``benchmarks/callback_throughput.py`` measures it end to end).
     motors : position data keys, slowest first (default: the start document's ``motors``, else its
         dimension hints).
     frame_features : optional ``f(frames (N, H, W) float32) -> (N, k)`` compact descriptor of each frame
@@ -66,7 +68,7 @@ class NanobeamAnalysis(DocumentRouter):
 
     def __init__(self, predictor=None, image_key: str | None = None, *, maps: LiveMaps | None = None,
                  batch_size: int = 512, max_latency: float = 0.5, max_queued_frames: int = 16384,
-                 when_behind: str = "block", refine: bool = False, residual: bool = False,
+                 when_behind: str = "block", refine: bool = False, residual: bool | None = None,
                  motors: list[str] | None = None, frame_features=None, threaded: bool = True, raw_storage=None):
         super().__init__()
         if when_behind not in POLICIES:
@@ -78,6 +80,8 @@ class NanobeamAnalysis(DocumentRouter):
 
             predictor = Predictor.load()
         self.predictor = predictor
+        if residual is None:
+            residual = "residual" in inspect.signature(predictor.predict).parameters
         self.frame_shape = tuple(predictor.instrument.roi_shape)
         self.fingerprint = predictor.instrument.fingerprint()
         self.image_key = image_key
