@@ -11,9 +11,10 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("train", help="train a NanobeamNN model or ensemble from a YAML config",
                               description="Train one network per seed of the config (simulated on the fly or from "
                                           "an HDF5 library) and write NAME.pt + NAME.json. The shipped configs are "
-                                          "in nanopilot/model/configs/ (default.yaml, thickness.yaml).")
+                                          "in nanopilot/model/configs/ (default.yaml, thickness.yaml, published.yaml).")
     what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--config", help="YAML training config, or the name of a shipped one ('default', 'thickness')")
+    what.add_argument("--config",
+                      help="YAML training config, or the name of a shipped one ('default', 'thickness', 'published')")
     what.add_argument("--calibrate", metavar="MODEL",
                       help="instead of training, fit the ensemble spread's calibration factors of an existing model "
                            "file (NAME or NAME.json; 'default' is the shipped ensemble) on fresh simulated frames "
