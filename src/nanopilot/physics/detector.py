@@ -15,8 +15,12 @@ in this order (the pixel-wise ones only on the pixels the ROI, or the peak's sea
 6. region of interest: fixed (``roi_corner`` or ``roi_centre``; default centred on the detector) or, with
    ``follow_peak``, centred on the peak's centroid inside the search window (and kept inside it);
 7. binning: each b x b block is summed. A block with masked pixels gets the mean of its good pixels times b^2
-   (the expected counts, unbiased for Poisson data) when at least :data:`MIN_GOOD_FRACTION` of it is good; else the
-   binned pixel is masked (zero, and left to the model's mask handling).
+   (the expected counts, unbiased for Poisson data) when at least half of it is good (``MIN_GOOD_FRACTION`` of
+   :mod:`.frame_steps`); else the binned pixel is masked (zero, and left to the model's mask handling).
+
+A peak-following ROI tracks a drifting peak, but a tilt moves the donut too: the ROI then also follows the tilts
+(by whole detector pixels), and the model's omega and chi are relative to the ROI's position, which is reported per
+frame for that reason.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import numpy as np
 import yaml
 
 from .arrays import read_array
+from .frame_steps import PreparedFrames, bin_frames, cut_rois, peak_centroids
 from .instrument import Instrument
 
 # Per-frame statuses (the strings of nanopilot.estimates).
@@ -40,8 +45,6 @@ WRONG_SHAPE = "wrong_shape"  # a raw frame of another shape than the detector's
 BAD_TYPE = "bad_type"  # a raw frame that is not an array of numbers
 NO_PEAK = "no_peak"  # follow_peak: no counts above the background in the search window
 ALL_MASKED = "all_masked"  # no pixel of the prepared frame could be used
-#: A binned pixel is kept (its good sub-pixels scaled up) when at least this fraction of its sub-pixels is good.
-MIN_GOOD_FRACTION = 0.5
 #: Fields holding a calibration array (an array, or a .npy / HDF5 / image file path), in the raw detector layout.
 ARRAY_FIELDS = ("dark", "flat", "mask")
 _HDF5_NAMES = {"dark": "dark", "flat": "flatfield", "mask": "pixel_mask"}
@@ -184,7 +187,7 @@ class FramePreparation:
         self._set("_scale", scale)
         self._set("_bad", bad)
         b = self.binning  # the ROI (fixed) or the search window (follow_peak): some binned pixel must survive
-        if _binned_mask(bad[None, :rows // b * b, :cols // b * b], b)[1].all():
+        if bin_frames(bad[None, :rows // b * b, :cols // b * b], b)[1].all():
             where = "search window" if self.follow_peak else "ROI"
             raise ValueError(f"FramePreparation.mask (with the unusable dark / flat pixels) hides the whole {where} "
                              f"(rows {row}..{row + rows - 1}, cols {col}..{col + cols - 1} of the oriented frame): "
@@ -216,15 +219,16 @@ class FramePreparation:
         pixel = self.pixel_size * self.binning
         if not math.isclose(pixel, instrument.pixel_size, rel_tol=1e-9):
             ratio = instrument.pixel_size / self.pixel_size
-            hint = (f"set FramePreparation.binning to {round(ratio)}" if math.isclose(ratio, round(ratio), rel_tol=1e-9)
-                    else "correct FramePreparation.pixel_size or Instrument.pixel_size")
-            raise ValueError(f"the frame preparation gives {self.binning} x {self.pixel_size:g} m = {pixel:g} m pixels "
-                             f"but Instrument.pixel_size is {instrument.pixel_size:g} m: {hint}")
+            whole = round(ratio) >= 1 and math.isclose(ratio, round(ratio), rel_tol=1e-9)
+            hint = (f"set FramePreparation.binning to {round(ratio)}" if whole else
+                    "correct FramePreparation.pixel_size or Instrument.pixel_size")
+            raise ValueError(f"the frame preparation gives {self.binning} x {self.pixel_size:g} m = {pixel:g} m "
+                             f"pixels but Instrument.pixel_size is {instrument.pixel_size:g} m: {hint}")
         if self.output_shape != tuple(instrument.roi_shape):
             wanted = [n * self.binning for n in instrument.roi_shape]
             raise ValueError(f"the frame preparation gives {self.output_shape} frames (roi_shape "
-                             f"{list(self.roi_shape)} / binning {self.binning}) but Instrument.roi_shape is {list(instrument.roi_shape)}: set "
-                             f"FramePreparation.roi_shape to {wanted}")
+                             f"{list(self.roi_shape)} / binning {self.binning}) but Instrument.roi_shape is "
+                             f"{list(instrument.roi_shape)}: set FramePreparation.roi_shape to {wanted}")
 
     # ----------------------------------------------------------------- the per-frame work
     def orient(self, frames: np.ndarray) -> np.ndarray:
@@ -257,9 +261,9 @@ class FramePreparation:
         if self.follow_peak:
             corners, found = self._peak_corners(photons)
             status[good[~found]] = NO_PEAK
-            photons, bad = _cut(photons, bad, corners - self._region[:2], self.roi_shape)
+            photons, bad = cut_rois(photons, bad, corners - self._region[:2], self.roi_shape)
             corners = np.where(found[:, None], corners, -1)
-        frames, masked = _binned_mask(bad, self.binning, photons)
+        frames, masked = bin_frames(bad, self.binning, photons)
         status[good[masked.reshape(len(good), -1).all(axis=1) & (status[good] == OK)]] = ALL_MASKED
         kept = status[good] == OK
         out.frames[good[kept]], out.mask[good[kept]], out.roi_corner[good] = frames[kept], masked[kept], corners
@@ -306,21 +310,12 @@ class FramePreparation:
 
     def _peak_corners(self, photons: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(corners (n, 2) in the oriented frame, found (n,)): the ROI centred on each window's peak centroid (at
-        its geometric centre, (h - 1) / 2, where the unstrained pattern's centroid lies in the model's frame).
-
-        The centroid is that of the row and column sums above their median (the background), after a 3-point
-        median filter that removes isolated hot pixels and fills masked columns."""
+        its geometric centre, (h - 1) / 2, where the unstrained pattern's centroid lies in the model's frame)."""
         row, col, rows, cols = self._region
-        centres, found = [], np.ones(len(photons), dtype=bool)
-        for axis, size in ((2, rows), (1, cols)):
-            profile = _median3(photons.sum(axis=axis, dtype=np.float64))
-            profile = np.maximum(profile - np.median(profile, axis=1, keepdims=True), 0)
-            total = profile.sum(axis=1)
-            found &= total > 0
-            centres.append((profile * np.arange(size)).sum(axis=1) / np.where(total > 0, total, 1))
+        centres, found = peak_centroids(photons)
         h, w = self.roi_shape
-        r = np.clip(np.rint(centres[0] - (h - 1) / 2), 0, rows - h).astype(np.int64) + row
-        c = np.clip(np.rint(centres[1] - (w - 1) / 2), 0, cols - w).astype(np.int64) + col
+        r = np.clip(np.rint(centres[:, 0] - (h - 1) / 2), 0, rows - h).astype(np.int64) + row
+        c = np.clip(np.rint(centres[:, 1] - (w - 1) / 2), 0, cols - w).astype(np.int64) + col
         return np.stack([r, c], axis=1), found
 
     # ----------------------------------------------------------------- serialisation
@@ -385,22 +380,6 @@ class FramePreparation:
                 f"{'following the peak' if self.follow_peak else f'ROI at {self._corner}'}, {self.fingerprint()}>")
 
 
-@dataclasses.dataclass
-class PreparedFrames:
-    """What :meth:`FramePreparation.prepare` returns for N raw frames.
-
-    frames : (N, h, w) float32 photons at the model's pixel pitch (0 at masked pixels and in flagged frames).
-    mask : (N, h, w) bool, True for pixels to ignore.
-    roi_corner : (N, 2) int (row, col) of the ROI's first pixel in the oriented detector frame ((-1, -1): flagged).
-    status : (N,) object array of ``ok``, ``wrong_shape``, ``bad_type``, ``no_peak`` or ``all_masked``.
-    """
-
-    frames: np.ndarray
-    mask: np.ndarray
-    roi_corner: np.ndarray
-    status: np.ndarray
-
-
 def _pair(value, name: str, minimum: int) -> tuple[int, int]:
     try:
         pair = tuple(int(v) for v in value)
@@ -427,36 +406,3 @@ def _numbers(frame) -> np.ndarray | None:
         return array.astype(np.float64) if array.dtype.kind == "O" else array
     except (ValueError, TypeError):
         return None
-
-
-def _median3(profiles: np.ndarray) -> np.ndarray:
-    """3-point running median along the last axis of (n, L) (the ends kept)."""
-    out = profiles.copy()
-    out[:, 1:-1] = np.median(np.stack([profiles[:, :-2], profiles[:, 1:-1], profiles[:, 2:]]), axis=0)
-    return out
-
-
-def _cut(photons, bad, corners, shape):
-    """The (n, h, w) ROIs at ``corners`` (n, 2) (relative to the arrays) of ``photons`` and ``bad``."""
-    h, w = shape
-    rois = np.empty((len(photons), h, w), photons.dtype)
-    masks = np.empty((len(photons), h, w), bool)
-    for i, (r, c) in enumerate(corners):
-        rois[i], masks[i] = photons[i, r:r + h, c:c + w], bad[i, r:r + h, c:c + w]
-    return rois, masks
-
-
-def _binned_mask(bad: np.ndarray, b: int, photons: np.ndarray | None = None):
-    """Binning of (n, H, W): (binned photons or None, binned mask), see the module docstring (step 7)."""
-    n, rows, cols = bad.shape
-    shape = (n, rows // b, b, cols // b, b)
-    if not bad.any():
-        sums = None if photons is None else photons.reshape(shape).sum(axis=(2, 4))
-        return sums, np.zeros((n, rows // b, cols // b), dtype=bool)
-    good = (~bad).reshape(shape).sum(axis=(2, 4))
-    masked = good < MIN_GOOD_FRACTION * b * b
-    if photons is None:
-        return None, masked
-    sums = photons.reshape(shape).sum(axis=(2, 4))
-    sums *= np.where(masked, 0, b * b / np.maximum(good, 1)).astype(np.float32)
-    return sums, masked

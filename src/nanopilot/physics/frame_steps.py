@@ -1,0 +1,77 @@
+"""The array steps of the frame preparation (:mod:`nanopilot.physics.detector`): binning with masked pixels, the
+peak's centroid, cutting regions of interest, and the record of prepared frames. Pure numpy."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+#: A binned pixel is kept (its good sub-pixels scaled up) when at least this fraction of its sub-pixels is good.
+MIN_GOOD_FRACTION = 0.5
+
+
+@dataclasses.dataclass
+class PreparedFrames:
+    """What :meth:`FramePreparation.prepare` returns for N raw frames.
+
+    frames : (N, h, w) float32 photons at the model's pixel pitch (0 at masked pixels and in flagged frames).
+    mask : (N, h, w) bool, True for pixels to ignore.
+    roi_corner : (N, 2) int (row, col) of the ROI's first pixel in the oriented detector frame ((-1, -1): flagged).
+    status : (N,) object array of ``ok``, ``wrong_shape``, ``bad_type``, ``no_peak`` or ``all_masked``.
+    """
+
+    frames: np.ndarray
+    mask: np.ndarray
+    roi_corner: np.ndarray
+    status: np.ndarray
+
+
+def peak_centroids(photons: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(centres (n, 2) (row, col) in pixels of ``photons`` (n, H, W), found (n,)): the centroid of each frame's
+    row and column sums above their median (the background; the peak must cover less than half of the rows and
+    columns), after a 3-point median filter that removes isolated hot pixels and fills masked columns. Not found:
+    nothing above the background (the centre is then 0)."""
+    centres, found = [], np.ones(len(photons), dtype=bool)
+    for axis in (2, 1):
+        profile = median3(photons.sum(axis=axis, dtype=np.float64))
+        profile = np.maximum(profile - np.median(profile, axis=1, keepdims=True), 0)
+        total = profile.sum(axis=1)
+        found &= total > 0
+        centres.append((profile * np.arange(profile.shape[1])).sum(axis=1) / np.where(total > 0, total, 1))
+    return np.stack(centres, axis=1), found
+
+
+def median3(profiles: np.ndarray) -> np.ndarray:
+    """3-point running median along the last axis of (n, L) (the ends kept)."""
+    out = profiles.copy()
+    out[:, 1:-1] = np.median(np.stack([profiles[:, :-2], profiles[:, 1:-1], profiles[:, 2:]]), axis=0)
+    return out
+
+
+def cut_rois(photons, bad, corners, shape):
+    """The (n, h, w) ROIs at ``corners`` (n, 2) (relative to the arrays) of ``photons`` and ``bad``."""
+    h, w = shape
+    rois = np.empty((len(photons), h, w), photons.dtype)
+    masks = np.empty((len(photons), h, w), bool)
+    for i, (r, c) in enumerate(corners):
+        rois[i], masks[i] = photons[i, r:r + h, c:c + w], bad[i, r:r + h, c:c + w]
+    return rois, masks
+
+
+def bin_frames(bad: np.ndarray, b: int, photons: np.ndarray | None = None):
+    """Binning by ``b`` of the pixels ``bad`` (n, H, W) and, if given, ``photons`` (n, H, W) (0 where bad):
+    (binned photons (n, H/b, W/b) or None, binned mask). A block's sum is scaled by b^2 / its good pixels (the
+    expected counts of the whole block) when at least :data:`MIN_GOOD_FRACTION` of it is good, else masked (0)."""
+    n, rows, cols = bad.shape
+    shape = (n, rows // b, b, cols // b, b)
+    if not bad.any():
+        sums = None if photons is None else photons.reshape(shape).sum(axis=(2, 4))
+        return sums, np.zeros((n, rows // b, cols // b), dtype=bool)
+    good = (~bad).reshape(shape).sum(axis=(2, 4))
+    masked = good < MIN_GOOD_FRACTION * b * b
+    if photons is None:
+        return None, masked
+    sums = photons.reshape(shape).sum(axis=(2, 4))
+    sums *= np.where(masked, 0, b * b / np.maximum(good, 1)).astype(np.float32)
+    return sums, masked
