@@ -36,7 +36,7 @@ import numpy as np
 import yaml
 
 from .arrays import read_array
-from .frame_steps import PreparedFrames, bin_frames, cut_rois, peak_centroids
+from .frame_steps import MIN_GOOD_FRACTION, PreparedFrames, bin_frames, block_sum, cut_rois, peak_centroids
 from .instrument import Instrument
 
 # Per-frame statuses (the strings of nanopilot.estimates).
@@ -183,11 +183,13 @@ class FramePreparation:
             flat = cut(arrays["flat"]).astype(np.float64)
             bad |= ~(np.isfinite(flat) & (flat > 0))
             scale = np.where(bad, 0, 1 / np.where(bad, 1, flat * self.gain)).astype(np.float32)
-        self._set("_dark", dark)
-        self._set("_scale", scale)
+        self._set("_dark", None if dark is None else np.where(bad, 0, dark))
+        self._set("_scale", np.where(bad, 0, scale).astype(np.float32))  # 0 at the masked pixels
         self._set("_bad", bad)
         b = self.binning  # the ROI (fixed) or the search window (follow_peak): some binned pixel must survive
-        if bin_frames(bad[None, :rows // b * b, :cols // b * b], b)[1].all():
+        good = block_sum((~bad[None, :rows // b * b, :cols // b * b]).astype(np.float32), b)
+        self._set("_good", good)  # (1, h, w) good pixels per binned pixel of a fixed ROI
+        if (good < MIN_GOOD_FRACTION * b * b).all():
             where = "search window" if self.follow_peak else "ROI"
             raise ValueError(f"FramePreparation.mask (with the unusable dark / flat pixels) hides the whole {where} "
                              f"(rows {row}..{row + rows - 1}, cols {col}..{col + cols - 1} of the oriented frame): "
@@ -257,13 +259,16 @@ class FramePreparation:
         if len(good) == 0:
             return out
         photons, bad = self._photons(arr if len(good) == n else arr[good])
-        corners = np.broadcast_to(np.asarray(self._corner), (len(good), 2))
+        corners, binned_good = np.broadcast_to(np.asarray(self._corner), (len(good), 2)), None
         if self.follow_peak:
             corners, found = self._peak_corners(photons)
             status[good[~found]] = NO_PEAK
-            photons, bad = cut_rois(photons, bad, corners - self._region[:2], self.roi_shape)
+            photons, bad = cut_rois(photons, np.broadcast_to(bad, photons.shape), corners - self._region[:2],
+                                    self.roi_shape)
             corners = np.where(found[:, None], corners, -1)
-        frames, masked = bin_frames(bad, self.binning, photons)
+        elif bad.ndim == 2:  # no frame has invalid pixels of its own: the configured mask's binning holds
+            binned_good = self._good
+        frames, masked = bin_frames(bad, self.binning, photons, good=binned_good)
         status[good[masked.reshape(len(good), -1).all(axis=1) & (status[good] == OK)]] = ALL_MASKED
         kept = status[good] == OK
         out.frames[good[kept]], out.mask[good[kept]], out.roi_corner[good] = frames[kept], masked[kept], corners
@@ -293,20 +298,20 @@ class FramePreparation:
         return full, status
 
     def _photons(self, arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(photons, bad) over the region (n, rows, cols): float32 photons (0 where bad) and the masked pixels."""
+        """(photons, bad) over the region: float32 photons (n, rows, cols), 0 where bad, and the masked pixels,
+        (n, rows, cols), or the configured (rows, cols) when no frame has invalid values of its own."""
         row, col, rows, cols = self._region
         photons = self.orient(arr)[:, row:row + rows, col:col + cols].astype(np.float32)
-        with np.errstate(invalid="ignore"):  # NaN compares False; it is caught as not finite
-            bad = (photons < 0) | ~np.isfinite(photons)
-            if self.saturation is not None:
-                bad |= photons >= self.saturation
-        bad |= self._bad
+        with np.errstate(invalid="ignore"):  # NaN compares False with everything: not >= 0
+            own = ~(photons >= 0) | (photons >= (self.saturation or np.inf))
         if self._dark is not None:
             photons -= self._dark
-        photons *= self._scale
+        photons *= self._scale  # 0 at the configured mask's pixels
         np.maximum(photons, 0, out=photons)
-        photons[bad] = 0
-        return photons, bad
+        if not own.any():
+            return photons, self._bad
+        photons[own] = 0
+        return photons, own | self._bad
 
     def _peak_corners(self, photons: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(corners (n, 2) in the oriented frame, found (n,)): the ROI centred on each window's peak centroid (at

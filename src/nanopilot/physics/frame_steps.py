@@ -42,6 +42,17 @@ def peak_centroids(photons: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.stack(centres, axis=1), found
 
 
+def block_sum(x: np.ndarray, b: int) -> np.ndarray:
+    """(n, H/b, W/b) sums of the b x b blocks of ``x`` (n, H, W) (H and W multiples of b)."""
+    rows = x[:, 0::b].copy()
+    for i in range(1, b):
+        rows += x[:, i::b]
+    out = rows[:, :, 0::b].copy()
+    for j in range(1, b):
+        out += rows[:, :, j::b]
+    return out
+
+
 def median3(profiles: np.ndarray) -> np.ndarray:
     """3-point running median along the last axis of (n, L) (the ends kept)."""
     out = profiles.copy()
@@ -59,19 +70,17 @@ def cut_rois(photons, bad, corners, shape):
     return rois, masks
 
 
-def bin_frames(bad: np.ndarray, b: int, photons: np.ndarray | None = None):
-    """Binning by ``b`` of the pixels ``bad`` (n, H, W) and, if given, ``photons`` (n, H, W) (0 where bad):
-    (binned photons (n, H/b, W/b) or None, binned mask). A block's sum is scaled by b^2 / its good pixels (the
-    expected counts of the whole block) when at least :data:`MIN_GOOD_FRACTION` of it is good, else masked (0)."""
-    n, rows, cols = bad.shape
-    shape = (n, rows // b, b, cols // b, b)
-    if not bad.any():
-        sums = None if photons is None else photons.reshape(shape).sum(axis=(2, 4))
-        return sums, np.zeros((n, rows // b, cols // b), dtype=bool)
-    good = (~bad).reshape(shape).sum(axis=(2, 4))
+def bin_frames(bad: np.ndarray, b: int, photons: np.ndarray | None = None, good: np.ndarray | None = None):
+    """Binning by ``b`` of the pixels ``bad`` ((n, H, W) or (H, W)) and, if given, ``photons`` (n, H, W) (0 where
+    bad): (binned photons (n, H/b, W/b) or None, binned mask (n or 1, H/b, W/b)). A block's sum is scaled by b^2 / its
+    good pixels (the expected counts of the whole block) when at least :data:`MIN_GOOD_FRACTION` of it is good, else
+    masked (0). ``good``: the blocks' good-pixel counts when known."""
+    if good is None:
+        good = block_sum((~(bad if bad.ndim == 3 else bad[None])).astype(np.float32), b)
     masked = good < MIN_GOOD_FRACTION * b * b
     if photons is None:
         return None, masked
-    sums = photons.reshape(shape).sum(axis=(2, 4))
-    sums *= np.where(masked, 0, b * b / np.maximum(good, 1)).astype(np.float32)
-    return sums, masked
+    sums = block_sum(photons, b)
+    if (good < b * b).any():  # some blocks have masked pixels
+        sums *= np.where(masked, 0, b * b / np.maximum(good, 1)).astype(np.float32)
+    return sums, np.broadcast_to(masked, sums.shape)
