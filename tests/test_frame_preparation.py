@@ -301,3 +301,62 @@ def test_setup_refuses_a_preparation_for_another_pixel_size_before_subscribing()
         setup(RE, detector=bl.detector, x=bl.stage.x, y=bl.stage.y,
               preparation=FramePreparation(binning=1, roi_shape=(64, 64)))
     assert not any(RE.dispatcher.cb_registry.callbacks.values())
+
+
+def test_fit_command_fits_raw_frames_through_a_preparation(tmp_path, capsys):
+    from nanopilot.cli import main
+    from nanopilot.physics import Grid, Library
+
+    lib = Library.generate(tmp_path / "small.h5", Grid.parse("strain=-0.005:0.005:5,omega=-0.05:0.05:5,"
+                                                             "chi=-0.1:0.1:5"), progress=False)
+    model_frames = lib.images[()][[5, 60]]
+    lib.close()
+    raw = raw_frames(model_frames)
+    raw = np.concatenate([raw, np.full((1, 256, 256), np.nan)])
+    np.save(tmp_path / "raw.npy", raw)
+    preparation(tmp_path).save(tmp_path / "detector.yaml")
+    args = ["fit", "--library", str(tmp_path / "small.h5"), "--method", "likelihood", "--out"]
+    assert main([*args, str(tmp_path / "raw.npz"), "--frames", str(tmp_path / "raw.npy"),
+                 "--preparation", str(tmp_path / "detector.yaml")]) == 0
+    assert "flagged frames by status: all_masked: 1" in capsys.readouterr().out
+    np.save(tmp_path / "model.npy", model_frames)
+    assert main([*args, str(tmp_path / "model.npz"), "--frames", str(tmp_path / "model.npy")]) == 0
+    on_raw, on_model = np.load(tmp_path / "raw.npz"), np.load(tmp_path / "model.npz")
+    assert list(on_raw["status"]) == ["ok", "ok", "all_masked"]
+    np.testing.assert_array_equal(on_raw["strain"][:2], on_model["strain"])
+    assert main([*args, str(tmp_path / "x.npz"), "--preparation", str(tmp_path / "detector.yaml")]) == 1
+
+
+# ---------------------------------------------------------------- replay
+def test_replay_reproduces_the_live_maps_of_raw_frames_with_the_stored_preparation(catalog, catalog_dir, tmp_path,
+                                                                                   capsys):
+    from bluesky_tiled_plugins import TiledWriter
+
+    from nanopilot.cli import main
+    from nanopilot.replay import replay, stored_preparation
+
+    prep = preparation(tmp_path)
+    raw = raw_frames(np.random.default_rng(4).poisson(simulate(PARAMS, counts=7.0)), noise=None)
+    bundle, desc = raw_run()
+    docs = [("start", bundle.start_doc), ("descriptor", desc.descriptor_doc),
+            ("event_page", desc.compose_event_page(data={"cam_image": raw, "m": [0, 1, 2, 3]},
+                                                   timestamps={"cam_image": [0] * 4, "m": [0] * 4},
+                                                   seq_num=[1, 2, 3, 4], time=[0] * 4)),
+            ("stop", bundle.compose_stop())]
+    writer, live = TiledWriter(catalog, batch_size=10), NanobeamAnalysis(Predictor.load(preparation=prep),
+                                                                         threaded=False)
+    live.subscribe(TiledWriter(catalog, batch_size=10))
+    for name, doc in docs:
+        writer(name, doc)
+        live(name, doc)
+    uid = bundle.start_doc["uid"]
+    assert stored_preparation(catalog, uid).fingerprint() == prep.fingerprint()
+    again = NanobeamAnalysis(Predictor.load(preparation=stored_preparation(catalog, uid)), threaded=False)
+    replay(catalog[uid], again)
+    for field in ("strain", "omega", "chi", "status"):
+        assert list(again.maps[uid].scattered()[field]) == list(live.maps[uid].scattered()[field])
+    assert main(["replay", uid[:8], "--catalog", str(catalog_dir)]) == 0
+    assert f"frame preparation {prep.fingerprint()}: the one the stored analysis used" in capsys.readouterr().out
+    np.save(tmp_path / "dark.npy", np.zeros((256, 256)))  # the calibration changed since: refused, saying so
+    assert main(["replay", uid[:8], "--catalog", str(catalog_dir)]) == 1
+    assert "a calibration file changed" in capsys.readouterr().err
