@@ -90,6 +90,7 @@ def test_yaml_round_trip_with_calibration_files_relative_to_the_file(tmp_path):
 def test_published_setup_yaml_matches_the_default_instrument():
     text = "detector_shape: [256, 256]\npixel_size: 55.0e-6\nroi_shape: [128, 128]\nbinning: 2\n"
     FramePreparation.from_yaml(text).check(Instrument())
+    assert FramePreparation(gain=3).fingerprint() == FramePreparation(gain=3.0).fingerprint()
 
 
 def test_unknown_field_is_an_error_that_names_it():
@@ -134,6 +135,8 @@ def test_an_roi_that_leaves_the_detector_is_refused():
         FramePreparation(roi_centre=(250, 128))
     with pytest.raises(ValueError, match="FramePreparation.search_window"):
         FramePreparation(follow_peak=True, roi_corner=(0, 0), search_window=(200, 200))
+    with pytest.raises(ValueError, match="FramePreparation.search_window is used only by a peak-following ROI"):
+        FramePreparation(search_window=(200, 200))
 
 
 def test_binning_that_does_not_divide_the_roi_is_refused():

@@ -103,6 +103,9 @@ class FramePreparation:
         _positive(self.gain, "gain", "ADU per photon")
         if self.saturation is not None:
             _positive(self.saturation, "saturation", "ADU")
+        for name in ("pixel_size", "gain", "saturation"):  # 3 and 3.0 are one configuration (one fingerprint)
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, float(getattr(self, name)))
         for name in ("follow_peak", "transpose", "flip_rows", "flip_cols"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"FramePreparation.{name} must be true or false, got {getattr(self, name)!r}")
@@ -111,6 +114,9 @@ class FramePreparation:
         if any(n % self.binning for n in self.roi_shape):
             raise ValueError(f"FramePreparation.binning={self.binning} does not divide roi_shape={self.roi_shape}: "
                              f"choose a roi_shape that is a multiple of it")
+        if self.search_window is not None and not self.follow_peak:
+            raise ValueError("FramePreparation.search_window is used only by a peak-following ROI: set follow_peak: "
+                             "true, or remove search_window")
         corner = self._nominal_corner()
         self._set("_corner", corner)
         self._set("_region", self._search_region(corner) if self.follow_peak else (*corner, *self.roi_shape))
