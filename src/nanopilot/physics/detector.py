@@ -36,13 +36,11 @@ import numpy as np
 import yaml
 
 from .arrays import read_array
-from .frame_steps import MIN_GOOD_FRACTION, PreparedFrames, bin_frames, block_sum, cut_rois, peak_centroids
+from .frame_steps import BAD_TYPE, OK, WRONG_SHAPE  # noqa: F401 (prepare's statuses, beside its others here)
+from .frame_steps import MIN_GOOD_FRACTION, PreparedFrames, bin_frames, block_sum, cut_rois, peak_centroids, raw_batch
 from .instrument import Instrument
 
 # Per-frame statuses (the strings of nanopilot.estimates).
-OK = "ok"
-WRONG_SHAPE = "wrong_shape"  # a raw frame of another shape than the detector's
-BAD_TYPE = "bad_type"  # a raw frame that is not an array of numbers
 NO_PEAK = "no_peak"  # follow_peak: no counts above the background in the search window
 ALL_MASKED = "all_masked"  # no pixel of the prepared frame could be used
 #: Fields holding a calibration array (an array, or a .npy / HDF5 / image file path), in the raw detector layout.
@@ -85,9 +83,9 @@ class FramePreparation:
     roi_centre: tuple[int, int] | None = None
     follow_peak: bool = False
     search_window: tuple[int, int] | None = None
-    dark: object = None
-    flat: object = None
-    mask: object = None
+    dark: np.ndarray | str | os.PathLike | None = None
+    flat: np.ndarray | str | os.PathLike | None = None
+    mask: np.ndarray | str | os.PathLike | None = None
     gain: float = 1.0
     saturation: float | None = None
     transpose: bool = False
@@ -95,17 +93,29 @@ class FramePreparation:
     flip_cols: bool = False
 
     def __post_init__(self):
+        self._check_fields()
+        corner = self._nominal_corner()
+        self._set("_corner", corner)
+        self._set("_region", self._search_region(corner) if self.follow_peak else (*corner, *self.roi_shape))
+        self._load_calibration()
+
+    # ----------------------------------------------------------------- configuration
+    def _set(self, name, value):
+        object.__setattr__(self, name, value)
+
+    def _check_fields(self) -> None:
+        """Each field's type and range, naming the field; pairs as tuples of ints, numbers as floats."""
         for name in ("detector_shape", "roi_shape", "roi_corner", "roi_centre", "search_window"):
             value = getattr(self, name)
             if value is not None:
-                object.__setattr__(self, name, _pair(value, name, minimum=1 if "shape" in name else 0))
+                self._set(name, _pair(value, name, minimum=1 if "shape" in name else 0))
         _positive(self.pixel_size, "pixel_size", "m")
         _positive(self.gain, "gain", "ADU per photon")
         if self.saturation is not None:
             _positive(self.saturation, "saturation", "ADU")
         for name in ("pixel_size", "gain", "saturation"):  # 3 and 3.0 are one configuration (one fingerprint)
             if getattr(self, name) is not None:
-                object.__setattr__(self, name, float(getattr(self, name)))
+                self._set(name, float(getattr(self, name)))
         for name in ("follow_peak", "transpose", "flip_rows", "flip_cols"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"FramePreparation.{name} must be true or false, got {getattr(self, name)!r}")
@@ -117,14 +127,6 @@ class FramePreparation:
         if self.search_window is not None and not self.follow_peak:
             raise ValueError("FramePreparation.search_window is used only by a peak-following ROI: set follow_peak: "
                              "true, or remove search_window")
-        corner = self._nominal_corner()
-        self._set("_corner", corner)
-        self._set("_region", self._search_region(corner) if self.follow_peak else (*corner, *self.roi_shape))
-        self._load_calibration()
-
-    # ----------------------------------------------------------------- configuration
-    def _set(self, name, value):
-        object.__setattr__(self, name, value)
 
     @property
     def oriented_shape(self) -> tuple[int, int]:
@@ -256,7 +258,7 @@ class FramePreparation:
         a flagged frame is all zeros and all masked, its ``roi_corner`` (-1, -1). Only the ROI's (or the search
         window's) pixels are copied. Raises ValueError only for an array of rank other than 2 or 3.
         """
-        arr, status = self._raw_batch(raw)
+        arr, status = raw_batch(raw, self.detector_shape)
         n = len(status)
         h, w = self.output_shape
         out = PreparedFrames(np.zeros((n, h, w), np.float32), np.ones((n, h, w), bool),
@@ -279,29 +281,6 @@ class FramePreparation:
         kept = status[good] == OK
         out.frames[good[kept]], out.mask[good[kept]], out.roi_corner[good] = frames[kept], masked[kept], corners
         return out
-
-    def _raw_batch(self, raw) -> tuple[np.ndarray | None, np.ndarray]:
-        """(frames (n, R, C) or None, status (N,)): the raw frames that have the detector's shape, others flagged."""
-        try:
-            arr = np.asarray(raw)
-        except ValueError:  # frames of different shapes
-            arr = None
-        if arr is not None and arr.dtype.kind in "biuf":
-            if arr.ndim not in (2, 3):
-                raise ValueError(f"raw frames must be (N, R, C) or (R, C), got shape {arr.shape}")
-            arr = arr[None] if arr.ndim == 2 else arr
-            status = np.full(len(arr), OK if arr.shape[1:] == self.detector_shape else WRONG_SHAPE, dtype=object)
-            return arr, status
-        frames = [np.asarray(f) if isinstance(f, np.ndarray) else _numbers(f) for f in raw]
-        status = np.array([BAD_TYPE if f is None or f.dtype.kind not in "biuf" else
-                           OK if f.shape == self.detector_shape else WRONG_SHAPE for f in frames], dtype=object)
-        good = [f for f, s in zip(frames, status) if s == OK]
-        empty = np.zeros((0, *self.detector_shape), np.float32)
-        stacked = np.stack(good) if good else empty
-        full = np.zeros((len(frames), *self.detector_shape), stacked.dtype) if len(good) < len(frames) else stacked
-        if len(good) < len(frames):
-            full[status == OK] = stacked
-        return full, status
 
     def _photons(self, arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(photons, bad) over the region: float32 photons (n, rows, cols), 0 where bad, and the masked pixels,
@@ -409,11 +388,3 @@ def _positive(value, name: str, units: str) -> None:
 
 def _inside(corner, shape, bounds) -> bool:
     return all(0 <= c and c + s <= b for c, s, b in zip(corner, shape, bounds))
-
-
-def _numbers(frame) -> np.ndarray | None:
-    try:
-        array = np.asarray(frame)
-        return array.astype(np.float64) if array.dtype.kind == "O" else array
-    except (ValueError, TypeError):
-        return None

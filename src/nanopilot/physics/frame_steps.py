@@ -7,6 +7,9 @@ import dataclasses
 
 import numpy as np
 
+OK = "ok"
+WRONG_SHAPE = "wrong_shape"  # a raw frame of another shape than the detector's
+BAD_TYPE = "bad_type"  # a raw frame that is not an array of numbers
 #: A binned pixel is kept (its good sub-pixels scaled up) when at least this fraction of its sub-pixels is good.
 MIN_GOOD_FRACTION = 0.5
 
@@ -84,3 +87,36 @@ def bin_frames(bad: np.ndarray, b: int, photons: np.ndarray | None = None, good:
     if (good < b * b).any():  # some blocks have masked pixels
         sums *= np.where(masked, 0, b * b / np.maximum(good, 1)).astype(np.float32)
     return sums, np.broadcast_to(masked, sums.shape)
+
+
+def raw_batch(raw, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(frames (N, R, C), status (N,)) of raw frames (an array, or a sequence of frames): frames of another shape
+    than ``shape`` (R, C) or not of numbers are flagged (their rows zero, or all rows when the whole array is)."""
+    try:
+        arr = np.asarray(raw)
+    except ValueError:  # frames of different shapes
+        arr = None
+    if arr is not None and arr.dtype.kind in "biuf":
+        if arr.ndim not in (2, 3):
+            raise ValueError(f"raw frames must be (N, R, C) or (R, C), got shape {arr.shape}")
+        arr = arr[None] if arr.ndim == 2 else arr
+        status = np.full(len(arr), OK if arr.shape[1:] == shape else WRONG_SHAPE, dtype=object)
+        return arr, status
+    frames = [np.asarray(f) if isinstance(f, np.ndarray) else _numbers(f) for f in raw]
+    status = np.array([BAD_TYPE if f is None or f.dtype.kind not in "biuf" else
+                       OK if f.shape == shape else WRONG_SHAPE for f in frames], dtype=object)
+    good = [f for f, s in zip(frames, status) if s == OK]
+    empty = np.zeros((0, *shape), np.float32)
+    stacked = np.stack(good) if good else empty
+    full = np.zeros((len(frames), *shape), stacked.dtype) if len(good) < len(frames) else stacked
+    if len(good) < len(frames):
+        full[status == OK] = stacked
+    return full, status
+
+
+def _numbers(frame) -> np.ndarray | None:
+    try:
+        array = np.asarray(frame)
+        return array.astype(np.float64) if array.dtype.kind == "O" else array
+    except (ValueError, TypeError):
+        return None
