@@ -363,3 +363,9 @@ def test_replay_reproduces_the_live_maps_of_raw_frames_with_the_stored_preparati
     np.save(tmp_path / "dark.npy", np.zeros((256, 256)))  # the calibration changed since: refused, saying so
     assert main(["replay", uid[:8], "--catalog", str(catalog_dir)]) == 1
     assert "a calibration file changed" in capsys.readouterr().err
+
+
+def test_check_names_every_field_to_change_at_once():
+    with pytest.raises(ValueError, match=r"set FramePreparation.binning to 2 and set FramePreparation.roi_shape to "
+                                         r"\[128, 128\]"):
+        FramePreparation(binning=1, roi_shape=(64, 64)).check(Instrument())

@@ -224,21 +224,26 @@ class FramePreparation:
         return array
 
     def check(self, instrument: Instrument) -> None:
-        """Raise ValueError, saying which field to change, if the prepared frames do not have ``instrument``'s
+        """Raise ValueError, saying which fields to change, if the prepared frames do not have ``instrument``'s
         pixel size (``pixel_size * binning``) and ROI shape (``roi_shape / binning``)."""
-        pixel = self.pixel_size * self.binning
+        binning, pixel, problems, fixes = self.binning, self.pixel_size * self.binning, [], []
         if not math.isclose(pixel, instrument.pixel_size, rel_tol=1e-9):
+            problems.append(f"{self.binning} x {self.pixel_size:g} m = {pixel:g} m pixels (Instrument.pixel_size is "
+                            f"{instrument.pixel_size:g} m)")
             ratio = instrument.pixel_size / self.pixel_size
-            whole = round(ratio) >= 1 and math.isclose(ratio, round(ratio), rel_tol=1e-9)
-            hint = (f"set FramePreparation.binning to {round(ratio)}" if whole else
-                    "correct FramePreparation.pixel_size or Instrument.pixel_size")
-            raise ValueError(f"the frame preparation gives {self.binning} x {self.pixel_size:g} m = {pixel:g} m "
-                             f"pixels but Instrument.pixel_size is {instrument.pixel_size:g} m: {hint}")
+            if round(ratio) >= 1 and math.isclose(ratio, round(ratio), rel_tol=1e-9):
+                binning = round(ratio)
+                fixes.append(f"set FramePreparation.binning to {binning}")
+            else:
+                fixes.append("correct FramePreparation.pixel_size or Instrument.pixel_size")
+        wanted = [n * binning for n in instrument.roi_shape]
         if self.output_shape != tuple(instrument.roi_shape):
-            wanted = [n * self.binning for n in instrument.roi_shape]
-            raise ValueError(f"the frame preparation gives {self.output_shape} frames (roi_shape "
-                             f"{list(self.roi_shape)} / binning {self.binning}) but Instrument.roi_shape is "
-                             f"{list(instrument.roi_shape)}: set FramePreparation.roi_shape to {wanted}")
+            problems.append(f"{list(self.output_shape)} frames (roi_shape {list(self.roi_shape)} / binning "
+                            f"{self.binning}; Instrument.roi_shape is {list(instrument.roi_shape)})")
+        if list(self.roi_shape) != wanted:
+            fixes.append(f"set FramePreparation.roi_shape to {wanted}")
+        if problems:
+            raise ValueError(f"the frame preparation gives {' and '.join(problems)}: {' and '.join(fixes)}")
 
     # ----------------------------------------------------------------- the per-frame work
     def orient(self, frames: np.ndarray) -> np.ndarray:
