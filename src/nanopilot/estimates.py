@@ -13,6 +13,7 @@ import dataclasses
 import numpy as np
 
 from .physics import Instrument
+from .physics.detector import ALL_MASKED, NO_PEAK  # the frame preparation's per-frame problems
 
 # Per-frame status values (strings, so they are readable in documents, tables and logs).
 OK = "ok"
@@ -30,7 +31,7 @@ BAD_TYPE = "bad_type"  # one frame in a live stream that is not an array of numb
 MISSING = "missing"  # a live-stream document carries a point's positions but not its frame
 WRONG_INSTRUMENT = "wrong_instrument"  # the run declares another instrument than the estimator was made for
 STATUSES = (OK, NONFINITE, NEGATIVE, EMPTY, SATURATED, COUNT_LEVEL, EDGE, UNCERTAIN, RESIDUAL, WRONG_SHAPE,
-            NOT_CONVERGED, BAD_TYPE, MISSING, WRONG_INSTRUMENT)
+            NOT_CONVERGED, BAD_TYPE, MISSING, WRONG_INSTRUMENT, NO_PEAK, ALL_MASKED)
 #: Statuses that keep the frame's values and std (the estimate stands; the status says why it deserves care).
 WARNINGS = (EDGE, UNCERTAIN)
 #: Statuses of frames that could not be estimated (values NaN).

@@ -5,7 +5,8 @@ events by time, so a run much larger than memory replays in bounded memory. Fram
 (HDF5 registered by the TiledWriter) come back inline, exactly as the live analysis saw them.
 
 :func:`stored_model` finds the model file that the latest analysis run stored for a raw run used, so a
-replay analyses the run with the same model (by the weights' SHA-256, whatever the model is called now).
+replay analyses the run with the same model (by the weights' SHA-256, whatever the model is called now);
+:func:`stored_preparation` rebuilds the frame preparation it used (checked by its fingerprint).
 """
 
 from __future__ import annotations
@@ -152,6 +153,40 @@ def stored_model(catalog, run) -> StoredModel | None:
                 f"({'; '.join(models.values())}): following the latest, {latest['uid'][:8]}")
         logger.warning(note)
     return StoredModel(path, name, recorded, latest["uid"], note)
+
+
+def stored_preparation(catalog, run):
+    """The :class:`~nanopilot.physics.FramePreparation` of the latest analysis stored for ``run`` (a BlueskyRun or
+    its uid); None if that analysis took model-sized frames (or none is stored).
+
+    Raises ValueError when it cannot be rebuilt as it was: a calibration array that was in memory, or calibration
+    files whose contents changed (another fingerprint)."""
+    from .physics import FramePreparation
+
+    raw_uid = run if isinstance(run, str) else run.start["uid"]
+    starts = stored_analyses(catalog, raw_uid)
+    recorded = _python_tree(starts[-1].get("frame_preparation")) if starts else None
+    if not recorded:
+        return None
+    where = f"the frame preparation of the analysis {starts[-1]['uid'][:8]} stored for run {raw_uid[:8]}"
+    try:
+        preparation = FramePreparation.from_dict(recorded)
+    except (ValueError, FileNotFoundError) as err:
+        raise ValueError(f"{where} cannot be rebuilt: {err}; pass --preparation FILE") from None
+    fingerprint = starts[-1].get("frame_preparation_fingerprint")
+    if fingerprint and preparation.fingerprint() != fingerprint:
+        raise ValueError(f"{where} had fingerprint {fingerprint}; its files now give {preparation.fingerprint()} (a "
+                         f"calibration file changed): restore them or pass --preparation FILE")
+    return preparation
+
+
+def _python_tree(value):
+    """Plain dicts and lists of a (Tiled) metadata tree."""
+    if isinstance(value, dict) or hasattr(value, "items"):
+        return {k: _python_tree(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_python_tree(v) for v in value]
+    return _python(value)
 
 
 def find_model(recorded: dict) -> tuple[Path, str]:

@@ -52,7 +52,7 @@ class Session:
 
 
 def setup(RE, *, detector, x, y, temperature=None, deposition=None, catalog=None, model=None,
-          plot: str | Path | None = None, image_key: str | None = None, mask=None) -> Session:
+          plot: str | Path | None = None, image_key: str | None = None, mask=None, preparation=None) -> Session:
     """Subscribe the live analysis (and texture labels) to ``RE`` and publish its LiveMaps for the plans.
 
     Parameters
@@ -68,16 +68,18 @@ def setup(RE, *, detector, x, y, temperature=None, deposition=None, catalog=None
     image_key : the detector's image data key, when it cannot be found from the descriptors.
     mask : the detector pixels the analysis ignores (an (H, W) array or a file: ``.npy``, a NeXus ``pixel_mask``, a
         mask image; see :func:`nanopilot.model.bad_pixels.load_mask`).
+    preparation : the detector's frame preparation (a :class:`nanopilot.physics.FramePreparation` or its YAML
+        file): the analysis then takes the raw detector frames (ROI, binning, dark, flat, gain, masks, orientation).
 
     Raises
     ------
     ValueError, naming the differing fields, if the detector's ``instrument`` is not the one the model was made
-    for (before anything is subscribed).
+    for, or if the preparation does not give the model's pixel size and ROI shape (before anything is subscribed).
     """
     from .model import Predictor
     from .texture import TextureCallback, frame_descriptor
 
-    predictor = Predictor.load(model, mask=mask)
+    predictor = Predictor.load(model, mask=mask, preparation=preparation)
     _check_instrument(detector, predictor)
     if catalog is not None and isinstance(catalog, (str, Path)):
         from .catalog import open_catalog

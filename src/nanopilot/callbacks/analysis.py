@@ -40,7 +40,11 @@ class NanobeamAnalysis(DocumentRouter):
     Parameters
     ----------
     predictor : object with ``instrument``, ``predict(frames, refine=...) -> Estimates``; None loads the
-        shipped default (``nanopilot.model.Predictor.load()``).
+        shipped default (``nanopilot.model.Predictor.load()``). A predictor with a ``preparation`` (a
+        :class:`~nanopilot.physics.FramePreparation`, see :class:`nanopilot.model.Predictor`) takes the raw
+        detector frames: frames of its ``detector_shape`` are prepared (ROI, binning, dark, flat, gain, masks), its
+        configuration and fingerprint go into the analysis run's start document, and the ROI's position into the
+        event pages when it follows the peak.
     image_key : data key of the frames; None finds the (H, W) array key of the model's instrument.
     maps : the LiveMaps to fill (a new one by default; see :attr:`maps`).
     batch_size : frames per Predictor call (flushed earlier after ``max_latency`` s and at stop).
@@ -82,7 +86,12 @@ class NanobeamAnalysis(DocumentRouter):
         self.predictor = predictor
         if residual is None:
             residual = "residual" in inspect.signature(predictor.predict).parameters
-        self.frame_shape = tuple(predictor.instrument.roi_shape)
+        preparation = getattr(predictor, "preparation", None)
+        #: (H, W) of the frames this analysis takes: the raw detector's with a preparation, else the model's ROI.
+        self.frame_shape = tuple(predictor.instrument.roi_shape if preparation is None else
+                                 preparation.detector_shape)
+        self._takes = ("the model takes" if preparation is None else
+                       f"the frame preparation {preparation.fingerprint()} takes raw frames of")
         self.fingerprint = predictor.instrument.fingerprint()
         self.image_key = image_key
         self.motors = list(motors) if motors else None
@@ -144,8 +153,9 @@ class NanobeamAnalysis(DocumentRouter):
             self._check_configuration(keys, doc.get("name"))
             return
         if frame_shape_of(keys[key]) != self.frame_shape:
-            raise ValueError(f"data key {key!r} holds frames of shape {keys[key].get('shape')}; the model takes "
-                             f"{self.frame_shape}: use a model trained for this detector ROI")
+            raise ValueError(f"data key {key!r} holds frames of shape {keys[key].get('shape')}; {self._takes} "
+                             f"{self.frame_shape}: use a model trained for this detector ROI, or a frame "
+                             f"preparation for this detector")
         first = not run.descriptors
         run.descriptors[doc["uid"]] = {"key": key, "external": keys[key].get("external"),
                                        "units": {m: keys.get(m, {}).get("units", "") for m in run.motors},
@@ -165,7 +175,7 @@ class NanobeamAnalysis(DocumentRouter):
             raise ValueError(f"image_key {self.image_key!r} is not in stream {stream!r}; its 2-D array keys are "
                              f"{sorted(images)}: pass one of them as image_key")
         if images:
-            raise ValueError(f"stream {stream!r} has 2-D frames {images} but the model takes {self.frame_shape}: "
+            raise ValueError(f"stream {stream!r} has 2-D frames {images} but {self._takes} {self.frame_shape}: "
                              f"use a model trained for this detector ROI, or pass image_key")
 
     def _instrument_status(self, run: RawRun, descriptor: dict, key: str) -> str | None:

@@ -1,7 +1,8 @@
 """The analysis run: event-model documents carrying the per-frame estimates of one raw run.
 
 start (names the raw run, the model and the instrument) -> descriptor "primary" (units) -> event pages
-(strain, omega, chi[, thickness], their std, background, status, raw seq_num, positions) -> one "summary" event
+(strain, omega, chi[, thickness], their std, background, status, raw seq_num, positions[, the ROI's position on the
+detector when a frame preparation follows the peak]) -> one "summary" event
 (frames received = ok + warned (values kept, by reason) + flagged (values NaN, by reason) + skipped + errors +
 rejected (by reason)) -> stop.
 """
@@ -18,11 +19,13 @@ import numpy as np
 from event_model import compose_run
 
 from ..estimates import BACKGROUND_UNITS, OK, UNITS, WARNINGS, Estimates
-from .frame_sources import frame_batch
+from .frame_sources import frame_batch, prepared_batch
 
 logger = logging.getLogger(__name__)
 
 ANALYSIS_NAME = "nanopilot.NanobeamAnalysis"
+#: Event keys of the ROI's first pixel (row, col) on the oriented detector, when the preparation follows the peak.
+ROI_KEYS = ("roi_row", "roi_col")
 
 
 def predictor_metadata(predictor) -> dict:
@@ -50,32 +53,43 @@ class DerivedRun:
         self.motor_units = dict(motor_units)
         self.predictor = predictor
         self.outputs = _outputs(predictor)
-        self.frame_shape = tuple(predictor.instrument.roi_shape)
+        #: The raw frames' preparation (the predictor's; None: frames come at the instrument's ROI shape).
+        self.preparation = getattr(predictor, "preparation", None)
+        self.frame_shape = tuple(predictor.instrument.roi_shape if self.preparation is None else
+                                 self.preparation.detector_shape)
         self.status_counts: Counter = Counter()
         self._bundle = None
         self._descriptor = None
 
     # ------------------------------------------------------------------ analysis
-    def analyse(self, blocks: list, refine: bool, residual: bool = False) -> tuple[Estimates, np.ndarray]:
+    def analyse(self, blocks: list, refine: bool,
+                residual: bool = False) -> tuple[Estimates, np.ndarray, np.ndarray | None]:
         """Predict a batch given as blocks ``(frames, n, status)`` (see :func:`frame_batch`); frames that are
         not (H, W) arrays of numbers, or that a block's status flags, are flagged instead of failing the batch.
-        ``residual``: also run the predictor's residual check (and background estimate).
+        ``residual``: also run the predictor's residual check (and background estimate). With a
+        :attr:`preparation` the frames are raw detector frames, prepared first (its problems flag frames too).
 
-        Returns the estimates and the batch as analysed, (N, H, W) float32 (flagged frames zeroed).
+        Returns the estimates, the batch as analysed, (N, H, W) float32 (flagged frames zeroed), and the ROI's
+        (row, col) on the detector per frame (N, 2) (None without a preparation).
         """
-        batch, status = frame_batch(blocks, self.frame_shape)
+        kwargs, roi = {"residual": True} if residual else {}, None
+        if self.preparation is None:
+            batch, status = frame_batch(blocks, self.frame_shape)
+        else:
+            prepared = prepared_batch(blocks, self.preparation)
+            batch, status, roi, kwargs["mask"] = prepared.frames, prepared.status, prepared.roi_corner, prepared.mask
         usable = status == OK
         if not usable.any():  # e.g. a run of another instrument: nothing for the network
             estimates = Estimates.empty(len(batch))
         else:
-            estimates = self.predictor.predict(batch, refine=refine, **({"residual": True} if residual else {}))
+            estimates = self.predictor.predict(batch, refine=refine, **kwargs)
         if not usable.all():
             bad = ~usable
             estimates.status[bad] = status[bad]
             for name in ("strain", "omega", "chi", "thickness", "strain_std", "omega_std", "chi_std",
                          "thickness_std", "score", "background", "background_std"):
                 getattr(estimates, name)[bad] = np.nan
-        return estimates, batch
+        return estimates, batch, roi
 
     # ------------------------------------------------------------------ documents
     def open(self, emit) -> None:
@@ -90,6 +104,9 @@ class DerivedRun:
             "instrument_fingerprint": self.predictor.instrument.fingerprint(),
             "motors": list(self.motor_units),
         }
+        if self.preparation is not None:
+            metadata["frame_preparation"] = self.preparation.to_dict()
+            metadata["frame_preparation_fingerprint"] = self.preparation.fingerprint()
         for key in ("scan_id", "sample", "shape", "extents", "snaking"):
             if key in start:
                 metadata["raw_" + key if key in ("scan_id",) else key] = start[key]
@@ -108,11 +125,20 @@ class DerivedRun:
             keys[name] = {"dtype": "number", "shape": [], "source": ANALYSIS_NAME, "units": BACKGROUND_UNITS}
         keys["status"] = {"dtype": "string", "shape": [], "source": ANALYSIS_NAME}
         keys["raw_seq_num"] = {"dtype": "integer", "shape": [], "source": ANALYSIS_NAME}
+        if self._follows_peak:
+            for name in ROI_KEYS:
+                keys[name] = {"dtype": "integer", "shape": [], "source": ANALYSIS_NAME, "units": "pixel"}
         for motor, units in self.motor_units.items():
             keys[motor] = {"dtype": "number", "shape": [], "source": f"raw run {self.image_key}", "units": units}
         return keys
 
-    def emit_points(self, emit, seq_nums, positions, est: Estimates) -> None:
+    @property
+    def _follows_peak(self) -> bool:
+        return self.preparation is not None and self.preparation.follow_peak
+
+    def emit_points(self, emit, seq_nums, positions, est: Estimates, roi_corner=None) -> None:
+        """One event page of the points ``seq_nums`` (n,) at ``positions`` (n, motors) with estimates ``est``
+        and, when the preparation follows the peak, the ROI's (row, col) on the detector ``roi_corner`` (n, 2)."""
         if self._descriptor is None:
             self._descriptor = self._bundle.compose_descriptor(
                 name="primary", data_keys=self._data_keys(),
@@ -125,6 +151,9 @@ class DerivedRun:
                      for name in ("background", "background_std")})
         data["status"] = [str(s) for s in est.status]
         data["raw_seq_num"] = [int(s) for s in seq_nums]
+        if self._follows_peak:
+            corners = np.full((n, 2), -1) if roi_corner is None else np.asarray(roi_corner)
+            data.update({name: corners[:, i].astype(int).tolist() for i, name in enumerate(ROI_KEYS)})
         for i, motor in enumerate(self.motor_units):
             data[motor] = np.asarray(positions)[:, i].tolist()
         now = [float(t) for t in np.full(n, time.time())]

@@ -12,6 +12,7 @@ import h5py
 import numpy as np
 
 from ..estimates import BAD_TYPE, MISSING, OK, WRONG_SHAPE
+from ..physics import FramePreparation, PreparedFrames
 
 #: Default dataset of area-detector style HDF5 files.
 DEFAULT_DATASET = "/entry/data/data"
@@ -63,6 +64,26 @@ def frame_batch(blocks, frame_shape: tuple[int, int]) -> tuple[np.ndarray, np.nd
                 status[row + i] = _convert(frame, batch[row + i])
         row += n
     return batch, status
+
+
+def prepared_batch(blocks, preparation: FramePreparation) -> PreparedFrames:
+    """Raw detector frames given as blocks ``(frames, n, status)`` (see :func:`frame_batch`), prepared block by
+    block (no float copy of the whole batch of raw frames is made): frames (N, h, w) float32 photons, their mask,
+    ROI positions and status (a block's own status, a frame that is not a raw frame, or the preparation's)."""
+    parts = []
+    for frames, n, forced in blocks:
+        array = _as_frames(frames, preparation.detector_shape) if forced is None else None
+        if array is not None:
+            parts.append(preparation.prepare(array))
+            continue
+        raw, status = frame_batch([(frames, n, forced)], preparation.detector_shape)
+        prepared = preparation.prepare(raw)
+        bad = status != OK
+        prepared.status[bad], prepared.frames[bad], prepared.mask[bad] = status[bad], 0.0, True
+        prepared.roi_corner[bad] = -1
+        parts.append(prepared)
+    return PreparedFrames(*(np.concatenate([getattr(p, name) for p in parts])
+                            for name in ("frames", "mask", "roi_corner", "status")))
 
 
 def _as_frames(block, frame_shape) -> np.ndarray | None:

@@ -159,14 +159,14 @@ class AnalysisWorker:
         seq_nums = np.concatenate([p[1] for p in pending])
         positions = np.concatenate([p[2] for p in pending])
         try:
-            estimates, batch = run.derived.analyse([p[3] for p in pending], self.refine, self.residual)
+            estimates, batch, roi = run.derived.analyse([p[3] for p in pending], self.refine, self.residual)
             features = self.frame_features(batch) if self.frame_features is not None else None
             self.maps.add(run.uid, seq_nums, positions, estimates, features)
         except Exception:
             logger.exception("prediction failed for %d frames of run %s", len(seq_nums), run.uid[:8])
             self.maps.count(run.uid, errors=len(seq_nums))
             return
-        run.derived.emit_points(self.emit, seq_nums, positions, estimates)
+        run.derived.emit_points(self.emit, seq_nums, positions, estimates, roi)
 
 
 def _register_exit_hook() -> None:

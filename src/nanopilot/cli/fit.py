@@ -10,7 +10,7 @@ import numpy as np
 
 from ..estimates import OK, WARNINGS, Estimates
 from ..fitting import METHODS, correlation_fit, refine
-from ..physics import Instrument, Library, poisson, simulate
+from ..physics import FramePreparation, Instrument, Library, poisson, simulate
 from .library import parse_counts
 
 _COLUMNS = ("strain", "omega", "chi", "thickness")
@@ -32,6 +32,8 @@ def register(subparsers) -> None:
     p.add_argument("--frames", help="fit these frames instead: .npy file of (N, H, W) counts")
     p.add_argument("--out", help="save the estimates (.npz or .csv; default with --frames: FRAMES_fit.npz)")
     p.add_argument("--instrument", help="instrument YAML/JSON file the frames come from (default: the library's)")
+    p.add_argument("--preparation", help="frame preparation YAML (ROI, binning, dark, flat, gain, mask, orientation): "
+                                         "--frames are raw detector frames, prepared first")
     p.set_defaults(run=run)
 
 
@@ -39,10 +41,16 @@ def run(args) -> int:
     if args.out and Path(args.out).suffix not in (".npz", ".csv"):
         raise ValueError(f"--out must end in .npz or .csv, got {args.out}")
     instrument = Instrument.load(args.instrument) if args.instrument else None
+    if args.preparation and not args.frames:
+        raise ValueError("--preparation prepares raw --frames: give --frames too")
     with Library.load(args.library, instrument) as lib:
+        prepared_status = None
         if args.frames:
             frames, truth = np.load(args.frames, allow_pickle=False), None
             source = f"{len(frames):,} frames from {args.frames}"
+            if args.preparation:
+                frames, prepared_status = prepare_frames(frames, args.preparation, lib.instrument)
+                source += f" prepared by {args.preparation}"
         else:
             if args.n < 1:
                 raise ValueError(f"--n must be at least 1, got {args.n}")
@@ -53,7 +61,7 @@ def run(args) -> int:
         print(f"fitting {source} against {lib!r}")
         stages = []
         t0 = time.perf_counter()
-        est = correlation_fit(frames, lib, method=args.method, progress=True)
+        est = flag(correlation_fit(frames, lib, method=args.method, progress=True), prepared_status)
         stages.append((args.method, est, time.perf_counter() - t0))
         if args.refine:
             t0 = time.perf_counter()
@@ -66,6 +74,29 @@ def run(args) -> int:
         save_estimates(est, out)
         print(f"saved {len(est):,} estimates to {out}")
     return 0
+
+
+def prepare_frames(raw: np.ndarray, path: str, instrument: Instrument) -> tuple[np.ndarray, np.ndarray]:
+    """(frames (N, H, W) photons, the preparation's status (N,)) of raw detector frames (N, R, C) prepared by the
+    frame preparation in ``path``, its masked pixels filled from their good neighbours."""
+    from ..model.bad_pixels import fill_pixels
+
+    preparation = FramePreparation.load(path)
+    preparation.check(instrument)
+    prepared = preparation.prepare(raw)
+    return fill_pixels(prepared.frames, prepared.mask), prepared.status
+
+
+def flag(est: Estimates, status: np.ndarray | None) -> Estimates:
+    """``est`` with the frames whose ``status`` (N,) is not ok flagged so (values NaN); None: ``est`` itself."""
+    if status is None or (status == OK).all():
+        return est
+    bad = status != OK
+    est.status[bad] = status[bad]
+    for f in dataclasses.fields(est):
+        if f.name != "status":
+            getattr(est, f.name)[bad] = np.nan
+    return est
 
 
 def random_states(lib: Library, n: int, seed: int) -> np.ndarray:

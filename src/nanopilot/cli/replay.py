@@ -14,6 +14,9 @@ def register(subparsers) -> None:
     p.add_argument("--model", default=None,
                    help="model file or shipped model name (default: the model of the run's latest stored analysis, "
                         "else the shipped default ensemble)")
+    p.add_argument("--preparation", default=None,
+                   help="frame preparation YAML for raw detector frames (default: the one of the run's latest stored "
+                        "analysis, if it had one)")
     p.add_argument("--write", action="store_true", help="store the analysis run in the same catalogue")
     p.add_argument("--plot", default=None, help="write the maps to this PNG file")
     p.add_argument("--refine", action="store_true", help="refine the network's estimates by physics fitting")
@@ -62,6 +65,21 @@ def choose_model(catalog, stored, model: str | None):
     return found.path
 
 
+def choose_preparation(catalog, stored, preparation: str | None):
+    """The frame preparation to replay ``stored`` with (``--preparation``, else its stored analysis's, else None),
+    printing which."""
+    from ..physics import FramePreparation
+    from ..replay import stored_preparation
+
+    if preparation is not None:
+        print(f"frame preparation {preparation}: given by --preparation")
+        return FramePreparation.load(preparation)
+    found = stored_preparation(catalog, stored)
+    if found is not None:
+        print(f"frame preparation {found.fingerprint()}: the one the stored analysis used")
+    return found
+
+
 def run(args) -> int:
     from ..callbacks import NanobeamAnalysis
     from ..callbacks.plot import LiveMapPlot
@@ -71,8 +89,9 @@ def run(args) -> int:
 
     catalog = open_catalog(args.catalog)
     stored = lookup(catalog, args.run_id)
-    analysis = NanobeamAnalysis(Predictor.load(choose_model(catalog, stored, args.model)), refine=args.refine,
-                                threaded=False)
+    predictor = Predictor.load(choose_model(catalog, stored, args.model),
+                               preparation=choose_preparation(catalog, stored, args.preparation))
+    analysis = NanobeamAnalysis(predictor, refine=args.refine, threaded=False)
     if args.write:
         from ..storage import make_writer
 

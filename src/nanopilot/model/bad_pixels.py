@@ -12,10 +12,11 @@ found at 2 and 7 counts (at 300 counts and above only those off the bright ring 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
+
+from ..physics.arrays import HDF5_SUFFIXES, IMAGE_SUFFIXES, read_array  # noqa: F401 (public here before)
 
 #: A pixel is hot when its counts exceed ``m + HOT_Z * sqrt(m + 1) + HOT_MARGIN``, m its brightest neighbour's.
 HOT_Z, HOT_MARGIN = 5.0, 8.0
@@ -70,11 +71,6 @@ def fill_pixels(frames: np.ndarray, bad: np.ndarray) -> np.ndarray:
     return np.where(bad, np.divide(sums, counts, out=np.zeros_like(sums), where=counts > 0), good)
 
 
-#: File suffixes :func:`load_mask` reads as HDF5 / NeXus, and as images.
-HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".nxs", ".nx5")
-IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".edf")
-
-
 def load_mask(source, shape: tuple[int, int]) -> np.ndarray:
     """A detector mask as an (H, W) bool array, True where a pixel must be ignored (any nonzero value: the NeXus
     ``pixel_mask`` and pyFAI convention).
@@ -85,7 +81,7 @@ def load_mask(source, shape: tuple[int, int]) -> np.ndarray:
     the source.
     """
     if isinstance(source, (str, os.PathLike)):
-        mask, where = _read_mask_file(str(source)), str(source)
+        mask, where = read_array(str(source), "pixel_mask", what="mask file"), str(source)
     else:
         mask, where = np.asarray(source), "the mask array"
     if mask.ndim == 3 and mask.shape[0] == 1:
@@ -94,35 +90,3 @@ def load_mask(source, shape: tuple[int, int]) -> np.ndarray:
         raise ValueError(f"{where} has shape {mask.shape}; the frames have shape {tuple(shape)}: give a mask of the "
                          f"ROI's pixels")
     return mask != 0
-
-
-def _read_mask_file(text: str) -> np.ndarray:
-    path, _, dataset = text.partition("::")
-    suffix = Path(path).suffix.lower()
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"mask file {path} does not exist")
-    if suffix == ".npy":
-        return np.load(path, allow_pickle=False)
-    if suffix in HDF5_SUFFIXES:
-        import h5py
-
-        with h5py.File(path, "r") as file:
-            name = dataset or _first_pixel_mask(file)
-            if name is None or name not in file:
-                raise ValueError(f"mask file {path} has no dataset {dataset or 'named pixel_mask'}: give "
-                                 f"FILE::/path/to/dataset")
-            return file[name][()]
-    if suffix in IMAGE_SUFFIXES:
-        from PIL import Image
-
-        with Image.open(path) as image:
-            return np.asarray(image)
-    raise ValueError(f"mask file {path}: unknown type {suffix!r}; use .npy, HDF5/NeXus ({', '.join(HDF5_SUFFIXES)}) "
-                     f"or an image ({', '.join(IMAGE_SUFFIXES)})")
-
-
-def _first_pixel_mask(file) -> str | None:
-    found = []
-    file.visititems(lambda name, node: found.append(name) if name.split("/")[-1] == "pixel_mask" and
-                    hasattr(node, "shape") else None)
-    return found[0] if found else None

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..estimates import COUNT_LEVEL, EDGE, OK, RESIDUAL, UNCERTAIN, Estimates, check_frames, usable
-from ..physics import Instrument
+from ..physics import FramePreparation, Instrument
 from . import bad_pixels
 from .calibration import LevelCalibration
 from .files import ModelFile, load_model
@@ -86,12 +86,16 @@ class Predictor:
         physics cannot produce; 0.01-0.05 ms per frame on 2 cores, at most a tenth of the ensemble's cost). With
         4 hot pixels of +40 counts per frame at peak 7 counts the default ensemble's RMSE goes from 2.4e-4 /
         2.0e-3 / 4.6e-3 to 1.25e-4 / 4.7e-4 / 1.39e-3, within 1.1x of clean frames (``benchmarks/real_frames.py``).
+    preparation : a :class:`~nanopilot.physics.FramePreparation` (or its YAML file): :meth:`predict` then also takes
+        raw detector frames (its ``detector_shape``) and prepares them first; their masked pixels are filled like
+        ``mask``'s and its per-frame problems are their status. It must give this instrument's pixel size and ROI
+        shape (ValueError saying what to change).
     """
 
     def __init__(self, model: ModelFile, *, instrument: Instrument | None = None, threads: int | None = None,
                  batch_size: int = 128, saturation: float | None = None, edge_margin: float = 0.005,
                  normalise_counts: bool | None = None, mask=None, find_hot_pixels: bool = True,
-                 uncertain_factor: float | None = UNCERTAIN_FACTOR):
+                 uncertain_factor: float | None = UNCERTAIN_FACTOR, preparation=None):
         meta = model.metadata
         self.instrument = model.instrument
         if instrument is not None:
@@ -105,6 +109,12 @@ class Predictor:
         self.kernel = meta["kernel"]
         self.ranges = np.array([meta["ranges"][name] for name in self.outputs], dtype=np.float64)
         self.mask = None if mask is None else bad_pixels.load_mask(mask, self.instrument.roi_shape)
+        if preparation is not None and not isinstance(preparation, FramePreparation):
+            preparation = FramePreparation.load(preparation)
+        if preparation is not None:
+            preparation.check(self.instrument)
+        #: The raw frames' preparation (None: frames come at the instrument's ROI shape).
+        self.preparation = preparation
         self.find_hot_pixels = bool(find_hot_pixels)
         stats = meta["count_stats"]
         #: The network scales every frame to one total itself (trained across count levels): nothing to scale
@@ -193,12 +203,13 @@ class Predictor:
 
     # ----------------------------------------------------------------- the public call
     def predict(self, frames, *, refine: bool | float = False, residual: bool = False,
-                background: bool | None = None) -> Estimates:
+                background: bool | None = None, mask=None) -> Estimates:
         """Estimates for a batch of frames.
 
         Parameters
         ----------
-        frames : (N, H, W) or (H, W) counts, float or integer; rows = detector y.
+        frames : (N, H, W) or (H, W) counts, float or integer; rows = detector y. With a :attr:`preparation`, also
+            raw detector frames (N, R, C) (ADU, its ``detector_shape``), prepared first.
         refine : False; True to pass every ok frame's estimate through :func:`nanopilot.fitting.refine`
             under the model's kernel (Poisson likelihood); or a float k to refine only frames whose ensemble
             spread exceeds k times the median spread of the training validation set in any output. A box-kernel
@@ -215,6 +226,8 @@ class Predictor:
             pixel; see :func:`~nanopilot.model.residual.fit_background`); None (default): when ``residual`` is on
             (the check fits it anyway). Background and check together: 0.10-0.15 ms of CPU time per frame, 13-18% of
             the default ensemble's.
+        mask : pixels to ignore in these (N, H, W) frames besides :attr:`mask`: (N, H, W) or (H, W), nonzero to
+            ignore (e.g. :class:`~nanopilot.physics.PreparedFrames`' mask).
 
         Returns
         -------
@@ -230,11 +243,13 @@ class Predictor:
         ------
         ValueError for a batch of the wrong shape (before any work).
         """
-        arr = self._check_shape(frames)
-        if self.mask is not None:  # whatever the masked pixels hold (NaN, negative) is not the frame's
-            arr = np.where(self.mask, 0, arr)
+        arr, mask, prepared_status = self._model_frames(frames, mask)
+        if mask is not None:  # whatever the masked pixels hold (NaN, negative) is not the frame's
+            arr = np.where(mask, 0, arr)
         clean, status = check_frames(arr, self.instrument, saturation=self.saturation)
-        clean = self.without_bad_pixels(clean)
+        if prepared_status is not None:  # the preparation's per-frame problems (its flagged frames are zero)
+            status[prepared_status != OK] = prepared_status[prepared_status != OK]
+        clean = self.without_bad_pixels(clean, mask)
         totals = clean.reshape(len(clean), -1).sum(axis=1, dtype=np.float64)
         mean, std, _ = self.predict_raw(self.at_training_level(clean, totals) if self.normalise_counts else clean)
         ok = status == OK
@@ -255,6 +270,22 @@ class Predictor:
         if fitted is not None:
             est.background[fitted[0]], est.background_std[fitted[0]] = fitted[1], fitted[2]
         return est
+
+    def _model_frames(self, frames, mask):
+        """(frames (N, H, W), pixels to ignore (N, H, W) / (H, W) or None, the preparation's status (N,) or None):
+        raw detector frames prepared by :attr:`preparation`, others checked for the ROI shape."""
+        arr, status = np.asarray(frames), None
+        raw_shape = None if self.preparation is None else self.preparation.detector_shape
+        if raw_shape is not None and arr.shape[-2:] == raw_shape and arr.shape[-2:] != self.instrument.roi_shape:
+            prepared = self.preparation.prepare(arr)
+            arr, status = prepared.frames, prepared.status
+            mask = prepared.mask if mask is None else prepared.mask | np.asarray(mask, dtype=bool)
+        else:
+            arr = self._check_shape(arr)
+            mask = None if mask is None else np.asarray(mask) != 0
+        if self.mask is not None:
+            mask = self.mask if mask is None else mask | self.mask
+        return arr, mask, status
 
     def _background(self, clean: np.ndarray, params: np.ndarray, status: np.ndarray, *, flag: bool = False):
         """Fit the flat background of the usable frames (ok or a warning) of ``clean`` (N, H, W) counts besides the
@@ -279,12 +310,14 @@ class Predictor:
             return self.level_calibration.std(spread, totals)
         return spread * self.spread_factor
 
-    def without_bad_pixels(self, frames: np.ndarray) -> np.ndarray:
-        """``frames`` with the masked pixels and (if :attr:`find_hot_pixels`) the hot ones filled from their good
-        neighbours (the frames themselves when there are none)."""
+    def without_bad_pixels(self, frames: np.ndarray, mask=None) -> np.ndarray:
+        """``frames`` with the masked pixels (:attr:`mask`, or ``mask`` (N, H, W) / (H, W) bool when given) and (if
+        :attr:`find_hot_pixels`) the hot ones filled from their good neighbours (the frames themselves when there
+        are none)."""
         bad = bad_pixels.find_hot_pixels(frames) if self.find_hot_pixels else None
-        if self.mask is not None:
-            bad = self.mask if bad is None else bad | self.mask
+        mask = self.mask if mask is None else mask
+        if mask is not None:
+            bad = mask if bad is None else bad | mask
         return frames if bad is None or not bad.any() else bad_pixels.fill_pixels(frames, bad)
 
     def at_training_level(self, frames: np.ndarray, totals: np.ndarray) -> np.ndarray:

@@ -1,0 +1,395 @@
+"""From the raw detector frame to the model's input: orientation, dark, flat, gain, masks, region of interest and
+binning (PHYSICS.md section 8). Pure numpy; configured once per experiment, in a YAML file beside the instrument's.
+
+A :class:`FramePreparation` turns a batch of raw frames (N, R, C) (ADU, as the detector writes them) into photon
+counts (N, h, w) at the model's pixel pitch, the pixels to ignore, the ROI's position and a status per frame. Steps,
+in this order (the pixel-wise ones only on the pixels the ROI, or the peak's search window, needs):
+
+1. orientation: transpose, then flip the rows, then flip the columns, so that columns are detector x (the scattering
+   direction) and rows detector y;
+2. dark subtraction (ADU); 3. flat division (relative efficiency); 4. gain: photons = (ADU - dark) / (flat * gain),
+   where values below zero (noise under the dark level) read zero;
+5. masking: the configured mask (module gaps, hot and dead pixels), pixels whose flat or dark is not usable, and
+   each frame's own invalid values (NaN or inf, negative raw values, raw values at or above ``saturation``, e.g. a
+   2**32 - 1 marker);
+6. region of interest: fixed (``roi_corner`` or ``roi_centre``; default centred on the detector) or, with
+   ``follow_peak``, centred on the peak's centroid inside the search window (and kept inside it);
+7. binning: each b x b block is summed. A block with masked pixels gets the mean of its good pixels times b^2
+   (the expected counts, unbiased for Poisson data) when at least half of it is good (``MIN_GOOD_FRACTION`` of
+   :mod:`.frame_steps`); else the binned pixel is masked (zero, and left to the model's mask handling).
+
+A peak-following ROI tracks a drifting peak, but a tilt moves the donut too: the ROI then also follows the tilts
+(by whole detector pixels), and the model's omega and chi are relative to the ROI's position, which is reported per
+frame for that reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from .arrays import read_array
+from .frame_steps import BAD_TYPE, OK, WRONG_SHAPE  # noqa: F401 (prepare's statuses, beside its others here)
+from .frame_steps import MIN_GOOD_FRACTION, PreparedFrames, bin_frames, block_sum, cut_rois, peak_centroids, raw_batch
+from .instrument import Instrument
+
+# Per-frame statuses (the strings of nanopilot.estimates).
+NO_PEAK = "no_peak"  # follow_peak: no counts above the background in the search window
+ALL_MASKED = "all_masked"  # no pixel of the prepared frame could be used
+#: Fields holding a calibration array (an array, or a .npy / HDF5 / image file path), in the raw detector layout.
+ARRAY_FIELDS = ("dark", "flat", "mask")
+_HDF5_NAMES = {"dark": "dark", "flat": "flatfield", "mask": "pixel_mask"}
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class FramePreparation:
+    """Raw detector frames -> photon counts at the model's pixel pitch (see the module docstring for the steps).
+
+    Defaults: a 256 x 256 detector of 55 um pixels whose central 128 x 128 pixels are binned 2 x 2, the published
+    setup (110 um, 64 x 64; :class:`~nanopilot.physics.Instrument`). Equal configurations have equal
+    :meth:`fingerprint` (compare those: arrays make ``==`` meaningless).
+
+    Attributes (units)
+    ------------------
+    detector_shape : (rows, cols) of the raw frames as the detector writes them (pixels).
+    pixel_size : the detector's own pixel (m); the model's pixel is ``pixel_size * binning``.
+    roi_shape : (rows, cols) of the region of interest in detector pixels, after orientation.
+    binning : b, the ROI is summed in b x b blocks; it must divide ``roi_shape``.
+    roi_corner, roi_centre : (row, col) of the ROI's first pixel, or of its centre (pixel ``shape // 2`` of the ROI),
+        in the oriented detector frame; at most one; neither: the ROI is centred on the detector.
+    follow_peak : centre the ROI on each frame's peak centroid inside the search window (reported per frame).
+    search_window : (rows, cols) of the window, centred where the fixed ROI would be, in which the peak is sought
+        (detector pixels; None: the whole detector). The peak must cover less than half of its rows and columns.
+    dark : dark frame (ADU), flat : relative efficiency (dimensionless, about 1), mask : pixels to ignore (nonzero):
+        each an (R, C) array in the raw layout, or a file (``.npy``; HDF5 / NeXus, ``FILE::/dataset`` or a dataset
+        named dark / flatfield / pixel_mask; an image). Relative paths in a YAML file are relative to the file.
+    gain : ADU per photon.
+    saturation : raw values at or above it (ADU) are masked in their frame (None: none).
+    transpose, flip_rows, flip_cols : orientation, applied in this order, so that columns are detector x.
+    """
+
+    detector_shape: tuple[int, int] = (256, 256)
+    pixel_size: float = 55e-6
+    roi_shape: tuple[int, int] = (128, 128)
+    binning: int = 2
+    roi_corner: tuple[int, int] | None = None
+    roi_centre: tuple[int, int] | None = None
+    follow_peak: bool = False
+    search_window: tuple[int, int] | None = None
+    dark: np.ndarray | str | os.PathLike | None = None
+    flat: np.ndarray | str | os.PathLike | None = None
+    mask: np.ndarray | str | os.PathLike | None = None
+    gain: float = 1.0
+    saturation: float | None = None
+    transpose: bool = False
+    flip_rows: bool = False
+    flip_cols: bool = False
+
+    def __post_init__(self):
+        self._check_fields()
+        corner = self._nominal_corner()
+        self._set("_corner", corner)
+        self._set("_region", self._search_region(corner) if self.follow_peak else (*corner, *self.roi_shape))
+        self._load_calibration()
+
+    # ----------------------------------------------------------------- configuration
+    def _set(self, name, value):
+        object.__setattr__(self, name, value)
+
+    def _check_fields(self) -> None:
+        """Each field's type and range, naming the field; pairs as tuples of ints, numbers as floats."""
+        for name in ("detector_shape", "roi_shape", "roi_corner", "roi_centre", "search_window"):
+            value = getattr(self, name)
+            if value is not None:
+                self._set(name, _pair(value, name, minimum=1 if "shape" in name else 0))
+        _positive(self.pixel_size, "pixel_size", "m")
+        _positive(self.gain, "gain", "ADU per photon")
+        if self.saturation is not None:
+            _positive(self.saturation, "saturation", "ADU")
+        for name in ("pixel_size", "gain", "saturation"):  # 3 and 3.0 are one configuration (one fingerprint)
+            if getattr(self, name) is not None:
+                self._set(name, float(getattr(self, name)))
+        for name in ("follow_peak", "transpose", "flip_rows", "flip_cols"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"FramePreparation.{name} must be true or false, got {getattr(self, name)!r}")
+        if not isinstance(self.binning, int) or isinstance(self.binning, bool) or self.binning < 1:
+            raise ValueError(f"FramePreparation.binning must be a positive integer, got {self.binning!r}")
+        if any(n % self.binning for n in self.roi_shape):
+            raise ValueError(f"FramePreparation.binning={self.binning} does not divide roi_shape={self.roi_shape}: "
+                             f"choose a roi_shape that is a multiple of it")
+        if self.search_window is not None and not self.follow_peak:
+            raise ValueError("FramePreparation.search_window is used only by a peak-following ROI: set follow_peak: "
+                             "true, or remove search_window")
+
+    @property
+    def oriented_shape(self) -> tuple[int, int]:
+        """(rows, cols) of a frame after orientation (detector y, detector x)."""
+        rows, cols = self.detector_shape
+        return (cols, rows) if self.transpose else (rows, cols)
+
+    @property
+    def output_shape(self) -> tuple[int, int]:
+        """(h, w) of the prepared frames: ``roi_shape // binning`` (the instrument's ``roi_shape``)."""
+        return (self.roi_shape[0] // self.binning, self.roi_shape[1] // self.binning)
+
+    def _nominal_corner(self) -> tuple[int, int]:
+        if self.roi_corner is not None and self.roi_centre is not None:
+            raise ValueError("FramePreparation: give roi_corner or roi_centre, not both")
+        half = (self.roi_shape[0] // 2, self.roi_shape[1] // 2)
+        if self.roi_corner is not None:
+            name, corner = "roi_corner", self.roi_corner
+        elif self.roi_centre is not None:
+            name, corner = "roi_centre", (self.roi_centre[0] - half[0], self.roi_centre[1] - half[1])
+        else:
+            name = "roi_shape"
+            corner = tuple((n - r) // 2 for n, r in zip(self.oriented_shape, self.roi_shape))
+        if not _inside(corner, self.roi_shape, self.oriented_shape):
+            raise ValueError(f"FramePreparation.{name}={getattr(self, name)} puts the {self.roi_shape} ROI (rows "
+                             f"{corner[0]}..{corner[0] + self.roi_shape[0] - 1}, cols {corner[1]}.."
+                             f"{corner[1] + self.roi_shape[1] - 1}) outside the oriented detector of shape "
+                             f"{self.oriented_shape}: move it inside")
+        return corner
+
+    def _search_region(self, corner) -> tuple[int, int, int, int]:
+        """(row, col, rows, cols) of the search window in the oriented frame."""
+        if self.search_window is None:
+            return (0, 0, *self.oriented_shape)
+        window = self.search_window
+        if window[0] < self.roi_shape[0] or window[1] < self.roi_shape[1]:
+            raise ValueError(f"FramePreparation.search_window={window} is smaller than roi_shape={self.roi_shape}: "
+                             f"make it at least as large")
+        start = tuple(c + r // 2 - w // 2 for c, r, w in zip(corner, self.roi_shape, window))
+        if not _inside(start, window, self.oriented_shape):
+            raise ValueError(f"FramePreparation.search_window={window} centred on the ROI leaves the oriented "
+                             f"detector of shape {self.oriented_shape}: make it smaller or move the ROI")
+        return (*start, *window)
+
+    def _load_calibration(self) -> None:
+        """Read dark, flat and mask; keep their oriented values over the region (the only pixels ever used)."""
+        arrays = {name: self._array(name) for name in ARRAY_FIELDS}
+        self._set("_hashes", {k: hashlib.sha256(np.ascontiguousarray(v).tobytes()).hexdigest()[:16]
+                              for k, v in arrays.items() if v is not None})
+        row, col, rows, cols = self._region
+        cut = lambda a: np.ascontiguousarray(self.orient(a[None])[0, row:row + rows, col:col + cols])  # noqa: E731
+        bad = np.zeros((rows, cols), dtype=bool)
+        if arrays["mask"] is not None:
+            bad |= cut(arrays["mask"]) != 0
+        dark = None
+        if arrays["dark"] is not None:
+            dark = cut(arrays["dark"]).astype(np.float32)
+            bad |= ~np.isfinite(dark)
+            dark[bad] = 0
+        scale = np.full((rows, cols), 1 / self.gain, dtype=np.float32)
+        if arrays["flat"] is not None:
+            flat = cut(arrays["flat"]).astype(np.float64)
+            bad |= ~(np.isfinite(flat) & (flat > 0))
+            scale = np.where(bad, 0, 1 / np.where(bad, 1, flat * self.gain)).astype(np.float32)
+        self._set("_dark", None if dark is None else np.where(bad, 0, dark))
+        self._set("_scale", np.where(bad, 0, scale).astype(np.float32))  # 0 at the masked pixels
+        self._set("_bad", bad)
+        b = self.binning  # the ROI (fixed) or the search window (follow_peak): some binned pixel must survive
+        good = block_sum((~bad[None, :rows // b * b, :cols // b * b]).astype(np.float32), b)
+        self._set("_good", good)  # (1, h, w) good pixels per binned pixel of a fixed ROI
+        if (good < MIN_GOOD_FRACTION * b * b).all():
+            where = "search window" if self.follow_peak else "ROI"
+            raise ValueError(f"FramePreparation.mask (with the unusable dark / flat pixels) hides the whole {where} "
+                             f"(rows {row}..{row + rows - 1}, cols {col}..{col + cols - 1} of the oriented frame): "
+                             f"check the mask file and the ROI position")
+
+    def _array(self, name: str) -> np.ndarray | None:
+        source = getattr(self, name)
+        if source is None:
+            return None
+        if isinstance(source, dict):
+            raise ValueError(f"FramePreparation.{name} was an in-memory array when this configuration was written "
+                             f"({source}); save it with numpy.save and give the file's path")
+        if isinstance(source, (str, os.PathLike)):
+            array = read_array(str(source), _HDF5_NAMES[name], what=f"FramePreparation.{name} file")
+        else:
+            array = np.asarray(source)
+        if array.ndim == 3 and array.shape[0] == 1:
+            array = array[0]
+        if array.shape != self.detector_shape:
+            raise ValueError(f"FramePreparation.{name} has shape {array.shape}; the detector's raw frames have shape "
+                             f"{self.detector_shape}: give a {name} of the whole detector, in its raw layout")
+        if array.dtype.kind not in "biuf":
+            raise ValueError(f"FramePreparation.{name} must hold numbers, got dtype {array.dtype}")
+        return array
+
+    def check(self, instrument: Instrument) -> None:
+        """Raise ValueError, saying which fields to change, if the prepared frames do not have ``instrument``'s
+        pixel size (``pixel_size * binning``) and ROI shape (``roi_shape / binning``)."""
+        binning, pixel, problems, fixes = self.binning, self.pixel_size * self.binning, [], []
+        if not math.isclose(pixel, instrument.pixel_size, rel_tol=1e-9):
+            problems.append(f"{self.binning} x {self.pixel_size:g} m = {pixel:g} m pixels (Instrument.pixel_size is "
+                            f"{instrument.pixel_size:g} m)")
+            ratio = instrument.pixel_size / self.pixel_size
+            if round(ratio) >= 1 and math.isclose(ratio, round(ratio), rel_tol=1e-9):
+                binning = round(ratio)
+                fixes.append(f"set FramePreparation.binning to {binning}")
+            else:
+                fixes.append("correct FramePreparation.pixel_size or Instrument.pixel_size")
+        wanted = [n * binning for n in instrument.roi_shape]
+        if self.output_shape != tuple(instrument.roi_shape):
+            problems.append(f"{list(self.output_shape)} frames (roi_shape {list(self.roi_shape)} / binning "
+                            f"{self.binning}; Instrument.roi_shape is {list(instrument.roi_shape)})")
+        if list(self.roi_shape) != wanted:
+            fixes.append(f"set FramePreparation.roi_shape to {wanted}")
+        if problems:
+            raise ValueError(f"the frame preparation gives {' and '.join(problems)}: {' and '.join(fixes)}")
+
+    # ----------------------------------------------------------------- the per-frame work
+    def orient(self, frames: np.ndarray) -> np.ndarray:
+        """A view of ``frames`` (N, R, C) transposed and flipped as configured (N, rows = y, cols = x)."""
+        if self.transpose:
+            frames = frames.transpose(0, 2, 1)
+        if self.flip_rows:
+            frames = frames[:, ::-1]
+        if self.flip_cols:
+            frames = frames[:, :, ::-1]
+        return frames
+
+    def prepare(self, raw) -> PreparedFrames:
+        """Prepare raw frames: an (N, R, C) or (R, C) array (ADU), or a sequence of frames (each checked).
+
+        Per-frame problems are statuses (``wrong_shape``, ``bad_type``, ``no_peak``, ``all_masked``), never errors;
+        a flagged frame is all zeros and all masked, its ``roi_corner`` (-1, -1). Only the ROI's (or the search
+        window's) pixels are copied. Raises ValueError only for an array of rank other than 2 or 3.
+        """
+        arr, status = raw_batch(raw, self.detector_shape)
+        n = len(status)
+        h, w = self.output_shape
+        out = PreparedFrames(np.zeros((n, h, w), np.float32), np.ones((n, h, w), bool),
+                             np.full((n, 2), -1, dtype=np.int64), status)
+        good = np.flatnonzero(status == OK)
+        if len(good) == 0:
+            return out
+        photons, bad = self._photons(arr if len(good) == n else arr[good])
+        corners, binned_good = np.broadcast_to(np.asarray(self._corner), (len(good), 2)), None
+        if self.follow_peak:
+            corners, found = self._peak_corners(photons)
+            status[good[~found]] = NO_PEAK
+            photons, bad = cut_rois(photons, np.broadcast_to(bad, photons.shape), corners - self._region[:2],
+                                    self.roi_shape)
+            corners = np.where(found[:, None], corners, -1)
+        elif bad.ndim == 2:  # no frame has invalid pixels of its own: the configured mask's binning holds
+            binned_good = self._good
+        frames, masked = bin_frames(bad, self.binning, photons, good=binned_good)
+        status[good[masked.reshape(len(good), -1).all(axis=1) & (status[good] == OK)]] = ALL_MASKED
+        kept = status[good] == OK
+        out.frames[good[kept]], out.mask[good[kept]], out.roi_corner[good] = frames[kept], masked[kept], corners
+        return out
+
+    def _photons(self, arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(photons, bad) over the region: float32 photons (n, rows, cols), 0 where bad, and the masked pixels,
+        (n, rows, cols), or the configured (rows, cols) when no frame has invalid values of its own."""
+        row, col, rows, cols = self._region
+        photons = self.orient(arr)[:, row:row + rows, col:col + cols].astype(np.float32)
+        with np.errstate(invalid="ignore"):  # NaN compares False with everything: not >= 0
+            own = ~(photons >= 0) | (photons >= (self.saturation or np.inf))
+        if self._dark is not None:
+            photons -= self._dark
+        photons *= self._scale  # 0 at the configured mask's pixels
+        np.maximum(photons, 0, out=photons)
+        if not own.any():
+            return photons, self._bad
+        photons[own] = 0
+        return photons, own | self._bad
+
+    def _peak_corners(self, photons: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(corners (n, 2) in the oriented frame, found (n,)): the ROI centred on each window's peak centroid (at
+        its geometric centre, (h - 1) / 2, where the unstrained pattern's centroid lies in the model's frame)."""
+        row, col, rows, cols = self._region
+        centres, found = peak_centroids(photons)
+        h, w = self.roi_shape
+        r = np.clip(np.rint(centres[:, 0] - (h - 1) / 2), 0, rows - h).astype(np.int64) + row
+        c = np.clip(np.rint(centres[:, 1] - (w - 1) / 2), 0, cols - w).astype(np.int64) + col
+        return np.stack([r, c], axis=1), found
+
+    # ----------------------------------------------------------------- serialisation
+    def to_dict(self) -> dict:
+        """Plain-Python dict of the fields (JSON / YAML friendly); an in-memory array is described (shape, sha256),
+        which :meth:`from_dict` refuses: save it to a file and give the path to round-trip."""
+        d = {}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.name in ARRAY_FIELDS and value is not None and not isinstance(value, (str, os.PathLike, dict)):
+                value = {"in_memory_array": list(np.shape(value)), "sha256": self._hashes[field.name]}
+            elif isinstance(value, os.PathLike):
+                value = str(value)
+            elif isinstance(value, tuple):
+                value = list(value)
+            d[field.name] = value
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict) -> FramePreparation:
+        """Build from a dict; unknown keys are an error that names them."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown FramePreparation field(s) {unknown}; known fields: {sorted(known)}")
+        return cls(**data)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, text: str, base: str | Path | None = None) -> FramePreparation:
+        """From YAML text; relative calibration-file paths are taken relative to ``base`` (a folder)."""
+        data = yaml.safe_load(text) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"a frame preparation YAML must be a mapping of fields, got {type(data).__name__}")
+        if base is not None:
+            for name in ARRAY_FIELDS:
+                if isinstance(data.get(name), str) and not Path(data[name].partition("::")[0]).is_absolute():
+                    data[name] = str(Path(base) / data[name])
+        return cls.from_dict(data)
+
+    def save(self, path: str | Path) -> None:
+        """Write the YAML file (calibration arrays must be files)."""
+        Path(path).write_text(self.to_yaml())
+
+    @classmethod
+    def load(cls, path: str | Path) -> FramePreparation:
+        """Read a YAML file written by :meth:`save` or by hand."""
+        path = Path(path)
+        return cls.from_yaml(path.read_text(), base=path.parent)
+
+    def fingerprint(self) -> str:
+        """Short stable hash (16 hex digits) of the fields and the calibration arrays' contents."""
+        d = {k: v for k, v in self.to_dict().items() if k not in ARRAY_FIELDS}
+        d.update({k: self._hashes.get(k) for k in ARRAY_FIELDS})
+        canonical = json.dumps({k: float(v) if isinstance(v, float) else v for k, v in d.items()}, sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    def __repr__(self) -> str:
+        return (f"<FramePreparation {self.detector_shape} -> {self.output_shape}, binning {self.binning}, "
+                f"{'following the peak' if self.follow_peak else f'ROI at {self._corner}'}, {self.fingerprint()}>")
+
+
+def _pair(value, name: str, minimum: int) -> tuple[int, int]:
+    try:
+        pair = tuple(int(v) for v in value)
+        ok = len(pair) == 2 and all(p == v and p >= minimum for p, v in zip(pair, value))
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"FramePreparation.{name} must be (rows, cols), integers >= {minimum}, got {value!r}")
+    return pair
+
+
+def _positive(value, name: str, units: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"FramePreparation.{name} must be a positive finite number ({units}), got {value!r}")
+
+
+def _inside(corner, shape, bounds) -> bool:
+    return all(0 <= c and c + s <= b for c, s, b in zip(corner, shape, bounds))

@@ -1,0 +1,122 @@
+"""The array steps of the frame preparation (:mod:`nanopilot.physics.detector`): binning with masked pixels, the
+peak's centroid, cutting regions of interest, and the record of prepared frames. Pure numpy."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+OK = "ok"
+WRONG_SHAPE = "wrong_shape"  # a raw frame of another shape than the detector's
+BAD_TYPE = "bad_type"  # a raw frame that is not an array of numbers
+#: A binned pixel is kept (its good sub-pixels scaled up) when at least this fraction of its sub-pixels is good.
+MIN_GOOD_FRACTION = 0.5
+
+
+@dataclasses.dataclass
+class PreparedFrames:
+    """What :meth:`FramePreparation.prepare` returns for N raw frames.
+
+    frames : (N, h, w) float32 photons at the model's pixel pitch (0 at masked pixels and in flagged frames).
+    mask : (N, h, w) bool, True for pixels to ignore.
+    roi_corner : (N, 2) int (row, col) of the ROI's first pixel in the oriented detector frame ((-1, -1): flagged).
+    status : (N,) object array of ``ok``, ``wrong_shape``, ``bad_type``, ``no_peak`` or ``all_masked``.
+    """
+
+    frames: np.ndarray
+    mask: np.ndarray
+    roi_corner: np.ndarray
+    status: np.ndarray
+
+
+def peak_centroids(photons: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(centres (n, 2) (row, col) in pixels of ``photons`` (n, H, W), found (n,)): the centroid of each frame's
+    row and column sums above their median (the background; the peak must cover less than half of the rows and
+    columns), after a 3-point median filter that removes isolated hot pixels and fills masked columns. Not found:
+    nothing above the background (the centre is then 0)."""
+    centres, found = [], np.ones(len(photons), dtype=bool)
+    for axis in (2, 1):
+        profile = median3(photons.sum(axis=axis, dtype=np.float64))
+        profile = np.maximum(profile - np.median(profile, axis=1, keepdims=True), 0)
+        total = profile.sum(axis=1)
+        found &= total > 0
+        centres.append((profile * np.arange(profile.shape[1])).sum(axis=1) / np.where(total > 0, total, 1))
+    return np.stack(centres, axis=1), found
+
+
+def block_sum(x: np.ndarray, b: int) -> np.ndarray:
+    """(n, H/b, W/b) sums of the b x b blocks of ``x`` (n, H, W) (H and W multiples of b)."""
+    rows = x[:, 0::b].copy()
+    for i in range(1, b):
+        rows += x[:, i::b]
+    out = rows[:, :, 0::b].copy()
+    for j in range(1, b):
+        out += rows[:, :, j::b]
+    return out
+
+
+def median3(profiles: np.ndarray) -> np.ndarray:
+    """3-point running median along the last axis of (n, L) (the ends kept)."""
+    out = profiles.copy()
+    out[:, 1:-1] = np.median(np.stack([profiles[:, :-2], profiles[:, 1:-1], profiles[:, 2:]]), axis=0)
+    return out
+
+
+def cut_rois(photons, bad, corners, shape):
+    """The (n, h, w) ROIs at ``corners`` (n, 2) (relative to the arrays) of ``photons`` and ``bad``."""
+    h, w = shape
+    rois = np.empty((len(photons), h, w), photons.dtype)
+    masks = np.empty((len(photons), h, w), bool)
+    for i, (r, c) in enumerate(corners):
+        rois[i], masks[i] = photons[i, r:r + h, c:c + w], bad[i, r:r + h, c:c + w]
+    return rois, masks
+
+
+def bin_frames(bad: np.ndarray, b: int, photons: np.ndarray | None = None, good: np.ndarray | None = None):
+    """Binning by ``b`` of the pixels ``bad`` ((n, H, W) or (H, W)) and, if given, ``photons`` (n, H, W) (0 where
+    bad): (binned photons (n, H/b, W/b) or None, binned mask (n or 1, H/b, W/b)). A block's sum is scaled by b^2 / its
+    good pixels (the expected counts of the whole block) when at least :data:`MIN_GOOD_FRACTION` of it is good, else
+    masked (0). ``good``: the blocks' good-pixel counts when known."""
+    if good is None:
+        good = block_sum((~(bad if bad.ndim == 3 else bad[None])).astype(np.float32), b)
+    masked = good < MIN_GOOD_FRACTION * b * b
+    if photons is None:
+        return None, masked
+    sums = block_sum(photons, b)
+    if (good < b * b).any():  # some blocks have masked pixels
+        sums *= np.where(masked, 0, b * b / np.maximum(good, 1)).astype(np.float32)
+    return sums, np.broadcast_to(masked, sums.shape)
+
+
+def raw_batch(raw, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(frames (N, R, C), status (N,)) of raw frames (an array, or a sequence of frames): frames of another shape
+    than ``shape`` (R, C) or not of numbers are flagged (their rows zero, or all rows when the whole array is)."""
+    try:
+        arr = np.asarray(raw)
+    except ValueError:  # frames of different shapes
+        arr = None
+    if arr is not None and arr.dtype.kind in "biuf":
+        if arr.ndim not in (2, 3):
+            raise ValueError(f"raw frames must be (N, R, C) or (R, C), got shape {arr.shape}")
+        arr = arr[None] if arr.ndim == 2 else arr
+        status = np.full(len(arr), OK if arr.shape[1:] == shape else WRONG_SHAPE, dtype=object)
+        return arr, status
+    frames = [np.asarray(f) if isinstance(f, np.ndarray) else _numbers(f) for f in raw]
+    status = np.array([BAD_TYPE if f is None or f.dtype.kind not in "biuf" else
+                       OK if f.shape == shape else WRONG_SHAPE for f in frames], dtype=object)
+    good = [f for f, s in zip(frames, status) if s == OK]
+    empty = np.zeros((0, *shape), np.float32)
+    stacked = np.stack(good) if good else empty
+    full = np.zeros((len(frames), *shape), stacked.dtype) if len(good) < len(frames) else stacked
+    if len(good) < len(frames):
+        full[status == OK] = stacked
+    return full, status
+
+
+def _numbers(frame) -> np.ndarray | None:
+    try:
+        array = np.asarray(frame)
+        return array.astype(np.float64) if array.dtype.kind == "O" else array
+    except (ValueError, TypeError):
+        return None
