@@ -82,14 +82,20 @@ class ScriptedPredictor:
         return est
 
 
-def test_edge_frame_is_counted_as_a_warning_in_maps_and_summary(predictor):
+def scripted_scan(predictor, cols: int):
+    """A 2 x ``cols`` grid scan analysed by a :class:`ScriptedPredictor`: (analysis, its documents, raw uid)."""
     bl = make_beamline("published", seed=3, noise=False)
     analysis = NanobeamAnalysis(ScriptedPredictor(predictor), batch_size=100, threaded=False)
     docs = []
     analysis.subscribe(lambda name, doc: docs.append((name, doc)))
     RE = RunEngine({})
     RE.subscribe(analysis)
-    (uid,) = RE(bp.grid_scan([bl.detector], bl.stage.y, -1, 1, 2, bl.stage.x, -1, 1, 3))
+    (uid,) = RE(bp.grid_scan([bl.detector], bl.stage.y, -1, 1, 2, bl.stage.x, -1, 1, cols))
+    return analysis, docs, uid
+
+
+def test_edge_frame_is_counted_as_a_warning_in_maps_and_summary(predictor):
+    analysis, docs, uid = scripted_scan(predictor, 3)
     run = analysis.maps[uid]
     points = run.scattered()
     assert points["status"][1] == EDGE and points["strain"][1] == 0.004 and points["strain_std"][1] == 1e-4
@@ -102,13 +108,7 @@ def test_edge_frame_is_counted_as_a_warning_in_maps_and_summary(predictor):
 
 
 def test_background_is_a_documented_field_of_the_analysis_run(predictor):
-    bl = make_beamline("published", seed=3, noise=False)
-    analysis = NanobeamAnalysis(ScriptedPredictor(predictor), batch_size=100, threaded=False)
-    docs = []
-    analysis.subscribe(lambda name, doc: docs.append((name, doc)))
-    RE = RunEngine({})
-    RE.subscribe(analysis)
-    (uid,) = RE(bp.grid_scan([bl.detector], bl.stage.y, -1, 1, 2, bl.stage.x, -1, 1, 2))
+    analysis, docs, uid = scripted_scan(predictor, 2)
     descriptor = next(d for n, d in docs if n == "descriptor")
     assert descriptor["data_keys"]["background"]["units"] == "counts/pixel"
     assert descriptor["data_keys"]["background_std"]["units"] == "counts/pixel"

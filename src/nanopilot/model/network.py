@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..estimates import PARAMETERS
+from ..physics.instrument import from_fields
 
 #: The published channel layout: three blocks of two convolutions, each block followed by 2 x 2 max pooling.
 PUBLISHED_CHANNELS = ((2, 4), (8, 16), (32, 64))
@@ -86,11 +87,7 @@ class Architecture:
 
     @classmethod
     def from_dict(cls, data: dict) -> Architecture:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown architecture field(s) {unknown}; known fields: {sorted(known)}")
-        return cls(**data)
+        return from_fields(cls, data)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -70,10 +70,11 @@ class Predictor:
     normalise_counts : scale each frame whose total counts lie outside the training frames' central range
         (the sidecar's ``count_stats``, 0.1-99.9 percentiles) to their median total before the network, as the
         published method advises for a model trained at one count level (``benchmarks/real_frames.py``: at peak
-        30-10,000 counts the default ensemble's RMSE falls from flagged or wrong to 6-8e-5 / 3.5-3.8e-4 deg /
+        30-10,000 counts the published ensemble's RMSE falls from flagged or wrong to 6-8e-5 / 3.5-3.8e-4 deg /
         1.3e-3 deg, at peak 2 counts from 8.7e-4 / 4.6e-3 / 8.2e-3 to 2.3e-4 / 7.1e-4 / 1.7e-3). Frames inside
         that range are untouched; refinement and the residual check see the raw counts. None (default): on for
-        models without a thickness output; a thickness model reads the film's thickness from the total counts
+        models trained at one count level without a thickness output (off for the any-flux default, whose
+        network scales every frame itself); a thickness model reads the film's thickness from the total counts
         too, so its frames are not scaled and frames brighter than its trained range are flagged ``count_level``.
     mask : the pixels to ignore (module gaps, dead or known hot pixels): an (H, W) array (nonzero: ignore) or a
         file (``.npy``, a NeXus / HDF5 ``pixel_mask``, a mask image; see
@@ -84,7 +85,7 @@ class Predictor:
         sidecar records that RMSE (``reference_rmse``: models trained across count levels).
     find_hot_pixels : also replace, frame by frame, pixels far above their brightest neighbour (counts the
         physics cannot produce; 0.01-0.05 ms per frame on 2 cores, at most a tenth of the ensemble's cost). With
-        4 hot pixels of +40 counts per frame at peak 7 counts the default ensemble's RMSE goes from 2.4e-4 /
+        4 hot pixels of +40 counts per frame at peak 7 counts the published ensemble's RMSE goes from 2.4e-4 /
         2.0e-3 / 4.6e-3 to 1.25e-4 / 4.7e-4 / 1.39e-3, within 1.1x of clean frames (``benchmarks/real_frames.py``).
     preparation : a :class:`~nanopilot.physics.FramePreparation` (or its YAML file): :meth:`predict` then also takes
         raw detector frames (its ``detector_shape``) and prepares them first; their masked pixels are filled like

@@ -38,7 +38,7 @@ import yaml
 from .arrays import read_array
 from .frame_steps import BAD_TYPE, OK, WRONG_SHAPE  # noqa: F401 (prepare's statuses, beside its others here)
 from .frame_steps import MIN_GOOD_FRACTION, PreparedFrames, bin_frames, block_sum, cut_rois, peak_centroids, raw_batch
-from .instrument import Instrument
+from .instrument import Instrument, from_fields
 
 # Per-frame statuses (the strings of nanopilot.estimates).
 NO_PEAK = "no_peak"  # follow_peak: no counts above the background in the search window
@@ -332,11 +332,7 @@ class FramePreparation:
     @classmethod
     def from_dict(cls, data: dict) -> FramePreparation:
         """Build from a dict; unknown keys are an error that names them."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown FramePreparation field(s) {unknown}; known fields: {sorted(known)}")
-        return cls(**data)
+        return from_fields(cls, data)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)

@@ -33,6 +33,16 @@ _UNITS = {
 }
 
 
+def from_fields(cls, data: dict):
+    """``cls(**data)`` for a dataclass ``cls``; keys that are not its fields are a ValueError that names them and
+    the known ones."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} field(s) {unknown}; known fields: {sorted(known)}")
+    return cls(**data)
+
+
 @dataclasses.dataclass(frozen=True)
 class Instrument:
     """A frozen description of the nanodiffraction setup.
@@ -141,11 +151,7 @@ class Instrument:
     @classmethod
     def from_dict(cls, data: dict) -> Instrument:
         """Build from a dict; unknown keys are an error that names them."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown Instrument field(s) {unknown}; known fields: {sorted(known)}")
-        return cls(**data)
+        return from_fields(cls, data)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
