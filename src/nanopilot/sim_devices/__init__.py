@@ -15,12 +15,13 @@ from .clock import SimClock
 from .detector import HOT_PIXEL_RATE, NanobeamDetector, frame_statistics
 from .flyer import SimFlyer
 from .motion import SimAxis, SimDepositionSource, SimStage, SimTemperatureController
+from .raw_detector import DETECTOR_PRESETS, RawDetectorPreset, RawReadout
 from .sample import TRUTH_DTYPE, SimSample
 from .scenes import SCENES, CoolingScene, DomainsScene, GrowthScene, PublishedScene, SampleState, Scene, make_scene
 
 __all__ = [
-    "HOT_PIXEL_RATE", "SCENES", "TRUTH_DTYPE", "Beamline", "CoolingScene", "DomainsScene", "GrowthScene",
-    "NanobeamDetector", "PublishedScene", "SampleState", "Scene", "SimAxis", "SimClock", "SimDepositionSource",
+    "DETECTOR_PRESETS", "HOT_PIXEL_RATE", "SCENES", "TRUTH_DTYPE", "Beamline", "CoolingScene", "DomainsScene", "GrowthScene",
+    "NanobeamDetector", "PublishedScene", "RawDetectorPreset", "RawReadout", "SampleState", "Scene", "SimAxis", "SimClock", "SimDepositionSource",
     "SimFlyer", "SimSample", "SimStage", "SimTemperatureController", "frame_statistics", "make_beamline",
     "make_scene",
 ]

@@ -9,6 +9,7 @@ from .clock import SimClock
 from .detector import NanobeamDetector
 from .flyer import SimFlyer
 from .motion import SimDepositionSource, SimStage, SimTemperatureController
+from .raw_detector import RawDetectorPreset, RawReadout
 from .sample import SimSample
 
 
@@ -38,7 +39,9 @@ def make_beamline(scene: str = "published", seed: int | None = None, *, scene_pa
                   data_mode: str = "inline", hdf5_directory: str | None = None,
                   stage_limits: tuple[float, float] = (-100.0, 100.0), stage_velocity: float = 1000.0,
                   settling_time: float = 0.01, temperature_limits: tuple[float, float] = (10.0, 600.0),
-                  ramp_rate: float = 0.5, deposition_rate: float | None = None) -> Beamline:
+                  ramp_rate: float = 0.5, deposition_rate: float | None = None,
+                  detector: str | RawDetectorPreset | None = None, peak_offset=(0, 0), peak_drift=(0.0, 0.0),
+                  dark_current: float = 0.0, gain: float = 1.0, dead_pixels: int = 0) -> Beamline:
     """Make a simulated beamline: stage ``stage`` (``stage_x``, ``stage_y``), detector ``det``, flyer ``flyer``,
     temperature controller ``temperature`` and deposition source ``deposition``, all on one sample.
 
@@ -65,18 +68,35 @@ def make_beamline(scene: str = "published", seed: int | None = None, *, scene_pa
         Temperature controller limits (K) and ramp rate (K/s).
     deposition_rate : float, optional
         Deposition rate (angstrom/s); default the ``growth`` scene's growth rate, else 1.
+    detector : str or RawDetectorPreset, optional
+        A raw detector (a name of :data:`~nanopilot.sim_devices.raw_detector.DETECTOR_PRESETS`, e.g.
+        ``"medipix-256"``): the detector then publishes its raw ADU frames, with ``hot_pixels`` at its own pixels;
+        ``bl.detector.readout.preparation()`` is the matching frame preparation. None: the model's frames.
+    peak_offset, peak_drift, dark_current, gain, dead_pixels
+        Raw detector only: the pattern's shift from the ROI (rows, cols; detector pixels) and its drift per frame
+        (detector pixels / frame, rounded to whole pixels), the dark level (ADU), ADU per photon, dead pixels; see
+        :class:`~nanopilot.sim_devices.raw_detector.RawReadout`.
 
     Raises
     ------
     ValueError
         For an unknown scene or parameter, or a setting out of range (before any device exists).
     """
+    readout = None
+    if detector is not None:
+        readout = RawReadout(detector, instrument, peak_offset=peak_offset, peak_drift=peak_drift,
+                             dark_current=dark_current, gain=gain, hot_pixels=hot_pixels, dead_pixels=dead_pixels,
+                             seed=seed)
+        hot_pixels = 0  # the raw detector's own
+    elif (tuple(peak_offset), tuple(peak_drift), dark_current, gain, dead_pixels) != ((0, 0), (0.0, 0.0), 0.0, 1.0, 0):
+        raise ValueError("peak_offset, peak_drift, dark_current, gain and dead_pixels need a raw detector: give "
+                         "detector='medipix-256' (or another preset), or leave them out")
     sample = SimSample(scene, seed, temperature=temperature, **(scene_parameters or {}))
     clock = SimClock(realtime=realtime)
     stage = SimStage(name="stage", clock=clock, limits=stage_limits, velocity=stage_velocity,
                      settling_time=settling_time)
     detector = NanobeamDetector(name="det", clock=clock, sample=sample, sample_stage=stage, instrument=instrument,
-                                seed=seed, hot_pixels=hot_pixels)
+                                seed=seed, hot_pixels=hot_pixels, readout=readout)
     detector.configure({"exposure_time": exposure_time, "count_rate": count_rate, "noise": noise,
                         "background": background, "footprint": footprint, "data_mode": data_mode,
                         "hdf5_directory": str(hdf5_directory or "")})

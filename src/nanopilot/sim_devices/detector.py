@@ -15,6 +15,7 @@ from ..physics import KERNELS, Instrument, simulate
 from ..physics.forward import simulate_box
 from .hdf5 import HDF5FrameWriter, WriterStaging
 from .motion import SimStage
+from .raw_detector import RawReadout
 from .sample import SimSample
 from .signals import SimDevice, SimReadback, SimSignal, non_negative, one_of, positive
 
@@ -119,6 +120,9 @@ class NanobeamDetector(WriterStaging, SimDevice):
         Number of hot pixels (each with :data:`HOT_PIXEL_RATE` dark counts/s).
     kernel : {"box", "gauss"}
         Forward-model kernel (see :func:`nanopilot.physics.simulate`).
+    readout : RawReadout, optional
+        A raw detector: frames are then its raw ADU frames (its shape, its own hot and dead pixels; see
+        :mod:`.raw_detector`), and ``total`` / centroids are those of the raw frames (ADU, detector pixels).
 
     Notes
     -----
@@ -149,25 +153,30 @@ class NanobeamDetector(WriterStaging, SimDevice):
 
     def __init__(self, prefix="", *, name, sample: SimSample, sample_stage: SimStage,
                  instrument: Instrument | None = None, seed: int | None = None, hot_pixels: int = 0,
-                 kernel: str = "box", **kwargs):
+                 kernel: str = "box", readout: RawReadout | None = None, **kwargs):
         super().__init__(prefix, name=name, **kwargs)
         self.sample, self.sample_stage = sample, sample_stage
         self.instrument = instrument or Instrument()
         self.instrument_fingerprint.put(self.instrument.fingerprint(), internal=True)
         if kernel not in KERNELS:
             raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
-        self.kernel = kernel
+        self.kernel, self.readout = kernel, readout
         self.rng = np.random.default_rng(seed)
         rows, cols = self.instrument.roi_shape
         if not 0 <= int(hot_pixels) <= rows * cols:
             raise ValueError(f"hot_pixels must be between 0 and {rows * cols}, got {hot_pixels!r}")
         self.hot_pixel_index = self.rng.choice(rows * cols, size=int(hot_pixels), replace=False)
-        self.image.put(np.zeros(self.instrument.roi_shape, dtype=self.frame_dtype), internal=True)
+        self.image.put(np.zeros(self.frame_shape, dtype=self.frame_dtype), internal=True)
 
     # ------------------------------------------------------------------ rendering (shared with the flyer)
     @property
+    def frame_shape(self) -> tuple[int, int]:
+        """(rows, cols) of the published frames: the raw detector's, else the instrument's ROI."""
+        return tuple(self.readout.shape) if self.readout is not None else tuple(self.instrument.roi_shape)
+
+    @property
     def frame_dtype(self) -> np.dtype:
-        """uint32 counts with noise, float32 expected counts without."""
+        """uint32 counts (ADU for a raw detector) with noise, float32 expected counts without."""
         return np.dtype(np.uint32) if self.noise.get() else np.dtype(np.float32)
 
     def beam_positions(self, x, y) -> tuple[np.ndarray, np.ndarray]:
@@ -190,6 +199,11 @@ class NanobeamDetector(WriterStaging, SimDevice):
             patterns = np.einsum("nkhw,k->nhw", patterns.reshape(-1, len(_FOOTPRINT_RULE), *patterns.shape[1:]),
                                  _FOOTPRINT_RULE[:, 2].astype(patterns.dtype))
         background = self.background.get() * exposure
+        if self.readout is not None:
+            photons = self.readout.expected_photons(patterns, background, HOT_PIXEL_RATE * exposure)
+            if self.noise.get():
+                photons = poisson_counts(photons.ravel(), self.rng).reshape(photons.shape)
+            return self.readout.readout(photons)
         if background:
             patterns += np.float32(background)
         if len(self.hot_pixel_index):
@@ -223,8 +237,9 @@ class NanobeamDetector(WriterStaging, SimDevice):
 
     def image_description(self) -> dict:
         """The descriptor entry of the image: shape, numpy dtype, and ``external`` in HDF5 mode."""
-        description = {"source": f"SIM:{self.image.name}", "dtype": "array", "shape": list(self.instrument.roi_shape),
-                       "dtype_numpy": self.frame_dtype.str, "units": "counts"}
+        description = {"source": f"SIM:{self.image.name}", "dtype": "array", "shape": list(self.frame_shape),
+                       "dtype_numpy": self.frame_dtype.str,
+                       "units": "counts" if self.readout is None else "ADU"}
         if self.data_mode.get() == "hdf5":
             description["external"] = "STREAM:"
         return description
@@ -250,7 +265,7 @@ class NanobeamDetector(WriterStaging, SimDevice):
         directory = self.hdf5_directory.get()
         if not directory:
             raise ValueError(f"{self.name}: data_mode is 'hdf5' but hdf5_directory is not set")
-        return HDF5FrameWriter(directory, self.image.name, self.instrument.roi_shape, self.frame_dtype, prefix=prefix)
+        return HDF5FrameWriter(directory, self.image.name, self.frame_shape, self.frame_dtype, prefix=prefix)
 
     def get_index(self) -> int:
         """Frames written to the current HDF5 file (0 in inline mode)."""
