@@ -13,7 +13,7 @@ from nanopilot.model import Predictor
 from nanopilot.physics import FramePreparation, Instrument
 from nanopilot.sim_devices import DETECTOR_PRESETS, make_beamline
 
-RAW = dict(detector="medipix-256", dark_current=100.0, gain=3.0, hot_pixels=6, dead_pixels=6)
+RAW = {"detector": "medipix-256", "dark_current": 100.0, "gain": 3.0, "hot_pixels": 6, "dead_pixels": 6}
 POSITIONS = [(0.0, 0.0), (0.4, -0.3), (-0.7, 0.5)]  # (x, y) um
 
 
@@ -44,18 +44,16 @@ def test_raw_frames_have_the_detectors_shape_dtype_and_descriptor():
 
 
 def test_hdf5_mode_writes_the_raw_frames_of_inline_mode(tmp_path):
-    docs, frames = [], {}
-    for mode in ("inline", "hdf5"):
+    docs = {"inline": [], "hdf5": []}
+    for mode, kept in docs.items():
         bl = make_beamline(seed=5, data_mode=mode, hdf5_directory=tmp_path, **RAW)
-        RE = RunEngine({})
-        RE(bp.count([bl.detector], 3), lambda name, doc: docs.append((mode, name, doc)))
-        pages = [doc for m, name, doc in docs if m == mode and name == "event"]
-        frames[mode] = [np.asarray(doc["data"]["det_image"]) for doc in pages] if mode == "inline" else None
-    (resource,) = [doc for m, name, doc in docs if name == "stream_resource"]
-    (descriptor,) = [doc for m, name, doc in docs if m == "hdf5" and name == "descriptor"]
-    assert descriptor["data_keys"]["det_image"]["shape"] == [256, 256]
+        RunEngine({})(bp.count([bl.detector], 3), lambda name, doc, kept=kept: kept.append((name, doc)))
+    inline = np.stack([doc["data"]["det_image"] for name, doc in docs["inline"] if name == "event"])
+    (resource,) = [doc for name, doc in docs["hdf5"] if name == "stream_resource"]
+    (descriptor,) = [doc for name, doc in docs["hdf5"] if name == "descriptor"]
+    assert descriptor["data_keys"]["det_image"]["shape"] == [256, 256] and inline.shape == (3, 256, 256)
     with h5py.File(resource["uri"].removeprefix("file://localhost"), "r") as file:
-        np.testing.assert_array_equal(file["entry/data/data"][()], np.stack(frames["inline"]))
+        np.testing.assert_array_equal(file["entry/data/data"][()], inline)
 
 
 def test_prepared_raw_frames_equal_the_model_frames_before_noise():

@@ -32,8 +32,8 @@ class RawDetectorPreset:
     def preparation(self, **fields) -> FramePreparation:
         """The :class:`FramePreparation` of this detector (fixed, centred ROI); ``fields`` override or add
         (e.g. ``dark``, ``mask``, ``gain``, ``roi_corner``)."""
-        config = dict(detector_shape=self.shape, pixel_size=self.pixel_size, roi_shape=self.roi_shape,
-                      binning=self.binning)
+        config = {"detector_shape": self.shape, "pixel_size": self.pixel_size, "roi_shape": self.roi_shape,
+                  "binning": self.binning}
         return FramePreparation(**{**config, **fields})
 
 
