@@ -100,6 +100,16 @@ def test_prepared_raw_frames_have_the_model_frames_mean():
     assert abs(np.nansum(mean) / ideal.sum() - 1) < 0.01
 
 
+def test_live_statistics_of_raw_frames_are_in_photons_and_detector_pixels():
+    raw_bl = make_beamline(seed=2, noise=False, detector="medipix-256", dark_current=100.0, gain=3.0)
+    ideal_bl = make_beamline(seed=2, noise=False)
+    frames_at(raw_bl, POSITIONS[1:2]), frames_at(ideal_bl, POSITIONS[1:2])
+    raw, ideal = (bl.detector.read() for bl in (raw_bl, ideal_bl))
+    assert raw["det_total"]["value"] == pytest.approx(ideal["det_total"]["value"], rel=1e-5)
+    for key in ("det_centroid_x", "det_centroid_y"):  # model pixel j covers detector pixels 64 + 2j and 65 + 2j
+        assert raw[key]["value"] == pytest.approx(64 + 2 * ideal[key]["value"] + 0.5, abs=1e-4)
+
+
 def test_a_drifting_peak_moves_by_whole_detector_pixels_per_frame():
     bl = make_beamline(seed=4, noise=False, detector="medipix-256", peak_drift=(0.0, 0.5))
     frames = frames_at(bl, POSITIONS[:1], repeats=5)

@@ -122,7 +122,8 @@ class NanobeamDetector(WriterStaging, SimDevice):
         Forward-model kernel (see :func:`nanopilot.physics.simulate`).
     readout : RawReadout, optional
         A raw detector: frames are then its raw ADU frames (its shape, its own hot and dead pixels; see
-        :mod:`.raw_detector`), and ``total`` / centroids are those of the raw frames (ADU, detector pixels).
+        :mod:`.raw_detector`); ``total`` and the centroids are then those of its photons, (ADU - dark) / gain
+        (detector pixels).
 
     Notes
     -----
@@ -215,6 +216,10 @@ class NanobeamDetector(WriterStaging, SimDevice):
         counts[lit] = poisson_counts(patterns[lit], self.rng)
         return counts
 
+    def statistics(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:func:`frame_statistics` of published frames (N, ...); a raw detector's in photons."""
+        return frame_statistics(frames if self.readout is None else self.readout.photons(frames))
+
     # ------------------------------------------------------------------ bluesky interface
     def trigger(self) -> DeviceStatus:
         """Acquire one frame at the stage's current position; finishes after the exposure time."""
@@ -224,7 +229,7 @@ class NanobeamDetector(WriterStaging, SimDevice):
         exposure = self.exposure_time.get()
         x, y = self.beam_positions(*self.sample_stage.position)
         frame = self.render(self.sample.parameters(x, y), exposure)
-        total, cx, cy = frame_statistics(frame)
+        total, cx, cy = self.statistics(frame)
         now = self.clock.now()
         self.image.put(frame[0], internal=True, timestamp=now)
         for signal, value in ((self.total, total), (self.centroid_x, cx), (self.centroid_y, cy)):

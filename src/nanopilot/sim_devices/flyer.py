@@ -35,7 +35,7 @@ from ophyd import Component as Cpt
 from ophyd import DeviceStatus
 from ophyd.utils import LimitError
 
-from .detector import NanobeamDetector, frame_statistics
+from .detector import NanobeamDetector
 from .hdf5 import HDF5FrameWriter, WriterStaging
 from .signals import SimDevice, SimSignal, positive
 
@@ -165,7 +165,7 @@ class SimFlyer(WriterStaging, SimDevice):
         for start in range(0, len(x), page):
             stop = min(start + page, len(x))
             frames = detector.render(truth[start * samples:stop * samples], exposure)
-            total, cx, cy = frame_statistics(frames)
+            total, cx, cy = detector.statistics(frames)
             data = {detector.total.name: total.tolist(), detector.centroid_x.name: cx.tolist(),
                     detector.centroid_y.name: cy.tolist(), stage.x.readback.name: x[start:stop].tolist(),
                     stage.y.readback.name: y[start:stop].tolist()}

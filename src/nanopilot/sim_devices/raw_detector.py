@@ -135,6 +135,10 @@ class RawReadout:
             return adu
         return np.rint(adu).astype(np.uint32)
 
+    def photons(self, adu: np.ndarray) -> np.ndarray:
+        """(N, R, C) float32 photons (ADU - dark_current) / gain of raw frames ``adu`` (0 below the dark level)."""
+        return np.maximum((adu.astype(np.float32) - np.float32(self.dark_current)) / np.float32(self.gain), 0)
+
 
 def _add_clipped(frame: np.ndarray, image: np.ndarray, row: int, col: int) -> None:
     """frame[row:, col:] += image, the parts of ``image`` outside ``frame`` dropped."""
