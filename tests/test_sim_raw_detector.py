@@ -2,13 +2,12 @@
 gain, hot and dead pixels, a shifted or drifting peak) that its frame preparation turns back into the model's
 frames; a grid scan measured through them maps the scene about as well as ideal 64 x 64 frames."""
 
-import bluesky.plan_stubs as bps
 import bluesky.plans as bp
-import bluesky.preprocessors as bpp
 import h5py
 import numpy as np
 import pytest
 from bluesky import RunEngine
+from test_sim_devices import fly_docs
 
 from nanopilot.callbacks import NanobeamAnalysis
 from nanopilot.model import Predictor
@@ -60,18 +59,7 @@ def test_hdf5_mode_writes_the_raw_frames_of_inline_mode(tmp_path):
 
 def test_the_flyer_collects_raw_frames():
     bl = make_beamline(seed=6, **RAW)
-    bl.flyer.configure({"num_x": 10, "num_y": 2, "y_stop": 0.2, "page_size": 8})
-    docs = []
-
-    @bpp.stage_decorator([bl.flyer])
-    @bpp.run_decorator()
-    def fly():
-        yield from bps.declare_stream(bl.flyer, name="fly", collect=True)
-        yield from bps.kickoff(bl.flyer, wait=True)
-        yield from bps.complete(bl.flyer, wait=True)
-        yield from bps.collect(bl.flyer, name="fly")
-
-    RunEngine({})(fly(), lambda name, doc: docs.append((name, doc)))
+    docs = fly_docs(bl, num_x=10, num_y=2, y_stop=0.2, page_size=8)
     (descriptor,) = [doc for name, doc in docs if name == "descriptor"]
     assert descriptor["data_keys"]["det_image"]["shape"] == [256, 256]
     frames = np.concatenate([doc["data"]["det_image"] for name, doc in docs if name == "event_page"])
