@@ -53,8 +53,9 @@ class NanobeamAnalysis(DocumentRouter):
     refine : passed to ``predictor.predict`` (physics refinement of the network's estimates).
     residual : also flag frames the physics model does not explain and estimate each frame's flat background
         (``predictor.predict(frames, residual=True)``, see :class:`nanopilot.model.Predictor`); None (default): on
-        when the predictor's ``predict`` takes ``residual`` (a nanopilot Predictor does). It costs 13-18% of the
-        default ensemble's CPU time (``benchmarks/callback_throughput.py`` measures it end to end).
+        when the predictor's ``predict`` takes ``residual`` (a nanopilot Predictor does). It costs about 35% of the
+        analysis' throughput with the default ensemble on 2 cores (``benchmarks/callback_throughput.py`` measures
+        it end to end, on against off).
     motors : position data keys, slowest first (default: the start document's ``motors``, else its
         dimension hints).
     frame_features : optional ``f(frames (N, H, W) float32) -> (N, k)`` compact descriptor of each frame

@@ -132,8 +132,10 @@ class Predictor:
         self.count_range = (stats["p001"] / COUNT_LEVEL_FACTOR,
                             math.inf if self.normalise_counts or self.any_flux else stats["p999"] * COUNT_LEVEL_FACTOR)
         self.residual_threshold = meta.get("residual_threshold")
-        levels = meta.get("residual_levels")
-        #: (log10 total counts (B,), thresholds (B,)) of the residual check per count level (None: one threshold).
+        levels = meta.get("residual_levels") or (None if self.residual_threshold is None else
+                                                 {"log10_total": [0.0], "threshold": [self.residual_threshold]})
+        #: (log10 total counts (B,), thresholds (B,)) of the residual check, interpolated at a frame's total counts
+        #: (one entry for a model with one ``residual_threshold``; None: no check).
         self.residual_levels = None if levels is None else (np.asarray(levels["log10_total"], dtype=np.float64),
                                                             np.asarray(levels["threshold"], dtype=np.float64))
         factors = meta.get("spread_factor") or {}
@@ -225,16 +227,17 @@ class Predictor:
             :mod:`nanopilot.model.residual`); frames at the edge are checked too.
         background : estimate each usable frame's flat background (``background``, ``background_std``, counts per
             pixel; see :func:`~nanopilot.model.residual.fit_background`); None (default): when ``residual`` is on
-            (the check fits it anyway). Background and check together: 0.10-0.15 ms of CPU time per frame, 13-18% of
-            the default ensemble's.
+            (the check fits it anyway). Background and check together: 0.10-0.15 ms of CPU time per frame, most of
+            it rendering each estimate's pattern on one thread: the default ensemble's throughput on 2 cores falls
+            by about 30% (``benchmarks/callback_throughput.py``: 35% end to end in the live analysis).
         mask : pixels to ignore in these (N, H, W) frames besides :attr:`mask`: (N, H, W) or (H, W), nonzero to
             ignore (e.g. :class:`~nanopilot.physics.PreparedFrames`' mask).
 
         Returns
         -------
         Estimates with strain, omega (deg), chi (deg), thickness (A; NaN for a 3-output model), their standard
-        deviations (ensemble spread times the sidecar's calibration factor, see
-        :mod:`nanopilot.model.calibration`; Fisher / posterior std where refined), the background (NaN when not
+        deviations (the ensemble spread calibrated per count level, or times the sidecar's calibration factor,
+        see :mod:`nanopilot.model.calibration`; Fisher / posterior std where refined), the background (NaN when not
         estimated) and status per frame: ok; a warning (values kept): ``edge`` (an estimate within
         ``edge_margin`` of a trained range end) or ``uncertain`` (std above :attr:`max_std`); or the first
         problem found (nonfinite, negative, empty, saturated, count_level, residual, not_converged: values NaN).
@@ -266,7 +269,7 @@ class Predictor:
             status[(status == OK) & (out_std > self.max_std).any(axis=1)] = UNCERTAIN
         fitted = None
         if background or (background is None and residual):
-            fitted = self._background(clean, params, status, flag=residual)
+            fitted = self._background(clean, totals, params, status, flag=residual)
         est = Estimates.from_params(params, status, std=out_std)
         if fitted is not None:
             est.background[fitted[0]], est.background_std[fitted[0]] = fitted[1], fitted[2]
@@ -288,19 +291,17 @@ class Predictor:
             mask = self.mask if mask is None else mask | self.mask
         return arr, mask, status
 
-    def _background(self, clean: np.ndarray, params: np.ndarray, status: np.ndarray, *, flag: bool = False):
-        """Fit the flat background of the usable frames (ok or a warning) of ``clean`` (N, H, W) counts besides the
-        patterns of their ``params`` (N, K); with ``flag`` set ``status`` (N,) to ``residual`` (in place) where the
-        residual statistic exceeds the model's threshold. Returns (frames still usable (n,), background (n,),
-        its std (n,)), counts per pixel."""
+    def _background(self, clean: np.ndarray, totals: np.ndarray, params: np.ndarray, status: np.ndarray, *,
+                    flag: bool = False):
+        """Fit the flat background of the usable frames (ok or a warning) of ``clean`` (N, H, W) counts (totals
+        (N,)) besides the patterns of their ``params`` (N, K); with ``flag`` set ``status`` (N,) to ``residual`` (in
+        place) where the residual statistic exceeds the model's threshold at the frame's total counts. Returns
+        (frames still usable (n,), background (n,), its std (n,)), counts per pixel."""
         check = np.flatnonzero(usable(status))
         level, level_std, stat = fit_background(clean[check], params[check], self.instrument, self.kernel)
         if flag and self.residual_levels is not None:
-            totals = clean[check].reshape(len(check), -1).sum(axis=1, dtype=np.float64)
-            limit = np.interp(np.log10(np.maximum(totals, 1.0)), *self.residual_levels)
+            limit = np.interp(np.log10(np.maximum(totals[check], 1.0)), *self.residual_levels)
             status[check[stat > limit]] = RESIDUAL
-        elif flag and self.residual_threshold is not None:
-            status[check[stat > self.residual_threshold]] = RESIDUAL
         kept = usable(status[check])
         return check[kept], level[kept], level_std[kept]
 

@@ -20,8 +20,8 @@ from .sample import TRUTH_DTYPE, SimSample
 from .scenes import SCENES, CoolingScene, DomainsScene, GrowthScene, PublishedScene, SampleState, Scene, make_scene
 
 __all__ = [
-    "DETECTOR_PRESETS", "HOT_PIXEL_RATE", "SCENES", "TRUTH_DTYPE", "Beamline", "CoolingScene", "DomainsScene", "GrowthScene",
-    "NanobeamDetector", "PublishedScene", "RawDetectorPreset", "RawReadout", "SampleState", "Scene", "SimAxis", "SimClock", "SimDepositionSource",
-    "SimFlyer", "SimSample", "SimStage", "SimTemperatureController", "frame_statistics", "make_beamline",
-    "make_scene",
+    "DETECTOR_PRESETS", "HOT_PIXEL_RATE", "SCENES", "TRUTH_DTYPE", "Beamline", "CoolingScene", "DomainsScene",
+    "GrowthScene", "NanobeamDetector", "PublishedScene", "RawDetectorPreset", "RawReadout", "SampleState", "Scene",
+    "SimAxis", "SimClock", "SimDepositionSource", "SimFlyer", "SimSample", "SimStage", "SimTemperatureController",
+    "frame_statistics", "make_beamline", "make_scene",
 ]
