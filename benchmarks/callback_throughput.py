@@ -5,6 +5,9 @@ ensemble (with uncertainty), next to the bare Predictor on the same frames in th
 >= 5,000 frames/s single, >= 1,500 ensemble, ratio >= 0.8), then the back-pressure behaviour when the stream
 outruns the analysis: peak queue and skipped frames for both policies. The analysis runs as it does by default,
 with the residual check and background estimate; their cost is measured apart (on against off, same run).
+Then the frame preparation's cost (issue 17, target <= 15%): the same patterns read out by a simulated 256 x 256
+raw detector (dark level, gain, flat field, masked hot and dead pixels), prepared by the analysis (fixed 128 x 128
+ROI binned 2 x 2), next to the 64 x 64 path in the same run, and the preparation alone.
 
     python benchmarks/callback_throughput.py [--frames 8192] [--page 512] [--threads 2] [--repeats 3]
 """
@@ -22,15 +25,17 @@ from nanopilot.callbacks import NanobeamAnalysis
 from nanopilot.model import Predictor, load_model, shipped_model_path
 from nanopilot.model.data import DEFAULT_RANGES, sample_params
 from nanopilot.physics import poisson, simulate
+from nanopilot.sim_devices.raw_detector import RawReadout
 
 
 def make_documents(frames: np.ndarray, page: int) -> list[tuple[str, dict]]:
-    """A raw run: start, descriptor (image + stage positions), event pages of ``page`` frames, stop."""
+    """A raw run of ``frames`` (N, H, W): start, descriptor (image + stage positions), event pages of ``page``
+    frames, stop."""
     n = len(frames)
     side = int(np.sqrt(n))
     bundle = compose_run(metadata={"motors": ["stage_y", "stage_x"], "shape": [n // side, side],
                                    "extents": [[-1, 1], [-1, 1]], "snaking": [False, False]})
-    keys = {"det_image": {"source": "bench", "dtype": "array", "shape": [64, 64]},
+    keys = {"det_image": {"source": "bench", "dtype": "array", "shape": list(frames.shape[1:])},
             "stage_x": {"source": "bench", "dtype": "number", "shape": [], "units": "um"},
             "stage_y": {"source": "bench", "dtype": "number", "shape": [], "units": "um"}}
     desc = bundle.compose_descriptor(name="primary", data_keys=keys)
@@ -119,6 +124,7 @@ def main() -> None:
     on, off = max(checked["on (default)"]), max(checked["off"])
     print(f"ensemble, threaded: residual check and background estimate on (the default) {on:8,.0f} frames/s, off "
           f"{off:8,.0f}: the check costs {100 * (1 - on / off):.0f}% of the throughput")
+    preparation_cost(ensemble, params, docs, args)
     print("back-pressure, stream fed as fast as documents can be made, queue bound 2,048 frames:")
     for policy in ("block", "decimate"):
         rate, analysis, peak = run_analysis(ensemble, docs, args.frames, batch_size=args.page,
@@ -126,6 +132,43 @@ def main() -> None:
         run = analysis.maps.current
         print(f"  {policy:8s}: {rate:8,.0f} frames/s end to end, peak queue {peak:,} frames, analysed {len(run):,}, "
               f"skipped {run.skipped:,} (reported in the analysis stop document)")
+
+
+def raw_frames(params: np.ndarray, seed: int = 2) -> tuple[np.ndarray, RawReadout]:
+    """(N, 256, 256) uint32 ADU frames of ``params`` on the "medipix-256" preset (dark 100 ADU, gain 2 ADU/photon,
+    20 hot and 50 dead pixels, masked), with the readout that made them."""
+    readout = RawReadout("medipix-256", dark_current=100.0, gain=2.0, hot_pixels=20, dead_pixels=50, seed=seed)
+    expected = readout.expected_photons(simulate(params, counts="published"), background=0.0, hot=40.0)
+    return readout.readout(np.random.default_rng(seed).poisson(expected).astype(np.uint32)), readout
+
+
+def preparation_cost(ensemble: Predictor, params: np.ndarray, docs, args) -> None:
+    """Print the analysis' throughput on raw 256 x 256 frames prepared on the way against the 64 x 64 documents
+    ``docs`` of the same patterns, and the preparation alone (frames/s and ms/frame)."""
+    raw, readout = raw_frames(params)
+    flat = np.random.default_rng(3).uniform(0.98, 1.02, readout.shape)
+    prepared = Predictor.load(threads=args.threads, preparation=readout.preparation(flat=flat))
+    preparation = prepared.preparation
+    raw_docs = make_documents(raw, args.page)
+    prepared.predict(raw[:512])  # warm-up
+
+    def alone():
+        t0 = time.perf_counter()
+        for first in range(0, len(raw), args.page):
+            preparation.prepare(raw[first:first + args.page])
+        return args.frames / (time.perf_counter() - t0)
+
+    rates = {"64 x 64": [], "raw": [], "alone": []}
+    for _ in range(args.repeats):
+        rates["64 x 64"].append(settled(lambda: run_analysis(ensemble, docs, args.frames, batch_size=args.page)[0]))
+        rates["raw"].append(settled(lambda: run_analysis(prepared, raw_docs, args.frames, batch_size=args.page)[0]))
+        rates["alone"].append(settled(alone))
+    small, big, prep = (max(rates[k]) for k in ("64 x 64", "raw", "alone"))
+    print(f"raw 256 x 256 uint32 frames ({raw.nbytes / len(raw) / 1024:.0f} KiB each), ensemble, threaded: 64 x 64 "
+          f"{small:8,.0f} frames/s ({1e3 / small:.3f} ms/frame), raw with preparation {big:8,.0f} "
+          f"({1e3 / big:.3f} ms/frame): the preparation adds {100 * (small / big - 1):.0f}% per frame; preparation "
+          f"alone {prep:8,.0f} frames/s ({1e3 / prep:.3f} ms/frame, {100 * small / prep:.0f}% of the 64 x 64 "
+          f"analysis' per-frame cost)")
 
 
 if __name__ == "__main__":

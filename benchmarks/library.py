@@ -21,7 +21,8 @@ from nanopilot.physics import Grid, Instrument, Library, brightest_grid_peak
 
 
 def published_formula(strain, omega_deg, chi_deg, inst: Instrument) -> np.ndarray:
-    """One pattern the straightforward way: the full (y, x, v, u) broadcast over the pupil grid, row block by row block."""
+    """One pattern the straightforward way: the full (y, x, v, u) broadcast over the pupil grid, row block by row
+    block."""
     k, theta, g, s = inst.k, inst.bragg_angle, inst.g, inst.pupil_pitch
     rows, cols = inst.roi_shape
     x = np.arange(cols) - (cols - 1) / 2
@@ -36,7 +37,8 @@ def published_formula(strain, omega_deg, chi_deg, inst: Instrument) -> np.ndarra
         v = v_block[None, None, :, None]
         uu = u[None, None, None, :]
         donut = (s * np.hypot(uu, v) > inst.theta_in) & (s * np.hypot(uu, v) < inst.theta_out)
-        laue = t * np.sinc(t * (qz[None, :, None, None] - g / (1 + strain) - uu * s * k * np.cos(theta)) / 2 / np.pi) ** 2
+        laue_arg = t * (qz[None, :, None, None] - g / (1 + strain) - uu * s * k * np.cos(theta)) / 2
+        laue = t * np.sinc(laue_arg / np.pi) ** 2
         box_x = np.abs(qx[None, :, None, None] + g * omega + uu * s * k * np.sin(theta)) < prec
         box_y = np.abs(qy[:, None, None, None] + g * chi - v * s * k) < prec
         image += (laue * box_x * box_y * donut).sum(axis=(2, 3))

@@ -184,6 +184,18 @@ def test_a_frames_own_invalid_pixels_are_masked_in_that_frame_only():
     assert prepared.mask[0, 5, 10] and prepared.mask.sum() == 1 and prepared.frames[0, 5, 10] == 0
 
 
+def test_unsigned_raw_frames_are_masked_only_at_the_saturation_level():
+    raw = np.rint(raw_frames(simulate(PARAMS[:2], counts=7.0))).astype(np.uint32)
+    oriented = FramePreparation(transpose=True, flip_cols=True).orient(raw)
+    oriented[1, CORNER[0] + 10:CORNER[0] + 12, CORNER[1] + 20:CORNER[1] + 22] = 2**32 - 1  # saturation markers
+    as_float = preparation().prepare(raw.astype(np.float64))  # preparation(): saturation 2**31 ADU
+    prepared = preparation().prepare(raw)
+    np.testing.assert_array_equal(prepared.mask[0], as_float.mask[0])
+    np.testing.assert_allclose(prepared.frames[0], as_float.frames[0], rtol=1e-6)
+    assert (prepared.mask[1] & ~prepared.mask[0]).sum() == 1 and prepared.mask[1, 5, 10]
+    assert not preparation(saturation=None).prepare(raw).mask[1, 5, 10]  # no level: a count like any other
+
+
 def test_per_frame_problems_are_statuses_never_errors():
     good = raw_frames(simulate(PARAMS[:1], counts=7.0))[0]
     prepared = preparation().prepare([good, np.zeros((64, 64)), "frame", np.full((256, 256), np.nan)])
@@ -275,6 +287,15 @@ def test_live_analysis_takes_raw_frames_and_records_the_preparation():
     assert start["frame_preparation_fingerprint"] == prep.fingerprint()
     est = Predictor.load().predict(images)
     np.testing.assert_allclose(run.scattered()["strain"], est.strain, atol=2e-6)
+
+
+def test_the_analysis_queue_of_raw_frames_is_bounded_in_bytes():
+    predictor = Predictor.load()
+    assert NanobeamAnalysis(predictor, threaded=False).max_queued_frames == 16384  # 64 x 64: 256 MiB
+    raw = NanobeamAnalysis(Predictor.load(preparation=preparation()), threaded=False)
+    assert raw.max_queued_frames == 4096  # 256 x 256 raw frames: 1 GiB
+    small = NanobeamAnalysis(predictor, threaded=False, max_queued_bytes=1 << 20, batch_size=32)
+    assert small.max_queued_frames == 64
 
 
 def test_a_frame_of_the_wrong_raw_shape_in_a_live_stream_is_flagged_and_counted():

@@ -48,7 +48,10 @@ class NanobeamAnalysis(DocumentRouter):
     image_key : data key of the frames; None finds the (H, W) array key of the model's instrument.
     maps : the LiveMaps to fill (a new one by default; see :attr:`maps`).
     batch_size : frames per Predictor call (flushed earlier after ``max_latency`` s and at stop).
-    max_queued_frames : bound of the queue between the RunEngine and the worker (memory bound).
+    max_queued_frames : bound of the queue between the RunEngine and the worker (frames).
+    max_queued_bytes : memory bound of that queue (bytes, counting 4 bytes per pixel of the frames this analysis
+        takes): it lowers the frame bound for large raw frames (default 1 GiB: 4,096 raw 256 x 256 frames; the 64 x
+        64 frames' bound stays at ``max_queued_frames``), never below ``batch_size``.
     when_behind : back-pressure policy, one of :data:`POLICIES`.
     refine : passed to ``predictor.predict`` (physics refinement of the network's estimates).
     residual : also flag frames the physics model does not explain and estimate each frame's flat background
@@ -73,6 +76,7 @@ class NanobeamAnalysis(DocumentRouter):
 
     def __init__(self, predictor=None, image_key: str | None = None, *, maps: LiveMaps | None = None,
                  batch_size: int = 512, max_latency: float = 0.5, max_queued_frames: int = 16384,
+                 max_queued_bytes: int = 1 << 30,
                  when_behind: str = "block", refine: bool = False, residual: bool | None = None,
                  motors: list[str] | None = None, frame_features=None, threaded: bool = True, raw_storage=None):
         super().__init__()
@@ -94,6 +98,8 @@ class NanobeamAnalysis(DocumentRouter):
         self._takes = ("the model takes" if preparation is None else
                        f"the frame preparation {preparation.fingerprint()} takes raw frames of")
         self.fingerprint = predictor.instrument.fingerprint()
+        frame_bytes = 4 * self.frame_shape[0] * self.frame_shape[1]
+        max_queued_frames = min(max_queued_frames, max(batch_size, max_queued_bytes // frame_bytes))
         self.image_key = image_key
         self.motors = list(motors) if motors else None
         self.raw_storage = raw_storage

@@ -291,17 +291,31 @@ class FramePreparation:
         """(photons, bad) over the region: float32 photons (n, rows, cols), 0 where bad, and the masked pixels,
         (n, rows, cols), or the configured (rows, cols) when no frame has invalid values of its own."""
         row, col, rows, cols = self._region
-        photons = self.orient(arr)[:, row:row + rows, col:col + cols].astype(np.float32)
-        with np.errstate(invalid="ignore"):  # NaN compares False with everything: not >= 0
-            own = ~(photons >= 0) | (photons >= (self.saturation or np.inf))
+        raw = self.orient(arr)[:, row:row + rows, col:col + cols]
+        photons = raw.astype(np.float32)
+        own = self._invalid(raw if raw.dtype.kind in "iu" else photons)
         if self._dark is not None:
             photons -= self._dark
         photons *= self._scale  # 0 at the configured mask's pixels
         np.maximum(photons, 0, out=photons)
-        if not own.any():
+        if own is None or not own.any():
             return photons, self._bad
         photons[own] = 0
         return photons, own | self._bad
+
+    def _invalid(self, values: np.ndarray) -> np.ndarray | None:
+        """Each frame's own invalid pixels of ``values`` (n, rows, cols): NaN or inf, negative, at or above
+        ``saturation``; None when the dtype cannot hold any (unsigned integers and no saturation: the common raw
+        frame, spared two passes over it)."""
+        if values.dtype.kind == "u":
+            return None if self.saturation is None else values >= self.saturation
+        with np.errstate(invalid="ignore"):  # NaN compares False with everything: not >= 0
+            invalid = ~(values >= 0)
+            if self.saturation is not None:
+                invalid |= values >= self.saturation
+            elif values.dtype.kind == "f":
+                invalid |= np.isinf(values)
+        return invalid
 
     def _peak_corners(self, photons: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(corners (n, 2) in the oriented frame, found (n,)): the ROI centred on each window's peak centroid (at
