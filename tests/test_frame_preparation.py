@@ -135,7 +135,7 @@ def test_an_roi_that_leaves_the_detector_is_refused():
         FramePreparation(roi_centre=(250, 128))
     with pytest.raises(ValueError, match="FramePreparation.search_window"):
         FramePreparation(follow_peak=True, roi_corner=(0, 0), search_window=(200, 200))
-    with pytest.raises(ValueError, match="FramePreparation.search_window is used only by a peak-following ROI"):
+    with pytest.raises(ValueError, match="FramePreparation.search_window is used only by a moving ROI"):
         FramePreparation(search_window=(200, 200))
 
 
@@ -390,3 +390,31 @@ def test_check_names_every_field_to_change_at_once():
     with pytest.raises(ValueError, match=r"set FramePreparation.binning to 2 and set FramePreparation.roi_shape to "
                                          r"\[128, 128\]"):
         FramePreparation(binning=1, roi_shape=(64, 64)).check(Instrument())
+
+
+def test_a_drift_following_roi_moves_by_the_shift_and_flags_a_drift_out_of_its_window():
+    images = simulate(PARAMS[:1], counts=70.0)
+    moved = raw_frames(images, corner=(CORNER[0] + 5, CORNER[1] - 3))  # the peak drifted 5 down, 3 left
+    prep = preparation(follow_drift=True, search_window=(148, 148))
+    still, followed = prep.prepare(moved), prep.prepare(moved, shift=(5.2, -2.8))
+    np.testing.assert_array_equal(followed.roi_corner, [[CORNER[0] + 5, CORNER[1] - 3]])
+    keep = np.setdiff1d(np.arange(64), [(GAP - CORNER[1] + 3) // 2, (GAP - CORNER[1]) // 2])  # the gap stays put
+    np.testing.assert_allclose(followed.frames[..., keep], preparation().prepare(raw_frames(images)).frames[..., keep],
+                               rtol=1e-4, atol=1e-4)
+    assert not np.allclose(still.frames, followed.frames)
+    outside = prep.prepare(np.concatenate([moved, moved]), shift=[(5, -3), (11, 0)])  # 10 pixels each way at most
+    assert list(outside.status) == ["ok", "drift_outside"] and (outside.roi_corner[1] == -1).all()
+    with pytest.raises(ValueError, match="follow_peak .* or follow_drift"):
+        preparation(follow_drift=True, follow_peak=True)
+
+
+def test_the_drift_between_reference_images_is_measured_to_a_fraction_of_a_pixel():
+    images = simulate(PARAMS[1:2].repeat(4, axis=0), counts=7.0)
+    prep = preparation(follow_drift=True)
+    rng = np.random.default_rng(3)
+    reference, used = prep.drift_image(raw_frames(images, noise=rng))
+    assert used == 4
+    for shift in [(3, -2), (-6, 4)]:
+        corner = (CORNER[0] + shift[0], CORNER[1] + shift[1])
+        image, _ = prep.drift_image(raw_frames(images, noise=rng, corner=corner))
+        np.testing.assert_allclose(prep.drift(image, reference), shift, atol=0.35)

@@ -1,6 +1,7 @@
 """Bluesky callbacks: detector frames in -> predictions, live maps and derived documents out."""
 
 from .analysis import POLICIES, NanobeamAnalysis
+from .derived import DRIFT_STREAM
 from .live_maps import LiveMaps, RunMap, publish_maps, published_maps
 
-__all__ = ["POLICIES", "LiveMaps", "NanobeamAnalysis", "RunMap", "publish_maps", "published_maps"]
+__all__ = ["DRIFT_STREAM", "POLICIES", "LiveMaps", "NanobeamAnalysis", "RunMap", "publish_maps", "published_maps"]

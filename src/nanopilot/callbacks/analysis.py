@@ -22,7 +22,7 @@ import numpy as np
 from event_model import DocumentRouter, pack_event_page
 
 from ..estimates import MISSING, WRONG_INSTRUMENT
-from .derived import DerivedRun
+from .derived import DRIFT_STREAM, DerivedRun
 from .frame_sources import find_image_key, frame_shape_of
 from .intake import (DUPLICATE, MALFORMED, UNKNOWN_DESCRIPTOR, UNKNOWN_RUN, RawRun, SeqNumSet, declared_fingerprint,
                      frames_in, page_problem, positions_of, stream_datum_frames)
@@ -165,6 +165,7 @@ class NanobeamAnalysis(DocumentRouter):
                              f"preparation for this detector")
         first = not run.descriptors
         run.descriptors[doc["uid"]] = {"key": key, "external": keys[key].get("external"),
+                                       "reference": doc.get("name") == DRIFT_STREAM,
                                        "units": {m: keys.get(m, {}).get("units", "") for m in run.motors},
                                        "status": self._instrument_status(run, doc, key)}
         run.seen_events[doc["uid"]], run.seen_frames[doc["uid"]] = SeqNumSet(), SeqNumSet()
@@ -288,7 +289,7 @@ class NanobeamAnalysis(DocumentRouter):
             return
         values = page["data"].get(desc["key"])
         if values is None:  # a page without the image key (a replay can deliver one): its points are flagged
-            self._submit(run, seq_nums, positions, (None, n, MISSING))
+            self._submit(run, desc, seq_nums, positions, (None, n, MISSING))
         elif desc["external"]:
             try:
                 frames = [run.external.read_datum(run.datums.pop(datum_id)) for datum_id in values]
@@ -296,9 +297,9 @@ class NanobeamAnalysis(DocumentRouter):
                 logger.error("could not read the frames of an event page of run %s: %r", run.uid[:8], err)
                 self.maps.count(run.uid, received=n, errors=n)
                 return
-            self._submit(run, seq_nums, positions, (frames, n, desc["status"]))
+            self._submit(run, desc, seq_nums, positions, (frames, n, desc["status"]))
         else:
-            self._submit(run, seq_nums, positions, (values, n, desc["status"]))
+            self._submit(run, desc, seq_nums, positions, (values, n, desc["status"]))
 
     def _join(self, run: RawRun, descriptor: str, seq: int, *, frame=None, position=None) -> None:
         key = (descriptor, seq)
@@ -312,9 +313,12 @@ class NanobeamAnalysis(DocumentRouter):
         if key in run.frames_by_seq and key in run.positions_by_seq:
             pos = np.asarray([run.positions_by_seq.pop(key)], dtype=float)
             block = ([run.frames_by_seq.pop(key)], 1, run.descriptors[descriptor]["status"])
-            self._submit(run, np.asarray([seq]), pos, block)
+            self._submit(run, run.descriptors[descriptor], np.asarray([seq]), pos, block)
 
-    def _submit(self, run: RawRun, seq_nums, positions, block) -> None:
+    def _submit(self, run: RawRun, desc: dict, seq_nums, positions, block) -> None:
+        if desc["reference"]:  # drift reference frames: no scan points
+            self._worker.put(("reference", run, block), 0)
+            return
         n = len(seq_nums)
         self.maps.count(run.uid, received=n)
         self._worker.put(("frames", run, seq_nums, positions, block), n)

@@ -2,9 +2,10 @@
 
 start (names the raw run, the model and the instrument) -> descriptor "primary" (units) -> event pages
 (strain, omega, chi[, thickness], their std, background, status, raw seq_num, positions[, the ROI's position on the
-detector when a frame preparation follows the peak]) -> one "summary" event
+detector when a frame preparation follows the peak or the drift]) -> one "summary" event
 (frames received = ok + warned (values kept, by reason) + flagged (values NaN, by reason) + skipped + errors +
-rejected (by reason)) -> stop.
+rejected (by reason)[, the drift references measured and the last drift]) -> stop.
+Frames of the raw run's :data:`DRIFT_STREAM` are no scan points: they measure the peak's drift.
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ logger = logging.getLogger(__name__)
 ANALYSIS_NAME = "nanopilot.NanobeamAnalysis"
 #: Event keys of the ROI's first pixel (row, col) on the oriented detector, when the preparation follows the peak.
 ROI_KEYS = ("roi_row", "roi_col")
+#: The raw run's stream of reference frames, all at one sample position, that measure the peak's drift.
+DRIFT_STREAM = "drift_reference"
+#: Visits to the reference position over which the drift is taken as a straight line in time.
+DRIFT_VISITS = 4
 
 
 def predictor_metadata(predictor) -> dict:
@@ -58,6 +63,13 @@ class DerivedRun:
         self.frame_shape = tuple(predictor.instrument.roi_shape if self.preparation is None else
                                  self.preparation.detector_shape)
         self.status_counts: Counter = Counter()
+        #: The peak's drift (rows, cols; detector pixels) measured on the run's reference frames (follow_drift).
+        self.drift = np.zeros(2)
+        self._visits: list[tuple[int, np.ndarray]] = []  # (scan points analysed before it, drift) of the last few
+        self._points = 0  # scan points analysed
+        self.drift_references = 0  # visits to the reference position measured
+        self._drift_image = None  # the first visit's photons (the drift's origin)
+        self._visit_image = None  # the photons of the visit under way
         self._bundle = None
         self._descriptor = None
 
@@ -73,16 +85,22 @@ class DerivedRun:
         (row, col) on the detector per frame (N, 2) (None without a preparation).
         """
         kwargs, roi = {"residual": True} if residual else {}, None
+        self._settle_drift()
+        n = sum(block[1] for block in blocks)
+        drift = self._drift_at(self._points + np.arange(n))
         if self.preparation is None:
             batch, status = frame_batch(blocks, self.frame_shape)
         else:
-            prepared = prepared_batch(blocks, self.preparation)
+            prepared = prepared_batch(blocks, self.preparation, drift)
             batch, status, roi, kwargs["mask"] = prepared.frames, prepared.status, prepared.roi_corner, prepared.mask
+        self._points += n
         usable = status == OK
         if not usable.any():  # e.g. a run of another instrument: nothing for the network
             estimates = Estimates.empty(len(batch))
         else:
             estimates = self.predictor.predict(batch, refine=refine, **kwargs)
+            if self._follows_drift:
+                self._untilt(estimates, drift)
         if not usable.all():
             bad = ~usable
             estimates.status[bad] = status[bad]
@@ -90,6 +108,49 @@ class DerivedRun:
                          "thickness_std", "score", "background", "background_std"):
                 getattr(estimates, name)[bad] = np.nan
         return estimates, batch, roi
+
+    def reference(self, block) -> None:
+        """Add reference frames ``(frames, n, status)`` of the :data:`DRIFT_STREAM` (taken at one sample position)
+        to the visit under way; the next scan points (:meth:`analyse`) settle it: the drift is the shift of the
+        visit's summed photons from the run's first visit's. Ignored unless the preparation follows the drift."""
+        if self.preparation is None or not self.preparation.follow_drift:
+            return
+        image, used = (None, 0) if block[2] is not None else \
+            self.preparation.drift_image(frame_batch([block], self.frame_shape)[0])
+        if not used:
+            logger.warning("run %s: drift reference frames that are not raw frames were left out",
+                           self.raw_start["uid"][:8])
+            return
+        self._visit_image = image if self._visit_image is None else self._visit_image + image
+
+    def _settle_drift(self) -> None:
+        if self._visit_image is None:
+            return
+        if self._drift_image is None:
+            self._drift_image = self._visit_image
+        self.drift = self.preparation.drift(self._visit_image, self._drift_image)
+        self._visit_image = None
+        self.drift_references += 1
+        self._visits = [*self._visits[-(DRIFT_VISITS - 1):], (self._points, self.drift)]
+
+    def _untilt(self, estimates: Estimates, drift: np.ndarray) -> None:
+        """Take out of omega and chi the tilts that the drift left within the ROI (its part below a whole detector
+        pixel, which the ROI's move could not follow), at the instrument's tilt per pixel."""
+        chi_step, omega_step = self.predictor.instrument.tilt_per_pixel
+        rest = (drift - np.rint(drift)) / self.preparation.binning  # (n, 2) model pixels (rows, cols)
+        estimates.chi -= chi_step * rest[:, 0]
+        estimates.omega -= omega_step * rest[:, 1]
+
+    def _drift_at(self, points: np.ndarray) -> np.ndarray:
+        """(n, 2) drift expected at scan points ``points`` (n,): the straight line through the last
+        :data:`DRIFT_VISITS` visits' drifts against the scan points before each (least squares: a slow drift, each
+        visit's noise averaged), carried on from the last visit for at most as many points as lay between two."""
+        where = np.array([p for p, _ in self._visits], dtype=float)
+        if len(self._visits) < 2 or np.ptp(where) == 0:
+            return np.broadcast_to(self.drift, (len(points), 2))
+        slope, offset = np.polyfit(where, np.array([d for _, d in self._visits]), 1)
+        ahead = np.minimum(points, where[-1] + np.ptp(where) / (len(where) - 1))
+        return offset + slope * ahead[:, None]
 
     # ------------------------------------------------------------------ documents
     def open(self, emit) -> None:
@@ -125,7 +186,7 @@ class DerivedRun:
             keys[name] = {"dtype": "number", "shape": [], "source": ANALYSIS_NAME, "units": BACKGROUND_UNITS}
         keys["status"] = {"dtype": "string", "shape": [], "source": ANALYSIS_NAME}
         keys["raw_seq_num"] = {"dtype": "integer", "shape": [], "source": ANALYSIS_NAME}
-        if self._follows_peak:
+        if self._reports_roi:
             for name in ROI_KEYS:
                 keys[name] = {"dtype": "integer", "shape": [], "source": ANALYSIS_NAME, "units": "pixel"}
         for motor, units in self.motor_units.items():
@@ -133,8 +194,12 @@ class DerivedRun:
         return keys
 
     @property
-    def _follows_peak(self) -> bool:
-        return self.preparation is not None and self.preparation.follow_peak
+    def _reports_roi(self) -> bool:
+        return self.preparation is not None and (self.preparation.follow_peak or self.preparation.follow_drift)
+
+    @property
+    def _follows_drift(self) -> bool:
+        return self.preparation is not None and self.preparation.follow_drift
 
     def emit_points(self, emit, seq_nums, positions, est: Estimates, roi_corner=None) -> None:
         """One event page of the points ``seq_nums`` (n,) at ``positions`` (n, motors) with estimates ``est``
@@ -151,7 +216,7 @@ class DerivedRun:
                      for name in ("background", "background_std")})
         data["status"] = [str(s) for s in est.status]
         data["raw_seq_num"] = [int(s) for s in seq_nums]
-        if self._follows_peak:
+        if self._reports_roi:
             corners = np.full((n, 2), -1) if roi_corner is None else np.asarray(roi_corner)
             data.update({name: corners[:, i].astype(int).tolist() for i, name in enumerate(ROI_KEYS)})
         for i, motor in enumerate(self.motor_units):
@@ -182,6 +247,14 @@ class DerivedRun:
                    "rejected_by_reason": json.dumps(rejected)}
         if storage is not None:
             summary["raw_storage"] = storage
+        if self._follows_drift:
+            self._settle_drift()
+            summary["drift_references"] = self.drift_references
+            summary["drift_pixels"] = json.dumps([round(float(d), 2) for d in self.drift])
+            if not self.drift_references:
+                logger.warning("run %s: the frame preparation follows the drift but the run has no %r frames: the "
+                               "ROI stayed put (take them with nanopilot.plans.with_drift_reference)",
+                               self.raw_start["uid"][:8], DRIFT_STREAM)
         keys = {k: {"dtype": "string" if isinstance(v, str) else "integer", "shape": [], "source": ANALYSIS_NAME}
                 for k, v in summary.items()}
         desc = self._bundle.compose_descriptor(name="summary", data_keys=keys)

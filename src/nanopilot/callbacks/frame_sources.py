@@ -66,18 +66,21 @@ def frame_batch(blocks, frame_shape: tuple[int, int]) -> tuple[np.ndarray, np.nd
     return batch, status
 
 
-def prepared_batch(blocks, preparation: FramePreparation) -> PreparedFrames:
+def prepared_batch(blocks, preparation: FramePreparation, shift=(0, 0)) -> PreparedFrames:
     """Raw detector frames given as blocks ``(frames, n, status)`` (see :func:`frame_batch`), prepared block by
     block (no float copy of the whole batch of raw frames is made): frames (N, h, w) float32 photons, their mask,
-    ROI positions and status (a block's own status, a frame that is not a raw frame, or the preparation's)."""
-    parts = []
+    ROI positions and status (a block's own status, a frame that is not a raw frame, or the preparation's).
+    ``shift``: the peak's drift (rows, cols, detector pixels) for a drift-following preparation, (2,) or per frame
+    (N, 2)."""
+    parts, shifts, first = [], np.broadcast_to(shift, (sum(block[1] for block in blocks), 2)), 0
     for frames, n, forced in blocks:
+        shift, first = shifts[first:first + n], first + n
         array = _as_frames(frames, preparation.detector_shape) if forced is None else None
         if array is not None:
-            parts.append(preparation.prepare(array))
+            parts.append(preparation.prepare(array, shift))
             continue
         raw, status = frame_batch([(frames, n, forced)], preparation.detector_shape)
-        prepared = preparation.prepare(raw)
+        prepared = preparation.prepare(raw, shift)
         bad = status != OK
         prepared.status[bad], prepared.frames[bad], prepared.mask[bad] = status[bad], 0.0, True
         prepared.roi_corner[bad] = -1

@@ -33,7 +33,8 @@ class AnalysisWorker:
     """Analysis of the frames handed over by :meth:`put`, in order, in one thread (``threaded``) or inline.
 
     Items: ``("start", run)``, ``("frames", run, seq_nums (n,), positions (n, m), block)`` with ``block`` the
-    ``(frames, n, status)`` of :func:`~nanopilot.callbacks.frame_sources.frame_batch`, ``("stop", run, doc)``.
+    ``(frames, n, status)`` of :func:`~nanopilot.callbacks.frame_sources.frame_batch`, ``("reference", run,
+    block)`` (drift reference frames), ``("stop", run, doc)``.
     """
 
     def __init__(self, maps: LiveMaps, *, batch_size: int, max_latency: float, refine: bool, residual: bool,
@@ -125,6 +126,9 @@ class AnalysisWorker:
                 item[1].derived.open(self.emit)
             elif kind == "frames":
                 self._add_pending(item[1:])
+            elif kind == "reference":  # the frames before it are analysed with the drift they were taken at
+                self._analyse_pending()
+                item[1].derived.reference(item[2])
             elif kind == "stop":
                 self._analyse_pending()
                 self._close_run(*item[1:])

@@ -1,11 +1,13 @@
 """The array steps of the frame preparation (:mod:`nanopilot.physics.detector`): binning with masked pixels, the
-peak's centroid, cutting regions of interest, and the record of prepared frames. Pure numpy."""
+peak's centroid, the shift between two images of one pattern, cutting regions of interest, and the record of
+prepared frames. Pure numpy (and scipy's box filter)."""
 
 from __future__ import annotations
 
 import dataclasses
 
 import numpy as np
+from scipy.ndimage import uniform_filter
 
 OK = "ok"
 WRONG_SHAPE = "wrong_shape"  # a raw frame of another shape than the detector's
@@ -43,6 +45,35 @@ def peak_centroids(photons: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         found &= total > 0
         centres.append((profile * np.arange(profile.shape[1])).sum(axis=1) / np.where(total > 0, total, 1))
     return np.stack(centres, axis=1), found
+
+
+def pattern_shift(image: np.ndarray, template: np.ndarray, smooth: int = 5, rounds: int = 3) -> np.ndarray:
+    """(rows, cols) float: how far ``image`` (H, W) is moved from ``template`` (H, W), two noisy images of one
+    pattern (pixels; ``image(r, c) ~ template(r - rows, c - cols)``). The peak of the circular cross-correlation of
+    the two images, box-smoothed over ``smooth`` pixels (Poisson noise) and less their means (a flat background),
+    refined by a parabola through its neighbours; then ``rounds - 1`` times again against the template moved by the
+    shift found so far (a Fourier shift), where the parabola's pull toward whole pixels vanishes. Shifts must stay
+    under half the image's size."""
+    a, b = (uniform_filter(np.asarray(x, np.float64), smooth) for x in (image, template))
+    spectrum = np.fft.rfft2(a - a.mean()) * np.conj(np.fft.rfft2(b - b.mean()))
+    ramp = np.fft.fftfreq(a.shape[0])[:, None], np.fft.rfftfreq(a.shape[1])[None, :]
+    shift = np.zeros(2)
+    for _ in range(rounds):
+        moved = spectrum * np.exp(2j * np.pi * (ramp[0] * shift[0] + ramp[1] * shift[1]))
+        shift += _parabola_peak(np.fft.irfft2(moved, s=a.shape))
+    return shift
+
+
+def _parabola_peak(cc: np.ndarray) -> np.ndarray:
+    """(rows, cols) of the maximum of a circular correlation ``cc``, sub-pixel by a parabola per axis."""
+    peak = np.unravel_index(np.argmax(cc), cc.shape)
+    where = np.zeros(2)
+    for axis, (k, n) in enumerate(zip(peak, cc.shape)):
+        step = np.eye(2, dtype=int)[axis]
+        before, here, after = (cc[tuple((np.asarray(peak) + d * step) % cc.shape)] for d in (-1, 0, 1))
+        curvature = before - 2 * here + after
+        where[axis] = (k + n // 2) % n - n // 2 + (0.5 * (before - after) / curvature if curvature < 0 else 0.0)
+    return where
 
 
 def block_sum(x: np.ndarray, b: int) -> np.ndarray:

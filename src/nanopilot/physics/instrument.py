@@ -141,6 +141,15 @@ class Instrument:
         """Inner half-angle (central stop shadow), d_CS / 2f (rad)."""
         return self.central_stop_diameter / (2 * self.focal_length)
 
+    @property
+    def tilt_per_pixel(self) -> tuple[float, float]:
+        """(chi, omega) in degrees that move the pattern by one pixel of the model along the rows (chi, detector y)
+        and along the columns (omega, detector x), near the ROI's centre: G chi against Qy = K p y / D, and G omega
+        against Qx ~ K sin(theta) p x / D (PHYSICS.md section 2). Negative: a larger tilt moves the pattern toward
+        lower pixel indices. Omega also moves intensity within the donut, so its figure holds for a shift only."""
+        step = self.k * self.pixel_size / (self.g * self.detector_distance)  # rad per pixel, before sin(theta)
+        return -math.degrees(step), -math.degrees(step * math.sin(self.bragg_angle))
+
     # ----------------------------------------------------------------- serialisation
     def to_dict(self) -> dict:
         """Plain-Python dict of the fields (JSON/YAML friendly)."""

@@ -5,9 +5,10 @@ A :class:`RawDetectorPreset` names a detector (shape, pixel, binning, ROI); :dat
 ones and :meth:`RawDetectorPreset.preparation` gives the matching :class:`~nanopilot.physics.FramePreparation`
 (``.save(path)`` writes it as a YAML preset). A :class:`RawReadout` turns expected model-pitch frames (N, h, w) into
 raw frames (N, R, C): each model pixel is spread evenly over b x b detector pixels (1/b^2 of its expected counts
-each) at the ROI's position plus the peak's offset and drift (whole detector pixels: ``rint``), the background
-(per model pixel, spread likewise over the whole detector) and hot pixels are added, Poisson photons are drawn, dead
-pixels read 0 and ADU = dark_current + gain * photons.
+each) at the ROI's position plus the peak's offset and drift (a sub-pixel position: linear interpolation between
+the four whole-pixel placements around it), the background (per model pixel, spread likewise over the whole
+detector) and hot pixels are added, Poisson photons are drawn, dead pixels read 0 and ADU = dark_current + gain *
+photons.
 """
 
 from __future__ import annotations
@@ -60,8 +61,7 @@ class RawReadout:
     ------------------
     preset : the detector; instrument : checked against it (its pixel and ROI shape must follow).
     peak_offset : (rows, cols) of the pattern's shift from the ROI's position (detector pixels).
-    peak_drift : (rows, cols) added to the shift per frame rendered (detector pixels / frame); shifts are rounded
-        to whole detector pixels.
+    peak_drift : (rows, cols) added to the shift per frame rendered (detector pixels / frame).
     dark_current : dark level of every pixel (ADU, no read noise); gain : ADU per photon.
     hot_pixels, dead_pixels : numbers of each, at distinct random detector pixels (``seed``).
     """
@@ -108,9 +108,9 @@ class RawReadout:
         return self.preset.preparation(**{**known, **fields})
 
     def peak_corners(self, n: int) -> np.ndarray:
-        """(n, 2) int: where the next ``n`` frames' patterns start (detector pixels, whole-pixel shifts)."""
+        """(n, 2) float: where the next ``n`` frames' patterns start (detector pixels, sub-pixel)."""
         steps = self.frames_rendered + np.arange(n)[:, None]
-        return self.corner + np.rint(self.peak_offset + self.peak_drift * steps).astype(np.int64)
+        return self.corner + self.peak_offset + self.peak_drift * steps
 
     def expected_photons(self, patterns: np.ndarray, background: float, hot: float) -> np.ndarray:
         """(N, R, C) float32 expected photons of model-pitch ``patterns`` (N, h, w) (expected counts), with
@@ -118,8 +118,12 @@ class RawReadout:
         b = self.preset.binning
         fine = np.repeat(np.repeat(np.asarray(patterns, np.float32), b, axis=1), b, axis=2) / np.float32(b * b)
         photons = np.full((len(patterns), *self.shape), np.float32(background / (b * b)), dtype=np.float32)
-        for frame, spread, (r, c) in zip(photons, fine, self.peak_corners(len(patterns))):
-            _add_clipped(frame, spread, r, c)
+        for frame, spread, corner in zip(photons, fine, self.peak_corners(len(patterns))):
+            (r, c), (fr, fc) = np.floor(corner).astype(int), corner - np.floor(corner)
+            for dr, dc, weight in ((0, 0, (1 - fr) * (1 - fc)), (0, 1, (1 - fr) * fc), (1, 0, fr * (1 - fc)),
+                                   (1, 1, fr * fc)):
+                if weight > 0:
+                    _add_clipped(frame, np.float32(weight) * spread, r + dr, c + dc)
         self.frames_rendered += len(patterns)
         flat = photons.reshape(len(photons), -1)
         flat[:, self.hot_index] += np.float32(hot)
