@@ -191,3 +191,16 @@ def _quiet_context(app):
             return Context.from_app(app)
     finally:
         server_logger.removeFilter(warnings_and_above)
+
+
+def v1_broker(catalog):
+    """databroker's v1 ``Broker`` over ``catalog`` (e.g. ``v1_broker(catalog)[uid].table()``), on a client of its own.
+
+    databroker's v1 and v2 views (``Broker(catalog)``, ``catalog.v1``, ``catalog.v2``) switch the structure clients
+    that every client of the process shares to the v2 API (databroker 2.0.2, bluesky-tiled-plugins 2.0.12, tiled
+    0.2.20: a shallow copy of a shared map is changed), after which ``run["primary"]["key"]`` fails everywhere,
+    nanopilot's replay included. The broker made here gets a copy of those structure clients instead.
+    """
+    from databroker.v1 import Broker
+
+    return Broker(catalog.new_variation(structure_clients=copy.deepcopy(catalog.structure_clients)))
