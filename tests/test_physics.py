@@ -1,5 +1,6 @@
 """The forward model against the published formula, a direct pupil sum, and the geometry."""
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from nanopilot.physics import (
     poisson,
     simulate,
 )
-from nanopilot.physics.forward import simulate_box
+from nanopilot.physics.forward import KNOWN_GRID_PEAKS, search_brightest_grid_peak, simulate_box
 
 REFERENCE = Path(__file__).parent / "data" / "published_formula_patterns.npz"
 INSTRUMENT = Instrument()
@@ -251,3 +252,26 @@ def test_poisson_is_seeded_and_unbiased():
     assert a.sum() == pytest.approx(rate.sum(), rel=0.02)
     with pytest.raises(ValueError, match="non-negative"):
         poisson(-rate)
+
+
+def test_the_known_brightest_grid_peak_is_the_searched_one():
+    instrument = Instrument()
+    assert search_brightest_grid_peak(instrument) == pytest.approx(KNOWN_GRID_PEAKS[instrument.fingerprint()],
+                                                                   rel=1e-12)
+
+
+def test_another_setup_is_searched_once(monkeypatch):
+    from nanopilot.physics import forward
+
+    searched = []
+    monkeypatch.setattr(forward, "search_brightest_grid_peak",
+                        lambda instrument, progress: searched.append((instrument, progress)) or 1000.0)
+    other = dataclasses.replace(Instrument(), thickness=123.456)
+    forward.brightest_grid_peak.cache_clear()
+    try:
+        assert intensity_scale(other, 10.0) == pytest.approx(0.01)
+        assert intensity_scale(other, 20.0) == pytest.approx(0.02)
+        assert brightest_grid_peak(Instrument()) == KNOWN_GRID_PEAKS[Instrument().fingerprint()]
+    finally:
+        forward.brightest_grid_peak.cache_clear()
+    assert searched == [(other, True)]  # once, with a progress bar; the published setup's is known

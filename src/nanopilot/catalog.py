@@ -150,7 +150,7 @@ def _embedded_client(directory: Path, writable: bool):
     from bluesky_tiled_plugins.exporters import json_seq_exporter
     from bluesky_tiled_plugins.routers.validator import router as validate_router
     from tiled.catalog import from_uri as catalog_from_uri
-    from tiled.client import Context, from_context
+    from tiled.client import from_context
     from tiled.config import Authentication
     from tiled.media_type_registration import default_serialization_registry
     from tiled.server.app import build_app
@@ -172,4 +172,35 @@ def _embedded_client(directory: Path, writable: bool):
     registry.register("BlueskyRun", "application/json-seq", json_seq_exporter)  # enables run.documents()
     app = build_app(catalog, authentication=Authentication(single_user_api_key=EMBEDDED_API_KEY),
                     serialization_registry=registry, include_routers=[validate_router])
-    return from_context(Context.from_app(app))
+    return from_context(_quiet_context(app))
+
+
+def _quiet_context(app):
+    """``Context.from_app(app)`` without the in-process server's start-up chatter on stderr: Starlette's warning
+    that its test client runs on httpx, and the app's INFO lines ("Tiled version ...")."""
+    from tiled.client import Context
+
+    def warnings_and_above(record: logging.LogRecord) -> bool:  # one filter per call: safe across threads
+        return record.levelno >= logging.WARNING
+
+    server_logger = logging.getLogger("tiled.server.app")  # has a handler of its own, at level INFO
+    server_logger.addFilter(warnings_and_above)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient` is deprecated")
+            return Context.from_app(app)
+    finally:
+        server_logger.removeFilter(warnings_and_above)
+
+
+def v1_broker(catalog):
+    """databroker's v1 ``Broker`` over ``catalog`` (e.g. ``v1_broker(catalog)[uid].table()``), on a client of its own.
+
+    databroker's v1 and v2 views (``Broker(catalog)``, ``catalog.v1``, ``catalog.v2``) switch the structure clients
+    that every client of the process shares to the v2 API (databroker 2.0.2, bluesky-tiled-plugins 2.0.12, tiled
+    0.2.20: a shallow copy of a shared map is changed), after which ``run["primary"]["key"]`` fails everywhere,
+    nanopilot's replay included. The broker made here gets a copy of those structure clients instead.
+    """
+    from databroker.v1 import Broker
+
+    return Broker(catalog.new_variation(structure_clients=copy.deepcopy(catalog.structure_clients)))

@@ -5,15 +5,19 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..estimates import OK, WARNINGS, Estimates
-from ..fitting import METHODS, correlation_fit, refine
-from ..physics import FramePreparation, Instrument, Library, poisson, simulate
 from .library import parse_counts
 
+if TYPE_CHECKING:  # the package's modules import torch: only when a command runs, so that --help stays fast
+    from ..estimates import Estimates
+    from ..physics import Instrument, Library
+
 _COLUMNS = ("strain", "omega", "chi", "thickness")
+#: ``nanopilot.fitting.METHODS``, spelled out so that building the parser imports no torch (a test keeps them equal).
+METHODS = ("correlation", "likelihood")
 
 
 def register(subparsers) -> None:
@@ -38,6 +42,9 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from ..fitting import correlation_fit, refine
+    from ..physics import Instrument, Library, poisson, simulate
+
     if args.out and Path(args.out).suffix not in (".npz", ".csv"):
         raise ValueError(f"--out must end in .npz or .csv, got {args.out}")
     instrument = Instrument.load(args.instrument) if args.instrument else None
@@ -80,6 +87,7 @@ def prepare_frames(raw: np.ndarray, path: str, instrument: Instrument) -> tuple[
     """(frames (N, H, W) photons, the preparation's status (N,)) of raw detector frames (N, R, C) prepared by the
     frame preparation in ``path``, its masked pixels filled from their good neighbours."""
     from ..model.bad_pixels import fill_pixels
+    from ..physics import FramePreparation
 
     preparation = FramePreparation.load(path)
     preparation.check(instrument)
@@ -89,6 +97,8 @@ def prepare_frames(raw: np.ndarray, path: str, instrument: Instrument) -> tuple[
 
 def flag(est: Estimates, status: np.ndarray | None) -> Estimates:
     """``est`` with the frames whose ``status`` (N,) is not ok flagged so (values NaN); None: ``est`` itself."""
+    from ..estimates import OK
+
     if status is None or (status == OK).all():
         return est
     bad = status != OK
@@ -114,6 +124,8 @@ def random_states(lib: Library, n: int, seed: int) -> np.ndarray:
 
 def print_table(stages, truth: np.ndarray | None, with_thickness: bool) -> None:
     """One row per stage: RMSE per parameter (when the truth is known), ms per pattern, flagged frames."""
+    from ..estimates import OK, WARNINGS
+
     names = _COLUMNS if with_thickness else _COLUMNS[:3]
     heads = {"strain": "strain RMSE", "omega": "omega RMSE (deg)", "chi": "chi RMSE (deg)",
              "thickness": "thickness RMSE (A)"}

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import time
 
-from ..physics import Grid, Instrument, Library
-
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("library", help="render a simulated pattern library to HDF5",
@@ -33,6 +31,8 @@ def parse_counts(text: str):
 
 
 def run(args) -> int:
+    from ..physics import Grid, Instrument, Library
+
     grid = Grid.parse(args.grid)
     instrument = Instrument.load(args.instrument) if args.instrument else Instrument()
     t0 = time.perf_counter()

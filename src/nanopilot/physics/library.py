@@ -100,8 +100,9 @@ class Grid:
 
 def iter_grid_patterns(grid: Grid, instrument: Instrument | None = None, *, kernel: str = "box",
                        dtype: torch.dtype = torch.float32, device=None, patterns_per_batch: int = 4096,
-                       progress: bool = False) -> Iterator[tuple[int, torch.Tensor]]:
-    """Render a grid in flat order, yielding ``(start index, images (n, H, W) tensor)`` blocks.
+                       progress: bool = False, desc: str = "library") -> Iterator[tuple[int, torch.Tensor]]:
+    """Render a grid in flat order, yielding ``(start index, images (n, H, W) tensor)`` blocks (``desc``: the
+    progress bar's label).
 
     Uses the grid's structure: B(chi) @ M is computed once for the chi axis and the Laue matrix once per
     (thickness, strain, omega) point, so each pattern costs one (H x U) @ (U x W) product.
@@ -115,7 +116,7 @@ def iter_grid_patterns(grid: Grid, instrument: Instrument | None = None, *, kern
     outer = grid.params(instrument)[:: grid.chi.n]  # one row per (thickness, strain, omega)
     outer_t = torch.as_tensor(outer, dtype=torch.float64, device=device)
     per_batch = max(1, patterns_per_batch // grid.chi.n)
-    bar = tqdm(total=grid.size, unit="pattern", desc="library", disable=not progress)
+    bar = tqdm(total=grid.size, unit="pattern", desc=desc, disable=not progress)
     for first in range(0, len(outer), per_batch):
         q = outer_t[first:first + per_batch]
         a = laue_matrix(q[:, 0], torch.deg2rad(q[:, 1]), q[:, 3], instrument, kernel).to(dtype)
