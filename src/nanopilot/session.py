@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .callbacks import LiveMaps, NanobeamAnalysis, publish_maps, published_maps
 from .callbacks.plot import LiveMapPlot
+from .callbacks.worker import at_interpreter_exit
 
 logger = logging.getLogger(__name__)
 _open_sessions: weakref.WeakSet = weakref.WeakSet()  # closed at interpreter exit (see _close_at_exit)
@@ -134,19 +135,14 @@ def _close_at_exit(session: Session) -> None:
     """Close ``session`` as the interpreter exits, if it is still open then (a queue-server environment that
     closes, a script that ends without ``close()``), so that its analysis and texture runs end with stop documents.
 
-    threading's exit hooks run before other threads' resources (e.g. an in-process Tiled app's portal) are torn
-    down, and before the analysis worker's own exit hook; atexit runs after.
+    Registered after the analysis worker's own exit hook, so it runs first (see
+    :func:`~nanopilot.callbacks.worker.at_interpreter_exit`).
     """
     global _exit_hook_registered
     _open_sessions.add(session)
     with _exit_hook:
         if not _exit_hook_registered:
-            register = getattr(threading, "_register_atexit", None)
-            if register is None:
-                import atexit
-
-                register = atexit.register
-            register(_close_open_sessions)
+            at_interpreter_exit(_close_open_sessions)
             _exit_hook_registered = True
 
 

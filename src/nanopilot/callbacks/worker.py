@@ -201,13 +201,19 @@ def _register_exit_hook() -> None:
     global _exit_hook_registered
     with _exit_hook:
         if not _exit_hook_registered:
-            register = getattr(threading, "_register_atexit", None)
-            if register is None:
-                import atexit
-
-                register = atexit.register
-            register(_close_running, 60.0)
+            at_interpreter_exit(_close_running, 60.0)
             _exit_hook_registered = True
+
+
+def at_interpreter_exit(fn, *args) -> None:
+    """Call ``fn(*args)`` as the interpreter exits, among threading's exit hooks (the last registered first): they
+    run before other threads' resources are torn down; atexit (the fallback) runs after."""
+    register = getattr(threading, "_register_atexit", None)
+    if register is None:
+        import atexit
+
+        register = atexit.register
+    register(fn, *args)
 
 
 def _close_running(timeout: float) -> None:
