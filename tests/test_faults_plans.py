@@ -149,6 +149,30 @@ def test_find_texture_temperature_bad_arguments_heat_nothing(kwargs, match):
     assert (bl.stage.x.position, bl.stage.y.position) == (0, 0)
 
 
+@pytest.mark.parametrize("plan, device, match", [
+    ("steered_map", "y", r"y: there is no device named 'stage_yy'"),
+    ("steered_map", "detectors", r"detectors\[0\]: there is no device named 'stage_yy'"),
+    ("grow_until", "deposition", r"deposition: there is no device named 'stage_yy'"),
+    ("find_texture_temperature", "temperature", r"temperature: there is no device named 'stage_yy'"),
+    ("find_texture_temperature", "x", r"must be a device with set\(\)"),
+])
+def test_a_device_name_that_was_not_resolved_is_refused_naming_the_argument(plan, device, match):
+    """The queue server passes a device name it does not know (e.g. misspelt) as the string itself."""
+    bl = make_beamline("growth", seed=1)
+    analysis = NanobeamAnalysis(CentroidPredictor())
+    RE = RunEngine({})
+    RE.subscribe(analysis)
+    args = {"steered_map": {"detectors": [bl.detector], "x": bl.stage.x, "y": bl.stage.y, "x_range": (-1, 1),
+                            "y_range": (-1, 1)},
+            "grow_until": {"detectors": [bl.detector], "deposition": bl.deposition, "x": bl.stage.x, "y": bl.stage.y,
+                           "target_thickness": 100.0},
+            "find_texture_temperature": {"detectors": [bl.detector], "temperature": bl.temperature, "x": bl.stage.x,
+                                         "y": bl.stage.y, "x_range": (-1, 1), "y_range": (-1, 1), "stop": 250.0}}[plan]
+    args[device] = ["stage_yy"] if device == "detectors" else bl.detector if device == "x" else "stage_yy"
+    plans = {"steered_map": steered_map, "grow_until": grow_until, "find_texture_temperature": find_texture_temperature}
+    run_refused(RE, plans[plan](maps=analysis.maps, **args), match)
+
+
 # --- find_texture_temperature(restore=True)
 
 

@@ -4,23 +4,37 @@
     >>> np_session = setup(RE, detector=det, x=stage.x, y=stage.y)      # a beamline profile, real devices
     >>> RE(steered_map([det], stage.x, stage.y, (-2, 2), (-2, 2)))       # plans find the published maps
     >>> np_session.close()                                               # unsubscribe, finish the analysis
+
+Each plan returns once the analysis of its run has ended (its analysis and texture runs stopped), so a queue
+server may close the environment right after it; ``examples/queueserver/startup.py`` is a startup file for
+``start-re-manager``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
+import threading
+import weakref
 from pathlib import Path
 
 from .callbacks import LiveMaps, NanobeamAnalysis, publish_maps, published_maps
 from .callbacks.plot import LiveMapPlot
+from .callbacks.worker import at_interpreter_exit
+
+logger = logging.getLogger(__name__)
+_open_sessions: weakref.WeakSet = weakref.WeakSet()  # closed at interpreter exit (see _close_at_exit)
+_exit_hook = threading.Lock()
+_exit_hook_registered = False
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class Session:
     """What :func:`setup` installed: the analysis, its LiveMaps, the texture callback, the plot, the catalogue,
     the RunEngine subscription tokens (``RE.unsubscribe(token)`` removes one), the devices it was given
     ({"detector", "x", "y"[, "temperature", "deposition"]: device}, for plans: ``s.devices["x"]``) and the
-    RunEngine. :meth:`close` (or leaving ``with setup(...) as s:``) tears it all down."""
+    RunEngine. :meth:`close` (or leaving ``with setup(...) as s:``) tears it all down; a session still open when
+    the interpreter exits (a queue-server environment closing) is closed then."""
 
     analysis: NanobeamAnalysis
     maps: LiveMaps
@@ -34,7 +48,12 @@ class Session:
     def close(self, timeout: float = 60.0) -> bool:
         """Unsubscribe from the RunEngine, finish the analysis of every frame it was handed (its documents
         reach the catalogue) and stop its worker, and withdraw the published maps. Call it between runs.
-        Idempotent; False if the analysis did not finish within ``timeout`` (s)."""
+
+        Every analysis run (and its texture run) then has its stop document: one whose raw run is still open ends
+        with exit_status "abort", one the analysis could not finish within ``timeout`` (s) with "fail", each with
+        the reason (see :meth:`NanobeamAnalysis.close`). Idempotent; False if the analysis did not finish in time.
+        """
+        _open_sessions.discard(self)
         if self.RE is not None:
             for token in self.tokens:
                 self.RE.unsubscribe(token)
@@ -106,8 +125,31 @@ def setup(RE, *, detector, x, y, temperature=None, deposition=None, catalog=None
     tokens.append(RE.subscribe(analysis))
     publish_maps(analysis.maps)
     devices = {"detector": detector, "x": x, "y": y, "temperature": temperature, "deposition": deposition}
-    return Session(analysis, analysis.maps, texture, live_plot, catalog, tokens,
-                   {k: v for k, v in devices.items() if v is not None}, RE)
+    session = Session(analysis, analysis.maps, texture, live_plot, catalog, tokens,
+                      {k: v for k, v in devices.items() if v is not None}, RE)
+    _close_at_exit(session)
+    return session
+
+
+def _close_at_exit(session: Session) -> None:
+    """Close ``session`` as the interpreter exits, if it is still open then (a queue-server environment that
+    closes, a script that ends without ``close()``), so that its analysis and texture runs end with stop documents.
+
+    Registered after the analysis worker's own exit hook, so it runs first (see
+    :func:`~nanopilot.callbacks.worker.at_interpreter_exit`).
+    """
+    global _exit_hook_registered
+    _open_sessions.add(session)
+    with _exit_hook:
+        if not _exit_hook_registered:
+            at_interpreter_exit(_close_open_sessions)
+            _exit_hook_registered = True
+
+
+def _close_open_sessions() -> None:
+    for session in list(_open_sessions):
+        if not session.close():
+            logger.error("the nanopilot session's analysis did not finish as the interpreter exited")
 
 
 def _check_instrument(detector, predictor) -> None:

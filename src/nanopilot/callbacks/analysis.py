@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import inspect
 import logging
+import time
+import uuid
 import weakref
 from collections import Counter
 
@@ -382,8 +384,17 @@ class NanobeamAnalysis(DocumentRouter):
     def close(self, timeout: float = 60.0) -> bool:
         """Finish the analysis of every frame handed over so far (as :meth:`flush`) and stop the worker thread;
         documents that arrive later are analysed inline, in the caller's thread. Call it between runs (not while
-        a RunEngine is feeding this callback). Idempotent; False if the worker did not finish within
-        ``timeout`` (s)."""
+        a RunEngine is feeding this callback).
+
+        Every analysis run ends with a stop document: one whose raw run is still open (its stop never came: the
+        session or the environment closes) ends with exit_status "abort", saying so; if the analysis does not
+        finish within ``timeout`` (s), the frames left are counted as skipped and their runs end with exit_status
+        "fail", saying why. Idempotent; False if the analysis did not finish within ``timeout``."""
+        for uid in list(self._runs):
+            logger.error("run %s is still open as the analysis closes: its analysis run ends with exit_status "
+                         "'abort'", uid[:8])
+            self.stop({"run_start": uid, "uid": str(uuid.uuid4()), "time": time.time(), "exit_status": "abort",
+                       "reason": "no stop document: the analysis was closed while the run was open"})
         return self._worker.close(timeout)
 
     def __enter__(self) -> NanobeamAnalysis:

@@ -232,10 +232,11 @@ class DerivedRun:
     def _seen(self) -> int:
         return sum(self.status_counts.values())
 
-    def close(self, emit, raw_stop: dict, counts, storage: str | None = None) -> None:
+    def close(self, emit, raw_stop: dict, counts, storage: str | None = None, failure: str | None = None) -> None:
         """Emit the summary event and the stop document; ``counts`` is the run's RunMap (received, skipped,
         errors, rejected_by_reason); ``storage``: where the raw run was stored (None: not known), in the summary
-        (``raw_storage``) and the stop reason; a raw run stored nowhere ("lost: ...") ends with exit_status "fail"."""
+        (``raw_storage``) and the stop reason; a raw run stored nowhere ("lost: ...") ends with exit_status "fail",
+        and so does one with a ``failure`` (why the analysis could not finish it; first in the reason)."""
         ok = self.status_counts.get(OK, 0)
         warned = {k: v for k, v in sorted(self.status_counts.items()) if k in WARNINGS}
         flagged = {k: v for k, v in sorted(self.status_counts.items()) if k != OK and k not in WARNINGS}
@@ -267,6 +268,8 @@ class DerivedRun:
                   f"{summary['frames_rejected']} rejected{_by_reason(rejected)} "
                   f"(of {summary['frames_received']} received)")
         exit_status = raw_stop.get("exit_status", "success")
+        if failure:
+            reason, exit_status = f"{failure}; {reason}", "fail"
         if raw_stop.get("reason"):
             reason += f"; raw run: {raw_stop['reason']}"
         if storage is not None:

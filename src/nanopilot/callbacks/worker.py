@@ -46,6 +46,9 @@ class AnalysisWorker:
         self.frame_features = frame_features
         self.max_queued_frames, self.when_behind = max_queued_frames, when_behind
         self.queued = 0  # frames handed over and not yet analysed
+        #: Why the analysis gave up (set by :meth:`close` on timeout): frames still queued are then counted as
+        #: skipped, not analysed, and each run still to stop ends with exit_status "fail" and this reason.
+        self.abandoned: str | None = None
         self._room = threading.Condition()
         self._pending: list = []  # batch being assembled
         self._pending_since = 0.0
@@ -77,15 +80,30 @@ class AnalysisWorker:
         """Wait until every item handed over so far is done; False on timeout."""
         if self._queue is None:
             return True
+        return self._mark().wait(timeout)
+
+    def _mark(self) -> threading.Event:
+        """An event set once every item handed over so far is done."""
         done = threading.Event()
         self._queue.put(("flush", done))
-        return done.wait(timeout)
+        return done
 
     def close(self, timeout: float) -> bool:
-        """Finish every item handed over so far and stop the thread; later items are handled inline."""
+        """Finish every item handed over so far and stop the thread; later items are handled inline.
+
+        If that takes more than ``timeout`` s, the rest is abandoned (:attr:`abandoned`): the frames not analysed
+        by then are counted as skipped and every run handed over ends with a stop document (exit_status "fail",
+        saying why), waiting up to ``timeout`` s more (for a batch under way). False if the analysis did not
+        finish within the first ``timeout``."""
         if self._queue is None:
             return True
-        finished = self.flush(timeout)
+        done = self._mark()
+        finished = done.wait(timeout)
+        if not finished:
+            self.abandoned = (f"the analysis was closed before it had finished (after waiting {timeout:g} s): "
+                              f"of the {self.queued} frames still queued then, those not under way were skipped")
+            logger.error("%s; their runs end with exit_status 'fail'", self.abandoned)
+            done.wait(timeout)
         self.stop()
         self.thread.join(timeout)
         self._queue = None
@@ -121,7 +139,9 @@ class AnalysisWorker:
     def _handle(self, item) -> None:
         kind = item[0]
         try:
-            if kind == "start":
+            if kind == "frames" and self.abandoned:
+                self.maps.count(item[1].uid, skipped=len(item[2]))
+            elif kind == "start":
                 self._analyse_pending()
                 item[1].derived.open(self.emit)
             elif kind == "frames":
@@ -150,7 +170,7 @@ class AnalysisWorker:
 
     def _close_run(self, run, raw_stop: dict, storage: str | None) -> None:
         try:
-            run.derived.close(self.emit, raw_stop, self.maps[run.uid], storage)
+            run.derived.close(self.emit, raw_stop, self.maps[run.uid], storage, failure=self.abandoned)
         finally:  # the run ends (wait_for and plans see it done) even if its documents could not be made
             self.maps.end_run(run.uid)
             run.external.close()
@@ -161,6 +181,9 @@ class AnalysisWorker:
         pending, self._pending = self._pending, []
         run = pending[0][0]
         seq_nums = np.concatenate([p[1] for p in pending])
+        if self.abandoned:
+            self.maps.count(run.uid, skipped=len(seq_nums))
+            return
         positions = np.concatenate([p[2] for p in pending])
         try:
             estimates, batch, roi = run.derived.analyse([p[3] for p in pending], self.refine, self.residual)
@@ -182,13 +205,19 @@ def _register_exit_hook() -> None:
     global _exit_hook_registered
     with _exit_hook:
         if not _exit_hook_registered:
-            register = getattr(threading, "_register_atexit", None)
-            if register is None:
-                import atexit
-
-                register = atexit.register
-            register(_close_running, 60.0)
+            at_interpreter_exit(_close_running, 60.0)
             _exit_hook_registered = True
+
+
+def at_interpreter_exit(fn, *args) -> None:
+    """Call ``fn(*args)`` as the interpreter exits, among threading's exit hooks (the last registered first): they
+    run before other threads' resources are torn down; atexit (the fallback) runs after."""
+    register = getattr(threading, "_register_atexit", None)
+    if register is None:
+        import atexit
+
+        register = atexit.register
+    register(fn, *args)
 
 
 def _close_running(timeout: float) -> None:

@@ -1,6 +1,6 @@
 """What every closed-loop plan shares: the decisions stream, the approval hook, waiting for the analysis,
-finding the published LiveMaps, argument checks that run before anything moves, and the safe state restored
-on every exit path.
+the run that ends only when its analysis has, finding the published LiveMaps, argument checks that run before
+anything moves, and the safe state restored on every exit path.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
 import numpy as np
-from bluesky.utils import MsgGenerator
+from bluesky.utils import MsgGenerator, RunEngineControlException
 
 from ..callbacks.live_maps import LiveMaps, published_maps
 
@@ -95,6 +95,55 @@ def wait_for_analysis(maps: LiveMaps, timeout: float = 60.0) -> MsgGenerator[Non
         raise TimeoutError(f"the analysis did not catch up within {timeout} s; is NanobeamAnalysis subscribed?")
 
 
+def wait_for_derived(maps: LiveMaps, uid: str | None, timeout: float = 60.0, poll: float = 0.02) -> MsgGenerator[bool]:
+    """Plan stub: wait until the analysis of raw run ``uid`` has ended, i.e. its analysis run (and the texture run
+    made from it, see :class:`nanopilot.texture.TextureCallback`) have been emitted up to their stop documents.
+
+    Waits with ``bps.sleep`` (the RunEngine stays responsive); a run the analysis never saw (no frames for its
+    model, a dry run: ``uid`` None) is not waited for. Returns True; raises TimeoutError after ``timeout`` s.
+    """
+    yield from bps.null()
+    if uid is None or uid not in maps:
+        return True
+    deadline = time.monotonic() + timeout
+    while not maps[uid].done:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the analysis of run {uid[:8]} did not finish within {timeout:g} s "
+                               f"({maps[uid].accounted} of {maps[uid].received} frames done); its analysis run "
+                               "is finished later, or by the session's close()")
+        yield from bps.sleep(poll)
+    return True
+
+
+def analysed_run(body: Callable[[str | None], MsgGenerator], md: dict, maps: LiveMaps,
+                 timeout: float = 60.0) -> MsgGenerator:
+    """Plan: open a run, run ``body(uid)`` in it, close it, then wait until its analysis has ended
+    (:func:`wait_for_derived`), so that the plan returns with its analysis and texture runs complete (a queue
+    server may close the environment right after it).
+
+    As ``bpp.run_wrapper``: on an exception or ``RE.abort()``/``RE.stop()`` the run is closed with the matching
+    exit status and reason; the wait then follows too (a timeout is logged, the original exception raised).
+    Returns what ``body`` returns.
+    """
+    uid = yield from bps.open_run(md)
+
+    def on_error(err):
+        if isinstance(err, RunEngineControlException):
+            yield from bps.close_run(exit_status=err.exit_status)
+        else:
+            yield from bps.close_run(exit_status="fail", reason=str(err))
+        try:
+            yield from wait_for_derived(maps, uid, timeout)
+        except TimeoutError as timeout_error:
+            logger.error("%s", timeout_error)
+
+    def on_success():
+        yield from bps.close_run()
+        yield from wait_for_derived(maps, uid, timeout)
+
+    return (yield from bpp.contingency_wrapper(body(uid), except_plan=on_error, else_plan=on_success))
+
+
 def resolve_maps(maps: LiveMaps | None) -> LiveMaps:
     """``maps`` if given, else the LiveMaps published by the session (``nanopilot.session.setup``)."""
     if maps is not None:
@@ -143,10 +192,27 @@ def check_points(name: str, points, units: str) -> list[tuple[float, float]]:
     return [(float(px), float(py)) for px, py in points]
 
 
+def check_device(name: str, value, *methods: str) -> None:
+    """Raise, naming the argument ``name``, unless ``value`` is a device with the given methods.
+
+    A string is a device name the caller could not resolve (the queue server passes a name it does not know,
+    e.g. a misspelt one, as the string itself): the message says so.
+    """
+    if isinstance(value, str):
+        raise ValueError(f"{name}: there is no device named {value!r}; pass the name of a device of this "
+                         "environment (the queue server's list of allowed devices)")
+    missing = [m for m in methods if not callable(getattr(value, m, None))]
+    if missing:
+        raise ValueError(f"{name} must be a device with {', '.join(m + '()' for m in missing)}, got {value!r}")
+
+
 def check_detectors(detectors) -> list:
-    """``detectors`` as a list; raise unless it is a non-empty sequence of readable devices."""
-    if not isinstance(detectors, Sequence) or not detectors or not all(hasattr(d, "read") for d in detectors):
+    """``detectors`` as a list; raise, naming the wrong one, unless it is a non-empty sequence of readable
+    devices."""
+    if isinstance(detectors, str) or not isinstance(detectors, Sequence) or not detectors:
         raise ValueError(f"detectors must be a non-empty list of readable devices, got {detectors!r}")
+    for k, det in enumerate(detectors):
+        check_device(f"detectors[{k}]", det, "read")
     return list(detectors)
 
 

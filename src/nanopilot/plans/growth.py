@@ -5,8 +5,6 @@ so a replay of the stored run can reproduce every decision (a look within a roun
 evidence says how many of the round's points were measured).
 """
 
-from __future__ import annotations
-
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
@@ -21,8 +19,10 @@ from ..callbacks.live_maps import LiveMaps
 from .common import (
     DecisionLog,
     SafeStateGuard,
+    analysed_run,
     check_callable,
     check_detectors,
+    check_device,
     check_instrument,
     check_points,
     check_positive,
@@ -213,7 +213,8 @@ def grow_until(detectors: Sequence[Readable], deposition: Movable, x: Movable, y
 
     Notes
     -----
-    Every argument is checked before the first message: nothing moves or opens for a bad one (ValueError).
+    Every argument is checked before the first message: nothing moves or opens for a bad one (ValueError, naming
+    it). The plan returns once the run's analysis has ended (its analysis and texture runs stopped).
     The shutter is closed on every exit path, whatever the subscribers do
     (:func:`~nanopilot.plans.common.safe_state_wrapper`): on success, an exception, abort or stop (also after a
     pause) by the plan's last messages; on a halt (also after a pause) or a KeyboardInterrupt inside a device
@@ -226,8 +227,10 @@ def grow_until(detectors: Sequence[Readable], deposition: Movable, x: Movable, y
     past it, a patch tilting as it relaxes) would drop out of the tests, and the shutter would stay open on the
     evidence of the points that have not changed.
     """
-    maps = resolve_maps(maps)
     detectors = check_detectors(detectors)
+    for name, device in (("deposition", deposition), ("x", x), ("y", y)):
+        check_device(name, device, "set")
+    maps = resolve_maps(maps)
     for name, value in (("target_thickness", target_thickness), ("interval", interval), ("max_time", max_time),
                         ("z_point", z_point), ("z_spread", z_spread), ("timeout", timeout)):
         check_positive(name, value)
@@ -300,14 +303,12 @@ def grow_until(detectors: Sequence[Readable], deposition: Movable, x: Movable, y
         return (yield from record_decision(log, len(monitor.rounds), action, reason, evidence, value=value,
                                            approve=hook, points=len(run) if run is not None else 0))
 
-    def inner():
-        uid = yield from bps.open_run(_md)
+    def inner(uid):
         run = maps[uid] if uid is not None and uid in maps else None
         opening = yield from decide("open shutter", f"grow to {target_thickness:g} A", {"points": len(points)},
                                     float(target_thickness), run)
         if not opening["approved"]:
             result["reason"] = "vetoed"
-            yield from bps.close_run()
             return
         yield from bps.mv(shutter, "open")
         t_open = device_time(deposition)
@@ -347,9 +348,10 @@ def grow_until(detectors: Sequence[Readable], deposition: Movable, x: Movable, y
                 break
             yield from sleep_for(float(interval), deposition)
         yield from close_shutter()
-        yield from bps.close_run()
 
-    plan = safe_state_wrapper(bpp.stage_wrapper(inner(), detectors), shutter, "closed")
-    yield from bpp.subs_wrapper(plan, SafeStateGuard(shutter, "closed"))
+    def body(uid):  # the shutter is closed (on every exit path) before the run waits for its analysis
+        return safe_state_wrapper(bpp.stage_wrapper(inner(uid), detectors), shutter, "closed")
+
+    yield from bpp.subs_wrapper(analysed_run(body, _md, maps, timeout), SafeStateGuard(shutter, "closed"))
     result["decisions"] = list(log.history)
     return result

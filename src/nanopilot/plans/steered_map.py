@@ -1,7 +1,5 @@
 """steered_map: a coarse raster, then fine scans where the live maps say the structure is."""
 
-from __future__ import annotations
-
 from collections.abc import Callable, Sequence
 
 import bluesky.plan_stubs as bps
@@ -13,8 +11,10 @@ from bluesky.utils import MsgGenerator
 from ..callbacks.live_maps import LiveMaps
 from .common import (
     DecisionLog,
+    analysed_run,
     check_callable,
     check_detectors,
+    check_device,
     check_instrument,
     check_positive,
     check_range,
@@ -58,12 +58,14 @@ def steered_map(detectors: Sequence[Readable], x: Movable, y: Movable, x_range: 
     cells_per_round : at most this many cells are refined per round (one decision each round).
     maps : the analysis' LiveMaps (default: the published one, see ``nanopilot.session``).
     approve : optional ``approve(decision) -> bool`` hook that can veto each refinement (human in the loop).
-    timeout : seconds to wait for the analysis to catch up before each decision.
+    timeout : seconds to wait for the analysis to catch up before each decision, and for it to finish the run
+        (its analysis and texture runs stopped) before the plan returns.
     md : extra start-document metadata.
 
     Yields
     ------
-    Msg : one run: ``primary`` (the frames and positions) and ``decisions`` (one event per decision).
+    Msg : one run: ``primary`` (the frames and positions) and ``decisions`` (one event per decision). The plan
+    returns once the run's analysis has ended (see :func:`~nanopilot.plans.common.analysed_run`).
 
     Returns
     -------
@@ -77,10 +79,13 @@ def steered_map(detectors: Sequence[Readable], x: Movable, y: Movable, x_range: 
 
     Notes
     -----
-    Every argument is checked before the first message: nothing moves for a bad one (ValueError).
+    Every argument is checked before the first message: nothing moves for a bad one (ValueError, naming it; a
+    device name the queue server did not know arrives as a string and is named too).
     """
-    maps = resolve_maps(maps)
     detectors = check_detectors(detectors)
+    check_device("x", x, "set")
+    check_device("y", y, "set")
+    maps = resolve_maps(maps)
     check_positive("fine", fine, integer=True)
     check_positive("coarse_step", coarse_step, integer=True)
     if int(coarse_step) & (int(coarse_step) - 1):
@@ -119,13 +124,11 @@ def steered_map(detectors: Sequence[Readable], x: Movable, y: Movable, x_range: 
         result["points"] += len(points)
 
     @bpp.stage_decorator(detectors)
-    def inner():
+    def inner(uid):
         nonlocal cells
-        uid = yield from bps.open_run(_md)
         yield from measure(first)
         if uid is None:  # a dry run (summarize_plan): no RunEngine, no analysis; show the first stage only
             result["reason"] = "dry run"
-            yield from bps.close_run()
             return
         while True:
             yield from wait_for_analysis(maps, timeout)
@@ -158,9 +161,8 @@ def steered_map(detectors: Sequence[Readable], x: Movable, y: Movable, x_range: 
             yield from measure(snake_order(new))
             cells = [c for c in cells if c not in chosen] + [s for c in chosen for s in split(c)[0]]
             result["rounds"] += 1
-        yield from bps.close_run()
 
-    yield from inner()
+    yield from analysed_run(inner, _md, maps, timeout)
     result["decisions"] = list(log.history)
     result["cells"] = list(cells)
     return result

@@ -24,8 +24,6 @@ proportion to the undercooling, so the line through the radii is extrapolated to
 :func:`~nanopilot.plans.zoom.onset_from_radius`).
 """
 
-from __future__ import annotations
-
 import math
 from collections.abc import Callable, Sequence
 
@@ -39,8 +37,10 @@ from ..callbacks.live_maps import LiveMaps
 from ..texture import texture_change
 from .common import (
     DecisionLog,
+    analysed_run,
     check_callable,
     check_detectors,
+    check_device,
     check_finite,
     check_instrument,
     check_positive,
@@ -131,7 +131,8 @@ def find_texture_temperature(detectors: Sequence[Readable], temperature: Movable
         ``frame_features=nanopilot.texture.frame_descriptor`` for the best sensitivity.
     approve : optional ``approve(decision) -> bool`` hook asked before each temperature move and before the
         fine map; a veto ends the search.
-    timeout : seconds to wait for the analysis to catch up before each decision.
+    timeout : seconds to wait for the analysis to catch up before each decision, and for it to finish the run
+        before the plan returns.
     md : extra start-document metadata.
 
     Yields
@@ -154,10 +155,13 @@ def find_texture_temperature(detectors: Sequence[Readable], temperature: Movable
 
     Notes
     -----
-    Every argument is checked before the first message: nothing moves or heats for a bad one (ValueError).
+    Every argument is checked before the first message: nothing moves or heats for a bad one (ValueError, naming
+    it). The plan returns once the run's analysis has ended (its analysis and texture runs stopped).
     """
-    maps = resolve_maps(maps)
     detectors = check_detectors(detectors)
+    for name, device in (("temperature", temperature), ("x", x), ("y", y)):
+        check_device(name, device, "set")
+    maps = resolve_maps(maps)
     for name, value in (("step", step), ("tolerance", tolerance), ("timeout", timeout)):
         check_positive(name, value)
     check_positive("quick", quick, integer=True)
@@ -234,13 +238,11 @@ def find_texture_temperature(detectors: Sequence[Readable], temperature: Movable
                     "status": change.status, "window": window, "radius": radius}
         return change, evidence, run, view
 
-    def inner():
-        uid = yield from bps.open_run(_md)
+    def inner(uid):
         yield from go_to(t_start)
         reference = yield from take_map(quick_points)
         if uid is None:  # a dry run (summarize_plan): no RunEngine, no analysis; show the first stage only
             result["reason"] = "dry run"
-            yield from bps.close_run()
             return
         yield from wait_for_analysis(maps, timeout)
         run = maps[uid]
@@ -346,11 +348,11 @@ def find_texture_temperature(detectors: Sequence[Readable], temperature: Movable
                 if not last_changed:  # on the unchanged side: carry on in the search direction
                     yield from go_to(changed)
                 result["fine_map"] = yield from take_map(fine_points)
-        yield from bps.close_run()
 
-    plan = bpp.stage_wrapper(inner(), detectors)
-    if restore:
-        plan = safe_state_wrapper(plan, temperature, t_start, timeout=0)
-    yield from plan
+    def body(uid):  # the start temperature is restored (if asked) before the run waits for its analysis
+        plan = bpp.stage_wrapper(inner(uid), detectors)
+        return safe_state_wrapper(plan, temperature, t_start, timeout=0) if restore else plan
+
+    yield from analysed_run(body, _md, maps, timeout)
     result["decisions"] = list(log.history)
     return result
