@@ -38,6 +38,7 @@ def growth_run(seed, target, plan_kwargs=None, RE=None, **scene):
     bl = make_beamline("growth", seed=seed, scene_parameters=scene or None)
     analysis = NanobeamAnalysis(TruthPredictor(bl, seed), batch_size=1, threaded=False)
     RE = RE or RunEngine({}, call_returns_result=True)
+    bl.install(RE)  # the plan's bps.sleep on the beamline's clock
     RE.subscribe(analysis)
     plan = grow_until([bl.detector], bl.deposition, bl.stage.x, bl.stage.y, target, maps=analysis.maps,
                       interval=2.0, **(plan_kwargs or {}))
@@ -102,7 +103,7 @@ def test_the_shutter_is_closed_on_every_exit_path(fault):
             pass
         assert fired
         if RE.state == "paused":
-            assert bl.deposition.shutter.get() == "open"  # paused mid-growth: the operator decides
+            assert bl.deposition.shutter.get() == "closed"  # closed while paused (reopened only by a resume)
             {"pause_abort": RE.abort, "pause_stop": RE.stop, "pause_halt": RE.halt}[fault]()
     assert fired and bl.deposition.shutter.get() == "closed"
     assert RE.state == "idle"

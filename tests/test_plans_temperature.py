@@ -104,7 +104,7 @@ def test_dry_run_shows_the_reference_map(capsys):
     publish_maps(analysis.maps)
     try:
         summarize_plan(find_texture_temperature([bl.detector], bl.temperature, bl.stage.x, bl.stage.y, (-1, 1),
-                                                (-1, 1), 250.0, quick=5))
+                                                (-1, 1), 250.0, start=266.0, quick=5))
     finally:
         publish_maps(None)
     out = capsys.readouterr().out

@@ -1,13 +1,16 @@
 """LiveMaps: the per-run analysis state that plans and plots read while the callback writes.
 
-Thread-safe: the analysis worker appends, plans and plots read snapshots. A plan waits for the analysis to
-catch up with the frames taken so far with :meth:`LiveMaps.wait_for`.
+Thread-safe: the analysis worker appends, plans and plots read snapshots. A plan waits for the analysis with a
+future from :meth:`LiveMaps.when` (awaited in a RunEngine ``wait_for`` message, so the RunEngine stays
+responsive); code outside the RunEngine may block in :meth:`LiveMaps.wait_for`.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import Future
 
 import numpy as np
 
@@ -159,20 +162,48 @@ class LiveMaps:
         self._cond = threading.Condition()
         self._runs: dict[str, RunMap] = {}
         self._order: list[str] = []
+        self._waiters: list[tuple[Callable[[LiveMaps], bool], Future]] = []
+
+    def _changed(self) -> None:
+        """Wake the blocking waiters and complete the futures whose condition now holds (lock held)."""
+        self._cond.notify_all()
+        pending = []
+        for predicate, future in self._waiters:
+            if future.done():  # cancelled by its waiter
+                continue
+            try:
+                if predicate(self):
+                    future.set_result(None)
+                    continue
+            except Exception as error:  # a broken condition fails its waiter, not the analysis
+                future.set_exception(error)
+                continue
+            pending.append((predicate, future))
+        self._waiters = pending
+
+    def when(self, predicate: Callable[[LiveMaps], bool]) -> Future:
+        """A future that completes (result None) as soon as ``predicate(maps)`` holds: now, or after the change
+        of the maps that makes it hold. Never blocks; ``predicate`` runs under the maps' lock, in the thread that
+        changed them. Cancel the future to withdraw the wait."""
+        future = Future()
+        with self._cond:
+            self._waiters.append((predicate, future))
+            self._changed()
+        return future
 
     def begin_run(self, uid: str, motors, shape=None, extents=None, snaking=None) -> RunMap:
         with self._cond:
             run = RunMap(uid, motors, shape, extents, snaking)
             self._runs[uid] = run
             self._order.append(uid)
-            self._cond.notify_all()
+            self._changed()
             return run
 
     def add(self, uid: str, seq_nums, positions, estimates: Estimates, features=None) -> None:
         """Store analysed points of run ``uid`` (positions: (N, n_motors) um; features: (N, k) or None)."""
         with self._cond:
             self._runs[uid]._append(seq_nums, positions, estimates, features)
-            self._cond.notify_all()
+            self._changed()
 
     def count(self, uid: str, *, received: int = 0, skipped: int = 0, errors: int = 0) -> None:
         """Count frames received, skipped by back-pressure, or lost to errors."""
@@ -181,7 +212,7 @@ class LiveMaps:
             run.received += received
             run.skipped += skipped
             run.errors += errors
-            self._cond.notify_all()
+            self._changed()
 
     def reject(self, uid: str, reason: str, n: int) -> None:
         """Count ``n`` frames of run ``uid`` received and refused at the door for ``reason``."""
@@ -189,18 +220,18 @@ class LiveMaps:
             run = self._runs[uid]
             run.received += n
             run.rejected_by_reason[reason] += n
-            self._cond.notify_all()
+            self._changed()
 
     def end_run(self, uid: str) -> None:
         with self._cond:
             self._runs[uid].done = True
-            self._cond.notify_all()
+            self._changed()
 
     def update(self, uid: str, fn) -> None:
         """Run ``fn(run_map)`` under the lock (for writers of extra fields, e.g. texture labels)."""
         with self._cond:
             fn(self._runs[uid])
-            self._cond.notify_all()
+            self._changed()
 
     def __getitem__(self, uid: str) -> RunMap:
         with self._cond:
@@ -217,21 +248,21 @@ class LiveMaps:
         with self._cond:
             return self._runs[self._order[-1]] if self._order else None
 
-    def wait_for(self, uid: str | None = None, n: int | None = None, timeout: float = 30.0) -> bool:
-        """Block until run ``uid`` (default: current) has accounted for ``n`` frames (default: all received).
+    def caught_up(self, uid: str | None = None, n: int | None = None) -> bool:
+        """Has run ``uid`` (default: current) accounted for ``n`` frames (default: all received)?
 
         A frame is accounted for once analysed, skipped, lost to an error or rejected (:attr:`RunMap.accounted`).
-        Returns False on timeout.
+        False while the run is unknown.
         """
-        def caught_up():
-            run = self._runs.get(uid) if uid else (self._runs[self._order[-1]] if self._order else None)
-            if run is None:
-                return False
-            target = run.received if n is None else n
-            return run.accounted >= target
-
         with self._cond:
-            return self._cond.wait_for(caught_up, timeout=timeout)
+            run = self._runs.get(uid) if uid else (self._runs[self._order[-1]] if self._order else None)
+            return run is not None and run.accounted >= (run.received if n is None else n)
+
+    def wait_for(self, uid: str | None = None, n: int | None = None, timeout: float = 30.0) -> bool:
+        """Block until :meth:`caught_up` (``uid``, ``n``); False on timeout. Not for plans: it would block the
+        RunEngine (they wait with :func:`nanopilot.plans.common.wait_for_analysis`)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self.caught_up(uid, n), timeout=timeout)
 
 
 _published: list[LiveMaps] = []

@@ -5,6 +5,7 @@ anything moves, and the safe state restored on every exit path.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -15,6 +16,7 @@ from collections.abc import Callable, Sequence
 import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
 import numpy as np
+from bluesky.protocols import Movable, Readable
 from bluesky.utils import MsgGenerator, RunEngineControlException
 
 from ..callbacks.live_maps import LiveMaps, published_maps
@@ -81,37 +83,77 @@ def record_decision(log: DecisionLog, step: int, action: str, reason: str, evide
     log._set(decision, points)
     log.history.append(decision)
     yield from bps.trigger_and_read([log], name=DECISION_STREAM)
+    yield from bps.checkpoint()  # a pause after this does not re-emit the decision (its reading is the latest one)
     return decision
 
 
+def map_point(readables: Sequence[Readable], step: dict[Movable, float], pos_cache: dict) -> MsgGenerator[dict]:
+    """Plan stub: one point of a map, as bluesky's ``one_nd_step`` (a checkpoint, the moves of ``step`` that
+    differ from ``pos_cache``, trigger and read ``readables``: a pause retakes the point). Returns the readings."""
+    readings = {}
+
+    def take_reading(devices, name="primary"):
+        readings.update((yield from bps.trigger_and_read(devices, name=name)))
+
+    yield from bps.one_nd_step(readables, step, pos_cache, take_reading)
+    return readings
+
+
+def reading_time(readings: dict) -> float:
+    """When ``readings`` were taken (s since the epoch, on the devices' clock): their latest timestamp."""
+    return max(float(r["timestamp"]) for r in readings.values())
+
+
+def wait_until(maps: LiveMaps, predicate: Callable[[LiveMaps], bool], timeout: float, what: str) -> MsgGenerator[None]:
+    """Plan stub: a checkpoint, then wait until ``predicate(maps)`` holds, without blocking the RunEngine.
+
+    The wait is a ``wait_for`` message on a future that the analysis completes (:meth:`LiveMaps.when`): the
+    RunEngine services pause, resume, Ctrl-C, abort, stop and halt during it. After a pause it rewinds to the
+    checkpoint and waits again. Raises TimeoutError, saying ``what`` it waited for, after ``timeout`` s.
+    """
+    async def until():
+        future = maps.when(predicate)
+        try:
+            await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+        finally:
+            future.cancel()  # withdraws the wait on a timeout; a task left behind by a pause ends here too
+
+    yield from bps.checkpoint()
+    while not predicate(maps):  # a response from before a pause's rewind is not ours: then wait again
+        tasks = yield from bps.wait_for([until])
+        error = next((t.exception() for t in tasks if t.done() and not t.cancelled()), None) \
+            if isinstance(tasks, list) else None
+        if isinstance(error, TimeoutError):
+            raise TimeoutError(f"{what} within {timeout:g} s")
+        if error is not None:
+            raise error
+
+
 def wait_for_analysis(maps: LiveMaps, timeout: float = 60.0) -> MsgGenerator[None]:
-    """Plan stub: block until the analysis has accounted for every frame of the current run.
+    """Plan stub: wait (:func:`wait_until`) until the analysis has accounted for every frame of the current run.
 
     The RunEngine hands each event to the analysis synchronously, so after this every frame taken so far
     is in ``maps``. Raises TimeoutError after ``timeout`` s.
     """
-    yield from bps.null()
-    if not maps.wait_for(timeout=timeout):
-        raise TimeoutError(f"the analysis did not catch up within {timeout} s; is NanobeamAnalysis subscribed?")
+    yield from wait_until(maps, LiveMaps.caught_up, timeout,
+                          "the analysis did not catch up (is NanobeamAnalysis subscribed?)")
 
 
-def wait_for_derived(maps: LiveMaps, uid: str | None, timeout: float = 60.0, poll: float = 0.02) -> MsgGenerator[bool]:
-    """Plan stub: wait until the analysis of raw run ``uid`` has ended, i.e. its analysis run (and the texture run
-    made from it, see :class:`nanopilot.texture.TextureCallback`) have been emitted up to their stop documents.
+def wait_for_derived(maps: LiveMaps, uid: str | None, timeout: float = 60.0) -> MsgGenerator[bool]:
+    """Plan stub: wait (:func:`wait_until`) until the analysis of raw run ``uid`` has ended, i.e. its analysis run
+    (and the texture run made from it, see :class:`nanopilot.texture.TextureCallback`) have been emitted up to
+    their stop documents.
 
-    Waits with ``bps.sleep`` (the RunEngine stays responsive); a run the analysis never saw (no frames for its
-    model, a dry run: ``uid`` None) is not waited for. Returns True; raises TimeoutError after ``timeout`` s.
+    A run the analysis never saw (no frames for its model, a dry run: ``uid`` None) is not waited for. Returns
+    True; raises TimeoutError after ``timeout`` s.
     """
     yield from bps.null()
     if uid is None or uid not in maps:
         return True
-    deadline = time.monotonic() + timeout
-    while not maps[uid].done:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"the analysis of run {uid[:8]} did not finish within {timeout:g} s "
-                               f"({maps[uid].accounted} of {maps[uid].received} frames done); its analysis run "
-                               "is finished later, or by the session's close()")
-        yield from bps.sleep(poll)
+    run = maps[uid]
+    yield from wait_until(maps, lambda _: run.done, timeout,
+                          f"the analysis of run {uid[:8]} did not finish ({run.accounted} of {run.received} frames "
+                          "done); its analysis run is finished later, or by the session's close()")
     return True
 
 
@@ -239,27 +281,6 @@ def check_instrument(detector, maps: LiveMaps) -> None:
         maps.instrument.require_same(det_inst, f"the detector {getattr(detector, 'name', detector)!r}")
 
 
-def _clock_of(devices):
-    return next((d.clock for d in devices if hasattr(getattr(d, "clock", None), "advance")), None)
-
-
-def device_time(*devices) -> float:
-    """Now (s since the epoch) on the devices' clock: a simulated beamline's clock if they share one, else the wall."""
-    clock = _clock_of(devices)
-    return clock.now() if clock is not None else time.time()
-
-
-def sleep_for(seconds: float, *devices) -> MsgGenerator[None]:
-    """Plan stub: let ``seconds`` pass on the devices' clock (a simulated clock advances instantly), else
-    ``bps.sleep`` in the RunEngine's time."""
-    clock = _clock_of(devices)
-    if clock is None or clock.realtime:
-        yield from bps.sleep(seconds)
-    else:
-        yield from bps.null()
-        clock.advance(seconds)
-
-
 def put_safe(obj, value, timeout: float = 10.0) -> None:
     """Set ``obj`` to ``value`` directly, outside the RunEngine's messages (after a halt it takes no more).
 
@@ -298,6 +319,43 @@ def safe_state_wrapper(plan: MsgGenerator, obj, safe_value, *, timeout: float = 
     except GeneratorExit:
         put_safe(obj, safe_value, timeout)
         raise
+
+
+class SafeWhilePaused:
+    """``obj`` (a shutter, a source) as a movable that is at ``safe_value`` whenever the RunEngine is paused.
+
+    Move it with ``bps.mv(guarded, value)``: the RunEngine then calls :meth:`pause` when it pauses (it does so for
+    every :class:`bluesky.protocols.Pausable` a plan has used) and :meth:`resume` when it resumes, so the plan
+    carries on as it was. Abort, stop and halt after a pause are the plan's business
+    (:func:`safe_state_wrapper`). ``timeout``: s to wait for ``obj`` to get there.
+    """
+
+    def __init__(self, obj: Movable, safe_value, timeout: float = 10.0):
+        self.obj, self.safe_value, self.timeout = obj, safe_value, timeout
+        self.name, self.parent = getattr(obj, "name", repr(obj)), None
+        self.commanded = None
+
+    def set(self, value):
+        self.commanded = value
+        return self.obj.set(value)
+
+    async def _put(self, value, why: str) -> None:
+        if self.commanded is None or self.commanded == self.safe_value:
+            return
+        status = self.obj.set(value)
+        if hasattr(status, "__await__"):  # an ophyd-async status: a task on this loop
+            await asyncio.wait_for(status, self.timeout)
+        else:  # an ophyd status: finished by another thread (or already)
+            await asyncio.get_running_loop().run_in_executor(None, status.wait, self.timeout)
+        logger.warning("%s: %s set to %r", why, self.name, value)
+
+    async def pause(self) -> None:
+        """Put ``obj`` at its safe value (the RunEngine pauses)."""
+        await self._put(self.safe_value, "paused")
+
+    async def resume(self) -> None:
+        """Put ``obj`` back at the value last set through this (the RunEngine resumes)."""
+        await self._put(self.commanded, "resumed")
 
 
 class SafeStateGuard:

@@ -7,6 +7,7 @@ evidence says how many of the round's points were measured).
 
 import dataclasses
 import math
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 
 import bluesky.plan_stubs as bps
@@ -19,6 +20,7 @@ from ..callbacks.live_maps import LiveMaps
 from .common import (
     DecisionLog,
     SafeStateGuard,
+    SafeWhilePaused,
     analysed_run,
     check_callable,
     check_detectors,
@@ -27,11 +29,11 @@ from .common import (
     check_points,
     check_positive,
     check_within,
-    device_time,
+    map_point,
+    reading_time,
     record_decision,
     resolve_maps,
     safe_state_wrapper,
-    sleep_for,
     wait_for_analysis,
 )
 
@@ -218,7 +220,9 @@ def grow_until(detectors: Sequence[Readable], deposition: Movable, x: Movable, y
     The shutter is closed on every exit path, whatever the subscribers do
     (:func:`~nanopilot.plans.common.safe_state_wrapper`): on success, an exception, abort or stop (also after a
     pause) by the plan's last messages; on a halt (also after a pause) or a KeyboardInterrupt inside a device
-    (the RunEngine halts) directly, as the generator closes. A pause leaves it open (the operator decides). A
+    (the RunEngine halts) directly, as the generator closes. It is closed while the RunEngine is paused, at any
+    moment of the plan, and reopened by a resume (:class:`~nanopilot.plans.common.SafeWhilePaused`); the growth
+    monitor's time then includes the pause, during which the film did not grow (its rate fit sees a step). A
     :class:`~nanopilot.plans.common.SafeStateGuard` on the run is a second line.
 
     Points whose frame has a warning status (``edge``: an estimate within the model's edge margin of a trained
@@ -261,8 +265,11 @@ def grow_until(detectors: Sequence[Readable], deposition: Movable, x: Movable, y
            **(md or {})}
     result = {"reason": "", "thickness": math.nan, "rate": math.nan, "rounds": 0}
 
+    guarded = SafeWhilePaused(shutter, "closed")  # closed while the RunEngine is paused
+    pos_cache = defaultdict(lambda: None)  # last positions set, as bluesky's scans keep them
+
     def close_shutter():
-        yield from bps.mv(shutter, "closed")
+        yield from bps.mv(guarded, "closed")
 
     def latest(uid, n):
         """The run's map, and per field the estimates of the last ``n`` points measured (NaN-padded to a round)."""
@@ -283,21 +290,21 @@ def grow_until(detectors: Sequence[Readable], deposition: Movable, x: Movable, y
 
     def measure_round(uid):
         """Plan stub: measure every point, looking at the relaxation tests every ``look_every`` points with the
-        round so far; (start time, end time) on the devices' clock, end None if the shutter must close."""
-        t0 = device_time(deposition)
+        round so far; (first, last) reading times on the devices' clock (s), last None if the shutter must close."""
+        t0 = None
         for k, (px, py) in enumerate(points, start=1):
-            yield from bps.mv(x, px, y, py)
-            yield from bps.trigger_and_read(readables)
+            now = reading_time((yield from map_point(readables, {x: px, y: py}, pos_cache)))
+            t0 = now if t0 is None else t0
             if uid is None or k % look_every or k == len(points) or len(monitor.rounds) <= monitor.min_baseline:
                 continue
             run, partial = yield from latest(uid, k)
             relaxed, relax_evidence = monitor.relaxation(partial)
-            _, evidence = monitor.time_to_target(device_time(deposition))
+            _, evidence = monitor.time_to_target(now)
             evidence.update(relax_evidence, **{"points measured in the round": k})
             if (yield from close_on_relaxation(relaxed, relax_evidence, evidence, run)):
                 result.update(reason="relaxation", thickness=evidence["thickness"], rate=evidence["rate"])
                 return t0, None
-        return t0, device_time(deposition)
+        return t0, now
 
     def decide(action, reason, evidence, value, run, hook=approve):
         return (yield from record_decision(log, len(monitor.rounds), action, reason, evidence, value=value,
@@ -310,10 +317,11 @@ def grow_until(detectors: Sequence[Readable], deposition: Movable, x: Movable, y
         if not opening["approved"]:
             result["reason"] = "vetoed"
             return
-        yield from bps.mv(shutter, "open")
-        t_open = device_time(deposition)
+        yield from bps.mv(guarded, "open")
+        t_open = None
         while True:
             t0, t1 = yield from measure_round(uid)
+            t_open = t0 if t_open is None else t_open
             if uid is None:  # dry run: the first stage only
                 result["reason"] = "dry run"
                 break
@@ -323,7 +331,7 @@ def grow_until(detectors: Sequence[Readable], deposition: Movable, x: Movable, y
             monitor.add_round((t0 + t1) / 2, values)
             result["rounds"] = len(monitor.rounds)
             relaxed, relax_evidence = monitor.relaxation()
-            now = device_time(deposition)
+            now = t1  # the last frame's time: the decision is made on what it showed
             remaining, evidence = monitor.time_to_target(now)
             evidence.update(relax_evidence)
             result["thickness"], result["rate"] = evidence["thickness"], evidence["rate"]
@@ -333,7 +341,7 @@ def grow_until(detectors: Sequence[Readable], deposition: Movable, x: Movable, y
             round_time = (t1 - t0) + float(interval)
             if remaining <= round_time:
                 if remaining > 0:
-                    yield from sleep_for(remaining, deposition)
+                    yield from bps.sleep(remaining)
                 evidence["thickness"] = float(target_thickness) if remaining > 0 else evidence["thickness"]
                 decision = yield from decide("close shutter", f"target {target_thickness:g} A reached "
                                              f"(anticipated {remaining:.1f} s ahead at {evidence['rate']:.3g} A/s)",
@@ -346,7 +354,7 @@ def grow_until(detectors: Sequence[Readable], deposition: Movable, x: Movable, y
                                   run, hook=None)  # safety: not subject to approval
                 result["reason"] = "time limit"
                 break
-            yield from sleep_for(float(interval), deposition)
+            yield from bps.sleep(float(interval))
         yield from close_shutter()
 
     def body(uid):  # the shutter is closed (on every exit path) before the run waits for its analysis

@@ -1,8 +1,8 @@
 """steered_map: a coarse raster, then fine scans where the live maps say the structure is."""
 
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 
-import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
 import numpy as np
 from bluesky.protocols import Movable, Readable
@@ -19,6 +19,7 @@ from .common import (
     check_positive,
     check_range,
     check_within,
+    map_point,
     record_decision,
     resolve_maps,
     wait_for_analysis,
@@ -116,11 +117,12 @@ def steered_map(detectors: Sequence[Readable], x: Movable, y: Movable, x_range: 
            "hints": {"dimensions": [([y.name], "primary"), ([x.name], "primary")]}, **(md or {})}
     result = {"lattice": lattice, "points": 0, "rounds": 0, "reason": ""}
 
+    pos_cache = defaultdict(lambda: None)  # last positions set, as bluesky's scans keep them
+
     def measure(points):
         for ij in points:
             px, py = lattice.position(ij)
-            yield from bps.mv(x, px, y, py)
-            yield from bps.trigger_and_read(readables)
+            yield from map_point(readables, {x: px, y: py}, pos_cache)
         result["points"] += len(points)
 
     @bpp.stage_decorator(detectors)

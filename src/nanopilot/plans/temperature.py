@@ -25,6 +25,7 @@ proportion to the undercooling, so the line through the radii is extrapolated to
 """
 
 import math
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 
 import bluesky.plan_stubs as bps
@@ -46,10 +47,10 @@ from .common import (
     check_positive,
     check_range,
     check_within,
+    map_point,
     record_decision,
     resolve_maps,
     safe_state_wrapper,
-    sleep_for,
     wait_for_analysis,
 )
 from .zoom import WINDOW_SPACINGS, MapView, grid_points, novel_window, onset_from_radius
@@ -176,8 +177,13 @@ def find_texture_temperature(detectors: Sequence[Readable], temperature: Movable
     region = (x0, x1), (y0, y1) = check_range("x_range", x_range, "um"), check_range("y_range", y_range, "um")
     for motor, lo, hi in ((x, x0, x1), (y, y0, y1)):
         check_within(f"range of {motor.name}", lo, hi, tuple(getattr(motor, "limits", (0, 0))), "um")
-    t_start = check_finite("start" if start is not None else f"{temperature.name} reading",
-                           start if start is not None else temperature.position, "K")
+    if start is None:  # read with a message; a dry run (no RunEngine) answers None
+        start = yield from bps.rd(temperature, default_value=None)
+        if start is None:
+            raise ValueError("a dry run cannot read the temperature: give start (K)")
+        t_start = check_finite(f"{temperature.name} reading", start, "K")
+    else:
+        t_start = check_finite("start", start, "K")
     t_stop = check_finite("stop", stop, "K")
     if t_stop == t_start:
         raise ValueError(f"stop ({stop!r} K) must be a temperature other than start ({t_start:g} K)")
@@ -201,17 +207,17 @@ def find_texture_temperature(detectors: Sequence[Readable], temperature: Movable
            "hints": {"dimensions": [([y.name], "primary"), ([x.name], "primary")]}, **(md or {})}
     result = {"reason": "", "transition": math.nan, "bracket": None, "maps": 0, "history": [], "fine_map": None}
     seq = {"n": 0}
+    pos_cache = defaultdict(lambda: None)  # last positions set, as bluesky's scans keep them
 
     def go_to(target):
         yield from bps.mv(temperature, float(target))
         if dwell > 0:
-            yield from sleep_for(float(dwell), temperature)
+            yield from bps.sleep(float(dwell))
 
     def take_map(points):
         first = seq["n"] + 1
         for px, py in points:
-            yield from bps.mv(x, px, y, py)
-            yield from bps.trigger_and_read(readables)
+            yield from map_point(readables, {x: px, y: py}, pos_cache)
         seq["n"] += len(points)
         result["maps"] += 1
         return first, seq["n"]
@@ -233,7 +239,8 @@ def find_texture_temperature(detectors: Sequence[Readable], temperature: Movable
             radius = math.sqrt(change.new_coverage * (wx1 - wx0) * (wy1 - wy0) / math.pi)
         result["history"].append((float(t), bool(change.changed), float(change.score), float(change.new_coverage),
                                   radius))
-        evidence = {"temperature": float(t), "readback": float(temperature.position), "seq_nums": list(current),
+        readback = yield from bps.rd(temperature, default_value=math.nan)
+        evidence = {"temperature": float(t), "readback": float(readback), "seq_nums": list(current),
                     "score": change.score, "new_coverage": change.new_coverage, "max_shift": change.max_shift,
                     "status": change.status, "window": window, "radius": radius}
         return change, evidence, run, view

@@ -25,6 +25,10 @@ class Beamline:
     temperature: SimTemperatureController
     deposition: SimDepositionSource
 
+    def install(self, RE) -> None:
+        """Run ``RE``'s ``bps.sleep`` on this beamline's clock (:meth:`SimClock.install`)."""
+        self.clock.install(RE)
+
     @property
     def devices(self) -> dict:
         """The ophyd devices by their names (e.g. to put in a beamline namespace)."""

@@ -11,9 +11,10 @@ Processes that evolve with time (a temperature ramp, a film growing behind an op
 each interval the clock advances, in the order they were registered. Reading timestamps are simulated times, so
 after an hour-long simulated ramp they lie an hour ahead of the wall clock.
 
-``bluesky.plan_stubs.sleep`` waits in the RunEngine's wall time and does not advance a simulated clock; in a
-simulated plan, wait for something physical instead (``bps.mv(deposition, thickness)``) or call
-:meth:`SimClock.advance`.
+Plans know nothing of this clock: they wait with ``bluesky.plan_stubs.sleep`` and take the time from their
+readings' timestamps. :meth:`SimClock.install` (``Beamline.install``) makes a RunEngine's ``sleep`` messages spend
+their time on the clock, so a film grows or a sample settles during a plan's ``bps.sleep`` (instantly in
+simulated mode); without it, ``bps.sleep`` waits in the wall time, during which simulated time stands still.
 
 Real time
 ---------
@@ -23,6 +24,7 @@ timer thread after the same durations, and readbacks are brought up to date when
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable
@@ -81,6 +83,18 @@ class SimClock:
         with self._lock:
             self._step_to(self._now + seconds)
             return self._now
+
+    def install(self, RE) -> None:
+        """Make ``RE``'s ``sleep`` messages (``bps.sleep``) spend their time on this clock (see the module notes)."""
+        RE.register_command("sleep", self._sleep_message)
+
+    async def _sleep_message(self, msg) -> None:
+        """The RunEngine's ``Msg('sleep', None, seconds)`` on this clock: at once in simulated mode."""
+        (seconds,) = msg.args
+        if self.realtime:
+            await asyncio.sleep(seconds)
+        else:
+            self.advance(seconds)
 
     def call_after(self, seconds: float, callback: Callable[[], None]) -> None:
         """Run ``callback`` once ``seconds`` have passed.
