@@ -129,10 +129,11 @@ def test_bad_arguments_fail_before_anything_moves(kwargs, message):
     bl = make_beamline("cooling", seed=1, temperature=266.0)
     analysis = NanobeamAnalysis(CentroidPredictor())
     args = {"x_range": (-1, 1), "y_range": (-1, 1), "stop": 250.0, **kwargs}
-    with pytest.raises(ValueError, match=message):
-        next(find_texture_temperature([bl.detector], bl.temperature, bl.stage.x, bl.stage.y, maps=analysis.maps,
-                                      **args))
-    assert bl.temperature.position == 266.0 and bl.stage.x.position == 0
+    docs = []
+    with pytest.raises(ValueError, match=message):  # the plan reads the temperature (a message) before its checks
+        RunEngine({})(find_texture_temperature([bl.detector], bl.temperature, bl.stage.x, bl.stage.y,
+                                               maps=analysis.maps, **args), lambda name, doc: docs.append(name))
+    assert bl.temperature.position == 266.0 and bl.stage.x.position == 0 and docs == []
 
 
 def test_a_model_for_another_instrument_is_refused():
@@ -141,15 +142,15 @@ def test_a_model_for_another_instrument_is_refused():
     predictor.instrument = dataclasses.replace(predictor.instrument, energy_kev=predictor.instrument.energy_kev + 1)
     analysis = NanobeamAnalysis(predictor)
     with pytest.raises(ValueError, match="energy_kev"):
-        next(find_texture_temperature([bl.detector], bl.temperature, bl.stage.x, bl.stage.y, (-1, 1), (-1, 1),
-                                      250.0, maps=analysis.maps))
+        RunEngine({})(find_texture_temperature([bl.detector], bl.temperature, bl.stage.x, bl.stage.y, (-1, 1),
+                                               (-1, 1), 250.0, maps=analysis.maps))
 
 
 def test_no_analysis_is_a_clear_error():
     bl = make_beamline("cooling", seed=1)
     with pytest.raises(ValueError, match="no live analysis"):
-        next(find_texture_temperature([bl.detector], bl.temperature, bl.stage.x, bl.stage.y, (-1, 1), (-1, 1),
-                                      250.0))
+        RunEngine({})(find_texture_temperature([bl.detector], bl.temperature, bl.stage.x, bl.stage.y, (-1, 1),
+                                               (-1, 1), 250.0))
 
 
 def test_onset_extrapolated_to_zero_radius():
