@@ -104,12 +104,13 @@ def reading_time(readings: dict) -> float:
     return max(float(r["timestamp"]) for r in readings.values())
 
 
-def wait_until(maps: LiveMaps, predicate: Callable[[LiveMaps], bool], timeout: float, what: str) -> MsgGenerator[None]:
+def wait_until(maps: LiveMaps, predicate: Callable[[LiveMaps], bool], timeout: float,
+               message: Callable[[], str]) -> MsgGenerator[None]:
     """Plan stub: a checkpoint, then wait until ``predicate(maps)`` holds, without blocking the RunEngine.
 
     The wait is a ``wait_for`` message on a future that the analysis completes (:meth:`LiveMaps.when`): the
     RunEngine services pause, resume, Ctrl-C, abort, stop and halt during it. After a pause it rewinds to the
-    checkpoint and waits again. Raises TimeoutError, saying ``what`` it waited for, after ``timeout`` s.
+    checkpoint and waits again. Raises TimeoutError(``message()``) after ``timeout`` s.
     """
     async def until():
         future = maps.when(predicate)
@@ -124,7 +125,7 @@ def wait_until(maps: LiveMaps, predicate: Callable[[LiveMaps], bool], timeout: f
         error = next((t.exception() for t in tasks if t.done() and not t.cancelled()), None) \
             if isinstance(tasks, list) else None
         if isinstance(error, TimeoutError):
-            raise TimeoutError(f"{what} within {timeout:g} s")
+            raise TimeoutError(message())
         if error is not None:
             raise error
 
@@ -135,8 +136,8 @@ def wait_for_analysis(maps: LiveMaps, timeout: float = 60.0) -> MsgGenerator[Non
     The RunEngine hands each event to the analysis synchronously, so after this every frame taken so far
     is in ``maps``. Raises TimeoutError after ``timeout`` s.
     """
-    yield from wait_until(maps, LiveMaps.caught_up, timeout,
-                          "the analysis did not catch up (is NanobeamAnalysis subscribed?)")
+    yield from wait_until(maps, LiveMaps.caught_up, timeout, lambda: f"the analysis did not catch up within "
+                          f"{timeout:g} s; is NanobeamAnalysis subscribed?")
 
 
 def wait_for_derived(maps: LiveMaps, uid: str | None, timeout: float = 60.0) -> MsgGenerator[bool]:
@@ -151,9 +152,9 @@ def wait_for_derived(maps: LiveMaps, uid: str | None, timeout: float = 60.0) -> 
     if uid is None or uid not in maps:
         return True
     run = maps[uid]
-    yield from wait_until(maps, lambda _: run.done, timeout,
-                          f"the analysis of run {uid[:8]} did not finish ({run.accounted} of {run.received} frames "
-                          "done); its analysis run is finished later, or by the session's close()")
+    yield from wait_until(maps, lambda _: run.done, timeout, lambda: (
+        f"the analysis of run {uid[:8]} did not finish within {timeout:g} s ({run.accounted} of {run.received} "
+        "frames done); its analysis run is finished later, or by the session's close()"))
     return True
 
 
