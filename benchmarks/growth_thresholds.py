@@ -58,9 +58,10 @@ def coherent_maxima(seed: int, predictor) -> tuple[float, float, float]:
     growth.GrowthMonitor.relaxation = recorded
     try:
         analysis = NanobeamAnalysis(predictor, batch_size=16, max_latency=0.02)
-        run_engine(analysis)(grow_until([bl.detector], bl.deposition, bl.stage.x, bl.stage.y,
-                                        1.15 * scene.critical_thickness, z_point=1e9, z_spread=1e9,
-                                        maps=analysis.maps))
+        RE = run_engine(analysis)
+        bl.install(RE)  # the plan's bps.sleep on the simulated clock
+        RE(grow_until([bl.detector], bl.deposition, bl.stage.x, bl.stage.y,
+                      1.15 * scene.critical_thickness, z_point=1e9, z_spread=1e9, maps=analysis.maps))
     finally:
         growth.GrowthMonitor.relaxation = relaxation
     coherent = [(point, spread) for point, spread, relaxed in looks if not relaxed]

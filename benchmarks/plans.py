@@ -168,6 +168,7 @@ def bench_growth(n_scenes: int, first_seed: int, predictor) -> None:
         target = rng.uniform(max(0.5 * h_c, scene.initial_thickness + 20), 0.85 * h_c) if target_first else 1.3 * h_c
         analysis = NanobeamAnalysis(predictor, batch_size=16, max_latency=0.02)
         RE = run_engine(analysis)
+        bl.install(RE)  # the plan's bps.sleep on the simulated clock
         result = RE(grow_until([bl.detector], bl.deposition, bl.stage.x, bl.stage.y, target,
                                maps=analysis.maps)).plan_result
         film = scene.initial_thickness + bl.sample.deposited

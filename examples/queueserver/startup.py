@@ -36,6 +36,7 @@ RE = RunEngine({})
 beamline = make_beamline(os.environ.get("NANOPILOT_SCENE", "domains"), seed=1)
 det, x, y = beamline.detector, beamline.stage.x, beamline.stage.y
 temperature, deposition = beamline.temperature, beamline.deposition
+beamline.install(RE)  # the plans' bps.sleep on the simulated clock (a real beamline: leave out)
 
 session = setup(RE, detector=det, x=x, y=y, temperature=temperature, deposition=deposition,
                 catalog=open_catalog(os.environ.get("NANOPILOT_CATALOG")), model=os.environ.get("NANOPILOT_MODEL"))

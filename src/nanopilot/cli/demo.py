@@ -94,6 +94,7 @@ def demo_grow(RE, setup, catalog, out, seed) -> dict:
     session = setup(RE, detector=bl.detector, x=bl.stage.x, y=bl.stage.y, deposition=bl.deposition,
                     catalog=catalog, plot=png, model=THICKNESS_MODEL)
     target = 100.0
+    bl.install(RE)  # the plan's bps.sleep on the simulated clock
     res = RE(grow_until([bl.detector], bl.deposition, bl.stage.x, bl.stage.y, target))
     result = res.plan_result
     session.close()

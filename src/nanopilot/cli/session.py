@@ -65,6 +65,7 @@ def namespace(args) -> dict:
                    "deposition": bl.deposition}
         ns.update(beamline=bl, stage=bl.stage, flyer=bl.flyer, sample=bl.sample)
         RE = RunEngine({})
+        bl.install(RE)  # bps.sleep on the simulated clock
     catalog = open_catalog(args.catalog)
     session = setup(RE, catalog=catalog, model=args.model, plot=args.plot, mask=args.mask, **devices)
     ns.update(RE=RE, catalog=catalog, session=session, analysis=session.analysis, maps=session.maps,
