@@ -8,7 +8,7 @@ import pytest
 from bluesky import RunEngine
 
 from nanopilot.callbacks import NanobeamAnalysis
-from nanopilot.plans.common import analysed_run
+from nanopilot.plans.waiting import analysed_run
 from nanopilot.sim_devices import make_beamline
 from nanopilot.texture import TextureCallback
 from test_callbacks import CentroidPredictor

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 from bluesky import RunEngine
 from bluesky.utils import RunEngineInterrupted
+from test_callbacks import CentroidPredictor
+from test_plans_growth import TruthPredictor
 
 from nanopilot.callbacks import LiveMaps, NanobeamAnalysis
 from nanopilot.estimates import Estimates
 from nanopilot.plans import find_texture_temperature, grow_until
-from nanopilot.plans.common import wait_until
+from nanopilot.plans.waiting import wait_until
 from nanopilot.sim_devices import make_beamline
 from nanopilot.texture import frame_descriptor
-from test_callbacks import CentroidPredictor
-from test_plans_growth import TruthPredictor
 
 
 class GatedPredictor:

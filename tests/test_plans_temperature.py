@@ -8,14 +8,13 @@ import numpy as np
 import pytest
 from bluesky import RunEngine
 from bluesky.simulators import summarize_plan
+from test_callbacks import CentroidPredictor
 
 from nanopilot.callbacks import NanobeamAnalysis, publish_maps
 from nanopilot.plans import find_texture_temperature
-from nanopilot.plans.temperature import next_probe
-from nanopilot.plans.zoom import WINDOW_SPACINGS, MapView, novel_window, onset_from_radius
+from nanopilot.plans.zoom import WINDOW_SPACINGS, MapView, next_probe, novel_window, onset_from_radius
 from nanopilot.sim_devices import make_beamline
 from nanopilot.texture import frame_descriptor
-from test_callbacks import CentroidPredictor
 
 SMALL = {"quick": 6, "fine": 8, "step": 4.0, "tolerance": 1.0}
 

@@ -260,7 +260,7 @@ class LiveMaps:
 
     def wait_for(self, uid: str | None = None, n: int | None = None, timeout: float = 30.0) -> bool:
         """Block until :meth:`caught_up` (``uid``, ``n``); False on timeout. Not for plans: it would block the
-        RunEngine (they wait with :func:`nanopilot.plans.common.wait_for_analysis`)."""
+        RunEngine (they wait with :func:`nanopilot.plans.waiting.wait_for_analysis`)."""
         with self._cond:
             return self._cond.wait_for(lambda: self.caught_up(uid, n), timeout=timeout)
 

@@ -9,9 +9,7 @@ from bluesky.protocols import Movable, Readable
 from bluesky.utils import MsgGenerator
 
 from ..callbacks.live_maps import LiveMaps
-from .common import (
-    DecisionLog,
-    analysed_run,
+from .checks import (
     check_callable,
     check_detectors,
     check_device,
@@ -19,11 +17,8 @@ from .common import (
     check_positive,
     check_range,
     check_within,
-    map_point,
-    record_decision,
-    resolve_maps,
-    wait_for_analysis,
 )
+from .common import DecisionLog, map_point, record_decision, resolve_maps
 from .steering import (
     FIELDS,
     Lattice,
@@ -35,6 +30,7 @@ from .steering import (
     snake_order,
     split,
 )
+from .waiting import analysed_run, wait_for_analysis
 
 
 def steered_map(detectors: Sequence[Readable], x: Movable, y: Movable, x_range: Sequence[float],
@@ -66,7 +62,7 @@ def steered_map(detectors: Sequence[Readable], x: Movable, y: Movable, x_range: 
     Yields
     ------
     Msg : one run: ``primary`` (the frames and positions) and ``decisions`` (one event per decision). The plan
-    returns once the run's analysis has ended (see :func:`~nanopilot.plans.common.analysed_run`).
+    returns once the run's analysis has ended (see :func:`~nanopilot.plans.waiting.analysed_run`).
 
     Returns
     -------

@@ -36,9 +36,7 @@ from bluesky.utils import MsgGenerator
 
 from ..callbacks.live_maps import LiveMaps
 from ..texture import texture_change
-from .common import (
-    DecisionLog,
-    analysed_run,
+from .checks import (
     check_callable,
     check_detectors,
     check_device,
@@ -47,13 +45,10 @@ from .common import (
     check_positive,
     check_range,
     check_within,
-    map_point,
-    record_decision,
-    resolve_maps,
-    safe_state_wrapper,
-    wait_for_analysis,
 )
-from .zoom import WINDOW_SPACINGS, MapView, grid_points, novel_window, onset_from_radius
+from .common import DecisionLog, map_point, record_decision, resolve_maps, safe_state_wrapper
+from .waiting import analysed_run, wait_for_analysis
+from .zoom import WINDOW_SPACINGS, MapView, grid_points, next_probe, novel_window, onset_from_radius
 
 #: Fewest points per side of a quick map: texture_change needs 20 valid points per map and neighbours.
 MIN_QUICK = 5
@@ -62,27 +57,6 @@ MIN_QUICK = 5
 #: (estimates and frame descriptors); the neighbourhood statistics (a gradient per um, a spread over the
 #: nearest points) depend on the spacing.
 PER_POINT = {"local_mean": 0.0, "local_spread": 0.0, "local_gradient": 0.0}
-
-
-def next_probe(unchanged: float, changed: float, onset: float, tolerance: float) -> tuple[float, bool]:
-    """The next bracketing temperature (K) between the ``unchanged`` and ``changed`` ends (further apart than
-    ``tolerance``), and whether it is a closing probe, one expected to show the texture within the tolerance
-    of the unchanged end.
-
-    Without an ``onset`` estimate (NaN): the bracket's middle. With one: half the tolerance on the unchanged
-    side of it (expected unchanged; the next probe then closes the bracket); when that is too near an end of
-    the bracket, the probe that closes the bracket at that end (0.9 of the tolerance from it).
-    """
-    if not math.isfinite(onset):
-        return (unchanged + changed) / 2, False
-    sign = 1.0 if changed > unchanged else -1.0  # from the unchanged end toward the changed one
-    width, half, margin = abs(changed - unchanged), tolerance / 2, 0.1 * tolerance
-    distance = sign * (onset - unchanged)  # the onset's distance from the unchanged end, toward the changed end
-    if distance - half < margin:  # at the unchanged end or beyond it
-        return unchanged + sign * 0.9 * tolerance, True
-    if distance + half > width - margin:  # at the changed end
-        return changed - sign * 0.9 * tolerance, False
-    return unchanged + sign * (distance - half), False
 
 
 def find_texture_temperature(detectors: Sequence[Readable], temperature: Movable, x: Movable, y: Movable,

@@ -1,6 +1,7 @@
 """Zoomed maps around a new texture, for :func:`~nanopilot.plans.find_texture_temperature`: one map among several in
-a run (:class:`MapView`), quick-map grids, the window around the new texture (:func:`novel_window`) and the
-transition extrapolated from the texture's radius (:func:`onset_from_radius`)."""
+a run (:class:`MapView`), quick-map grids, the window around the new texture (:func:`novel_window`), the
+transition extrapolated from the texture's radius (:func:`onset_from_radius`) and the next bracketing temperature
+(:func:`next_probe`)."""
 
 from __future__ import annotations
 
@@ -131,3 +132,24 @@ def onset_from_radius(history: Sequence[tuple], cooling: bool, min_spread: float
     t2, r2 = next(((t, r) for t, r in rest if abs(t - t1) >= min_spread), rest[-1])
     slope = (r2 - r1) / (t2 - t1)
     return (float(t1 - r1 / slope), float(abs(slope))) if sign * slope > 0 else (math.nan, math.nan)
+
+
+def next_probe(unchanged: float, changed: float, onset: float, tolerance: float) -> tuple[float, bool]:
+    """The next bracketing temperature (K) between the ``unchanged`` and ``changed`` ends (further apart than
+    ``tolerance``), and whether it is a closing probe, one expected to show the texture within the tolerance
+    of the unchanged end.
+
+    Without an ``onset`` estimate (NaN): the bracket's middle. With one: half the tolerance on the unchanged
+    side of it (expected unchanged; the next probe then closes the bracket); when that is too near an end of
+    the bracket, the probe that closes the bracket at that end (0.9 of the tolerance from it).
+    """
+    if not math.isfinite(onset):
+        return (unchanged + changed) / 2, False
+    sign = 1.0 if changed > unchanged else -1.0  # from the unchanged end toward the changed one
+    width, half, margin = abs(changed - unchanged), tolerance / 2, 0.1 * tolerance
+    distance = sign * (onset - unchanged)  # the onset's distance from the unchanged end, toward the changed end
+    if distance - half < margin:  # at the unchanged end or beyond it
+        return unchanged + sign * 0.9 * tolerance, True
+    if distance + half > width - margin:  # at the changed end
+        return changed - sign * 0.9 * tolerance, False
+    return unchanged + sign * (distance - half), False
