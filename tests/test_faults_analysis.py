@@ -17,7 +17,8 @@ from bluesky import RunEngine
 from event_model import compose_run
 from test_callbacks import CentroidPredictor, run_analysis, scan
 
-from nanopilot.callbacks import NanobeamAnalysis, published_maps
+from nanopilot.callbacks import NanobeamAnalysis
+from nanopilot.plans.common import MAPS_COMMAND
 from nanopilot.callbacks.frame_sources import ExternalFrames
 from nanopilot.model import Predictor, load_model, shipped_model_path
 from nanopilot.physics import Instrument
@@ -188,7 +189,7 @@ def test_session_setup_refuses_a_model_for_another_instrument_naming_the_field()
     RE = RunEngine({})
     with pytest.raises(ValueError, match="energy_kev"):
         setup(RE, detector=bl.detector, x=bl.stage.x, y=bl.stage.y)
-    assert published_maps() is None and not any(RE.dispatcher.cb_registry.callbacks.values())  # nothing subscribed
+    assert MAPS_COMMAND not in RE.commands and not any(RE.dispatcher.cb_registry.callbacks.values())  # nothing set up
 
 
 def test_frames_of_a_run_declaring_another_instrument_are_flagged_not_ok(caplog):
@@ -254,7 +255,7 @@ def test_session_close_unsubscribes_and_stops_the_analysis():
     with setup(RE, detector=bl.detector, x=bl.stage.x, y=bl.stage.y) as session:
         (first,) = RE(scan(bl, 2, 2))
         worker = session.analysis._worker.thread
-    assert not worker.is_alive() and len(session.maps[first]) == 4 and published_maps() is None
+    assert not worker.is_alive() and len(session.maps[first]) == 4 and session.closed
     (second,) = RE(scan(bl, 2, 2))
     assert second not in session.maps
 

@@ -7,7 +7,7 @@ import pytest
 from bluesky import RunEngine
 from bluesky.simulators import summarize_plan
 
-from nanopilot.callbacks import NanobeamAnalysis, publish_maps
+from nanopilot.callbacks import NanobeamAnalysis
 from nanopilot.plans import steered_map
 from nanopilot.plans.steered_map import collect_points
 from nanopilot.plans.steering import Lattice, cell_interest, choose_cells, coarse_cells, reconstruct, split
@@ -73,11 +73,8 @@ def test_the_approval_hook_can_veto():
 def test_dry_run_shows_the_coarse_raster(capsys):
     bl = make_beamline("domains", seed=1)
     analysis = NanobeamAnalysis(CentroidPredictor())
-    publish_maps(analysis.maps)
-    try:
-        summarize_plan(steered_map([bl.detector], bl.stage.x, bl.stage.y, (-1, 1), (-1, 1), fine=9, coarse_step=4))
-    finally:
-        publish_maps(None)
+    summarize_plan(steered_map([bl.detector], bl.stage.x, bl.stage.y, (-1, 1), (-1, 1), fine=9, coarse_step=4,
+                               maps=analysis.maps))
     out = capsys.readouterr().out
     assert out.count("Read ['det', 'stage_x', 'stage_y']") == 9 and "Close Run" in out
 
@@ -102,7 +99,7 @@ def test_bad_arguments_fail_before_anything_moves(kwargs, message):
 def test_no_analysis_is_a_clear_error():
     bl = make_beamline("domains", seed=1)
     with pytest.raises(ValueError, match="no live analysis"):
-        next(steered_map([bl.detector], bl.stage.x, bl.stage.y, (-1, 1), (-1, 1)))
+        RunEngine({})(steered_map([bl.detector], bl.stage.x, bl.stage.y, (-1, 1), (-1, 1)))  # no session
 
 
 def test_cell_logic_is_pure_and_ordered():

@@ -10,7 +10,7 @@ from bluesky import RunEngine
 from bluesky.simulators import summarize_plan
 from test_callbacks import CentroidPredictor
 
-from nanopilot.callbacks import NanobeamAnalysis, publish_maps
+from nanopilot.callbacks import NanobeamAnalysis
 from nanopilot.plans import find_texture_temperature
 from nanopilot.plans.zoom import WINDOW_SPACINGS, MapView, next_probe, novel_window, onset_from_radius
 from nanopilot.sim_devices import make_beamline
@@ -100,12 +100,8 @@ def test_the_approval_hook_can_veto():
 def test_dry_run_shows_the_reference_map(capsys):
     bl = make_beamline("cooling", seed=1, temperature=266.0)
     analysis = NanobeamAnalysis(CentroidPredictor())
-    publish_maps(analysis.maps)
-    try:
-        summarize_plan(find_texture_temperature([bl.detector], bl.temperature, bl.stage.x, bl.stage.y, (-1, 1),
-                                                (-1, 1), 250.0, start=266.0, quick=5))
-    finally:
-        publish_maps(None)
+    summarize_plan(find_texture_temperature([bl.detector], bl.temperature, bl.stage.x, bl.stage.y, (-1, 1), (-1, 1),
+                                            250.0, start=266.0, quick=5, maps=analysis.maps))
     out = capsys.readouterr().out
     assert out.count("Read ['det', 'stage_x', 'stage_y', 'temperature']") == 25 and "Close Run" in out
     assert "temperature -> 266" in out

@@ -2,22 +2,37 @@
 
 import bluesky.plans as bp
 import numpy as np
+import pytest
 from bluesky import RunEngine
 from tiled.queries import Key
 
-from nanopilot.callbacks import published_maps, publish_maps
 from nanopilot.cli import main
+from nanopilot.plans.common import resolve_maps
 from nanopilot.session import setup
 from nanopilot.sim_devices import make_beamline
 
 
-def test_setup_installs_analysis_texture_storage_and_publishes_the_maps(catalog, tmp_path):
+def maps_for_plans(RE):
+    """The LiveMaps that ``RE`` gives a plan that asks for them (ValueError if it has none)."""
+    found = []
+
+    def ask():
+        found.append((yield from resolve_maps(None)))
+
+    RE(ask())
+    return found[0]
+
+
+def test_setup_installs_analysis_texture_storage_and_gives_the_plans_the_maps(catalog, tmp_path):
     bl = make_beamline("domains", seed=2)
     RE = RunEngine({})
-    try:
-        session = setup(RE, detector=bl.detector, x=bl.stage.x, y=bl.stage.y, catalog=catalog,
-                        plot=tmp_path / "maps_{uid}.png")
-        assert published_maps() is session.maps
+    with pytest.raises(ValueError, match="no live analysis"):
+        maps_for_plans(RE)
+    with setup(RE, detector=bl.detector, x=bl.stage.x, y=bl.stage.y, catalog=catalog,
+               plot=tmp_path / "maps_{uid}.png") as session:
+        assert maps_for_plans(RE) is session.maps
+        with pytest.raises(ValueError, match="no live analysis"):
+            maps_for_plans(RunEngine({}))  # another RunEngine: not this session's
         assert session.devices == {"detector": bl.detector, "x": bl.stage.x, "y": bl.stage.y}
         (uid,) = RE(bp.grid_scan([bl.detector], bl.stage.y, -1, 1, 6, bl.stage.x, -1, 1, 6))
         assert session.analysis.flush(timeout=120)
@@ -28,8 +43,8 @@ def test_setup_installs_analysis_texture_storage_and_publishes_the_maps(catalog,
         assert catalog[uid]["primary"]["det_image"].shape == (36, 64, 64)
         analysed = catalog.search(Key("raw_uid") == uid)
         assert len(analysed) == 2  # the analysis run and the texture run beside the raw run
-    finally:
-        publish_maps(None)
+    with pytest.raises(ValueError, match="no live analysis"):
+        maps_for_plans(RE)  # closed
 
 
 def test_demo_growth_part(tmp_path, capsys):

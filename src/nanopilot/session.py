@@ -2,7 +2,7 @@
 
     >>> from nanopilot.session import setup
     >>> np_session = setup(RE, detector=det, x=stage.x, y=stage.y)      # a beamline profile, real devices
-    >>> RE(steered_map([det], stage.x, stage.y, (-2, 2), (-2, 2)))       # plans find the published maps
+    >>> RE(steered_map([det], stage.x, stage.y, (-2, 2), (-2, 2)))       # plans ask the RunEngine for the maps
     >>> np_session.close()                                               # unsubscribe, finish the analysis
 
 Each plan returns once the analysis of its run has ended (its analysis and texture runs stopped), so a queue
@@ -18,9 +18,10 @@ import threading
 import weakref
 from pathlib import Path
 
-from .callbacks import LiveMaps, NanobeamAnalysis, publish_maps, published_maps
+from .callbacks import LiveMaps, NanobeamAnalysis
 from .callbacks.plot import LiveMapPlot
 from .callbacks.worker import at_interpreter_exit
+from .plans.common import MAPS_COMMAND
 
 logger = logging.getLogger(__name__)
 _open_sessions: weakref.WeakSet = weakref.WeakSet()  # closed at interpreter exit (see _close_at_exit)
@@ -44,10 +45,16 @@ class Session:
     tokens: list[int]
     devices: dict
     RE: object = None
+    closed: bool = False
+
+    async def _answer_maps(self, msg) -> LiveMaps | None:
+        """The RunEngine's answer to a plan's :data:`~nanopilot.plans.common.MAPS_COMMAND` message."""
+        return None if self.closed else self.maps
 
     def close(self, timeout: float = 60.0) -> bool:
         """Unsubscribe from the RunEngine, finish the analysis of every frame it was handed (its documents
-        reach the catalogue) and stop its worker, and withdraw the published maps. Call it between runs.
+        reach the catalogue) and stop its worker; the RunEngine then answers plans that ask for the maps with
+        none (see :func:`setup`). Call it between runs.
 
         Every analysis run (and its texture run) then has its stop document: one whose raw run is still open ends
         with exit_status "abort", one the analysis could not finish within ``timeout`` (s) with "fail", each with
@@ -59,8 +66,7 @@ class Session:
                 self.RE.unsubscribe(token)
         self.tokens = []
         finished = self.analysis.close(timeout)
-        if published_maps() is self.maps:
-            publish_maps(None)
+        self.closed = True
         return finished
 
     def __enter__(self) -> Session:
@@ -72,7 +78,8 @@ class Session:
 
 def setup(RE, *, detector, x, y, temperature=None, deposition=None, catalog=None, model=None,
           plot: str | Path | None = None, image_key: str | None = None, mask=None, preparation=None) -> Session:
-    """Subscribe the live analysis (and texture labels) to ``RE`` and publish its LiveMaps for the plans.
+    """Subscribe the live analysis (and texture labels) to ``RE``, and make ``RE`` answer the plans that ask for the
+    LiveMaps (:func:`nanopilot.plans.common.resolve_maps`) with this session's, until it is closed.
 
     Parameters
     ----------
@@ -123,10 +130,10 @@ def setup(RE, *, detector, x, y, temperature=None, deposition=None, catalog=None
         texture.subscribe(derived_writers[1])
     live_plot = texture.live_plot(save=plot) if plot else None
     tokens.append(RE.subscribe(analysis))
-    publish_maps(analysis.maps)
     devices = {"detector": detector, "x": x, "y": y, "temperature": temperature, "deposition": deposition}
     session = Session(analysis, analysis.maps, texture, live_plot, catalog, tokens,
                       {k: v for k, v in devices.items() if v is not None}, RE)
+    RE.register_command(MAPS_COMMAND, session._answer_maps)  # the plans' default maps: this RunEngine's session
     _close_at_exit(session)
     return session
 

@@ -2,6 +2,6 @@
 
 from .analysis import POLICIES, NanobeamAnalysis
 from .derived import DRIFT_STREAM
-from .live_maps import LiveMaps, RunMap, publish_maps, published_maps
+from .live_maps import LiveMaps, RunMap
 
-__all__ = ["DRIFT_STREAM", "POLICIES", "LiveMaps", "NanobeamAnalysis", "RunMap", "publish_maps", "published_maps"]
+__all__ = ["DRIFT_STREAM", "POLICIES", "LiveMaps", "NanobeamAnalysis", "RunMap"]

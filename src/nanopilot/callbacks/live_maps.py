@@ -263,16 +263,3 @@ class LiveMaps:
         RunEngine (they wait with :func:`nanopilot.plans.waiting.wait_for_analysis`)."""
         with self._cond:
             return self._cond.wait_for(lambda: self.caught_up(uid, n), timeout=timeout)
-
-
-_published: list[LiveMaps] = []
-
-
-def publish_maps(maps: LiveMaps | None) -> None:
-    """Make ``maps`` the LiveMaps that plans use when they are not given one (None withdraws it)."""
-    _published[:] = [maps] if maps is not None else []
-
-
-def published_maps() -> LiveMaps | None:
-    """The LiveMaps published by :func:`publish_maps` (by ``nanopilot.session.setup``), or None."""
-    return _published[0] if _published else None

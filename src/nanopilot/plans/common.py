@@ -1,6 +1,6 @@
-"""What every closed-loop plan shares: the decisions stream, the approval hook, a point of a map, finding the
-published LiveMaps, and the safe state (on every exit path and while the RunEngine is paused). Waiting for the
-analysis is in :mod:`.waiting`, the argument checks in :mod:`.checks`.
+"""What every closed-loop plan shares: the decisions stream, the approval hook, a point of a map, asking the
+RunEngine for the session's LiveMaps, and the safe state (on every exit path and while the RunEngine is paused).
+Waiting for the analysis is in :mod:`.waiting`, the argument checks in :mod:`.checks`.
 """
 
 from __future__ import annotations
@@ -15,11 +15,13 @@ from collections.abc import Callable, Sequence
 import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
 from bluesky.protocols import Movable, Readable
-from bluesky.utils import MsgGenerator
+from bluesky.utils import InvalidCommand, Msg, MsgGenerator
 
-from ..callbacks.live_maps import LiveMaps, published_maps
+from ..callbacks.live_maps import LiveMaps
 
 DECISION_STREAM = "decisions"
+#: The RunEngine command that answers with the session's LiveMaps (see :func:`resolve_maps`).
+MAPS_COMMAND = "nanopilot_maps"
 logger = logging.getLogger(__name__)
 
 
@@ -85,6 +87,16 @@ def record_decision(log: DecisionLog, step: int, action: str, reason: str, evide
     return decision
 
 
+def merge_md(own: dict, md: dict | None) -> dict:
+    """The start document's metadata: the caller's ``md`` over the plan's ``own``, as bluesky's plans merge it,
+    except that ``hints`` are merged key by key (the plan's ``dimensions`` stay unless ``md`` gives some) and the
+    plan's ``plan_name`` and ``plan_args`` stay (they say what ran)."""
+    md = dict(md or {})
+    merged = {**own, **md, "hints": {**own.get("hints", {}), **md.get("hints", {})}}
+    merged.update({key: own[key] for key in ("plan_name", "plan_args") if key in own})
+    return merged
+
+
 def map_point(readables: Sequence[Readable], step: dict[Movable, float], pos_cache: dict) -> MsgGenerator[dict]:
     """Plan stub: one point of a map, as bluesky's ``one_nd_step`` (a checkpoint, the moves of ``step`` that
     differ from ``pos_cache``, trigger and read ``readables``: a pause retakes the point). Returns the readings."""
@@ -102,12 +114,17 @@ def reading_time(readings: dict) -> float:
     return max(float(r["timestamp"]) for r in readings.values())
 
 
-def resolve_maps(maps: LiveMaps | None) -> LiveMaps:
-    """``maps`` if given, else the LiveMaps published by the session (``nanopilot.session.setup``)."""
+def resolve_maps(maps: LiveMaps | None) -> MsgGenerator[LiveMaps]:
+    """Plan stub: ``maps`` if given, else the LiveMaps of the RunEngine's session, asked for with a
+    :data:`MAPS_COMMAND` message (which :func:`nanopilot.session.setup` registers on the RunEngine; a queue-server
+    startup file calls it). Yields nothing when ``maps`` is given."""
     if maps is not None:
         return maps
-    found = published_maps()
-    if found is None:
+    try:
+        found = yield Msg(MAPS_COMMAND)
+    except InvalidCommand:  # no session on this RunEngine
+        found = None
+    if found is None:  # no session, a closed one, or a dry run (no RunEngine)
         raise ValueError("no live analysis: pass maps=analysis.maps, or install the analysis with "
                          "nanopilot.session.setup(RE, ...) first")
     return found

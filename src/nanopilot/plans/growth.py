@@ -30,6 +30,7 @@ from .common import (
     SafeStateGuard,
     SafeWhilePaused,
     map_point,
+    merge_md,
     reading_time,
     record_decision,
     resolve_maps,
@@ -98,7 +99,7 @@ def grow_until(detectors: Sequence[Readable], deposition: Movable, x: Movable, y
     detectors = check_detectors(detectors)
     for name, device in (("deposition", deposition), ("x", x), ("y", y)):
         check_device(name, device, "set")
-    maps = resolve_maps(maps)
+    maps = yield from resolve_maps(maps)
     for name, value in (("target_thickness", target_thickness), ("interval", interval), ("max_time", max_time),
                         ("z_point", z_point), ("z_spread", z_spread), ("timeout", timeout)):
         check_positive(name, value)
@@ -126,7 +127,7 @@ def grow_until(detectors: Sequence[Readable], deposition: Movable, x: Movable, y
            "plan_args": {"target_thickness": float(target_thickness), "interval": float(interval),
                          "max_time": float(max_time), "points": [list(p) for p in points], "z_point": float(z_point),
                          "z_spread": float(z_spread), "window": int(window), "look_every": int(look_every)},
-           **(md or {})}
+           "hints": {"dimensions": [([y.name], "primary"), ([x.name], "primary")]}}
     result = {"reason": "", "thickness": math.nan, "rate": math.nan, "rounds": 0}
 
     guarded = SafeWhilePaused(shutter, "closed")  # closed while the RunEngine is paused
@@ -224,6 +225,6 @@ def grow_until(detectors: Sequence[Readable], deposition: Movable, x: Movable, y
     def body(uid):  # the shutter is closed (on every exit path) before the run waits for its analysis
         return safe_state_wrapper(bpp.stage_wrapper(inner(uid), detectors), shutter, "closed")
 
-    yield from bpp.subs_wrapper(analysed_run(body, _md, maps, timeout), SafeStateGuard(shutter, "closed"))
+    yield from bpp.subs_wrapper(analysed_run(body, merge_md(_md, md), maps, timeout), SafeStateGuard(shutter, "closed"))
     result["decisions"] = list(log.history)
     return result

@@ -18,7 +18,7 @@ from .checks import (
     check_range,
     check_within,
 )
-from .common import DecisionLog, map_point, record_decision, resolve_maps
+from .common import DecisionLog, map_point, merge_md, record_decision, resolve_maps
 from .steering import (
     FIELDS,
     Lattice,
@@ -53,7 +53,7 @@ def steered_map(detectors: Sequence[Readable], x: Movable, y: Movable, x_range: 
     threshold : cells whose interest (largest change or curvature across the cell in units of the field's noise; texture
         boundaries and flagged frames add to it) is at or below this are left alone.
     cells_per_round : at most this many cells are refined per round (one decision each round).
-    maps : the analysis' LiveMaps (default: the published one, see ``nanopilot.session``).
+    maps : the analysis' LiveMaps (default: the RunEngine's session's, see ``nanopilot.session.setup``).
     approve : optional ``approve(decision) -> bool`` hook that can veto each refinement (human in the loop).
     timeout : seconds to wait for the analysis to catch up before each decision, and for it to finish the run
         (its analysis and texture runs stopped) before the plan returns.
@@ -82,7 +82,7 @@ def steered_map(detectors: Sequence[Readable], x: Movable, y: Movable, x_range: 
     detectors = check_detectors(detectors)
     check_device("x", x, "set")
     check_device("y", y, "set")
-    maps = resolve_maps(maps)
+    maps = yield from resolve_maps(maps)
     check_positive("fine", fine, integer=True)
     check_positive("coarse_step", coarse_step, integer=True)
     if int(coarse_step) & (int(coarse_step) - 1):
@@ -110,7 +110,7 @@ def steered_map(detectors: Sequence[Readable], x: Movable, y: Movable, x_range: 
     _md = {"plan_name": "steered_map", "motors": [y.name, x.name], "detectors": [d.name for d in detectors],
            "plan_args": {"x_range": [x0, x1], "y_range": [y0, y1], "fine": int(fine), "coarse_step": int(coarse_step),
                          "budget": total, "threshold": float(threshold)},
-           "hints": {"dimensions": [([y.name], "primary"), ([x.name], "primary")]}, **(md or {})}
+           "hints": {"dimensions": [([y.name], "primary"), ([x.name], "primary")]}}
     result = {"lattice": lattice, "points": 0, "rounds": 0, "reason": ""}
 
     pos_cache = defaultdict(lambda: None)  # last positions set, as bluesky's scans keep them
@@ -160,7 +160,7 @@ def steered_map(detectors: Sequence[Readable], x: Movable, y: Movable, x_range: 
             cells = [c for c in cells if c not in chosen] + [s for c in chosen for s in split(c)[0]]
             result["rounds"] += 1
 
-    yield from analysed_run(inner, _md, maps, timeout)
+    yield from analysed_run(inner, merge_md(_md, md), maps, timeout)
     result["decisions"] = list(log.history)
     result["cells"] = list(cells)
     return result

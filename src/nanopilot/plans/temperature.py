@@ -46,7 +46,7 @@ from .checks import (
     check_range,
     check_within,
 )
-from .common import DecisionLog, map_point, record_decision, resolve_maps, safe_state_wrapper
+from .common import DecisionLog, map_point, merge_md, record_decision, resolve_maps, safe_state_wrapper
 from .waiting import analysed_run, wait_for_analysis
 from .zoom import WINDOW_SPACINGS, MapView, grid_points, next_probe, novel_window, onset_from_radius
 
@@ -102,7 +102,7 @@ def find_texture_temperature(detectors: Sequence[Readable], temperature: Movable
         KeyboardInterrupt inside a device (the RunEngine halts) the setpoint is set there directly, without
         waiting. By default the sample stays at the last temperature, the fine map's: temperature change is not
         a hazard for the sample, and the new texture is kept for further measurements.
-    maps : the analysis' LiveMaps (default: the published one, see ``nanopilot.session``); analyse with
+    maps : the analysis' LiveMaps (default: the RunEngine's session's, see ``nanopilot.session.setup``); analyse with
         ``frame_features=nanopilot.texture.frame_descriptor`` for the best sensitivity.
     approve : optional ``approve(decision) -> bool`` hook asked before each temperature move and before the
         fine map; a veto ends the search.
@@ -136,7 +136,7 @@ def find_texture_temperature(detectors: Sequence[Readable], temperature: Movable
     detectors = check_detectors(detectors)
     for name, device in (("temperature", temperature), ("x", x), ("y", y)):
         check_device(name, device, "set")
-    maps = resolve_maps(maps)
+    maps = yield from resolve_maps(maps)
     for name, value in (("step", step), ("tolerance", tolerance), ("timeout", timeout)):
         check_positive(name, value)
     check_positive("quick", quick, integer=True)
@@ -178,7 +178,7 @@ def find_texture_temperature(detectors: Sequence[Readable], temperature: Movable
            "plan_args": {"x_range": [x0, x1], "y_range": [y0, y1], "start": t_start, "stop": t_stop,
                          "step": float(step), "tolerance": float(tolerance), "hysteresis": float(hysteresis),
                          "quick": int(quick), "fine": int(fine), "dwell": float(dwell), "direction": direction},
-           "hints": {"dimensions": [([y.name], "primary"), ([x.name], "primary")]}, **(md or {})}
+           "hints": {"dimensions": [([y.name], "primary"), ([x.name], "primary")]}}
     result = {"reason": "", "transition": math.nan, "bracket": None, "maps": 0, "history": [], "fine_map": None}
     seq = {"n": 0}
     pos_cache = defaultdict(lambda: None)  # last positions set, as bluesky's scans keep them
@@ -334,6 +334,6 @@ def find_texture_temperature(detectors: Sequence[Readable], temperature: Movable
         plan = bpp.stage_wrapper(inner(uid), detectors)
         return safe_state_wrapper(plan, temperature, t_start, timeout=0) if restore else plan
 
-    yield from analysed_run(body, _md, maps, timeout)
+    yield from analysed_run(body, merge_md(_md, md), maps, timeout)
     result["decisions"] = list(log.history)
     return result

@@ -1,10 +1,12 @@
-"""The plans wait for the analysis without blocking the RunEngine (issue 19, item 3): a pause while they wait is
-serviced at once, resume finishes the plan, abort restores the safe state, and grow_until's shutter is closed for
-as long as the RunEngine is paused."""
+"""The plans speak bluesky (issue 19, items 3, 4 and 6). They wait for the analysis without blocking the
+RunEngine: a pause while they wait is serviced at once, resume finishes the plan, abort restores the safe state, and
+grow_until's shutter is closed for as long as the RunEngine is paused. They sleep with ``bps.sleep`` (a simulated
+beamline spends it on its clock), merge ``md`` as bluesky's plans do, and get the session's maps from the RunEngine."""
 
 import threading
 import time
 
+import bluesky.plan_stubs as bps
 import numpy as np
 import pytest
 from bluesky import RunEngine
@@ -15,6 +17,7 @@ from test_plans_growth import TruthPredictor
 from nanopilot.callbacks import LiveMaps, NanobeamAnalysis
 from nanopilot.estimates import Estimates
 from nanopilot.plans import find_texture_temperature, grow_until
+from nanopilot.plans.common import merge_md
 from nanopilot.plans.waiting import wait_until
 from nanopilot.sim_devices import make_beamline
 from nanopilot.texture import frame_descriptor
@@ -156,3 +159,26 @@ def test_a_failing_condition_fails_its_wait_and_not_the_analysis():
     future = maps.when(lambda m: m.caught_up() and 1 / 0)
     add_frame(maps)
     assert isinstance(future.exception(timeout=1), ZeroDivisionError) and maps.caught_up()
+
+
+# --- time, metadata
+
+
+def test_a_simulated_beamline_spends_the_run_engines_sleeps_on_its_clock():
+    bl = make_beamline("growth", seed=1)
+    RE = RunEngine({})
+    bl.install(RE)
+    bl.deposition.shutter.put("open")
+    t, deposited = bl.clock.elapsed, bl.sample.deposited
+    start = time.monotonic()
+    RE(bps.sleep(100.0))
+    assert time.monotonic() - start < 5 and bl.clock.elapsed - t == pytest.approx(100.0)
+    assert bl.sample.deposited - deposited == pytest.approx(100.0 * bl.deposition.rate.get())
+
+
+def test_md_is_merged_as_bluesky_plans_do_keeping_hints_and_plan_args():
+    own = {"plan_name": "p", "plan_args": {"a": 1}, "motors": ["y", "x"], "hints": {"dimensions": [(["x"], "primary")]}}
+    merged = merge_md(own, {"sample": "S1", "motors": ["z"], "plan_args": {}, "hints": {"gridding": "rectilinear"}})
+    assert merged == {"plan_name": "p", "plan_args": {"a": 1}, "motors": ["z"], "sample": "S1",
+                      "hints": {"dimensions": [(["x"], "primary")], "gridding": "rectilinear"}}
+    assert merge_md(own, None) == own
