@@ -58,10 +58,20 @@ def pause_when_waiting(RE, predictor):
     return asked
 
 
-def growth(seed=3, target=140.0):
+@pytest.fixture
+def analyses():
+    """Analyses to close after the test (their threads end with it)."""
+    made = []
+    yield made
+    for analysis in made:
+        analysis.close(timeout=30)
+
+
+def growth(analyses, seed=3, target=140.0):
     bl = make_beamline("growth", seed=seed)
     predictor = GatedPredictor(TruthPredictor(bl, seed), lambda: bl.deposition.shutter.get() == "open")
     analysis = NanobeamAnalysis(predictor, batch_size=1, max_latency=0.0)  # threaded: the RunEngine waits for it
+    analyses.append(analysis)
     RE = RunEngine({}, call_returns_result=True)
     bl.install(RE)
     RE.subscribe(analysis)
@@ -72,8 +82,8 @@ def growth(seed=3, target=140.0):
     return bl, RE, plan, predictor, shutter
 
 
-def test_grow_until_pauses_at_once_while_waiting_closes_the_shutter_and_resumes():
-    bl, RE, plan, predictor, shutter = growth()
+def test_grow_until_pauses_at_once_while_waiting_closes_the_shutter_and_resumes(analyses):
+    bl, RE, plan, predictor, shutter = growth(analyses)
     asked = pause_when_waiting(RE, predictor)
     with pytest.raises(RunEngineInterrupted):
         RE(plan)
@@ -90,8 +100,8 @@ def test_grow_until_pauses_at_once_while_waiting_closes_the_shutter_and_resumes(
     assert bl.deposition.shutter.get() == "closed"
 
 
-def test_grow_until_abort_while_waiting_closes_the_shutter():
-    bl, RE, plan, predictor, _ = growth()
+def test_grow_until_abort_while_waiting_closes_the_shutter(analyses):
+    bl, RE, plan, predictor, _ = growth(analyses)
     pause_when_waiting(RE, predictor)
     with pytest.raises(RunEngineInterrupted):
         RE(plan)
@@ -104,10 +114,11 @@ def test_grow_until_abort_while_waiting_closes_the_shutter():
     assert bl.sample.deposited == grown
 
 
-def test_find_texture_temperature_abort_while_waiting_restores_the_temperature():
+def test_find_texture_temperature_abort_while_waiting_restores_the_temperature(analyses):
     bl = make_beamline("cooling", seed=1, noise=False, temperature=266.0)
     predictor = GatedPredictor(CentroidPredictor(), lambda: bl.temperature.position < 265.0)
     analysis = NanobeamAnalysis(predictor, frame_features=frame_descriptor, batch_size=64, max_latency=0.02)
+    analyses.append(analysis)
     RE = RunEngine({}, call_returns_result=True)
     RE.subscribe(analysis)
     asked = pause_when_waiting(RE, predictor)
