@@ -3,6 +3,7 @@ RunEngine: a pause while they wait is serviced at once, resume finishes the plan
 grow_until's shutter is closed for as long as the RunEngine is paused. They sleep with ``bps.sleep`` (a simulated
 beamline spends it on its clock), merge ``md`` as bluesky's plans do, and get the session's maps from the RunEngine."""
 
+import asyncio
 import threading
 import time
 
@@ -17,7 +18,7 @@ from test_plans_growth import TruthPredictor
 from nanopilot.callbacks import LiveMaps, NanobeamAnalysis
 from nanopilot.estimates import Estimates
 from nanopilot.plans import find_texture_temperature, grow_until
-from nanopilot.plans.common import merge_md
+from nanopilot.plans.common import SafeWhilePaused, merge_md
 from nanopilot.plans.waiting import wait_until
 from nanopilot.sim_devices import make_beamline
 from nanopilot.texture import frame_descriptor
@@ -193,3 +194,24 @@ def test_md_is_merged_as_bluesky_plans_do_keeping_hints_and_plan_args():
     assert merged == {"plan_name": "p", "plan_args": {"a": 1}, "motors": ["z"], "sample": "S1",
                       "hints": {"dimensions": [(["x"], "primary")], "gridding": "rectilinear"}}
     assert merge_md(own, None) == own
+
+
+def test_a_shutter_that_fails_to_close_at_a_pause_is_logged_not_raised(caplog):
+    from ophyd.status import StatusBase
+
+    class Shutter:
+        name, parent, fail = "shutter", None, False
+
+        def set(self, value):
+            if self.fail:
+                raise RuntimeError("stuck")
+            status = StatusBase()
+            status.set_finished()
+            return status
+
+    shutter = Shutter()
+    guarded = SafeWhilePaused(shutter, "closed")
+    guarded.set("open")
+    shutter.fail = True
+    asyncio.run(guarded.pause())
+    assert "could not set shutter to 'closed'; do it by hand" in caplog.text

@@ -189,14 +189,19 @@ class SafeWhilePaused:
         return self.obj.set(value)
 
     async def _put(self, value, why: str) -> None:
+        """Set ``obj`` to ``value`` unless nothing but the safe value was set; logs, never raises (the RunEngine
+        would fail the plan while pausing)."""
         if self.commanded is None or self.commanded == self.safe_value:
             return
-        status = self.obj.set(value)
-        if hasattr(status, "__await__"):  # an ophyd-async status: a task on this loop
-            await asyncio.wait_for(status, self.timeout)
-        else:  # an ophyd status: finished by another thread (or already)
-            await asyncio.get_running_loop().run_in_executor(None, status.wait, self.timeout)
-        logger.warning("%s: %s set to %r", why, self.name, value)
+        try:
+            status = self.obj.set(value)
+            if hasattr(status, "__await__"):  # an ophyd-async status: a task on this loop
+                await asyncio.wait_for(status, self.timeout)
+            else:  # an ophyd status: finished by another thread (or already)
+                await asyncio.get_running_loop().run_in_executor(None, status.wait, self.timeout)
+            logger.warning("%s: %s set to %r", why, self.name, value)
+        except Exception:
+            logger.exception("%s: could not set %s to %r; do it by hand", why, self.name, value)
 
     async def pause(self) -> None:
         """Put ``obj`` at its safe value (the RunEngine pauses)."""

@@ -61,12 +61,13 @@ def grow_until(detectors: Sequence[Readable], deposition: Movable, x: Movable, y
         more than the correlation length of the relaxation patches, so that each point watches a patch of its
         own; the film relaxes first where its local critical thickness is lowest, and more patches watched make
         it likelier that one of them is among the first).
-    interval : seconds between rounds (on the beamline's clock). Short by default, so that the detector keeps
+    interval : seconds between rounds (``bps.sleep``; a simulated beamline spends it on its clock, see
+        ``Beamline.install``). Short by default, so that the detector keeps
         measuring and the film grows little between looks at a point (relaxation is caught earlier than with
         1 s); it costs frames, dose and data, not beamline time (the growth sets the time).
-    max_time : the shutter is closed after this many seconds whatever happens.
+    max_time : the shutter is closed once this many seconds have passed since the first frame, whatever happens.
     z_point, z_spread, window : relaxation criterion (noise units, noise units, rounds), see
-        :class:`GrowthMonitor`.
+        :class:`~nanopilot.plans.growth_monitor.GrowthMonitor`.
     look_every : the relaxation tests also run every this many points within a round, on the round so far
         (:meth:`GrowthMonitor.relaxation` with ``partial``), and not only once the round is complete: a patch
         that relaxes is seen up to a round earlier (a round of the default 25 points takes about 3 s, 6 A of a
@@ -80,8 +81,10 @@ def grow_until(detectors: Sequence[Readable], deposition: Movable, x: Movable, y
 
     Notes
     -----
-    Every argument is checked before the first message: nothing moves or opens for a bad one (ValueError, naming
-    it). The plan returns once the run's analysis has ended (its analysis and texture runs stopped).
+    Times are the readings' timestamps (the devices' clock): a round's time is its frames', and each decision is
+    taken at the time of the last frame it saw. Every argument is checked before the first message: nothing moves
+    or opens for a bad one (ValueError, naming it). The plan returns once the run's analysis has ended (its
+    analysis and texture runs stopped).
     The shutter is closed on every exit path, whatever the subscribers do
     (:func:`~nanopilot.plans.common.safe_state_wrapper`): on success, an exception, abort or stop (also after a
     pause) by the plan's last messages; on a halt (also after a pause) or a KeyboardInterrupt inside a device

@@ -85,7 +85,8 @@ def find_texture_temperature(detectors: Sequence[Readable], temperature: Movable
     x, y : stage motors (um).
     x_range, y_range : (start, stop) of the mapped region (um), inside the motors' limits.
     stop : the search goes no further than this temperature (K).
-    start : temperature (K) of the reference map (default: the controller's reading at the start).
+    start : temperature (K) of the reference map (default: the controller's reading at the start, ``bps.rd``;
+        a dry run, which cannot read it, needs it).
     step : search step (K), > 0. A coarse step costs few maps: the zoomed bracketing narrows the step in about
         five maps (``benchmarks/plans.py --parts c``).
     tolerance : width (K) of the final bracket, > 0.
@@ -93,7 +94,7 @@ def find_texture_temperature(detectors: Sequence[Readable], temperature: Movable
         goes back ``hysteresis + tolerance`` beyond the unchanged end of the bracket before the next one.
     quick : points per side of the quick maps (>= 5).
     fine : points per side of the final fine map (>= quick).
-    dwell : extra time (s, on the devices' clock) to wait after the controller has settled, before mapping.
+    dwell : extra time (s, ``bps.sleep``) to wait after the controller has settled, before mapping.
     zoom : bracket on quick maps of a window around the new texture and extrapolate its radius to zero (see
         the module notes); False: every map covers the whole region and the estimate is the bracket's middle.
     restore : go back to the start temperature on every exit path, whatever the subscribers do
