@@ -3,6 +3,7 @@ gain, hot and dead pixels, a shifted or drifting peak) that its frame preparatio
 frames; a grid scan measured through them maps the scene about as well as ideal 64 x 64 frames."""
 
 import json
+from pathlib import Path
 
 import bluesky.plans as bp
 import h5py
@@ -137,6 +138,10 @@ def test_the_published_setups_preset_saves_as_yaml_and_fits_the_instrument(tmp_p
     loaded = FramePreparation.load(tmp_path / "published.yaml")
     loaded.check(Instrument())
     assert loaded.fingerprint() == preparation.fingerprint() == FramePreparation().fingerprint()
+    shipped = FramePreparation.load(Path(__file__).parents[1] / "examples/detectors/published-medipix-256.yaml")
+    shipped.check(Instrument())
+    assert (shipped.detector_shape, shipped.roi_shape, shipped.binning) == ((256, 256), (128, 128), 2)
+    assert shipped.prepare(np.zeros((1, 256, 256))).roi_corner.tolist() == [[64, 64]]  # the centred ROI
 
 
 def map_rmse(bl, predictor, n=8, drift_every=None, summary=None):
