@@ -280,6 +280,9 @@ def test_read_only_catalogue_database_refuses_before_the_scan(catalog, catalog_d
 def test_api_key_over_plain_http_warns(monkeypatch):
     import tiled.client
 
+    import nanopilot.catalog
+
+    monkeypatch.setattr(nanopilot.catalog, "_check_reachable", lambda uri: None)  # no server needed
     monkeypatch.setattr(tiled.client, "from_uri", lambda uri, api_key=None: (uri, api_key))
     monkeypatch.setenv("TILED_API_KEY", "secret")
     with pytest.warns(UserWarning, match="plain text.*https://beamline.example.org:8000/api/v1"):
@@ -356,7 +359,7 @@ def test_tiled_server_killed_mid_scan_stalls_once_and_loses_nothing(catalog, cat
     from nanopilot.backup import restore
 
     monkeypatch.setattr(tiled.client.utils, "TILED_RETRY_TIMEOUT", 2.0)  # the client's retry budget (default 45 s)
-    with tiled_serve(catalog_dir, "faultstestkey", monkeypatch) as (server, remote):
+    with tiled_serve(catalog_dir, "faultstestkey", monkeypatch) as (server, remote, _):
         writer = make_writer(remote, batch_size=2, backup_directory=tmp_path / "backup")
         RE = RunEngine({})
         stamps = {}

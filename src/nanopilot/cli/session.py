@@ -46,6 +46,7 @@ def namespace(args) -> dict:
     from ..catalog import open_catalog
     from ..plans import find_texture_temperature, grow_until, steered_map
     from ..replay import replay
+    from ..runs import last_scan_id
     from ..session import setup
 
     ns = {"bp": bp, "bps": bps, "summarize_plan": summarize_plan, "steered_map": steered_map,
@@ -65,7 +66,9 @@ def namespace(args) -> dict:
                    "deposition": bl.deposition}
         ns.update(beamline=bl, stage=bl.stage, flyer=bl.flyer, sample=bl.sample)
         RE = RunEngine({})
-    catalog = open_catalog(args.catalog)
+    catalog = open_catalog(args.catalog, create=True)
+    if "scan_id" not in RE.md:  # continue the catalogue's scan ids instead of starting again at 1
+        RE.md["scan_id"] = last_scan_id(catalog)
     session = setup(RE, catalog=catalog, model=args.model, plot=args.plot, mask=args.mask, **devices)
     ns.update(RE=RE, catalog=catalog, session=session, analysis=session.analysis, maps=session.maps,
               texture=session.texture, det=devices["detector"], **{k: v for k, v in devices.items() if v is not None})
