@@ -60,8 +60,9 @@ def assert_selection(catalog):
         uid("d0000")
     with pytest.raises(ValueError, match="no raw run with scan id 99"):
         uid("99")
-    with pytest.raises(ValueError, match="'ab' is not a run"):
-        uid("ab")
+    for key in ("ab", "-0", "0"):
+        with pytest.raises(ValueError, match=f"'{key}' is not a run"):
+            uid(key)
     assert last_scan_id(catalog) == 8
     return b
 

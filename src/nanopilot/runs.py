@@ -56,7 +56,7 @@ def select_run(catalog, key: str | int) -> Selected:
     all be digits. A derived run's uid is refused with the uid of its raw run.
     """
     key = str(key).strip()
-    if re.fullmatch(r"-\d+", key):
+    if re.fullmatch(r"-[1-9]\d*", key):
         return Selected(_by_index(catalog, int(key)))
     if key.isdigit() and int(key) > 0:
         found = _by_scan_id(catalog, int(key))
