@@ -72,15 +72,16 @@ def test_ipython_session_driven_by_a_script(tmp_path):
         "uid, = RE(bp.grid_scan([det], y, -1, 1, 4, x, -1, 1, 5))\n"
         "analysis.flush()\n"
         "import json\n"
-        f"json.dump({{'points': len(maps[uid]), 'stored': uid in catalog, 'ipython': get_ipython() is not None}}, "
-        f"open({str(result)!r}, 'w'))\n")
+        "newest = select_run(catalog, -1).run.start['uid']\n"  # the analysis and texture runs are newer
+        f"json.dump({{'points': len(maps[uid]), 'stored': uid in catalog, 'ipython': get_ipython() is not None, "
+        f"'selected': newest == uid}}, open({str(result)!r}, 'w'))\n")
     nanopilot = os.path.join(os.path.dirname(sys.executable), "nanopilot")
     done = subprocess.run([nanopilot, "session", str(script), "--catalog", str(tmp_path / "cat"),
                            "--plot", str(tmp_path / "maps_{uid}.png")],
                           capture_output=True, text=True, timeout=300, env={**os.environ, "MPLBACKEND": "Agg"})
     assert done.returncode == 0, done.stderr[-2000:]
     assert "nanopilot session:" in done.stdout  # the cheat sheet
-    assert json.loads(result.read_text()) == {"points": 20, "stored": True, "ipython": True}
+    assert json.loads(result.read_text()) == {"points": 20, "stored": True, "ipython": True, "selected": True}
 
 
 def test_session_devices_file_must_define_the_devices(tmp_path, capsys):
