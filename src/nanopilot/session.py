@@ -103,7 +103,7 @@ def setup(RE, *, detector, x, y, temperature=None, deposition=None, catalog=None
     if catalog is not None and isinstance(catalog, (str, Path)):
         from .catalog import open_catalog
 
-        catalog = open_catalog(catalog)
+        catalog = open_catalog(catalog, create=True)
     tokens, raw_writer = [], None
     if catalog is not None:
         from .storage import make_writer

@@ -27,33 +27,38 @@ def run(args) -> int:
     from bluesky import RunEngine
 
     from ..catalog import default_data_dir, open_catalog
+    from ..runs import last_scan_id
     from ..session import setup
 
     parts = args.only or list(PARTS)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     print("opening the catalogue ...", flush=True)
-    catalog = open_catalog(args.catalog)
+    catalog = open_catalog(args.catalog, create=True)
     rows = []
     for part in parts:
-        RE = RunEngine({}, call_returns_result=True)
+        # each part's run continues the catalogue's scan ids, so that every run has its own
+        RE = RunEngine({"scan_id": last_scan_id(catalog)}, call_returns_result=True)
         RE.loop.call_soon_threadsafe(torch.set_num_threads, 1)  # devices render in the RunEngine's thread
         print(f"-- {part}: running ...", flush=True)
         t0 = time.perf_counter()
         row = DEMOS[part](RE, setup, catalog, out, args.seed)
         row["seconds"] = time.perf_counter() - t0
+        row["scan_id"] = catalog[row["uid"]].start["scan_id"]
         rows.append(row)
         print(f"   {row['result']}  ({row['seconds']:.0f} s)", flush=True)
     print()
-    print(f"{'plan':26s} {'decisions':>9s} {'points':>7s}  {'seconds':>7s}  result against the scene's truth")
+    print(f"{'scan':>4s}  {'plan':26s} {'decisions':>9s} {'points':>7s}  {'seconds':>7s}  result against the scene's "
+          "truth")
     for row in rows:
-        print(f"{row['plan']:26s} {row['decisions']:9d} {row['points']:7d}  {row['seconds']:7.0f}  {row['result']}")
+        print(f"{row['scan_id']:4d}  {row['plan']:26s} {row['decisions']:9d} {row['points']:7d}  "
+              f"{row['seconds']:7.0f}  {row['result']}")
     location = args.catalog or default_data_dir() / "catalog"
     print(f"\nmaps: {', '.join(str(r['png']) for r in rows)}")
     print(f"data: Tiled catalogue at {location}")
-    for row in rows:
-        option = f" --catalog {args.catalog}" if args.catalog else ""
-        print(f"replay the {row['plan']} run: nanopilot replay{option} {row['uid'][:8]}")
+    option = f" --catalog {args.catalog}" if args.catalog else ""
+    for row in rows:  # a uid prefix names exactly this run; replay analyses it with the model its analysis used
+        print(f"replay the {row['plan']} run (scan {row['scan_id']}): nanopilot replay{option} {row['uid'][:8]}")
     return 0
 
 
