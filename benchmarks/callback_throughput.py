@@ -54,6 +54,14 @@ def make_documents(frames: np.ndarray, page: int) -> list[tuple[str, dict]]:
     return docs
 
 
+def paged_rate(step, frames: np.ndarray, page: int) -> float:
+    """Frames/s of ``step`` called on ``frames`` page by page."""
+    t0 = time.perf_counter()
+    for first in range(0, len(frames), page):
+        step(frames[first:first + page])
+    return len(frames) / (time.perf_counter() - t0)
+
+
 def settled(measure):
     """Run ``measure`` after a pause: the OpenMP pool of the thread that ran the previous measurement keeps
     spinning for a while after its work and would otherwise steal the cores from this one."""
@@ -98,10 +106,7 @@ def main() -> None:
         predictor.predict(frames[:512])  # warm-up
 
         def bare():
-            t0 = time.perf_counter()
-            for first in range(0, len(frames), args.page):
-                predictor.predict(frames[first:first + args.page])
-            return args.frames / (time.perf_counter() - t0)
+            return paged_rate(predictor.predict, frames, args.page)
 
         rates = {"bare": [], "threaded": [], "inline": []}
         for _ in range(args.repeats):  # interleaved, best of each: the machine is shared
@@ -153,10 +158,7 @@ def preparation_cost(ensemble: Predictor, params: np.ndarray, docs, args) -> Non
     prepared.predict(raw[:512])  # warm-up
 
     def alone():
-        t0 = time.perf_counter()
-        for first in range(0, len(raw), args.page):
-            preparation.prepare(raw[first:first + args.page])
-        return args.frames / (time.perf_counter() - t0)
+        return paged_rate(preparation.prepare, raw, args.page)
 
     rates = {"64 x 64": [], "raw": [], "alone": []}
     for _ in range(args.repeats):
