@@ -15,7 +15,8 @@ from .style import new_figure
 def growth_rounds(run: PlanRun) -> tuple[GrowthMonitor, list[dict]]:
     """Replay the plan's monitor on the complete rounds of the run (``plan_args["points"]`` frames each): the
     monitor, and per round its time (s since the first frame), mean thickness and 1σ of a point's thickness
-    (angstrom, the network's), and the two relaxation statistics (noise units; NaN while the baseline fills)."""
+    (angstrom: the network's, or the round's scatter when the model gives none; ``sigma_from`` says which), and
+    the two relaxation statistics (noise units; NaN while the baseline fills)."""
     args, points = run.plan_args, run.points()
     monitor = GrowthMonitor(float(args.get("target_thickness", math.nan)), z_point=args.get("z_point", 5.58),
                             z_spread=args.get("z_spread", 5.0), window=int(args.get("window", 6)))
@@ -28,8 +29,10 @@ def growth_rounds(run: PlanRun) -> tuple[GrowthMonitor, list[dict]]:
         monitor.add_round(float(np.nanmean(points["time"][part])), values)
         _, evidence = monitor.relaxation()
         std = points.get("thickness_std", np.full(len(points["seq_num"]), np.nan))[part]
-        rows.append({"time": monitor.times[-1], "thickness": monitor.thickness(),
-                     "sigma": float(np.sqrt(np.nanmean(std ** 2))) if np.isfinite(std).any() else math.nan,
+        network = bool(np.isfinite(std).any())
+        sigma = np.sqrt(np.nanmean(std ** 2)) if network else np.nanstd(values["thickness"], ddof=1)
+        rows.append({"time": monitor.times[-1], "thickness": monitor.thickness(), "sigma": float(sigma),
+                     "sigma_from": "network" if network else "scatter over the round",
                      "one point": evidence.get("one point", math.nan), "spread": evidence.get("spread", math.nan)})
     return monitor, rows
 
@@ -49,7 +52,8 @@ def growth_figure(run: PlanRun) -> Figure:
     mean, sigma = np.array([r["thickness"] for r in rows]), np.array([r["sigma"] for r in rows])
     if len(rows):
         thick.plot(t, mean, "o-", color="C0", ms=3, label="round mean")
-        thick.fill_between(t, mean - sigma, mean + sigma, color="C0", alpha=0.25, label="±1σ of a point (network)")
+        thick.fill_between(t, mean - sigma, mean + sigma, color="C0", alpha=0.25,
+                           label=f"±1σ of a point ({rows[-1]['sigma_from']})")
     thick.axhline(target, color="k", ls="--", lw=1, label=f"target {target:g} Å")
     closing = anticipated_close(monitor)
     if math.isfinite(closing):
@@ -103,6 +107,12 @@ def relaxation_panel(ax, monitor: GrowthMonitor, rows: list[dict], stop: dict | 
             frames = points["time"][points["seq_num"] <= stop.get("points", 0)]
             ax.plot(frames.max() if len(frames) else math.nan, stop["evidence"][test], "*", ms=12, color=f"C{k}",
                     markeredgecolor="k", label=f"{test} at the stop")
+    if not any(math.isfinite(r["one point"]) for r in rows):
+        ax.text(0.5, 0.5, f"no test yet: the baseline takes {monitor.min_baseline} rounds,\nthe ramp window 2 more",
+                transform=ax.transAxes, ha="center", va="center", color="0.3")
+    top = max([monitor.z_point, monitor.z_spread] + [r[k] for r in rows for k in ("one point", "spread")
+                                                      if math.isfinite(r[k])])
+    ax.set_ylim(min([0.0] + [r["spread"] for r in rows if math.isfinite(r["spread"])]), 1.15 * top)
     ax.set_xlabel("time since the first frame (s)")
     ax.set_ylabel("ramp statistic (noise units)")
     ax.set_title(f"relaxation tests (baseline: the first {monitor.min_baseline} rounds)")

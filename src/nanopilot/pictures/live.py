@@ -37,7 +37,7 @@ class LivePictures:
     (``nanopilot.session.setup(..., plot=...)`` does). Its own thread redraws a run whose documents changed, at
     most once per ``min_interval`` s; when the run's analysis and texture runs have stopped (the analysis run alone
     when ``texture=False``) the callback draws the final picture and writes ``save`` (``{uid}`` replaced by the raw
-    run's first 8 characters) before it returns.
+    run's first 8 characters) before it returns; without ``save`` the thread draws it.
 
     Attributes
     ----------
@@ -63,7 +63,7 @@ class LivePictures:
 
     def _changed(self, raw_uid: str, name: str) -> None:
         ended = {ANALYSIS, TEXTURE} if self.texture else {ANALYSIS}
-        if name == "stop" and ended <= self.collector.runs[raw_uid].stopped:
+        if name == "stop" and ended <= self.collector.runs[raw_uid].stopped and self.save:
             with self._wake:
                 self._ended.add(raw_uid)
                 self._dirty.discard(raw_uid)
@@ -117,9 +117,14 @@ class LivePictures:
         return figure
 
     def close(self, timeout: float = 10.0) -> None:
-        """Stop the drawing thread (the pictures of ended runs are saved already)."""
+        """Stop the drawing thread, then draw the runs changed since its last redraw (the pictures of ended runs
+        are saved already)."""
         with self._wake:
             self._closed = True
             self._wake.notify_all()
         if self._thread is not None:
             self._thread.join(timeout)
+        with self._wake:
+            pending, self._dirty = set(self._dirty), set()
+        for uid in pending:
+            self.draw(uid)

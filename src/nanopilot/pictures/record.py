@@ -86,7 +86,8 @@ class PlanRun:
     def copy(self) -> PlanRun:
         """An independent copy of the tables (drawn from while the documents keep arriving)."""
         other = PlanRun(self.uid)
-        other.start, other.texture_summary, other.stopped = dict(self.start), dict(self.texture_summary), set(self.stopped)
+        other.start, other.texture_summary = dict(self.start), dict(self.texture_summary)
+        other.stopped = set(self.stopped)
         other.frames = {k: list(v) for k, v in self.frames.items()}
         other.estimates = {k: list(v) for k, v in self.estimates.items()}
         other.decisions, other.labels = list(self.decisions), dict(self.labels)

@@ -7,7 +7,7 @@ from matplotlib.figure import Figure
 
 from ..plans.steering import Lattice, reconstruct
 from .record import PlanRun
-from .style import FIELDS, map_axes, new_figure, field_panel, texture_panel
+from .style import field_panel, map_axes, new_figure, texture_panel
 
 ESTIMATES = ("strain", "omega", "chi", "thickness")
 
@@ -32,7 +32,7 @@ def steered_map_figure(run: PlanRun) -> Figure:
     extra = ["texture"] * bool((points["texture"] >= 0).any()) + ["strain_std"] * ("strain" in fields)
     panels = fields + extra + ["rounds"]
     cols = -(-len(panels) // 2)
-    figure = new_figure(4.3 * cols, 7.6)
+    figure = new_figure(3.9 * cols, 7.2)
     axes = figure.subplots(2, cols, squeeze=False).ravel()
     for ax in axes[len(panels):]:
         figure.delaxes(ax)
@@ -51,11 +51,12 @@ def steered_map_figure(run: PlanRun) -> Figure:
         method = "nearest" if field == "texture" else "cubic"
         grid = reconstruct(lattice, measured, field, method) if measured else np.full((lattice.n,) * 2, np.nan)
         if field == "texture":
-            texture_panel(ax, grid.round(), extent=extent, motors=motors, title="texture (nearest point)")
+            texture_panel(ax, grid.round(), extent=extent, motors=motors, title="texture (nearest point)",
+                          counts=False)
         else:
-            field_panel(ax, field, grid, extent=extent, motors=motors,
-                        title=FIELDS[field][0].split(" (")[0] + " (reconstructed)")
-    figure.suptitle(run.title())
+            field_panel(ax, field, grid, extent=extent, motors=motors)
+    figure.suptitle(f"{run.title()}\nmaps reconstructed on the {lattice.n} x {lattice.n} raster from the measured "
+                    "points")
     return figure
 
 

@@ -80,29 +80,34 @@ def as_grid(x: np.ndarray, y: np.ndarray, values: np.ndarray):
 
 
 def field_panel(ax, field: str, values: np.ndarray, *, x=None, y=None, extent=None, motors=("x", "y"),
-                title: str | None = None) -> None:
+                title: str | None = None, norm: Normalize | None = None, colorbar: bool = True):
     """A map of ``field``: ``values`` as an (ny, nx) grid over ``extent`` (um), or scattered at ``x``, ``y`` (um,
-    drawn as a raster when they form one); with its colour bar (units) and the conventions of the module notes."""
+    drawn as a raster when they form one); with its colour bar (units) and the conventions of the module notes.
+    ``norm``: a colour norm shared with other panels (of the scaled values, see :func:`norm_for`). Returns the
+    image (or scatter) drawn."""
     label, cmap, _, scale = FIELDS[field]
     values = np.asarray(values, dtype=float) * scale
     if extent is None:
         gridded = as_grid(np.asarray(x), np.asarray(y), values)
         if gridded is not None:
             values, extent = gridded
-    norm = norm_for(field, values)
+    norm = norm or norm_for(field, values)
     if extent is not None:
         image = ax.imshow(values, origin="lower", extent=extent, cmap=cmap, norm=norm, interpolation="nearest")
     else:
         image = ax.scatter(x, y, c=values, cmap=cmap, norm=norm, s=14, marker="s", linewidths=0)
     map_axes(ax, motors)
     ax.set_title(title or label.split(" (")[0])
-    ax.figure.colorbar(image, ax=ax, shrink=0.85, label=label)
+    if colorbar:
+        ax.figure.colorbar(image, ax=ax, shrink=0.85, label=label)
+    return image
 
 
 def texture_panel(ax, labels: np.ndarray, *, x=None, y=None, extent=None, motors=("x", "y"),
-                  title: str = "texture", legend: bool = True) -> list[Patch]:
+                  title: str = "texture", legend: bool = True, counts: bool = True) -> list[Patch]:
     """A categorical map of texture labels (-1: unlabelled, shown as background), as :func:`field_panel`;
-    returns the legend handles (drawn on the axes when ``legend``)."""
+    returns the legend handles (drawn on the axes when ``legend``; with each label's number of points when
+    ``counts``)."""
     labels = np.asarray(labels, dtype=float)
     labels[labels < 0] = np.nan
     if extent is None:
@@ -119,7 +124,7 @@ def texture_panel(ax, labels: np.ndarray, *, x=None, y=None, extent=None, motors
     map_axes(ax, motors)
     ax.set_title(title)
     found = np.unique(labels[np.isfinite(labels)]).astype(int)
-    handles = texture_handles(found, labels)
+    handles = texture_handles(found, labels if counts else None)
     if legend and handles:
         ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, fontsize="x-small")
     return handles

@@ -8,10 +8,12 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from .record import PlanRun
-from .style import field_panel, new_figure, texture_handles, texture_panel
+from .style import FIELDS, field_panel, new_figure, norm_for, texture_panel
 
 #: Columns of the small multiples.
 COLUMNS = 5
+#: Field of the small multiples: the stripes' two states tilt by +- their tilt (a diverging map centred on zero).
+MAP_FIELD = "omega"
 
 
 def temperature_maps(run: PlanRun) -> list[dict]:
@@ -37,31 +39,35 @@ def temperature_maps(run: PlanRun) -> list[dict]:
 
 def temperature_figure(run: PlanRun) -> Figure:
     """The temperature search: the texture-change statistic of each map against its temperature (the threshold,
-    the probes, the bracket, the extrapolated onset and the found transition, from the decisions stream), and the
-    texture labels of every map as small multiples (the strain before the labels exist)."""
+    the probes, the bracket, the extrapolated onset and the found transition, from the decisions stream), and
+    every map as small multiples of :data:`MAP_FIELD` on one colour scale (each on its own window), with the
+    texture labels of the last map when it has more than one."""
     maps, points = temperature_maps(run), run.points()
-    rows = 1 + max(1, -(-len(maps) // COLUMNS))
+    rows = 1 + max(1, -(-(len(maps) + 1) // COLUMNS))
     figure = new_figure(3.0 * COLUMNS, 3.4 + 2.7 * (rows - 1))
     grid = figure.add_gridspec(rows, COLUMNS, height_ratios=[1.3] + [1] * (rows - 1))
     statistic_panel(figure.add_subplot(grid[0, :]), run, maps)
     motors = list(reversed(run.start.get("motors", ["y", "x"])))[:2]
-    labelled = bool((points["texture"] >= 0).any())
-    found = set()
+    values = points.get(MAP_FIELD, np.full(len(points["seq_num"]), np.nan))
+    norm = norm_for(MAP_FIELD, values * FIELDS[MAP_FIELD][3])
+    image = None
     for k, m in enumerate(maps):
         ax = figure.add_subplot(grid[1 + k // COLUMNS, k % COLUMNS])
         inside = (points["seq_num"] >= m["first"]) & (points["seq_num"] <= m["last"])
         x, y = (points.get(motor, np.zeros(len(inside)))[inside] for motor in motors)
         title = f"{k + 1}: {m['temperature']:.2f} K, {m['kind']}" + (" (changed)" if m["changed"] else "")
-        if labelled:
-            labels = points["texture"][inside]
-            texture_panel(ax, labels, x=x, y=y, motors=motors, title=title, legend=False)
-            found.update(int(v) for v in labels[labels >= 0])
-        elif "strain" in points and inside.any():
-            field_panel(ax, "strain", points["strain"][inside], x=x, y=y, motors=motors, title=title)
+        if inside.any():
+            image = field_panel(ax, MAP_FIELD, values[inside], x=x, y=y, motors=motors, title=title, norm=norm,
+                                colorbar=False)
         ax.title.set_fontsize("small")
-    if found:
-        figure.legend(handles=texture_handles(sorted(found)), loc="outside right upper", fontsize="small",
-                      title="texture labels")
+    if image is not None:
+        figure.colorbar(image, ax=figure.axes[1:], shrink=0.8, label=FIELDS[MAP_FIELD][0])
+    labels = points["texture"][points["seq_num"] >= maps[-1]["first"]] if maps else np.zeros(0)
+    if len(np.unique(labels[labels >= 0])) > 1:
+        ax = figure.add_subplot(grid[-1, -1])
+        inside = points["seq_num"] >= maps[-1]["first"]
+        x, y = (points.get(motor, np.zeros(len(inside)))[inside] for motor in motors)
+        texture_panel(ax, labels, x=x, y=y, motors=motors, title=f"{len(maps)}: texture labels")
     figure.suptitle(run.title())
     return figure
 
