@@ -66,8 +66,8 @@ def growth_figure(run: PlanRun) -> Figure:
     if stop is not None:
         when = stop_time(run, stop, points, closing)
         thick.axvline(when, color="C3", lw=1.5, label=f"shutter closed at {when:.1f} s")
-        thick.annotate(f"stop: {stop['reason']}", (when, target), xytext=(-6, 6), textcoords="offset points",
-                       ha="right", fontsize="small", color="C3", wrap=True)
+        thick.annotate(f"stop: {stop['reason']}", (when, target), xytext=(-6, -6), textcoords="offset points",
+                       ha="right", va="top", fontsize="small", color="C3")
     thick.set_xlabel("time since the first frame (s)")
     thick.set_ylabel("film thickness (Å)")
     thick.set_title("thickness against time")

@@ -80,7 +80,7 @@ class LivePictures:
     def _loop(self) -> None:
         while True:
             with self._wake:
-                self._wake.wait_for(lambda: self._closed, timeout=self.min_interval)
+                self._wake.wait_for(lambda: self._closed, timeout=min(self.min_interval, threading.TIMEOUT_MAX))
                 if self._closed:
                     return
                 if not self._dirty:

@@ -32,7 +32,7 @@ def steered_map_figure(run: PlanRun) -> Figure:
     extra = ["texture"] * bool((points["texture"] >= 0).any()) + ["strain_std"] * ("strain" in fields)
     panels = fields + extra + ["rounds"]
     cols = -(-len(panels) // 2)
-    figure = new_figure(3.9 * cols, 7.2)
+    figure = new_figure(3.7 * cols, 8.0)
     axes = figure.subplots(2, cols, squeeze=False).ravel()
     for ax in axes[len(panels):]:
         figure.delaxes(ax)
