@@ -8,7 +8,7 @@ from bluesky import RunEngine
 from matplotlib.lines import Line2D
 
 from nanopilot.callbacks import NanobeamAnalysis
-from nanopilot.pictures import LivePictures, collect, plan_figure
+from nanopilot.pictures import LivePictures, RunCollector, collect, plan_figure
 from nanopilot.plans import find_texture_temperature, grow_until, steered_map
 from nanopilot.sim_devices import make_beamline
 from nanopilot.texture import TextureCallback, frame_descriptor
@@ -179,3 +179,17 @@ def test_a_run_without_a_plan_is_drawn_as_maps():
     assert all(not math.isnan(ax.get_xlim()[0]) for ax in maps_of(figure))
     assert not [line for line in figure.axes[0].get_lines() if isinstance(line, Line2D)]
     assert np.isfinite(figure.axes[0].images[0].get_array()).all()
+
+
+def test_the_collector_keeps_the_latest_runs_and_ignores_what_it_cannot_route():
+    from event_model import compose_run
+
+    collector = RunCollector(keep=2)
+    bundles = [compose_run(metadata={"plan_name": "count"}) for _ in range(3)]
+    for bundle in bundles:
+        collector("start", bundle.start_doc)
+    assert list(collector.runs) == [b.start_doc["uid"] for b in bundles[1:]]
+    collector("event_page", {"descriptor": "unknown", "seq_num": [1], "data": {}, "timestamps": {}})
+    collector("stop", bundles[0].compose_stop())  # a forgotten run's stop
+    collector("datum", {"datum_id": "x"})
+    assert collector.latest == bundles[-1].start_doc["uid"]

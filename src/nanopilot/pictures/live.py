@@ -41,7 +41,7 @@ class LivePictures:
 
     Attributes
     ----------
-    figures : raw uid -> the latest Figure drawn; draws : redraws so far.
+    figures : raw uid -> the latest Figure drawn (of the runs the collector keeps); draws : redraws so far.
     """
 
     def __init__(self, save: str | Path | None = None, *, min_interval: float = 5.0, texture: bool = True):
@@ -63,7 +63,8 @@ class LivePictures:
 
     def _changed(self, raw_uid: str, name: str) -> None:
         ended = {ANALYSIS, TEXTURE} if self.texture else {ANALYSIS}
-        if name == "stop" and ended <= self.collector.runs[raw_uid].stopped and self.save:
+        run = self.collector.runs.get(raw_uid)
+        if name == "stop" and run is not None and ended <= run.stopped and self.save:
             with self._wake:
                 self._ended.add(raw_uid)
                 self._dirty.discard(raw_uid)
@@ -112,6 +113,7 @@ class LivePictures:
             logger.exception("could not draw or save the picture of run %s", raw_uid[:8])
             return None
         with self._wake:
+            self.figures = {uid: f for uid, f in self.figures.items() if uid in self.collector.runs}
             self.figures[raw_uid] = figure
             self.draws += 1
         return figure

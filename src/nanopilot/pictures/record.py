@@ -98,10 +98,12 @@ class RunCollector:
     """Callback ``(name, doc)`` that gathers the raw, analysis and texture documents into :class:`PlanRun` tables.
 
     Subscribe it to the RunEngine, the analysis and the texture callback (or feed it a stored run's documents);
-    thread-safe: read with :meth:`snapshot`. ``on_change(raw_uid, name)`` is called after each document.
+    thread-safe: read with :meth:`snapshot`. ``on_change(raw_uid, name)`` is called after each document. Only
+    the latest ``keep`` runs are kept (a long session's memory stays bounded).
     """
 
-    def __init__(self, on_change=None):
+    def __init__(self, on_change=None, keep: int = 20):
+        self.keep = int(keep)
         self.runs: dict[str, PlanRun] = {}
         self._starts: dict[str, tuple[str, str]] = {}  # start uid -> (raw uid, kind)
         self._descriptors: dict[str, tuple[str, str, str, list[str]]] = {}  # uid -> (raw uid, kind, stream, keys)
@@ -132,6 +134,11 @@ class RunCollector:
         raw_uid = doc.get("raw_uid", doc["uid"])
         self._starts[doc["uid"]] = (raw_uid, kind)
         run = self.runs.setdefault(raw_uid, PlanRun(raw_uid))
+        while len(self.runs) > self.keep:  # forget the oldest run and the routes to it
+            old = next(iter(self.runs))
+            del self.runs[old]
+            self._starts = {k: v for k, v in self._starts.items() if v[0] != old}
+            self._descriptors = {k: v for k, v in self._descriptors.items() if v[0] != old}
         if kind == RAW:
             run.start = dict(doc)
         elif not run.start:  # the raw run was not seen: keep what the analysis repeats of it
