@@ -74,7 +74,8 @@ def demo_steer(RE, setup, catalog, out, seed) -> dict:
     bl = make_beamline("domains", seed=seed)
     png = out / "steered_map.png"
     session = setup(RE, detector=bl.detector, x=bl.stage.x, y=bl.stage.y, catalog=catalog, plot=png)
-    res = RE(steered_map([bl.detector], bl.stage.x, bl.stage.y, (-2, 2), (-2, 2), fine=33, budget=0.25))
+    res = RE(steered_map([bl.detector], bl.stage.x, bl.stage.y, (-2, 2), (-2, 2), fine=33, budget=0.25,
+                         md={"sample": f"simulated domains, seed {seed}"}))
     result = res.plan_result
     session.close()  # finishes the analysis (stored) and unsubscribes it before the next demo
     points = collect_points(session.maps[res.run_start_uids[0]], result["lattice"], "stage_x", "stage_y")
@@ -99,7 +100,8 @@ def demo_grow(RE, setup, catalog, out, seed) -> dict:
     session = setup(RE, detector=bl.detector, x=bl.stage.x, y=bl.stage.y, deposition=bl.deposition,
                     catalog=catalog, plot=png, model=THICKNESS_MODEL)
     target = 100.0
-    res = RE(grow_until([bl.detector], bl.deposition, bl.stage.x, bl.stage.y, target))
+    res = RE(grow_until([bl.detector], bl.deposition, bl.stage.x, bl.stage.y, target,
+                        md={"sample": f"simulated growth, seed {seed}"}))
     result = res.plan_result
     session.close()
     film = bl.sample.scene.initial_thickness + bl.sample.deposited
@@ -120,7 +122,8 @@ def demo_temperature(RE, setup, catalog, out, seed) -> dict:
     session = setup(RE, detector=bl.detector, x=bl.stage.x, y=bl.stage.y, temperature=bl.temperature,
                     catalog=catalog, plot=png)
     res = RE(find_texture_temperature([bl.detector], bl.temperature, bl.stage.x, bl.stage.y, (-2, 2), (-2, 2),
-                                      240.0, quick=10, fine=24))
+                                      240.0, quick=10, fine=24,
+                                      md={"sample": f"simulated cooling film, seed {seed}"}))
     result = res.plan_result
     session.close()
     true = bl.sample.scene.transition_temperature

@@ -20,7 +20,8 @@ def register(subparsers) -> None:
                    help="frame preparation YAML for raw detector frames (default: the one of the run's latest stored "
                         "analysis, if it had one)")
     p.add_argument("--write", action="store_true", help="store the analysis run in the same catalogue")
-    p.add_argument("--plot", default=None, help="write the maps to this PNG file")
+    p.add_argument("--plot", default=None,
+                   help="write the run's picture (nanopilot.pictures: its plan's story) to this PNG file")
     p.add_argument("--refine", action="store_true", help="refine the network's estimates by physics fitting")
     p.set_defaults(run=run)
 
@@ -62,7 +63,6 @@ def choose_preparation(catalog, stored, preparation: str | None):
 
 def run(args) -> int:
     from ..callbacks import NanobeamAnalysis
-    from ..callbacks.plot import LiveMapPlot
     from ..catalog import open_catalog
     from ..model import Predictor
     from ..replay import replay
@@ -83,11 +83,15 @@ def run(args) -> int:
         analysis.subscribe(make_writer(catalog, batch_size=1000))
     derived = {}
     analysis.subscribe(lambda name, doc: derived.update({name: doc}) if name in ("start", "stop") else None)
-    plot = LiveMapPlot(analysis.maps, save=args.plot, min_interval=1e9) if args.plot else None
-    if plot:
+    callbacks = [analysis]
+    if args.plot:  # the plan's picture, drawn from the stored raw run (its decisions) and the new analysis
+        from ..pictures import LivePictures
+
+        plot = LivePictures(save=args.plot, min_interval=1e9, texture=False)
         analysis.subscribe(plot)
+        callbacks.insert(0, plot)
     t0 = time.perf_counter()
-    n = replay(stored, analysis)
+    n = replay(stored, *callbacks)
     wall = time.perf_counter() - t0
     uid = stored.start["uid"]
     print(f"replayed {n} events in {wall:.1f} s")
@@ -97,6 +101,7 @@ def run(args) -> int:
     print(f"analysis: {derived['stop']['reason']}")
     if args.write:
         print(f"stored analysis run {derived['start']['uid']} (raw_uid={uid})")
-    if plot:
-        print(f"maps written to {args.plot}")
+    if args.plot:
+        plot.close()
+        print(f"picture written to {args.plot}")
     return 0
