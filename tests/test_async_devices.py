@@ -1,0 +1,99 @@
+"""The ophyd-async detector and stage (nanopilot.sim_devices.async_devices) next to the ophyd v1 devices."""
+
+import bluesky.plans as bp
+import h5py
+import numpy as np
+import pytest
+from bluesky import RunEngine
+from event_model import DocumentNames, schema_validators
+
+pytest.importorskip("ophyd_async")
+
+from nanopilot.callbacks import NanobeamAnalysis  # noqa: E402
+from nanopilot.model import Predictor  # noqa: E402
+from nanopilot.sim_devices import make_beamline  # noqa: E402
+from nanopilot.sim_devices.async_devices import make_async_beamline  # noqa: E402
+
+
+def grid(detector, x, y, n):
+    return bp.grid_scan([detector], y, -2, 2, n, x, -2, 2, n)
+
+
+def run(plan, *callbacks):
+    """Run ``plan`` on a new RunEngine with ``callbacks``; returns its documents."""
+    RE = RunEngine({})
+    docs = []
+    RE.subscribe(lambda name, doc: docs.append((name, doc)))
+    for callback in callbacks:
+        RE.subscribe(callback)
+    RE(plan)
+    return docs
+
+
+def async_run(tmp_path, n, *callbacks, **settings):
+    """An n x n grid scan through the ophyd-async devices: (beamline, documents). The RunEngine comes first."""
+    RE = RunEngine({})
+    bl = make_async_beamline("published", seed=7, directory=tmp_path, **settings)
+    docs = []
+    RE.subscribe(lambda name, doc: docs.append((name, doc)))
+    for callback in callbacks:
+        RE.subscribe(callback)
+    RE(grid(bl.detector, bl.x, bl.y, n))
+    return bl, docs
+
+
+def test_documents_validate_and_the_frames_are_the_v1_detectors(tmp_path):
+    """Same positions, noise off: the HDF5 frames equal the v1 detector's inline frames pixel for pixel."""
+    bl, docs = async_run(tmp_path, 3, noise=False)
+    for name, doc in docs:
+        schema_validators[DocumentNames[name]].validate(doc)
+    names = [name for name, _ in docs]
+    assert names.count("stream_resource") == 1 and names.count("stream_datum") == 9 and names.count("event") == 9
+    descriptor = next(doc for name, doc in docs if name == "descriptor")
+    key = descriptor["data_keys"]["det"]
+    assert key["shape"] == [1, 64, 64] and key["external"] == "STREAM:" and key["dtype_numpy"] == "<f4"
+    configuration = descriptor["configuration"]["det"]["data"]
+    assert configuration["det-instrument_fingerprint"] == bl.detector.instrument.fingerprint()
+    resource = next(doc for name, doc in docs if name == "stream_resource")
+    datums = [doc for name, doc in docs if name == "stream_datum"]
+    assert [d["indices"] for d in datums] == [{"start": i, "stop": i + 1} for i in range(9)]
+    with h5py.File(resource["uri"].removeprefix("file://"), "r") as f:
+        frames = f[resource["parameters"]["dataset"]][()]
+    v1 = make_beamline("published", seed=7, noise=False)
+    inline = run(grid(v1.detector, v1.stage.x, v1.stage.y, 3))
+    expected = np.array([doc["data"]["det_image"] for name, doc in inline if name == "event"])
+    assert frames.shape == (9, 64, 64) and frames.max() > 0
+    np.testing.assert_array_equal(frames, expected)
+
+
+def map_rmse(maps, sample):
+    """(strain, omega, chi) RMSE of a run's live maps against the scene's truth at each point."""
+    points = maps.scattered()
+    truth = sample.truth(points["stage_x"], points["stage_y"])
+    assert (points["status"] == "ok").mean() > 0.85
+    return np.array([np.sqrt(np.nanmean((points[k] - truth[k]) ** 2)) for k in ("strain", "omega", "chi")])
+
+
+def test_grid_scan_through_the_async_devices_maps_like_the_v1_devices(tmp_path):
+    n, rmse = 8, {}
+    analysis = NanobeamAnalysis(Predictor.load(), threaded=False, residual=False)
+    bl, docs = async_run(tmp_path, n, analysis)
+    uid = docs[0][1]["uid"]
+    assert len(analysis.maps[uid]) == n * n
+    rmse["async"] = map_rmse(analysis.maps[uid], bl.sample)
+    v1 = make_beamline("published", seed=7)
+    analysis = NanobeamAnalysis(Predictor.load(), threaded=False, residual=False)
+    uid = run(grid(v1.detector, v1.stage.x, v1.stage.y, n), analysis)[0][1]["uid"]
+    rmse["v1"] = map_rmse(analysis.maps[uid], v1.sample)
+    print("RMSE (strain, omega, chi): async", rmse["async"], "v1", rmse["v1"])
+    assert (rmse["async"] < 1.2 * rmse["v1"]).all()
+
+
+def test_bad_settings_fail_before_any_device_exists(tmp_path):
+    RunEngine({})
+    with pytest.raises(FileNotFoundError, match="directory"):
+        make_async_beamline(directory=tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="count_rate must be positive"):
+        make_async_beamline(directory=tmp_path, count_rate=0)
+    with pytest.raises(ValueError, match="scene"):
+        make_async_beamline("nowhere", directory=tmp_path)
