@@ -97,3 +97,18 @@ def test_bad_settings_fail_before_any_device_exists(tmp_path):
         make_async_beamline(directory=tmp_path, count_rate=0)
     with pytest.raises(ValueError, match="scene"):
         make_async_beamline("nowhere", directory=tmp_path)
+
+
+def test_steered_map_runs_unchanged_on_the_async_devices_through_a_session(tmp_path):
+    from nanopilot.plans import steered_map
+    from nanopilot.session import setup
+
+    RE = RunEngine({}, call_returns_result=True)
+    bl = make_async_beamline("domains", seed=1, directory=tmp_path)
+    with setup(RE, detector=bl.detector, x=bl.x, y=bl.y) as session:
+        res = RE(steered_map([bl.detector], bl.x, bl.y, (-2, 2), (-2, 2), fine=17, coarse_step=4, budget=0.3))
+        maps = session.maps[res.run_start_uids[0]]
+        assert len(maps) == res.plan_result["points"]
+    assert res.plan_result["rounds"] >= 2 and 25 <= res.plan_result["points"] <= round(0.3 * 17 ** 2)
+    with h5py.File(next(tmp_path.glob("*.h5")), "r") as f:
+        assert f["/entry/data/data"].shape == (res.plan_result["points"], 64, 64)
