@@ -112,3 +112,37 @@ def test_steered_map_runs_unchanged_on_the_async_devices_through_a_session(tmp_p
     assert res.plan_result["rounds"] >= 2 and 25 <= res.plan_result["points"] <= round(0.3 * 17 ** 2)
     with h5py.File(next(tmp_path.glob("*.h5")), "r") as f:
         assert f["/entry/data/data"].shape == (res.plan_result["points"], 64, 64)
+
+
+def test_find_texture_temperature_runs_on_the_async_devices_with_the_v1_temperature_controller(tmp_path):
+    """The v1 temperature controller drives the async beamline's sample; the bracket is the v1 test's."""
+    from test_callbacks import CentroidPredictor
+
+    from nanopilot.plans import find_texture_temperature
+    from nanopilot.sim_devices import SimClock, SimTemperatureController
+    from nanopilot.texture import frame_descriptor
+
+    RE = RunEngine({}, call_returns_result=True)
+    bl = make_async_beamline("cooling", seed=1, directory=tmp_path, noise=False, temperature=266.0)
+    temperature = SimTemperatureController(name="temperature", clock=SimClock(), sample=bl.sample)
+    analysis = NanobeamAnalysis(CentroidPredictor(), frame_features=frame_descriptor, batch_size=64, max_latency=0.02)
+    RE.subscribe(analysis)
+    result = RE(find_texture_temperature([bl.detector], temperature, bl.x, bl.y, (-2, 2), (-2, 2), 244.0,
+                                         maps=analysis.maps, quick=6, fine=8, step=4.0, tolerance=1.0)).plan_result
+    transition = bl.sample.scene.transition_temperature
+    assert result["reason"] == "bracketed" and transition - 3.0 <= result["transition"] <= transition + 0.5
+
+
+def test_grow_until_runs_on_the_async_devices_with_the_v1_deposition_source(tmp_path):
+    from nanopilot.plans import grow_until
+    from nanopilot.sim_devices import SimClock, SimDepositionSource
+
+    RE = RunEngine({}, call_returns_result=True)
+    bl = make_async_beamline("growth", seed=1, directory=tmp_path, scene_parameters={"critical_thickness": 190.0})
+    deposition = SimDepositionSource(name="deposition", clock=SimClock(), sample=bl.sample,
+                                     rate=bl.sample.scene.growth_rate)
+    analysis = NanobeamAnalysis(Predictor.load("thickness"), threaded=False, batch_size=1)
+    RE.subscribe(analysis)
+    result = RE(grow_until([bl.detector], deposition, bl.x, bl.y, 100.0, maps=analysis.maps, interval=2.0))
+    assert result.plan_result["reason"] == "target" and deposition.shutter.get() == "closed"
+    assert bl.sample.scene.initial_thickness + bl.sample.deposited == pytest.approx(100.0, abs=3.0)

@@ -199,13 +199,16 @@ class AsyncBeamline:
 
 def make_async_beamline(scene: str = "published", seed: int | None = None, directory: str | Path = ".", *,
                         scene_parameters: dict | None = None, instrument: Instrument | None = None,
-                        exposure_time: float = 0.1, count_rate: float = 70.0, noise: bool = True,
-                        background: float = 0.0, footprint: float = 0.0, realtime: bool = False) -> AsyncBeamline:
+                        temperature: float = 295.0, exposure_time: float = 0.1, count_rate: float = 70.0,
+                        noise: bool = True, background: float = 0.0, footprint: float = 0.0,
+                        realtime: bool = False) -> AsyncBeamline:
     """Connected ophyd-async stage motors ``stage_x``, ``stage_y`` (instant moves, um) and detector ``det`` writing
     HDF5 files to ``directory`` (an existing, writable directory), all on the sample of ``scene``.
 
     Make the RunEngine first: the devices connect in its event loop. The settings are those of
-    :func:`~.beamline.make_beamline`.
+    :func:`~.beamline.make_beamline`; the v1 temperature controller and deposition source
+    (:class:`~.motion.SimTemperatureController`, :class:`~.motion.SimDepositionSource`) can drive the returned
+    ``sample``.
     """
     for label, value in (("exposure_time", exposure_time), ("count_rate", count_rate)):
         if not value > 0:
@@ -216,7 +219,7 @@ def make_async_beamline(scene: str = "published", seed: int | None = None, direc
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"HDF5 directory {str(directory)!r} does not exist or is not a directory")
-    sample = SimSample(scene, seed, **(scene_parameters or {}))
+    sample = SimSample(scene, seed, temperature=temperature, **(scene_parameters or {}))
     with init_devices(set_name=False):
         x, y = SimMotor(name="stage_x", units="um"), SimMotor(name="stage_y", units="um")
         detector = AsyncNanobeamDetector(StaticPathProvider(UUIDFilenameProvider(), directory), sample=sample,
