@@ -5,6 +5,7 @@ import h5py
 import numpy as np
 import pytest
 from bluesky import RunEngine
+from bluesky_tiled_plugins import TiledWriter
 from event_model import DocumentNames, schema_validators
 
 pytest.importorskip("ophyd_async")
@@ -42,9 +43,12 @@ def async_run(tmp_path, n, *callbacks, **settings):
     return bl, docs
 
 
-def test_documents_validate_and_the_frames_are_the_v1_detectors(tmp_path):
-    """Same positions, noise off: the HDF5 frames equal the v1 detector's inline frames pixel for pixel."""
-    bl, docs = async_run(tmp_path, 3, noise=False)
+def test_documents_validate_and_the_frames_are_the_v1_detectors_also_in_tiled(catalog, catalog_dir):
+    """Same positions, noise off: the HDF5 frames equal the v1 detector's inline frames pixel for pixel, and the
+    run reads back from the Tiled catalogue with them."""
+    directory = catalog_dir / "async"
+    directory.mkdir(exist_ok=True)
+    bl, docs = async_run(directory, 3, TiledWriter(catalog), noise=False)
     for name, doc in docs:
         schema_validators[DocumentNames[name]].validate(doc)
     names = [name for name, _ in docs]
@@ -57,13 +61,15 @@ def test_documents_validate_and_the_frames_are_the_v1_detectors(tmp_path):
     resource = next(doc for name, doc in docs if name == "stream_resource")
     datums = [doc for name, doc in docs if name == "stream_datum"]
     assert [d["indices"] for d in datums] == [{"start": i, "stop": i + 1} for i in range(9)]
-    with h5py.File(resource["uri"].removeprefix("file://"), "r") as f:
+    with h5py.File(resource["uri"].removeprefix("file://localhost"), "r") as f:
         frames = f[resource["parameters"]["dataset"]][()]
     v1 = make_beamline("published", seed=7, noise=False)
     inline = run(grid(v1.detector, v1.stage.x, v1.stage.y, 3))
     expected = np.array([doc["data"]["det_image"] for name, doc in inline if name == "event"])
     assert frames.shape == (9, 64, 64) and frames.max() > 0
     np.testing.assert_array_equal(frames, expected)
+    stored = catalog[docs[0][1]["uid"]]["primary"]["det"].read()
+    np.testing.assert_array_equal(np.reshape(stored, frames.shape), expected)
 
 
 def map_rmse(maps, sample):

@@ -123,7 +123,7 @@ class _DataLogic(DetectorDataLogic):
         self.exposures.set_frames_written(0)
         resource = StreamResourceInfo(data_key=datakey_name, shape=shape, chunk_shape=(1, *shape),
                                       dtype_numpy=dtype.str, parameters={"dataset": DATASET})
-        return StreamResourceDataProvider(uri=writer.path.as_uri(), resources=[resource],
+        return StreamResourceDataProvider(uri=writer.uri, resources=[resource],
                                           mimetype="application/x-hdf5",
                                           collections_written_signal=self.exposures.frames_written)
 
