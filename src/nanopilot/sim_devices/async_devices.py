@@ -46,7 +46,7 @@ class _Exposures:
         self.instrument_fingerprint, _ = soft_signal_r_and_setter(str, instrument.fingerprint())
         self.frames_written, self.set_frames_written = soft_signal_r_and_setter(int)
         self.writer: HDF5FrameWriter | None = None
-        self.exposures, self.livetime = 1, 0.0
+        self.num, self.livetime = 1, 0.0  # exposures per trigger, s (0: exposure_time)
 
     @property
     def frame_shape(self) -> tuple[int, int]:
@@ -64,7 +64,7 @@ class _Exposures:
         settings = dict(zip(("count_rate", "noise", "background", "footprint"), await asyncio.gather(
             self.count_rate.get_value(), self.noise.get_value(), self.background.get_value(),
             self.footprint.get_value())))
-        for _ in range(self.exposures):
+        for _ in range(self.num):
             x, y = await asyncio.gather(self.x.user_readback.get_value(), self.y.user_readback.get_value())
             parameters = self.sample.parameters(*beam_positions(x, y, settings["footprint"]))
             frame = render_frames(parameters, self.instrument, exposure, rng=self.rng, kernel=self.kernel,
@@ -85,7 +85,7 @@ class _TriggerLogic(DetectorTriggerLogic):
     exposures: _Exposures
 
     async def prepare_internal(self, num: int, livetime: float, deadtime: float):
-        self.exposures.exposures, self.exposures.livetime = num, livetime
+        self.exposures.num, self.exposures.livetime = num, livetime
 
     async def default_trigger_info(self) -> TriggerInfo:
         return TriggerInfo()
