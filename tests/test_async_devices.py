@@ -1,10 +1,13 @@
 """The ophyd-async detector and stage (nanopilot.sim_devices.async_devices) next to the ophyd v1 devices."""
 
+import time
+
 import bluesky.plans as bp
 import h5py
 import numpy as np
 import pytest
 from bluesky import RunEngine
+from bluesky.utils import FailedStatus
 from bluesky_tiled_plugins import TiledWriter
 from event_model import DocumentNames, schema_validators
 
@@ -22,7 +25,11 @@ def grid(detector, x, y, n):
 
 def run(plan, *callbacks):
     """Run ``plan`` on a new RunEngine with ``callbacks``; returns its documents."""
-    RE = RunEngine({})
+    return run_on(RunEngine({}), plan, *callbacks)
+
+
+def run_on(RE, plan, *callbacks):
+    """Run ``plan`` on ``RE`` with ``callbacks``; returns its documents."""
     docs = []
     RE.subscribe(lambda name, doc: docs.append((name, doc)))
     for callback in callbacks:
@@ -35,12 +42,7 @@ def async_run(tmp_path, n, *callbacks, **settings):
     """An n x n grid scan through the ophyd-async devices: (beamline, documents). The RunEngine comes first."""
     RE = RunEngine({})
     bl = make_async_beamline("published", seed=7, directory=tmp_path, **settings)
-    docs = []
-    RE.subscribe(lambda name, doc: docs.append((name, doc)))
-    for callback in callbacks:
-        RE.subscribe(callback)
-    RE(grid(bl.detector, bl.x, bl.y, n))
-    return bl, docs
+    return bl, run_on(RE, grid(bl.detector, bl.x, bl.y, n), *callbacks)
 
 
 def test_documents_validate_and_the_frames_are_the_v1_detectors_also_in_tiled(catalog, catalog_dir):
@@ -152,3 +154,26 @@ def test_grow_until_runs_on_the_async_devices_with_the_v1_deposition_source(tmp_
     result = RE(grow_until([bl.detector], deposition, bl.x, bl.y, 100.0, maps=analysis.maps, interval=2.0))
     assert result.plan_result["reason"] == "target" and deposition.shutter.get() == "closed"
     assert bl.sample.scene.initial_thickness + bl.sample.deposited == pytest.approx(100.0, abs=3.0)
+
+
+def test_a_rendering_failure_is_the_triggers_own_error_at_once(tmp_path):
+    RE = RunEngine({})
+    bl = make_async_beamline(directory=tmp_path)
+
+    def broken(x, y):
+        raise ValueError("no sample there")
+
+    bl.sample.parameters = broken
+    start = time.monotonic()
+    with pytest.raises(FailedStatus) as error:
+        RE(bp.count([bl.detector]))
+    assert "no sample there" in str(error.value) and time.monotonic() - start < 5  # not the 10 s index timeout
+
+
+def test_realtime_exposures_take_their_time(tmp_path):
+    RE = RunEngine({})
+    bl = make_async_beamline(directory=tmp_path, exposure_time=0.2, realtime=True)
+    start = time.monotonic()
+    docs = run_on(RE, bp.count([bl.detector], 3))
+    assert time.monotonic() - start >= 0.6
+    assert [doc["indices"] for name, doc in docs if name == "stream_datum"][-1] == {"start": 2, "stop": 3}

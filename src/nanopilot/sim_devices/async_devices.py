@@ -96,7 +96,10 @@ class _AcquireLogic(DetectorAcquireLogic):
         self.exposures, self.task = exposures, None
 
     async def start_acquiring(self):
-        self.task = asyncio.create_task(self.exposures.acquire())
+        if self.exposures.realtime:  # in the background, like ophyd-async's SimBlobDetector
+            self.task = asyncio.create_task(self.exposures.acquire())
+        else:  # exposures cost no time: render now, so that a failure is the trigger's (kickoff's) own error
+            await self.exposures.acquire()
 
     async def wait_for_idle(self):
         if self.task is not None:
