@@ -159,7 +159,8 @@ class AsyncNanobeamDetector(StandardDetector):
     kernel : {"box", "gauss"}
         Forward-model kernel (see :func:`nanopilot.physics.simulate`).
     realtime : bool
-        Spend each exposure on the wall clock; False (default): exposures cost no time, like the simulated clock.
+        Spend each exposure on the wall clock, acquiring in the background; False (default): exposures cost no
+        time, like the simulated clock, and are rendered when acquisition starts.
 
     Notes
     -----
