@@ -68,7 +68,7 @@ def writer_costs(n: int, directory: Path) -> None:
     from nanopilot.catalog import open_catalog
     from nanopilot.storage import make_writer
 
-    catalog = open_catalog(directory / "catalog")
+    catalog = open_catalog(directory / "catalog", create=True)
     writers = {"TiledWriter(batch_size=20)": lambda: TiledWriter(catalog, batch_size=20),
                "make_writer (journal + TiledWriter)": lambda: make_writer(
                    catalog, batch_size=20, backup_directory=directory / "backup")}

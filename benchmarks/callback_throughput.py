@@ -54,6 +54,14 @@ def make_documents(frames: np.ndarray, page: int) -> list[tuple[str, dict]]:
     return docs
 
 
+def paged_rate(step, frames: np.ndarray, page: int) -> float:
+    """Frames/s of ``step`` called on ``frames`` page by page."""
+    t0 = time.perf_counter()
+    for first in range(0, len(frames), page):
+        step(frames[first:first + page])
+    return len(frames) / (time.perf_counter() - t0)
+
+
 def settled(measure):
     """Run ``measure`` after a pause: the OpenMP pool of the thread that ran the previous measurement keeps
     spinning for a while after its work and would otherwise steal the cores from this one."""
@@ -98,10 +106,7 @@ def main() -> None:
         predictor.predict(frames[:512])  # warm-up
 
         def bare():
-            t0 = time.perf_counter()
-            for first in range(0, len(frames), args.page):
-                predictor.predict(frames[first:first + args.page])
-            return args.frames / (time.perf_counter() - t0)
+            return paged_rate(predictor.predict, frames, args.page)
 
         rates = {"bare": [], "threaded": [], "inline": []}
         for _ in range(args.repeats):  # interleaved, best of each: the machine is shared
@@ -125,6 +130,7 @@ def main() -> None:
     print(f"ensemble, threaded: residual check and background estimate on (the default) {on:8,.0f} frames/s, off "
           f"{off:8,.0f}: the check costs {100 * (1 - on / off):.0f}% of the throughput")
     preparation_cost(ensemble, params, docs, args)
+    picture_cost(ensemble, docs, args)
     print("back-pressure, stream fed as fast as documents can be made, queue bound 2,048 frames:")
     for policy in ("block", "decimate"):
         rate, analysis, peak = run_analysis(ensemble, docs, args.frames, batch_size=args.page,
@@ -153,10 +159,7 @@ def preparation_cost(ensemble: Predictor, params: np.ndarray, docs, args) -> Non
     prepared.predict(raw[:512])  # warm-up
 
     def alone():
-        t0 = time.perf_counter()
-        for first in range(0, len(raw), args.page):
-            preparation.prepare(raw[first:first + args.page])
-        return args.frames / (time.perf_counter() - t0)
+        return paged_rate(preparation.prepare, raw, args.page)
 
     rates = {"64 x 64": [], "raw": [], "alone": []}
     for _ in range(args.repeats):
@@ -169,6 +172,47 @@ def preparation_cost(ensemble: Predictor, params: np.ndarray, docs, args) -> Non
           f"({1e3 / big:.3f} ms/frame): the preparation adds {100 * (small / big - 1):.0f}% per frame; preparation "
           f"alone {prep:8,.0f} frames/s ({1e3 / prep:.3f} ms/frame, {100 * small / prep:.0f}% of the 64 x 64 "
           f"analysis' per-frame cost)")
+
+
+def picture_cost(ensemble: Predictor, docs, args) -> None:
+    """Print the analysis' throughput with the live picture attached (:class:`nanopilot.pictures.LivePictures`,
+    default redraw interval, fed the raw documents as a RunEngine subscriber and the analysis' documents) against
+    without, in the same run (target: ratio >= 0.9), and the cost of drawing and saving the final picture once."""
+    import tempfile
+
+    from nanopilot.pictures import LivePictures
+
+    def timed(attach: bool):
+        pictures = LivePictures() if attach else None
+        analysis = NanobeamAnalysis(ensemble, batch_size=args.page)
+        if attach:
+            analysis.subscribe(pictures)
+        t0 = time.perf_counter()
+        for name, doc in docs:
+            if attach:
+                pictures(name, doc)
+            analysis(name, doc)
+        assert analysis.flush(timeout=600)
+        rate = args.frames / (time.perf_counter() - t0)
+        if attach:
+            pictures.close()
+        return rate, pictures
+
+    rates = {"without": [], "with": []}
+    for _ in range(args.repeats):
+        rates["without"].append(settled(lambda: timed(False)[0]))
+        rate, pictures = settled(lambda: timed(True))
+        rates["with"].append(rate)
+    without, with_ = max(rates["without"]), max(rates["with"])
+    redraws = pictures.draws
+    with tempfile.TemporaryDirectory() as folder:
+        pictures.save = f"{folder}/picture.png"
+        t0 = time.perf_counter()
+        pictures.draw(save=True)
+        final = time.perf_counter() - t0
+    print(f"live picture, ensemble, threaded: without {without:8,.0f} frames/s, with it attached {with_:8,.0f} "
+          f"(ratio {with_ / without:.2f}, {redraws} redraws in the last run); the final picture of "
+          f"{args.frames} points drawn and saved once per run in {final:.2f} s")
 
 
 if __name__ == "__main__":

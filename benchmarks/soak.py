@@ -162,7 +162,7 @@ def baseline(args, predictor, directory: Path) -> None:
     from bluesky_tiled_plugins import TiledWriter
 
     print("\n== baseline: block, no faults, TiledWriter without the journal")
-    catalog = open_catalog(directory / "catalog")
+    catalog = open_catalog(directory / "catalog", create=True)
     lock = threading.Lock()  # one SQLite catalogue: the raw and the analysis writers take turns
 
     def serialised(writer):
@@ -184,7 +184,7 @@ def baseline(args, predictor, directory: Path) -> None:
 def soak(policy: str, args, predictor, directory: Path) -> bool:
     """One scan with every fault; True if every frame is accounted for and, after the restore, stored."""
     print(f"\n== policy {policy}, with faults")
-    catalog = open_catalog(directory / "catalog")
+    catalog = open_catalog(directory / "catalog", create=True)
     backup = directory / "backup"
     pages = -(-args.frames // 128 * 128 // args.page)
     RE = RunEngine({})

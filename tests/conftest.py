@@ -1,5 +1,5 @@
-"""Shared fixtures: one embedded Tiled catalogue per test session (its init costs seconds), and a `tiled serve`
-process over a catalogue directory."""
+"""Shared fixtures: one embedded Tiled catalogue per test session (its init costs seconds), and a `tiled serve config`
+process (the configuration shipped in docs/) over a catalogue directory."""
 
 import contextlib
 import os
@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -22,7 +23,7 @@ def catalog(catalog_dir):
     """The session's embedded catalogue of Bluesky runs (in-process Tiled app, SQLite tables)."""
     from nanopilot.catalog import open_catalog
 
-    return open_catalog(catalog_dir)
+    return open_catalog(catalog_dir, create=True)
 
 
 def free_port() -> int:
@@ -32,31 +33,39 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+#: The Tiled server configuration shipped for beamlines (docs/tiled_server.md).
+SERVER_CONFIG = Path(__file__).resolve().parent.parent / "docs" / "tiled-server.yaml"
+
+
 @contextlib.contextmanager
-def tiled_serve(directory, key: str, monkeypatch):
-    """A `tiled serve catalog` process over the embedded catalogue in ``directory`` (readable there, API key
-    ``key`` in $TILED_API_KEY), on a free loopback port: yields (server process, client of its catalogue); the
-    process is killed on exit."""
+def tiled_serve(directory, key: str, monkeypatch, detector_directory=None):
+    """`tiled serve config docs/tiled-server.yaml` over the catalogue directory ``directory`` (the embedded
+    catalogue's layout; created if new), reading detector files in ``detector_directory`` (default: ``directory``),
+    with API key ``key`` (also put in $TILED_API_KEY), on a free loopback port: yields (server process, client of
+    its catalogue, its URI); the process is killed on exit."""
     from nanopilot.catalog import open_catalog
 
+    for folder in (directory, detector_directory or directory):
+        folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
+    env = {**os.environ, "TILED_DATA_DIR": str(directory), "DETECTOR_DATA_DIR": str(detector_directory or directory),
+           "TILED_SINGLE_USER_API_KEY": key}
     server = subprocess.Popen(
-        [os.path.join(os.path.dirname(sys.executable), "tiled"), "serve", "catalog", str(directory / "catalog.db"),
-         "--host", "127.0.0.1", "--port", str(port), "--api-key", key, "-r", str(directory),
-         "-w", str(directory / "data"), "-w", f"sqlite:///{directory / 'storage.sqlite'}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        [os.path.join(os.path.dirname(sys.executable), "tiled"), "serve", "config", str(SERVER_CONFIG),
+         "--host", "127.0.0.1", "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     monkeypatch.setenv("TILED_API_KEY", key)
+    uri = f"http://127.0.0.1:{port}/api/v1"
     try:
         deadline = time.monotonic() + 60
         while True:
             try:
-                remote = open_catalog(f"http://127.0.0.1:{port}/api/v1")
+                remote = open_catalog(uri)
                 break
             except Exception:
                 if time.monotonic() > deadline or server.poll() is not None:
                     raise AssertionError(f"tiled serve did not come up: {server.stderr.read1(4000)!r}")
                 time.sleep(0.5)
-        yield server, remote
+        yield server, remote, uri
     finally:
         server.kill()
         server.wait(timeout=20)

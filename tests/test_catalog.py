@@ -22,7 +22,7 @@ def test_default_data_dir_follows_the_environment(monkeypatch, tmp_path):
 
 
 def test_scan_is_stored_and_read_back(tmp_path):
-    cat = open_catalog(tmp_path / "catalog")
+    cat = open_catalog(tmp_path / "catalog", create=True)
     RE = RunEngine({})
     subscribe_writer(RE, cat, batch_size=2, backup_directory=tmp_path / "backup")
     (uid,) = RE(bp.scan([det], motor, -1, 1, 5))
@@ -39,7 +39,7 @@ def test_bad_locations_fail_clearly(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
     with pytest.raises(ValueError, match="catalogue directory"):
-        open_catalog(blocker / "catalog")
+        open_catalog(blocker / "catalog", create=True)
     with pytest.raises(ValueError, match="batch_size"):
         subscribe_writer(RunEngine({}), None, batch_size=0)
     with pytest.raises(ValueError, match="backup directory"):

@@ -107,3 +107,19 @@ def test_closing_gives_up_on_a_slow_analysis_and_says_so_in_the_stop_document():
     (summary,) = [doc for kind, name, doc in docs if name == "event" and "frames_skipped" in doc["data"]]
     assert summary["data"]["frames_received"] == 8 and summary["data"]["frames_skipped"] >= 6
     assert sum(summary["data"][f"frames_{k}"] for k in ("ok", "warned", "flagged", "skipped")) == 8
+
+
+def test_closing_an_analysis_asked_to_stop_waits_for_its_thread_only():
+    """A freed analysis asks its worker thread to stop (its finaliser); the exit hook's close then must wait for
+    that thread, not for a flush it will never read (that held up every interpreter exit by 60 s)."""
+    import time
+
+    bl = make_beamline("domains", seed=1)
+    analysis, _ = slow_analysis(0.5)
+    RE = RunEngine({})
+    RE.subscribe(analysis)
+    RE(bp.count([bl.detector], 2))  # a batch under way: the stop request waits behind it
+    worker = analysis._worker
+    worker.stop()
+    t0 = time.monotonic()
+    assert worker.close(10.0) and time.monotonic() - t0 < 5 and not worker.thread.is_alive()

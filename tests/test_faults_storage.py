@@ -12,6 +12,7 @@ import time
 import warnings
 
 import bluesky.plans as bp
+import h5py
 import numpy as np
 import pytest
 import tiled.client.utils
@@ -60,9 +61,10 @@ def outage(catalog, monkeypatch):
     return outage
 
 
-def inline_scan(RE, n_y=3, n_x=4):
-    """A grid scan of the simulated beamline with inline uint32 (64, 64) frames; returns (uid, documents)."""
-    bl = make_beamline("domains", seed=3, data_mode="inline")
+def inline_scan(RE, n_y=3, n_x=4, mode="inline", directory=None):
+    """A grid scan of the simulated beamline with inline uint32 (64, 64) frames (or, ``mode="hdf5"``, frames in an
+    HDF5 file in ``directory``); returns (uid, documents)."""
+    bl = make_beamline("domains", seed=3, data_mode=mode, hdf5_directory=str(directory or ""))
     docs = []
     token = RE.subscribe(lambda name, doc: docs.append((name, doc)))
     (uid,) = RE(bp.grid_scan([bl.detector], bl.stage.y, -1, 1, n_y, bl.stage.x, -1, 1, n_x))
@@ -280,6 +282,9 @@ def test_read_only_catalogue_database_refuses_before_the_scan(catalog, catalog_d
 def test_api_key_over_plain_http_warns(monkeypatch):
     import tiled.client
 
+    import nanopilot.catalog
+
+    monkeypatch.setattr(nanopilot.catalog, "_check_reachable", lambda uri: None)  # no server needed
     monkeypatch.setattr(tiled.client, "from_uri", lambda uri, api_key=None: (uri, api_key))
     monkeypatch.setenv("TILED_API_KEY", "secret")
     with pytest.warns(UserWarning, match="plain text.*https://beamline.example.org:8000/api/v1"):
@@ -352,12 +357,22 @@ def test_cli_restore_puts_every_backed_up_run_back(catalog, catalog_dir, outage,
     assert "1 failed" in capsys.readouterr().out
 
 
-def test_tiled_server_killed_mid_scan_stalls_once_and_loses_nothing(catalog, catalog_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("mode", ["inline", "hdf5"])
+def test_tiled_server_killed_mid_scan_stalls_once_and_loses_nothing(catalog, catalog_dir, tmp_path, monkeypatch, mode):
+    """The server dies at event 5 of 20; after restore the catalogue holds every frame (inline, or registered in
+    HDF5 files) and the analysis run (a derived run, written from the analysis' worker thread)."""
     from nanopilot.backup import restore
+    from nanopilot.callbacks import NanobeamAnalysis
+    from nanopilot.runs import derived_runs
+    from test_callbacks import CentroidPredictor
 
     monkeypatch.setattr(tiled.client.utils, "TILED_RETRY_TIMEOUT", 2.0)  # the client's retry budget (default 45 s)
-    with tiled_serve(catalog_dir, "faultstestkey", monkeypatch) as (server, remote):
+    files = catalog_dir / f"frames_killed_{mode}"  # HDF5 files: in the catalogue's readable storage
+    files.mkdir()
+    with tiled_serve(catalog_dir, "faultstestkey", monkeypatch) as (server, remote, _):
         writer = make_writer(remote, batch_size=2, backup_directory=tmp_path / "backup")
+        analysis = NanobeamAnalysis(CentroidPredictor(), batch_size=4)
+        analysis.subscribe(make_writer(remote, batch_size=2, backup_directory=tmp_path / "backup"))
         RE = RunEngine({})
         stamps = {}
 
@@ -369,9 +384,23 @@ def test_tiled_server_killed_mid_scan_stalls_once_and_loses_nothing(catalog, cat
             stamps[name] = time.monotonic()
         RE.subscribe(kill_at_event_5_and_time_the_stop)
         RE.subscribe(writer)
-        uid, live = inline_scan(RE, 4, 5)
+        RE.subscribe(analysis)
+        uid, live = inline_scan(RE, 4, 5, mode=mode, directory=files)
+        assert analysis.close()
     assert live[-1][1]["exit_status"] == "success" and writer.status(uid).startswith("backed up")
-    assert stamps["stop"] - stamps["kill"] < 2.0 + 5  # one retry budget for the outage, not one per batch (8 left)
-    [result] = restore(tmp_path / "backup", catalog)
-    assert result.action == "replaced"  # the server had stored the first batches
-    np.testing.assert_array_equal(catalog[uid]["primary"]["det_image"].read(), frames(live))
+    # one retry budget per outage (the raw run's and the analysis run's writers share it), not one per batch (8
+    # left) nor one per run in flight
+    assert stamps["stop"] - stamps["kill"] < 2.0 + 2.5
+    results = restore(tmp_path / "backup", catalog)
+    assert len(results) == 2 and all(result.ok for result in results), results
+    if mode == "inline":
+        expected = frames(live)
+    else:
+        [path] = files.glob("*.h5")
+        with h5py.File(path, "r") as file:
+            expected = file["/entry/data/data"][()]
+    assert len(expected) == 20
+    np.testing.assert_array_equal(catalog[uid]["primary"]["det_image"].read(), expected)
+    [derived] = derived_runs(catalog, uid).values()
+    assert derived.stop["exit_status"] == "success"
+    np.testing.assert_array_equal(derived["primary"]["strain"].read(), analysis.maps[uid].scattered()["strain"])

@@ -529,3 +529,16 @@ def test_training_from_a_library_holds_out_one_split_for_all_members(tmp_path, m
     assert len(model.networks) == 2 and model.metadata["validation"]["frames"] == 21  # 20% of 105 patterns
     # every member and the calibration use one split, so no member trains on the calibration patterns
     assert split_seeds == [3, 3, 3]
+
+
+def test_a_frames_estimate_does_not_depend_on_how_the_frames_are_batched():
+    """Bit for bit (a replay batches frames otherwise than the live analysis did): a batch of one frame included."""
+    params = sample_params(9, DEFAULT_RANGES, 3, np.random.default_rng(5))
+    frames = poisson(simulate(params, counts="published"), seed=6).astype(np.float32)
+    predictor = Predictor.load()
+    whole = predictor.predict(frames)
+    for part in (frames[:1], frames[1:2], frames[2:6]):
+        alone = predictor.predict(part)
+        first = int(np.flatnonzero((frames == part[0]).all(axis=(1, 2)))[0])
+        for name in ("strain", "omega", "chi", "strain_std", "omega_std", "chi_std"):
+            np.testing.assert_array_equal(getattr(alone, name), getattr(whole, name)[first:first + len(part)])

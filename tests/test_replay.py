@@ -7,9 +7,7 @@ from bluesky import RunEngine
 from bluesky_tiled_plugins import TiledWriter
 from tiled.queries import Key
 
-from conftest import tiled_serve
 from nanopilot.callbacks import NanobeamAnalysis
-from nanopilot.catalog import open_catalog
 from nanopilot.replay import iter_documents, replay
 from nanopilot.sim_devices import make_beamline
 from nanopilot.storage import subscribe_writer
@@ -66,18 +64,6 @@ def test_analysis_run_is_stored_next_to_the_raw_run(catalog, catalog_dir):
     assert stored.stop["exit_status"] == "success"
 
 
-def test_replay_from_a_tiled_server_process(tmp_path, monkeypatch):
-    directory = tmp_path / "served"
-    catalog = open_catalog(directory)
-    uid, live = live_scan(catalog, directory / "frames", "hdf5", 2, 4)
-    with tiled_serve(directory, "servertestkey", monkeypatch) as (_, remote):
-        analysis = NanobeamAnalysis(CentroidPredictor(), batch_size=5, threaded=False)
-        assert replay(remote[uid], analysis) == 8
-        again = analysis.maps[uid].scattered()
-        for field in FIELDS:
-            np.testing.assert_array_equal(again[field], live[field], err_msg=field)
-
-
 def test_cli_replay_writes_the_analysis_and_a_plot(catalog, catalog_dir, tmp_path, capsys):
     from nanopilot.cli import main
 
@@ -85,37 +71,11 @@ def test_cli_replay_writes_the_analysis_and_a_plot(catalog, catalog_dir, tmp_pat
     png = tmp_path / "replayed.png"
     assert main(["replay", uid[:8], "--catalog", str(catalog_dir), "--write", "--plot", str(png)]) == 0
     out = capsys.readouterr().out
-    assert f"replayed run {uid[:8]}" in out and "frames ok" in out and png.stat().st_size > 10_000
+    assert f"replaying scan 1 (uid {uid[:8]}), plan grid_scan" in out and "frames ok" in out
+    assert png.stat().st_size > 10_000
     stored = catalog.search(Key("raw_uid") == uid).values().last()
     assert stored.start["model"]["class"] == "Predictor" and len(stored["primary"]["strain"].read()) == 12
     assert main(["replay", "nosuchrun", "--catalog", str(catalog_dir)]) == 1
-
-
-def test_lookup_takes_a_digits_only_uid_prefix_as_a_uid_after_scan_ids():
-    from nanopilot.cli.replay import lookup
-
-    class Catalog:  # the lookup rules of bluesky-tiled-plugins' CatalogOfBlueskyRuns
-        runs = [{"uid": "23186301-aaaa", "scan_id": 1}, {"uid": "abcdef12-bbbb", "scan_id": 2}]
-
-        def __getitem__(self, key):
-            if isinstance(key, str):
-                found = [r for r in self.runs if r["uid"].startswith(key)]
-                if not found:
-                    raise KeyError(f"No match for partial_uid {key}")
-                return found[0]
-            if key > 0:
-                found = [r for r in self.runs if r["scan_id"] == key]
-                if not found:
-                    raise KeyError(f"No match for scan_id={key}")
-                return found[0]
-            return self.runs[key]
-
-    catalog = Catalog()
-    assert lookup(catalog, "23186301")["scan_id"] == 1  # not a scan_id: then a partial uid
-    assert lookup(catalog, "2")["uid"].startswith("abcdef12")  # scan_id 2
-    assert lookup(catalog, "-1")["scan_id"] == 2 and lookup(catalog, "abcdef")["scan_id"] == 2
-    with pytest.raises(ValueError, match="scan_id or index 99999.*uid '99999'"):
-        lookup(catalog, "99999")
 
 
 # ---------------------------------------------------------------- which model a replay uses

@@ -47,11 +47,30 @@ def test_setup_installs_analysis_texture_storage_and_gives_the_plans_the_maps(ca
         maps_for_plans(RE)  # closed
 
 
-def test_demo_growth_part(tmp_path, capsys):
-    assert main(["demo", "--only", "grow", "--catalog", str(tmp_path / "cat"), "--out", str(tmp_path / "out")]) == 0
+def test_demo_growth_part_and_its_replay_command(tmp_path, capsys):
+    """The replay command the demo prints picks the growth run and analyses it again with the thickness model its
+    live analysis used: the same map, bit for bit (the network's estimates do not depend on the batching)."""
+    from nanopilot.catalog import open_catalog
+    from nanopilot.model import THICKNESS_MODEL, load_model, shipped_model_path
+    from nanopilot.runs import derived_runs
+
+    catalog_dir = tmp_path / "cat"
+    assert main(["demo", "--only", "grow", "--catalog", str(catalog_dir), "--out", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
-    assert "grow_until (growth)" in out and "shutter closed" in out
-    assert "nanopilot replay --catalog" in out and (tmp_path / "out" / "growth.png").exists()
+    assert "grow_until (growth)" in out and "shutter closed" in out and (tmp_path / "out" / "growth.png").exists()
+    [command] = [line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("replay the grow_until")]
+    assert command.startswith(f"nanopilot replay --catalog {catalog_dir} ")
+    assert main([*command.split()[1:], "--write"]) == 0
+    out = capsys.readouterr().out
+    assert "replaying scan 1 (uid " in out and "plan grow_until" in out and "model thickness: the one" in out
+    uid = open_catalog(catalog_dir)[command.split()[-1]].start["uid"]
+    live, again = sorted((run for run in derived_runs(open_catalog(catalog_dir), uid).values()
+                          if run.start["plan_name"] == "nanopilot_analysis"), key=lambda run: run.start["time"])
+    sha = load_model(shipped_model_path(THICKNESS_MODEL)).metadata["weights"]["sha256"]
+    assert live.start["model"]["weights"]["sha256"] == again.start["model"]["weights"]["sha256"] == sha
+    for field in ("raw_seq_num", "status", "stage_x", "stage_y", "thickness", "strain", "omega", "chi",
+                  "thickness_std", "background"):
+        np.testing.assert_array_equal(again["primary"][field].read(), live["primary"][field].read(), err_msg=field)
 
 
 def test_ipython_session_driven_by_a_script(tmp_path):
@@ -66,15 +85,16 @@ def test_ipython_session_driven_by_a_script(tmp_path):
         "uid, = RE(bp.grid_scan([det], y, -1, 1, 4, x, -1, 1, 5))\n"
         "analysis.flush()\n"
         "import json\n"
-        f"json.dump({{'points': len(maps[uid]), 'stored': uid in catalog, 'ipython': get_ipython() is not None}}, "
-        f"open({str(result)!r}, 'w'))\n")
+        "newest = select_run(catalog, -1).run.start['uid']\n"  # the analysis and texture runs are newer
+        f"json.dump({{'points': len(maps[uid]), 'stored': uid in catalog, 'ipython': get_ipython() is not None, "
+        f"'selected': newest == uid}}, open({str(result)!r}, 'w'))\n")
     nanopilot = os.path.join(os.path.dirname(sys.executable), "nanopilot")
     done = subprocess.run([nanopilot, "session", str(script), "--catalog", str(tmp_path / "cat"),
                            "--plot", str(tmp_path / "maps_{uid}.png")],
                           capture_output=True, text=True, timeout=300, env={**os.environ, "MPLBACKEND": "Agg"})
     assert done.returncode == 0, done.stderr[-2000:]
     assert "nanopilot session:" in done.stdout  # the cheat sheet
-    assert json.loads(result.read_text()) == {"points": 20, "stored": True, "ipython": True}
+    assert json.loads(result.read_text()) == {"points": 20, "stored": True, "ipython": True, "selected": True}
 
 
 def test_session_devices_file_must_define_the_devices(tmp_path, capsys):

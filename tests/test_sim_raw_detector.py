@@ -3,6 +3,7 @@ gain, hot and dead pixels, a shifted or drifting peak) that its frame preparatio
 frames; a grid scan measured through them maps the scene about as well as ideal 64 x 64 frames."""
 
 import json
+from pathlib import Path
 
 import bluesky.plans as bp
 import h5py
@@ -81,6 +82,19 @@ def test_prepared_raw_frames_equal_the_model_frames_before_noise():
                                rtol=1e-5, atol=1e-5)
 
 
+def test_an_eiger_like_detectors_gaps_are_masked_and_its_frames_prepare_to_the_model_frames():
+    raw_bl = make_beamline(seed=2, noise=False, background=3.0, detector="eiger-like-1030x514", dark_current=50.0,
+                           gain=2.0)
+    raw = frames_at(raw_bl, POSITIONS)
+    assert raw.shape == (3, 514, 1030) and not raw[:, 256:258].any() and not raw[:, :, 514:516].any()
+    prepared = raw_bl.detector.readout.preparation().prepare(raw)  # the ROI straddles a gap row and column
+    ideal = frames_at(make_beamline(seed=2, noise=False, background=3.0), POSITIONS)
+    crossing = np.zeros((64, 64), dtype=bool)
+    crossing[31:33, 31:33] = True  # 3 of 4 sub-pixels in a gap: masked; half-good binned pixels are scaled up
+    assert list(prepared.status) == ["ok"] * 3 and (prepared.mask == crossing).all()
+    np.testing.assert_allclose(prepared.frames[:, ~crossing], ideal[:, ~crossing], rtol=1e-5, atol=1e-5)
+
+
 def test_prepared_raw_frames_have_the_model_frames_mean():
     raw_bl = make_beamline(seed=3, background=1.0, **RAW)
     ideal = frames_at(make_beamline(seed=3, noise=False, background=1.0), POSITIONS[:1])[0]
@@ -124,6 +138,10 @@ def test_the_published_setups_preset_saves_as_yaml_and_fits_the_instrument(tmp_p
     loaded = FramePreparation.load(tmp_path / "published.yaml")
     loaded.check(Instrument())
     assert loaded.fingerprint() == preparation.fingerprint() == FramePreparation().fingerprint()
+    shipped = FramePreparation.load(Path(__file__).parents[1] / "examples/detectors/published-medipix-256.yaml")
+    shipped.check(Instrument())
+    assert (shipped.detector_shape, shipped.roi_shape, shipped.binning) == ((256, 256), (128, 128), 2)
+    assert shipped.prepare(np.zeros((1, 256, 256))).roi_corner.tolist() == [[64, 64]]  # the centred ROI
 
 
 def map_rmse(bl, predictor, n=8, drift_every=None, summary=None):

@@ -50,37 +50,85 @@ def default_backup_dir() -> Path:
     return default_data_dir() / "backup"
 
 
-def open_catalog(location: str | os.PathLike | None = None, *, writable: bool = False):
+def open_catalog(location: str | os.PathLike | None = None, *, writable: bool = False, create: bool = False):
     """Open a catalogue of Bluesky runs.
 
     Parameters
     ----------
     location : None, a directory, or an http(s) URI
-        None: the embedded catalogue in :func:`default_data_dir` ``/ "catalog"``. A directory: an embedded
-        catalogue there (created on first use). ``http://...``/``https://...``: a Tiled server; the API key
-        comes from ``$TILED_API_KEY``; a URI that points at the server root opens it as is. An API key sent over
-        plain ``http://`` to a host other than the loopback warns (once per host): use ``https://``.
+        None: the embedded catalogue in :func:`default_data_dir` ``/ "catalog"`` (created on first use). A
+        directory: the embedded catalogue there. ``http://...``/``https://...``: a Tiled server (set one up with
+        ``docs/tiled-server.yaml``, see ``docs/tiled_server.md``); the API key comes from ``$TILED_API_KEY``; a URI
+        that points at the server root opens it as is. An API key sent over plain ``http://`` to a host other than
+        the loopback warns (once per host): use ``https://``.
     writable : if True, an embedded catalogue that cannot be written raises PermissionError naming the path
         (:func:`nanopilot.storage.make_writer` checks the same before a scan).
+    create : if True, a directory that holds no catalogue gets a new, empty one (logged as a warning, in case the
+        path was mistyped); if False it raises FileNotFoundError.
 
     Returns
     -------
     A tiled client node; for embedded catalogues a ``CatalogOfBlueskyRuns`` supporting ``cat[uid]``,
-    ``cat[-1]``, ``cat[scan_id]`` and ``run.documents()``.
+    ``cat[-1]``, ``cat[scan_id]`` and ``run.documents()``. :func:`nanopilot.runs.select_run` chooses raw runs the
+    same way on every catalogue.
+
+    Raises
+    ------
+    FileNotFoundError : no catalogue in the directory (and not ``create``).
+    ConnectionError : the server cannot be reached (one line: the URI and what to check).
+    PermissionError : the server refuses the API key (or wants one), or (``writable``) the directory is read-only.
+    ValueError : the URI answers but is no Tiled API, or the directory cannot be created.
     """
     text = os.fspath(location) if location is not None else None
     if text and text.startswith(("http://", "https://")):
-        from tiled.client import from_uri
-
-        api_key = os.environ.get(API_KEY_ENV)
-        if api_key:
-            _warn_plain_http(text)
-        return from_uri(text, api_key=api_key)
+        return _server_client(text)
     directory = (Path(text).expanduser() if text else default_data_dir() / "catalog").resolve()
+    if not (directory / "catalog.db").exists():
+        if text and not create:
+            raise FileNotFoundError(f"no catalogue at {directory}: check the path, or create one there (open_catalog"
+                                    "(path, create=True); `nanopilot session --catalog PATH` and `nanopilot demo "
+                                    "--catalog PATH` do)")
+        (logger.warning if text else logger.info)("creating a new, empty catalogue at %s", directory)
     client = _embedded_client(directory, writable)
     _EMBEDDED[id(client)] = directory
     weakref.finalize(client, _EMBEDDED.pop, id(client), None)
     return client
+
+
+def _server_client(uri: str):
+    """A client of the Tiled server at ``uri``, or one line saying what is wrong (see :func:`open_catalog`)."""
+    from tiled.client import from_uri
+    from tiled.client.utils import ClientError
+
+    _check_reachable(uri)
+    api_key = os.environ.get(API_KEY_ENV)
+    if api_key:
+        _warn_plain_http(uri)
+    try:
+        return from_uri(uri, api_key=api_key)
+    except ClientError as err:
+        status = err.response.status_code
+        if status in (401, 403):
+            raise PermissionError(f"the Tiled server at {uri} refused the API key in ${API_KEY_ENV} (HTTP {status}): "
+                                  "set it to the server's key") from None
+        raise ValueError(f"{uri} is not a Tiled catalogue (HTTP {status}): check the path; a server started with "
+                         "`tiled serve config` answers at http://HOST:PORT/api/v1") from None
+    except RuntimeError as err:
+        if "API key" not in str(err):
+            raise
+        raise PermissionError(f"the Tiled server at {uri} requires an API key: set ${API_KEY_ENV}") from None
+
+
+def _check_reachable(uri: str, timeout: float = 10.0) -> None:
+    """ConnectionError naming ``uri`` and what to check unless it answers one request (no retries: the Tiled
+    client would retry for up to ``TILED_RETRY_TIMEOUT``, 45 s, before failing)."""
+    import httpx
+
+    try:
+        httpx.get(uri, timeout=timeout)
+    except httpx.TransportError as err:
+        raise ConnectionError(f"cannot reach the Tiled server at {uri} ({err or type(err).__name__}): check that "
+                              "it is running (docs/tiled_server.md), the host name and port, and the network") from None
 
 
 def _warn_plain_http(uri: str) -> None:

@@ -124,8 +124,9 @@ def stored_analyses(catalog, raw_uid: str) -> list[dict]:
     from tiled.queries import Key
 
     from .callbacks.derived import ANALYSIS_NAME
+    from .runs import derived_runs
 
-    found = catalog.search(Key("raw_uid") == raw_uid).search(Key("analysis") == ANALYSIS_NAME)
+    found = derived_runs(catalog, raw_uid).search(Key("start.analysis") == ANALYSIS_NAME)
     return sorted((dict(run.start) for run in found.values()), key=lambda start: start.get("time", 0.0))
 
 

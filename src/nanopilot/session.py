@@ -17,11 +17,14 @@ import logging
 import threading
 import weakref
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .callbacks import LiveMaps, NanobeamAnalysis
-from .callbacks.plot import LiveMapPlot
 from .callbacks.worker import at_interpreter_exit
 from .plans.common import MAPS_COMMAND
+
+if TYPE_CHECKING:
+    from .pictures import LivePictures
 
 logger = logging.getLogger(__name__)
 _open_sessions: weakref.WeakSet = weakref.WeakSet()  # closed at interpreter exit (see _close_at_exit)
@@ -40,7 +43,7 @@ class Session:
     analysis: NanobeamAnalysis
     maps: LiveMaps
     texture: object
-    plot: LiveMapPlot | None
+    plot: LivePictures | None
     catalog: object | None
     tokens: list[int]
     devices: dict
@@ -66,6 +69,8 @@ class Session:
                 self.RE.unsubscribe(token)
         self.tokens = []
         finished = self.analysis.close(timeout)
+        if self.plot is not None:
+            self.plot.close()
         self.closed = True
         return finished
 
@@ -90,7 +95,8 @@ def setup(RE, *, detector, x, y, temperature=None, deposition=None, catalog=None
         Raw runs, analysis runs and texture runs are written there, behind a backup journal
         (:func:`nanopilot.storage.make_writer`); each analysis run's stop says where its raw run was stored.
     model : model file for the analysis (default: the shipped ensemble; use the thickness model for growth).
-    plot : PNG path for the live maps, saved at each run's stop (``{uid}`` is replaced); None: no plot.
+    plot : PNG path of each run's picture (:class:`nanopilot.pictures.LivePictures`: the plan's story, redrawn live),
+        saved when the run's analysis has ended (``{uid}`` is replaced); None: no picture.
     image_key : the detector's image data key, when it cannot be found from the descriptors.
     mask : the detector pixels the analysis ignores (an (H, W) array or a file: ``.npy``, a NeXus ``pixel_mask``, a
         mask image; see :func:`nanopilot.model.bad_pixels.load_mask`).
@@ -110,7 +116,7 @@ def setup(RE, *, detector, x, y, temperature=None, deposition=None, catalog=None
     if catalog is not None and isinstance(catalog, (str, Path)):
         from .catalog import open_catalog
 
-        catalog = open_catalog(catalog)
+        catalog = open_catalog(catalog, create=True)
     tokens, raw_writer = [], None
     if catalog is not None:
         from .storage import make_writer
@@ -128,7 +134,14 @@ def setup(RE, *, detector, x, y, temperature=None, deposition=None, catalog=None
     if catalog is not None:
         analysis.subscribe(derived_writers[0])
         texture.subscribe(derived_writers[1])
-    live_plot = texture.live_plot(save=plot) if plot else None
+    live_plot = None
+    if plot:  # each plan's picture (nanopilot.pictures), drawn from the raw, analysis and texture documents
+        from .pictures import LivePictures
+
+        live_plot = LivePictures(save=plot)
+        analysis.subscribe(live_plot)
+        texture.subscribe(live_plot)
+        tokens.append(RE.subscribe(live_plot))
     tokens.append(RE.subscribe(analysis))
     devices = {"detector": detector, "x": x, "y": y, "temperature": temperature, "deposition": deposition}
     session = Session(analysis, analysis.maps, texture, live_plot, catalog, tokens,

@@ -90,6 +90,7 @@ class StorageWriter:
                                "the backup %s only; put them back with `nanopilot restore %s`",
                                reason, uid, self.backup_directory, self.backup_directory)
             self._outage.reason = reason
+            self._outage.failures += 1
 
     def _finished(self, uid: str, status: str) -> None:
         self._status[uid] = status
@@ -101,10 +102,11 @@ class StorageWriter:
 
 
 def _outage_of(context) -> types.SimpleNamespace:
-    """The outage record (``reason``: why Tiled failed, None while it works) shared by the writers of a context."""
+    """The outage record (``reason``: why Tiled failed, None while it works; ``failures``: how many runs' writing
+    failed so far) shared by the writers of a context."""
     with _WRITE_LOCK:
         if id(context) not in _OUTAGES:
-            _OUTAGES[id(context)] = types.SimpleNamespace(reason=None)
+            _OUTAGES[id(context)] = types.SimpleNamespace(reason=None, failures=0)
             weakref.finalize(context, _OUTAGES.pop, id(context), None)
         return _OUTAGES[id(context)]
 
@@ -115,6 +117,7 @@ class _RunStorage:
     def __init__(self, writer: StorageWriter, uid: str):
         self.writer, self.uid = writer, uid
         self.primary, outage = writer._primary(), writer._outage.reason
+        self._failures_seen = writer._outage.failures  # a failure after this start: another writer saw Tiled fail
         self.primary_failure = None if self.primary is not None else f"Tiled still unavailable ({outage})"
         self.journal, self.journal_failure = None, None
         writer._status[uid] = "writing"
@@ -130,15 +133,25 @@ class _RunStorage:
             except OSError as err:
                 self._journal_failed(err)
         if self.primary is not None:
-            try:
-                with _WRITE_LOCK:
-                    self.primary(name, doc)
-            except Exception as err:  # noqa: BLE001 - any storage error; the journal holds the documents
-                self.primary, self.primary_failure = None, f"{type(err).__name__}: {err}"
-                self.writer._catalogue_failed(self.uid, self.primary_failure)
-                self._error_if_lost()
+            with _WRITE_LOCK:  # the outage is recorded before another writer may try: one stall per outage
+                self._write_primary(name, doc)
         if name == "stop":
             self.writer._finished(self.uid, self._finish())
+
+    def _write_primary(self, name: str, doc: dict) -> None:
+        """Write to the catalogue, unless another writer of it has seen it fail since this run began (then this run
+        is backed up only, without a retry of its own); a failure ends the run's writing to the catalogue."""
+        outage = self.writer._outage
+        if outage.failures != self._failures_seen:  # already recorded (and warned about) by that writer
+            self.primary, self.primary_failure = None, f"the catalogue failed for another run ({outage.reason})"
+            self._error_if_lost()
+            return
+        try:
+            self.primary(name, doc)
+        except Exception as err:  # noqa: BLE001 - any storage error; the journal holds the documents
+            self.primary, self.primary_failure = None, f"{type(err).__name__}: {err}"
+            self.writer._catalogue_failed(self.uid, self.primary_failure)
+            self._error_if_lost()
 
     def _journal_failed(self, err: OSError) -> None:
         self.journal_failure = f"{err.strerror or err} ({self.writer.backup_directory})"

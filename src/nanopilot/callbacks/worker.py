@@ -49,6 +49,7 @@ class AnalysisWorker:
         #: Why the analysis gave up (set by :meth:`close` on timeout): frames still queued are then counted as
         #: skipped, not analysed, and each run still to stop ends with exit_status "fail" and this reason.
         self.abandoned: str | None = None
+        self._stopping = False  # asked to stop: the thread ends after what it was handed
         self._room = threading.Condition()
         self._pending: list = []  # batch being assembled
         self._pending_since = 0.0
@@ -97,7 +98,8 @@ class AnalysisWorker:
         finish within the first ``timeout``."""
         if self._queue is None:
             return True
-        done = self._mark()
+        # after stop() (e.g. the analysis' finaliser) the thread ends without reading later items: wait for it
+        done = self._mark() if not self._stopping else _Ended(self.thread)
         finished = done.wait(timeout)
         if not finished:
             self.abandoned = (f"the analysis was closed before it had finished (after waiting {timeout:g} s): "
@@ -113,6 +115,7 @@ class AnalysisWorker:
         """Ask the thread to stop once it has handled what it was handed (returns at once)."""
         if self._queue is not None:
             self._queue.put(("close",))
+            self._stopping = True
 
     # ------------------------------------------------------------------ working side
     def _loop(self) -> None:
@@ -194,6 +197,17 @@ class AnalysisWorker:
             self.maps.count(run.uid, errors=len(seq_nums))
             return
         run.derived.emit_points(self.emit, seq_nums, positions, estimates, roi)
+
+
+class _Ended:
+    """A thread's end, waited on like an event."""
+
+    def __init__(self, thread: threading.Thread):
+        self.thread = thread
+
+    def wait(self, timeout: float) -> bool:
+        self.thread.join(timeout)
+        return not self.thread.is_alive()
 
 
 def _register_exit_hook() -> None:

@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.run(args) or 0)
-    except (ValueError, FileNotFoundError, PermissionError) as err:
+    except (ValueError, FileNotFoundError, PermissionError, ConnectionError) as err:
         print(f"nanopilot {args.command}: error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -27,33 +27,38 @@ def run(args) -> int:
     from bluesky import RunEngine
 
     from ..catalog import default_data_dir, open_catalog
+    from ..runs import last_scan_id
     from ..session import setup
 
     parts = args.only or list(PARTS)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     print("opening the catalogue ...", flush=True)
-    catalog = open_catalog(args.catalog)
+    catalog = open_catalog(args.catalog, create=True)
     rows = []
     for part in parts:
-        RE = RunEngine({}, call_returns_result=True)
+        # each part's run continues the catalogue's scan ids, so that every run has its own
+        RE = RunEngine({"scan_id": last_scan_id(catalog)}, call_returns_result=True)
         RE.loop.call_soon_threadsafe(torch.set_num_threads, 1)  # devices render in the RunEngine's thread
         print(f"-- {part}: running ...", flush=True)
         t0 = time.perf_counter()
         row = DEMOS[part](RE, setup, catalog, out, args.seed)
         row["seconds"] = time.perf_counter() - t0
+        row["scan_id"] = catalog[row["uid"]].start["scan_id"]
         rows.append(row)
         print(f"   {row['result']}  ({row['seconds']:.0f} s)", flush=True)
     print()
-    print(f"{'plan':26s} {'decisions':>9s} {'points':>7s}  {'seconds':>7s}  result against the scene's truth")
+    print(f"{'scan':>4s}  {'plan':26s} {'decisions':>9s} {'points':>7s}  {'seconds':>7s}  result against the scene's "
+          "truth")
     for row in rows:
-        print(f"{row['plan']:26s} {row['decisions']:9d} {row['points']:7d}  {row['seconds']:7.0f}  {row['result']}")
+        print(f"{row['scan_id']:4d}  {row['plan']:26s} {row['decisions']:9d} {row['points']:7d}  "
+              f"{row['seconds']:7.0f}  {row['result']}")
     location = args.catalog or default_data_dir() / "catalog"
     print(f"\nmaps: {', '.join(str(r['png']) for r in rows)}")
     print(f"data: Tiled catalogue at {location}")
-    for row in rows:
-        option = f" --catalog {args.catalog}" if args.catalog else ""
-        print(f"replay the {row['plan']} run: nanopilot replay{option} {row['uid'][:8]}")
+    option = f" --catalog {args.catalog}" if args.catalog else ""
+    for row in rows:  # a uid prefix names exactly this run; replay analyses it with the model its analysis used
+        print(f"replay the {row['plan']} run (scan {row['scan_id']}): nanopilot replay{option} {row['uid'][:8]}")
     return 0
 
 
@@ -69,7 +74,8 @@ def demo_steer(RE, setup, catalog, out, seed) -> dict:
     bl = make_beamline("domains", seed=seed)
     png = out / "steered_map.png"
     session = setup(RE, detector=bl.detector, x=bl.stage.x, y=bl.stage.y, catalog=catalog, plot=png)
-    res = RE(steered_map([bl.detector], bl.stage.x, bl.stage.y, (-2, 2), (-2, 2), fine=33, budget=0.25))
+    res = RE(steered_map([bl.detector], bl.stage.x, bl.stage.y, (-2, 2), (-2, 2), fine=33, budget=0.25,
+                         md={"sample": f"simulated domains, seed {seed}"}))
     result = res.plan_result
     session.close()  # finishes the analysis (stored) and unsubscribes it before the next demo
     points = collect_points(session.maps[res.run_start_uids[0]], result["lattice"], "stage_x", "stage_y")
@@ -95,7 +101,8 @@ def demo_grow(RE, setup, catalog, out, seed) -> dict:
                     catalog=catalog, plot=png, model=THICKNESS_MODEL)
     target = 100.0
     bl.install(RE)  # the plan's bps.sleep on the simulated clock
-    res = RE(grow_until([bl.detector], bl.deposition, bl.stage.x, bl.stage.y, target))
+    res = RE(grow_until([bl.detector], bl.deposition, bl.stage.x, bl.stage.y, target,
+                        md={"sample": f"simulated growth, seed {seed}"}))
     result = res.plan_result
     session.close()
     film = bl.sample.scene.initial_thickness + bl.sample.deposited
@@ -116,7 +123,8 @@ def demo_temperature(RE, setup, catalog, out, seed) -> dict:
     session = setup(RE, detector=bl.detector, x=bl.stage.x, y=bl.stage.y, temperature=bl.temperature,
                     catalog=catalog, plot=png)
     res = RE(find_texture_temperature([bl.detector], bl.temperature, bl.stage.x, bl.stage.y, (-2, 2), (-2, 2),
-                                      240.0, quick=10, fine=24))
+                                      240.0, quick=10, fine=24,
+                                      md={"sample": f"simulated cooling film, seed {seed}"}))
     result = res.plan_result
     session.close()
     true = bl.sample.scene.transition_temperature

@@ -8,7 +8,9 @@ import time
 def register(subparsers) -> None:
     p = subparsers.add_parser("replay", help="replay a stored run through the analysis (and store the result)",
                               description="Stream a stored run's documents, lazily, through NanobeamAnalysis.")
-    p.add_argument("run_id", metavar="RUN", help="run uid (or its first 5+ characters), scan_id, or -1 for the latest")
+    p.add_argument("run_id", metavar="RUN",
+                   help="raw run: uid (or its first 5+ characters), scan id (shared: the newest), or -1 for the newest "
+                        "(-2 the one before; analysis and texture runs are skipped)")
     p.add_argument("--catalog", default=None,
                    help="catalogue directory or http(s) URI (default: the embedded catalogue; see `nanopilot.catalog`)")
     p.add_argument("--model", default=None,
@@ -18,31 +20,10 @@ def register(subparsers) -> None:
                    help="frame preparation YAML for raw detector frames (default: the one of the run's latest stored "
                         "analysis, if it had one)")
     p.add_argument("--write", action="store_true", help="store the analysis run in the same catalogue")
-    p.add_argument("--plot", default=None, help="write the maps to this PNG file")
+    p.add_argument("--plot", default=None,
+                   help="write the run's picture (nanopilot.pictures: its plan's story) to this PNG file")
     p.add_argument("--refine", action="store_true", help="refine the network's estimates by physics fitting")
     p.set_defaults(run=run)
-
-
-def lookup(catalog, key: str):
-    """A run by uid, partial uid, scan_id or negative index; ValueError that says what was tried.
-
-    A key of digits is a scan_id first, then (5 characters or more) a partial uid: uids are hexadecimal, so
-    their first characters can all be digits.
-    """
-    try:
-        number = int(key)
-    except ValueError:
-        number = None
-    candidates = [] if number is None else [number]
-    if number is None or (number >= 0 and len(key) >= 5):
-        candidates.append(key)
-    tried = []
-    for candidate in candidates:
-        try:
-            return catalog[candidate]
-        except (KeyError, IndexError, TypeError, ValueError) as err:
-            tried.append(f"{'scan_id or index' if isinstance(candidate, int) else 'uid'} {candidate!r}: {err}")
-    raise ValueError(f"no run {key!r} in the catalogue ({'; '.join(tried)})")
 
 
 def choose_model(catalog, stored, model: str | None):
@@ -82,13 +63,17 @@ def choose_preparation(catalog, stored, preparation: str | None):
 
 def run(args) -> int:
     from ..callbacks import NanobeamAnalysis
-    from ..callbacks.plot import LiveMapPlot
     from ..catalog import open_catalog
     from ..model import Predictor
     from ..replay import replay
+    from ..runs import describe, select_run
 
     catalog = open_catalog(args.catalog)
-    stored = lookup(catalog, args.run_id)
+    selected = select_run(catalog, args.run_id)
+    stored = selected.run
+    print(f"replaying {describe(stored)}")
+    if selected.note:
+        print(f"note: {selected.note}")
     predictor = Predictor.load(choose_model(catalog, stored, args.model),
                                preparation=choose_preparation(catalog, stored, args.preparation))
     analysis = NanobeamAnalysis(predictor, refine=args.refine, threaded=False)
@@ -98,20 +83,25 @@ def run(args) -> int:
         analysis.subscribe(make_writer(catalog, batch_size=1000))
     derived = {}
     analysis.subscribe(lambda name, doc: derived.update({name: doc}) if name in ("start", "stop") else None)
-    plot = LiveMapPlot(analysis.maps, save=args.plot, min_interval=1e9) if args.plot else None
-    if plot:
+    callbacks = [analysis]
+    if args.plot:  # the plan's picture, drawn from the stored raw run (its decisions) and the new analysis
+        from ..pictures import LivePictures
+
+        plot = LivePictures(save=args.plot, min_interval=1e9, texture=False)
         analysis.subscribe(plot)
+        callbacks.insert(0, plot)
     t0 = time.perf_counter()
-    n = replay(stored, analysis)
+    n = replay(stored, *callbacks)
     wall = time.perf_counter() - t0
     uid = stored.start["uid"]
-    print(f"replayed run {uid[:8]} (scan {stored.start.get('scan_id', '?')}): {n} events in {wall:.1f} s")
+    print(f"replayed {n} events in {wall:.1f} s")
     if "stop" not in derived:
         print("no frames for this model in the run: nothing analysed")
         return 1
     print(f"analysis: {derived['stop']['reason']}")
     if args.write:
         print(f"stored analysis run {derived['start']['uid']} (raw_uid={uid})")
-    if plot:
-        print(f"maps written to {args.plot}")
+    if args.plot:
+        plot.close()
+        print(f"picture written to {args.plot}")
     return 0

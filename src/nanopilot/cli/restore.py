@@ -19,7 +19,7 @@ def run(args) -> int:
     from ..backup import restore
     from ..catalog import open_catalog
 
-    results = restore(args.backup_dir, open_catalog(args.catalog, writable=True))
+    results = restore(args.backup_dir, open_catalog(args.catalog, writable=True, create=True))
     for result in results:
         run_id = result.uid[:8] if result.uid else "-"
         print(f"{result.action:9s} {run_id:8s} {result.path.name}: {result.detail}")

@@ -12,7 +12,7 @@ nanopilot session: live analysis, texture labels and live maps are subscribed; r
   RE(grow_until([det], deposition, x, y, 120))                   growth stopped at 120 A or at relaxation
   RE(find_texture_temperature([det], temperature, x, y, (-2, 2), (-2, 2), 240))
   maps.current.gridded("strain")   maps.current.scattered()      the live maps (plans read the same object)
-  catalog[-1]                      replay(catalog[-1], analysis) stored runs; replay through the analysis
+  run = select_run(catalog, -1).run   replay(run, analysis)      the newest raw run; replay it through the analysis
   summarize_plan(steered_map(...))                               dry run: the first stage of a plan
 """
 
@@ -46,10 +46,12 @@ def namespace(args) -> dict:
     from ..catalog import open_catalog
     from ..plans import find_texture_temperature, grow_until, steered_map
     from ..replay import replay
+    from ..runs import last_scan_id, select_run
     from ..session import setup
 
     ns = {"bp": bp, "bps": bps, "summarize_plan": summarize_plan, "steered_map": steered_map,
-          "grow_until": grow_until, "find_texture_temperature": find_texture_temperature, "replay": replay}
+          "grow_until": grow_until, "find_texture_temperature": find_texture_temperature, "replay": replay,
+          "select_run": select_run}
     if args.devices:
         user = runpy.run_path(str(Path(args.devices)))
         missing = [n for n in DEVICE_NAMES if n not in user]
@@ -66,7 +68,9 @@ def namespace(args) -> dict:
         ns.update(beamline=bl, stage=bl.stage, flyer=bl.flyer, sample=bl.sample)
         RE = RunEngine({})
         bl.install(RE)  # bps.sleep on the simulated clock
-    catalog = open_catalog(args.catalog)
+    catalog = open_catalog(args.catalog, create=True)
+    if "scan_id" not in RE.md:  # continue the catalogue's scan ids instead of starting again at 1
+        RE.md["scan_id"] = last_scan_id(catalog)
     session = setup(RE, catalog=catalog, model=args.model, plot=args.plot, mask=args.mask, **devices)
     ns.update(RE=RE, catalog=catalog, session=session, analysis=session.analysis, maps=session.maps,
               texture=session.texture, det=devices["detector"], **{k: v for k, v in devices.items() if v is not None})

@@ -194,14 +194,20 @@ class Predictor:
         return mean, std, members
 
     def _network_pass(self, x: torch.Tensor) -> torch.Tensor:
-        """Labels (N, M, K) of frames x (N, H, W) float32, in fixed-size chunks (runs in the inference thread)."""
+        """Labels (N, M, K) of frames x (N, H, W) float32, in fixed-size chunks (runs in the inference thread).
+
+        A chunk of one frame is run as two (the frame twice): PyTorch's CPU convolution takes another path for a
+        batch of one, whose results differ in the last bits, so that a frame's estimate would depend on how the
+        frames were batched (and a replay would not give the live maps bit for bit)."""
         if self.threads:
             torch.set_num_threads(int(self.threads))
         chunks = []
         with torch.inference_mode():
             for start in range(0, len(x), self.batch_size):
-                chunk = x[start:start + self.batch_size].unsqueeze(1).contiguous(memory_format=torch.channels_last)
-                chunks.append(self.network(chunk).reshape(len(chunk), self.n_members, -1))
+                chunk = x[start:start + self.batch_size].unsqueeze(1)
+                n = len(chunk)
+                chunk = (chunk if n > 1 else chunk.repeat(2, 1, 1, 1)).contiguous(memory_format=torch.channels_last)
+                chunks.append(self.network(chunk)[:n].reshape(n, self.n_members, -1))
         return torch.cat(chunks) if chunks else torch.zeros((0, self.n_members, len(self.outputs)))
 
     # ----------------------------------------------------------------- the public call

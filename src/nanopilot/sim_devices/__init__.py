@@ -7,7 +7,8 @@ source, all acting on one living sample whose ground truth is queryable::
     bl.sample.truth(0.5, -0.2).strain, bl.sample.labels([0, 1], [0, 1])
 
 Time is simulated by default (moves, exposures, ramps and growth cost no wall time); see
-:mod:`nanopilot.sim_devices.clock`.
+:mod:`nanopilot.sim_devices.clock`. The detector and stage as ophyd-async devices (the ``async`` extra) are in
+:mod:`nanopilot.sim_devices.async_devices`.
 """
 
 from .beamline import Beamline, make_beamline

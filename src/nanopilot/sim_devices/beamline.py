@@ -78,7 +78,7 @@ def make_beamline(scene: str = "published", seed: int | None = None, *, scene_pa
         ``bl.detector.readout.preparation()`` is the matching frame preparation. None: the model's frames.
     peak_offset, peak_drift, dark_current, gain, dead_pixels
         Raw detector only: the pattern's shift from the ROI (rows, cols; detector pixels) and its drift per frame
-        (detector pixels / frame, rounded to whole pixels), the dark level (ADU), ADU per photon, dead pixels; see
+        (detector pixels / frame, sub-pixel), the dark level (ADU), ADU per photon, dead pixels; see
         :class:`~nanopilot.sim_devices.raw_detector.RawReadout`.
 
     Raises

@@ -97,6 +97,50 @@ def frame_statistics(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nda
         return total, columns @ np.arange(frames.shape[2]) / total, rows @ np.arange(frames.shape[1]) / total
 
 
+def beam_positions(x, y, footprint: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Sample-plane points (um) a beam of ``footprint`` diameter (um; 0 = a point) at each (x, y) covers: K per
+    position, flattened (N * K,)."""
+    x, y = np.atleast_1d(np.asarray(x, dtype=np.float64)), np.atleast_1d(np.asarray(y, dtype=np.float64))
+    radius = footprint / 2
+    if radius == 0:
+        return x, y
+    return ((x[:, None] + radius * _FOOTPRINT_RULE[:, 0]).ravel(),
+            (y[:, None] + radius * _FOOTPRINT_RULE[:, 1]).ravel())
+
+
+def render_frames(parameters: np.ndarray, instrument: Instrument, exposure: float, *, count_rate: float,
+                  rng: np.random.Generator, kernel: str = "box", background: float = 0.0, footprint: float = 0.0,
+                  hot_pixel_index=(), noise: bool = True, readout: RawReadout | None = None) -> np.ndarray:
+    """Frames (N, H, W) for ground-truth ``parameters`` ((N * K, 4) at :func:`beam_positions`) exposed ``exposure``
+    s at ``count_rate`` (counts/s, see the module notes), with ``background`` (counts/s/pixel), hot pixels at the
+    flat ``hot_pixel_index`` and Poisson noise from ``rng`` (uint32 counts; float32 expected counts without noise);
+    through ``readout`` a raw detector's ADU frames. See :class:`NanobeamDetector`."""
+    peak = count_rate * exposure
+    if kernel == "box":
+        patterns = simulate_box(parameters, instrument, counts=peak)
+    else:
+        patterns = simulate(parameters, instrument, kernel=kernel, counts=peak)
+    if footprint > 0:
+        patterns = np.einsum("nkhw,k->nhw", patterns.reshape(-1, len(_FOOTPRINT_RULE), *patterns.shape[1:]),
+                             _FOOTPRINT_RULE[:, 2].astype(patterns.dtype))
+    background = background * exposure
+    if readout is not None:
+        photons = readout.expected_photons(patterns, background, HOT_PIXEL_RATE * exposure)
+        if noise:
+            photons = poisson_counts(photons.ravel(), rng).reshape(photons.shape)
+        return readout.readout(photons)
+    if background:
+        patterns += np.float32(background)
+    if len(hot_pixel_index):
+        patterns.reshape(len(patterns), -1)[:, hot_pixel_index] += np.float32(HOT_PIXEL_RATE * exposure)
+    if not noise:
+        return patterns
+    counts = np.zeros(patterns.shape, dtype=np.uint32)
+    lit = patterns > 0  # about half the pixels lie outside the donut: draw only where counts can arise
+    counts[lit] = poisson_counts(patterns[lit], rng)
+    return counts
+
+
 class NanobeamDetector(WriterStaging, SimDevice):
     """A photon-counting area detector looking at the sample's Bragg reflection through a nanofocused beam.
 
@@ -182,39 +226,14 @@ class NanobeamDetector(WriterStaging, SimDevice):
 
     def beam_positions(self, x, y) -> tuple[np.ndarray, np.ndarray]:
         """Sample-plane points (um) the beam at each (x, y) covers: K per position, flattened (N * K,)."""
-        x, y = np.atleast_1d(np.asarray(x, dtype=np.float64)), np.atleast_1d(np.asarray(y, dtype=np.float64))
-        radius = self.footprint.get() / 2
-        if radius == 0:
-            return x, y
-        return ((x[:, None] + radius * _FOOTPRINT_RULE[:, 0]).ravel(),
-                (y[:, None] + radius * _FOOTPRINT_RULE[:, 1]).ravel())
+        return beam_positions(x, y, self.footprint.get())
 
     def render(self, parameters: np.ndarray, exposure: float) -> np.ndarray:
         """Frames for ground-truth ``parameters`` ((N * K, 4) at :meth:`beam_positions`) exposed ``exposure`` s."""
-        peak = self.count_rate.get() * exposure
-        if self.kernel == "box":
-            patterns = simulate_box(parameters, self.instrument, counts=peak)
-        else:
-            patterns = simulate(parameters, self.instrument, kernel=self.kernel, counts=peak)
-        if self.footprint.get() > 0:
-            patterns = np.einsum("nkhw,k->nhw", patterns.reshape(-1, len(_FOOTPRINT_RULE), *patterns.shape[1:]),
-                                 _FOOTPRINT_RULE[:, 2].astype(patterns.dtype))
-        background = self.background.get() * exposure
-        if self.readout is not None:
-            photons = self.readout.expected_photons(patterns, background, HOT_PIXEL_RATE * exposure)
-            if self.noise.get():
-                photons = poisson_counts(photons.ravel(), self.rng).reshape(photons.shape)
-            return self.readout.readout(photons)
-        if background:
-            patterns += np.float32(background)
-        if len(self.hot_pixel_index):
-            patterns.reshape(len(patterns), -1)[:, self.hot_pixel_index] += np.float32(HOT_PIXEL_RATE * exposure)
-        if not self.noise.get():
-            return patterns
-        counts = np.zeros(patterns.shape, dtype=np.uint32)
-        lit = patterns > 0  # about half the pixels lie outside the donut: draw only where counts can arise
-        counts[lit] = poisson_counts(patterns[lit], self.rng)
-        return counts
+        return render_frames(parameters, self.instrument, exposure, count_rate=self.count_rate.get(),
+                             kernel=self.kernel, background=self.background.get(), footprint=self.footprint.get(),
+                             hot_pixel_index=self.hot_pixel_index, noise=self.noise.get(), rng=self.rng,
+                             readout=self.readout)
 
     def statistics(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """:func:`frame_statistics` of published frames (N, ...); a raw detector's in photons."""

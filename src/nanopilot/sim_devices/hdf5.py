@@ -39,6 +39,7 @@ class HDF5FrameWriter:
         if not os.access(directory, os.W_OK | os.X_OK):
             raise PermissionError(f"HDF5 directory {str(directory)!r} is not writable")
         self.path = directory.resolve() / f"{prefix}_{uuid.uuid4().hex[:12]}.h5"
+        self.uri = self.path.as_uri().replace("file:///", "file://localhost/")  # as area detectors announce files
         self.data_key = data_key
         try:
             self._file = h5py.File(self.path, "w", libver="latest")
@@ -48,7 +49,7 @@ class HDF5FrameWriter:
                                                   chunks=(1, *frame_shape), dtype=dtype)
         self._file.swmr_mode = True
         self._bundle = ComposeStreamResource()(
-            mimetype="application/x-hdf5", uri=self.path.as_uri().replace("file:///", "file://localhost/"),
+            mimetype="application/x-hdf5", uri=self.uri,
             data_key=data_key, parameters={"dataset": DATASET, "chunk_shape": [1, *frame_shape]})
         self._announced_resource = False
         self._announced = 0

@@ -23,25 +23,42 @@ from ..physics import FramePreparation, Instrument
 @dataclasses.dataclass(frozen=True)
 class RawDetectorPreset:
     """A raw detector: ``shape`` (rows, cols) of its frames, ``pixel_size`` (m), the ``binning`` and ``roi_shape``
-    (detector pixels, centred) that give the model's frames (``pixel_size * binning`` = the instrument's pixel)."""
+    (detector pixels, centred) that give the model's frames (``pixel_size * binning`` = the instrument's pixel), and
+    the rows and columns of its gaps between chips or modules (they read nothing; the matching preparation masks
+    them)."""
 
     shape: tuple[int, int]
     pixel_size: float
     binning: int
     roi_shape: tuple[int, int]
+    gap_rows: tuple[int, ...] = ()
+    gap_cols: tuple[int, ...] = ()
+
+    def gaps(self) -> np.ndarray:
+        """(R, C) bool: the gap pixels."""
+        gaps = np.zeros(self.shape, dtype=bool)
+        gaps[list(self.gap_rows), :] = True
+        gaps[:, list(self.gap_cols)] = True
+        return gaps
 
     def preparation(self, **fields) -> FramePreparation:
-        """The :class:`FramePreparation` of this detector (fixed, centred ROI); ``fields`` override or add
-        (e.g. ``dark``, ``mask``, ``gain``, ``roi_corner``)."""
+        """The :class:`FramePreparation` of this detector (fixed, centred ROI; the gaps masked); ``fields``
+        override or add (e.g. ``dark``, ``mask``, ``gain``, ``roi_corner``)."""
         config = {"detector_shape": self.shape, "pixel_size": self.pixel_size, "roi_shape": self.roi_shape,
                   "binning": self.binning}
+        if self.gap_rows or self.gap_cols:
+            config["mask"] = self.gaps()
         return FramePreparation(**{**config, **fields})
 
 
 #: Named raw detectors. "medipix-256" is the published setup's (a 128 x 128 ROI of 55 um pixels binned 2 x 2).
-#: No EIGER (75 um pixels): no integer binning gives the instrument's 110 um pixel.
+#: "eiger-like-1030x514" has the layout of an EIGER 500k module (1030 x 514 pixels: 2 x 4 chips of 256 x 256 with
+#: the 2-pixel boundaries between them, which read nothing here) at 55 um, so that it bins to the model's 110 um
+#: pixel (a real EIGER's 75 um pixel does not); its centred ROI straddles a gap row and a gap column.
 DETECTOR_PRESETS = {
     "medipix-256": RawDetectorPreset(shape=(256, 256), pixel_size=55e-6, binning=2, roi_shape=(128, 128)),
+    "eiger-like-1030x514": RawDetectorPreset(shape=(514, 1030), pixel_size=55e-6, binning=2, roi_shape=(128, 128),
+                                             gap_rows=(256, 257), gap_cols=(256, 257, 514, 515, 772, 773)),
 }
 
 
@@ -85,6 +102,7 @@ class RawReadout:
                              f"{dead_pixels}")
         chosen = np.random.default_rng(seed).choice(size, size=hot_pixels + dead_pixels, replace=False)
         self.hot_index, self.dead_index = chosen[:hot_pixels], chosen[hot_pixels:]
+        self.dark_index = np.concatenate([self.dead_index, np.flatnonzero(self.preset.gaps())])  # read nothing
         self.frames_rendered = 0
 
     @property
@@ -92,8 +110,8 @@ class RawReadout:
         return self.preset.shape
 
     def bad_pixels(self) -> np.ndarray:
-        """(R, C) bool: the hot and dead pixels (the beamline's pixel mask)."""
-        mask = np.zeros(self.shape, dtype=bool)
+        """(R, C) bool: the gaps, hot and dead pixels (the beamline's pixel mask)."""
+        mask = self.preset.gaps()
         mask.flat[np.concatenate([self.hot_index, self.dead_index])] = True
         return mask
 
@@ -103,7 +121,7 @@ class RawReadout:
         known = {"gain": self.gain}
         if self.dark_current:
             known["dark"] = np.full(self.shape, self.dark_current, dtype=np.float32)
-        if len(self.hot_index) or len(self.dead_index):
+        if self.bad_pixels().any():
             known["mask"] = self.bad_pixels()
         return self.preset.preparation(**{**known, **fields})
 
@@ -127,14 +145,14 @@ class RawReadout:
         self.frames_rendered += len(patterns)
         flat = photons.reshape(len(photons), -1)
         flat[:, self.hot_index] += np.float32(hot)
-        flat[:, self.dead_index] = 0
+        flat[:, self.dark_index] = 0
         return photons
 
     def readout(self, photons: np.ndarray) -> np.ndarray:
         """ADU of ``photons`` (N, R, C): uint32 for drawn (integer) photons, float32 for expected ones; dead pixels
         read 0."""
         adu = np.float32(self.gain) * photons.astype(np.float32) + np.float32(self.dark_current)
-        adu.reshape(len(adu), -1)[:, self.dead_index] = 0
+        adu.reshape(len(adu), -1)[:, self.dark_index] = 0
         if photons.dtype.kind == "f":
             return adu
         return np.rint(adu).astype(np.uint32)
