@@ -9,13 +9,17 @@ import sys
 import threading
 import time
 import urllib.request
+import warnings
 
 import bluesky.plan_stubs as bps
 import bluesky.plans as bp
 import numpy as np
 import pytest
 from bluesky import RunEngine
-from starlette.testclient import TestClient
+
+with warnings.catch_warnings():  # Starlette 1.x prefers httpx2 for its test client; httpx works the same here
+    warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient` is deprecated")
+    from starlette.testclient import TestClient
 
 from conftest import free_port
 from nanopilot.callbacks import NanobeamAnalysis
@@ -149,6 +153,7 @@ def test_chromium_sees_the_page_follow_a_scan(catalog, catalog_dir, tmp_path):
     result = {}
     scan = threading.Thread(target=lambda: result.update(
         run=decided_scan(catalog, tmp_path, halfway=halfway, resume=resume)))
+    scan.start()  # runs up to its halfway pause while the server starts
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -158,7 +163,6 @@ def test_chromium_sees_the_page_follow_a_scan(catalog, catalog_dir, tmp_path):
             except OSError:
                 assert server.poll() is None and time.monotonic() < deadline, server.stdout.read()[-2000:]
                 time.sleep(0.3)
-        scan.start()
         assert halfway.wait(60)
         during = _Rows()
         during.feed(chromium(url, tmp_path / "profile", "--dump-dom"))
