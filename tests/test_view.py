@@ -110,6 +110,21 @@ def test_beyond_loopback_needs_an_api_key(catalog, monkeypatch, capsys):
     assert client.get("/", params={"api_key": "s3cret"}).status_code == 200
 
 
+def test_served_from_a_thread(catalog, stored):
+    from nanopilot.view.app import serve_in_thread
+
+    uid, _ = stored
+    port = free_port()
+    server = serve_in_thread(build_app(catalog), port=port)
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/runs?limit=50", timeout=30) as answer:
+            assert uid in answer.read().decode()
+        with pytest.raises(RuntimeError, match="port"):  # the port is taken now
+            serve_in_thread(build_app(catalog), port=port, timeout=10)
+    finally:
+        server.should_exit = True
+
+
 class _Rows(html.parser.HTMLParser):
     """Rows of the rendered page: run rows (their cells) and the number of decision rows."""
 

@@ -91,6 +91,25 @@ def build_app(catalog, *, api_key: str | None = None, picture=data.picture) -> S
                              Route("/api/runs/{uid}/maps.png", maps)], middleware=middleware)
 
 
+def serve_in_thread(app, *, host: str = "127.0.0.1", port: int = 8765, timeout: float = 30.0):
+    """Serve ``app`` with uvicorn from a daemon thread (e.g. beside a scan in the same process); returns the
+    ``uvicorn.Server`` once it listens (``server.should_exit = True`` stops it). RuntimeError if it does not start
+    within ``timeout`` s (e.g. the port is taken)."""
+    import time
+
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="nanopilot-view", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"the page's server did not start on {host}:{port} (is the port taken?)")
+        time.sleep(0.05)
+    return server
+
+
 def _uid_is(uid: str):
     from tiled.queries import Key
 
