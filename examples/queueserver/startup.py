@@ -38,4 +38,5 @@ det, x, y = beamline.detector, beamline.stage.x, beamline.stage.y
 temperature, deposition = beamline.temperature, beamline.deposition
 
 session = setup(RE, detector=det, x=x, y=y, temperature=temperature, deposition=deposition,
-                catalog=open_catalog(os.environ.get("NANOPILOT_CATALOG")), model=os.environ.get("NANOPILOT_MODEL"))
+                catalog=open_catalog(os.environ.get("NANOPILOT_CATALOG"), create=True),  # new: made, with a warning
+                model=os.environ.get("NANOPILOT_MODEL"))
