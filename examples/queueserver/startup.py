@@ -39,4 +39,5 @@ temperature, deposition = beamline.temperature, beamline.deposition
 beamline.install(RE)  # the plans' bps.sleep on the simulated clock (a real beamline: leave out)
 
 session = setup(RE, detector=det, x=x, y=y, temperature=temperature, deposition=deposition,
-                catalog=open_catalog(os.environ.get("NANOPILOT_CATALOG")), model=os.environ.get("NANOPILOT_MODEL"))
+                catalog=open_catalog(os.environ.get("NANOPILOT_CATALOG"), create=True),  # new: made, with a warning
+                model=os.environ.get("NANOPILOT_MODEL"))
