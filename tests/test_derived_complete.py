@@ -30,6 +30,14 @@ def stops(docs) -> dict:
     return {kind: doc for kind, name, doc in docs if name == "stop"}
 
 
+def engine(delay: float, **kwargs):
+    """(beamline, slow analysis, its derived documents, a RunEngine subscribed to it)."""
+    analysis, docs = slow_analysis(delay)
+    RE = RunEngine({}, **kwargs)
+    RE.subscribe(analysis)
+    return make_beamline("domains", seed=1), analysis, docs, RE
+
+
 def measure(detector, n):
     def body(uid):
         for _ in range(n):
@@ -39,10 +47,7 @@ def measure(detector, n):
 
 
 def test_a_plan_returns_once_its_analysis_and_texture_runs_have_stopped():
-    bl = make_beamline("domains", seed=1)
-    analysis, docs = slow_analysis(0.5)
-    RE = RunEngine({}, call_returns_result=True)
-    RE.subscribe(analysis)
+    bl, analysis, docs, RE = engine(0.5, call_returns_result=True)
     result = RE(analysed_run(measure(bl.detector, 3), {}, analysis.maps, timeout=30))
     assert set(stops(docs)) == {"analysis", "texture"}  # a batch still under way at close_run is waited for
     assert stops(docs)["analysis"]["exit_status"] == "success"
@@ -51,10 +56,7 @@ def test_a_plan_returns_once_its_analysis_and_texture_runs_have_stopped():
 
 
 def test_a_failing_plan_closes_its_run_and_waits_for_its_analysis_before_raising():
-    bl = make_beamline("domains", seed=1)
-    analysis, docs = slow_analysis(0.5)
-    RE = RunEngine({})
-    RE.subscribe(analysis)
+    bl, analysis, docs, RE = engine(0.5)
 
     def failing(uid):
         yield from measure(bl.detector, 2)(uid)
@@ -68,10 +70,7 @@ def test_a_failing_plan_closes_its_run_and_waits_for_its_analysis_before_raising
 
 
 def test_a_plan_says_when_its_analysis_does_not_finish_in_time():
-    bl = make_beamline("domains", seed=1)
-    analysis, docs = slow_analysis(1.0)
-    RE = RunEngine({})
-    RE.subscribe(analysis)
+    bl, analysis, docs, RE = engine(1.0)
     with pytest.raises(TimeoutError, match="did not finish within 0.1 s"):
         RE(analysed_run(measure(bl.detector, 2), {}, analysis.maps, timeout=0.1))
     assert analysis.close(timeout=30)
@@ -114,10 +113,7 @@ def test_closing_an_analysis_asked_to_stop_waits_for_its_thread_only():
     that thread, not for a flush it will never read (that held up every interpreter exit by 60 s)."""
     import time
 
-    bl = make_beamline("domains", seed=1)
-    analysis, _ = slow_analysis(0.5)
-    RE = RunEngine({})
-    RE.subscribe(analysis)
+    bl, analysis, _, RE = engine(0.5)
     RE(bp.count([bl.detector], 2))  # a batch under way: the stop request waits behind it
     worker = analysis._worker
     worker.stop()
