@@ -357,6 +357,7 @@ def test_cli_restore_puts_every_backed_up_run_back(catalog, catalog_dir, outage,
     assert "1 failed" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # run by .ci/run's second pass
 @pytest.mark.parametrize("mode", ["inline", "hdf5"])
 def test_tiled_server_killed_mid_scan_stalls_once_and_loses_nothing(catalog, catalog_dir, tmp_path, monkeypatch, mode):
     """The server dies at event 5 of 20; after restore the catalogue holds every frame (inline, or registered in

@@ -312,6 +312,7 @@ def test_train_config_errors(tmp_path):
         TrainConfig(architecture=Architecture(outputs=4), ranges={"strain": (0, 1), "omega": (0, 1), "chi": (0, 1)})
 
 
+@pytest.mark.slow  # run by .ci/run's second pass
 def test_nanopilot_train_tiny(tmp_path, capsys):
     config = tmp_path / "tiny.yaml"
     config.write_text("name: tiny\nmodel: {channels: [[2, 4], [4, 8], [8, 8]], outputs: 3}\n"

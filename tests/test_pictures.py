@@ -16,14 +16,17 @@ from test_callbacks import CentroidPredictor
 from test_plans_growth import TruthPredictor
 
 
-def run_plan(analysis, make_plan, pictures=None):
-    """Run a plan with the analysis and a texture callback; every document (raw, analysis, texture) in order."""
+def run_plan(analysis, make_plan, pictures=None, beamline=None):
+    """Run a plan with the analysis and a texture callback; every document (raw, analysis, texture) in order.
+    ``beamline``: a simulated beamline whose clock the RunEngine's sleeps run on (simulated time)."""
     docs = []
     textures = TextureCallback(analysis.maps)
     for target in (analysis, textures):
         target.subscribe(lambda name, doc: docs.append((name, doc)))
     analysis.subscribe(textures)
     RE = RunEngine({}, call_returns_result=True)
+    if beamline is not None:
+        beamline.install(RE)
     RE.subscribe(analysis)
     RE.subscribe(lambda name, doc: docs.append((name, doc)))
     if pictures is not None:
@@ -93,7 +96,8 @@ def growth():
     analysis = NanobeamAnalysis(TruthPredictor(bl, 1), batch_size=1, threaded=False)
     points = [(x, y) for y in (-1.0, 0.0, 1.0) for x in (-1.0, 0.0, 1.0)]
     res, docs = run_plan(analysis, lambda maps: grow_until([bl.detector], bl.deposition, bl.stage.x, bl.stage.y,
-                                                           120.0, points=points, interval=2.0, maps=maps))
+                                                           120.0, points=points, interval=2.0, maps=maps),
+                         beamline=bl)
     return res, docs
 
 

@@ -108,6 +108,7 @@ def run_queue(RM, timeout: float) -> list[dict]:
     return RM.history_get()["items"][before:]
 
 
+@pytest.mark.slow  # run by .ci/run's second pass
 def test_plans_run_from_the_queue_server_with_complete_analysis_runs(manager):
     from bluesky_queueserver_api import BPlan
 

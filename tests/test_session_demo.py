@@ -47,6 +47,7 @@ def test_setup_installs_analysis_texture_storage_and_gives_the_plans_the_maps(ca
         maps_for_plans(RE)  # closed
 
 
+@pytest.mark.slow  # run by .ci/run's second pass
 def test_demo_growth_part_and_its_replay_command(tmp_path, capsys):
     """The replay command the demo prints picks the growth run and analyses it again with the thickness model its
     live analysis used: the same map, bit for bit (the network's estimates do not depend on the batching)."""
@@ -73,6 +74,7 @@ def test_demo_growth_part_and_its_replay_command(tmp_path, capsys):
         np.testing.assert_array_equal(again["primary"][field].read(), live["primary"][field].read(), err_msg=field)
 
 
+@pytest.mark.slow  # run by .ci/run's second pass
 def test_ipython_session_driven_by_a_script(tmp_path):
     import json
     import os

@@ -77,6 +77,7 @@ def test_runs_are_selected_in_the_embedded_catalogue(tmp_path, capsys):
     assert f"replaying scan 7 (uid {b[:8]}), plan steered_map, " in out and "note: scan id 7 is shared" in out
 
 
+@pytest.mark.slow  # run by .ci/run's second pass
 def test_the_shipped_server_config_stores_selects_exports_and_replays(tmp_path, monkeypatch, capsys):
     detector = tmp_path / "detector"  # the detector's HDF5 directory, outside the server's own directory
     with tiled_serve(tmp_path / "server", "configtestkey", monkeypatch, detector) as (_, remote, uri):

@@ -155,6 +155,7 @@ def chromium(url, profile, *extra) -> str:
     return done.stdout
 
 
+@pytest.mark.slow  # run by .ci/run's second pass
 @pytest.mark.skipif(shutil.which("chromium") is None,
                     reason="Debian's chromium is not installed (apt-get install chromium; .ci/run does)")
 def test_chromium_sees_the_page_follow_a_scan(catalog, catalog_dir, tmp_path):
