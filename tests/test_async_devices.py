@@ -45,6 +45,7 @@ def async_run(tmp_path, n, *callbacks, **settings):
     return bl, run_on(RE, grid(bl.detector, bl.x, bl.y, n), *callbacks)
 
 
+@pytest.mark.slow  # run by .ci/run's second pass
 def test_documents_validate_and_the_frames_are_the_v1_detectors_also_in_tiled(catalog, catalog_dir):
     """Same positions, noise off: the HDF5 frames equal the v1 detector's inline frames pixel for pixel, and the
     run reads back from the Tiled catalogue with them."""

@@ -291,6 +291,7 @@ def test_box_strain_prior_pulls_towards_the_start_and_narrows_the_std(scale):
     np.testing.assert_allclose(1 / tight.strain_std ** 2, 1 / free.strain_std ** 2 + 1 / NET_STD[0] ** 2, rtol=0.2)
 
 
+@pytest.mark.slow  # run by .ci/run's second pass
 def test_box_omega_average_lowers_the_strain_error_and_widens_its_std(scale):
     # strain and omega both move the Bragg peak: averaging strain over the omega posterior, rather than fitting it
     # at the most probable omega, takes out part of the error omega's uncertainty carries into it. Starts as the

@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import pytest
+
 
 def python(code: str) -> subprocess.CompletedProcess:
     """Run ``code`` in a fresh interpreter (warnings shown), as a command would."""
@@ -23,6 +25,7 @@ def test_fit_method_choices_are_the_fitting_methods():
     assert METHODS == FITTING_METHODS
 
 
+@pytest.mark.slow  # run by .ci/run's second pass
 def test_opening_the_embedded_catalogue_prints_nothing(catalog, catalog_dir):
     """No Starlette deprecation warning and no "Tiled version ..." line (the session's catalogue, reopened)."""
     done = python(f"from nanopilot.catalog import open_catalog; print(type(open_catalog({str(catalog_dir)!r})))")

@@ -64,6 +64,7 @@ def test_analysis_run_is_stored_next_to_the_raw_run(catalog, catalog_dir):
     assert stored.stop["exit_status"] == "success"
 
 
+@pytest.mark.slow  # run by .ci/run's second pass
 def test_cli_replay_writes_the_analysis_and_a_plot(catalog, catalog_dir, tmp_path, capsys):
     from nanopilot.cli import main
 

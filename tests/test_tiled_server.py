@@ -67,6 +67,7 @@ def assert_selection(catalog):
     return b
 
 
+@pytest.mark.slow  # run by .ci/run's second pass
 def test_runs_are_selected_in_the_embedded_catalogue(tmp_path, capsys):
     catalog = open_catalog(tmp_path / "catalog", create=True)
     with pytest.raises(ValueError, match="is empty"):
@@ -116,6 +117,7 @@ def test_the_shipped_server_config_stores_selects_exports_and_replays(tmp_path, 
             open_catalog(uri.replace("/api/v1", "/api/v9"))
 
 
+@pytest.mark.slow  # run by .ci/run's second pass
 def test_a_missing_catalogue_is_refused_unless_created(tmp_path, caplog, capsys):
     missing = tmp_path / "typo"
     with pytest.raises(FileNotFoundError, match=f"no catalogue at {missing}: check the path"):

@@ -66,6 +66,7 @@ def stored(catalog, catalog_dir):
     return decided_scan(catalog, catalog_dir / "view_frames")
 
 
+@pytest.mark.slow  # run by .ci/run's second pass
 def test_json_equals_the_stored_runs(catalog, stored):
     uid, history = stored
     client = TestClient(build_app(catalog))
@@ -110,6 +111,7 @@ def test_beyond_loopback_needs_an_api_key(catalog, monkeypatch, capsys):
     assert client.get("/", params={"api_key": "s3cret"}).status_code == 200
 
 
+@pytest.mark.slow  # run by .ci/run's second pass
 def test_served_from_a_thread(catalog, stored):
     from nanopilot.view.app import serve_in_thread
 
