@@ -31,31 +31,27 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import math
 import os
-from pathlib import Path
 
 import numpy as np
-import yaml
 
 from .arrays import read_array
+from .detector_file import ARRAY_FIELDS, PreparationFile
 from .frame_steps import BAD_TYPE, OK, WRONG_SHAPE  # noqa: F401 (prepare's statuses, beside its others here)
 from .frame_steps import (MIN_GOOD_FRACTION, PreparedFrames, bin_frames, block_sum, cut_rois, pattern_shift,
                           peak_centroids, raw_batch)
-from .instrument import Instrument, from_fields
+from .instrument import Instrument
 
 # Per-frame statuses (the strings of nanopilot.estimates).
 NO_PEAK = "no_peak"  # follow_peak: no counts above the background in the search window
 DRIFT_OUTSIDE = "drift_outside"  # follow_drift: the drifted ROI leaves the search window
 ALL_MASKED = "all_masked"  # no pixel of the prepared frame could be used
-#: Fields holding a calibration array (an array, or a .npy / HDF5 / image file path), in the raw detector layout.
-ARRAY_FIELDS = ("dark", "flat", "mask")
 _HDF5_NAMES = {"dark": "dark", "flat": "flatfield", "mask": "pixel_mask"}
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class FramePreparation:
+class FramePreparation(PreparationFile):
     """Raw detector frames -> photon counts at the model's pixel pitch (see the module docstring for the steps).
 
     Defaults: a 256 x 256 detector of 55 um pixels whose central 128 x 128 pixels are binned 2 x 2, the published
@@ -372,61 +368,6 @@ class FramePreparation:
         r = np.clip(np.rint(centres[:, 0] - (h - 1) / 2), 0, rows - h).astype(np.int64) + row
         c = np.clip(np.rint(centres[:, 1] - (w - 1) / 2), 0, cols - w).astype(np.int64) + col
         return np.stack([r, c], axis=1), found
-
-    # ----------------------------------------------------------------- serialisation
-    def to_dict(self) -> dict:
-        """Plain-Python dict of the fields (JSON / YAML friendly); an in-memory array is described (shape, sha256),
-        which :meth:`from_dict` refuses: save it to a file and give the path to round-trip."""
-        d = {}
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if field.name in ARRAY_FIELDS and value is not None and not isinstance(value, (str, os.PathLike, dict)):
-                value = {"in_memory_array": list(np.shape(value)), "sha256": self._hashes[field.name]}
-            elif isinstance(value, os.PathLike):
-                value = str(value)
-            elif isinstance(value, tuple):
-                value = list(value)
-            d[field.name] = value
-        return d
-
-    @classmethod
-    def from_dict(cls, data: dict) -> FramePreparation:
-        """Build from a dict; unknown keys are an error that names them."""
-        return from_fields(cls, data)
-
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
-
-    @classmethod
-    def from_yaml(cls, text: str, base: str | Path | None = None) -> FramePreparation:
-        """From YAML text; relative calibration-file paths are taken relative to ``base`` (a folder)."""
-        data = yaml.safe_load(text) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"a frame preparation YAML must be a mapping of fields, got {type(data).__name__}")
-        if base is not None:
-            for name in ARRAY_FIELDS:
-                if isinstance(data.get(name), str) and not Path(data[name].partition("::")[0]).is_absolute():
-                    data[name] = str(Path(base) / data[name])
-        return cls.from_dict(data)
-
-    def save(self, path: str | Path) -> None:
-        """Write the YAML file (calibration arrays must be files)."""
-        Path(path).write_text(self.to_yaml())
-
-    @classmethod
-    def load(cls, path: str | Path) -> FramePreparation:
-        """Read a YAML file written by :meth:`save` or by hand."""
-        path = Path(path)
-        return cls.from_yaml(path.read_text(), base=path.parent)
-
-    def fingerprint(self) -> str:
-        """Short stable hash (16 hex digits) of the fields and the calibration arrays' contents."""
-        d = {k: v for k, v in self.to_dict().items() if k not in ARRAY_FIELDS}
-        if not self.follow_drift:  # a field added later: at its default it leaves earlier fingerprints as they were
-            del d["follow_drift"]
-        d.update({k: self._hashes.get(k) for k in ARRAY_FIELDS})
-        canonical = json.dumps({k: float(v) if isinstance(v, float) else v for k, v in d.items()}, sort_keys=True)
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     def __repr__(self) -> str:
         return (f"<FramePreparation {self.detector_shape} -> {self.output_shape}, binning {self.binning}, "
