@@ -27,7 +27,7 @@ from ..estimates import MISSING, WRONG_INSTRUMENT
 from .derived import DRIFT_STREAM, DerivedRun
 from .frame_sources import find_image_key, frame_shape_of
 from .intake import (DUPLICATE, MALFORMED, UNKNOWN_DESCRIPTOR, UNKNOWN_RUN, RawRun, SeqNumSet, declared_fingerprint,
-                     frames_in, page_problem, positions_of, stream_datum_frames)
+                     frames_in, page_problem, positions_of, refuse_other_frames, stream_datum_frames, take_where)
 from .live_maps import LiveMaps
 from .worker import POLICIES, AnalysisWorker
 
@@ -159,7 +159,7 @@ class NanobeamAnalysis(DocumentRouter):
         keys = doc["data_keys"]
         key = find_image_key(keys, self.frame_shape, self.image_key)
         if key is None:
-            self._check_configuration(keys, doc.get("name"))
+            refuse_other_frames(keys, doc.get("name"), self.image_key, f"{self._takes} {self.frame_shape}")
             return
         if frame_shape_of(keys[key]) != self.frame_shape:
             raise ValueError(f"data key {key!r} holds frames of shape {keys[key].get('shape')}; {self._takes} "
@@ -178,15 +178,6 @@ class NanobeamAnalysis(DocumentRouter):
                 self.maps.reject(run.uid, reason, n)
             run.derived = DerivedRun(run.start, key, run.descriptors[doc["uid"]]["units"], self.predictor)
             self._worker.put(("start", run), 0)
-
-    def _check_configuration(self, keys: dict, stream: str | None) -> None:
-        images = {k: v.get("shape") for k, v in keys.items() if frame_shape_of(v) is not None}
-        if self.image_key is not None and images:
-            raise ValueError(f"image_key {self.image_key!r} is not in stream {stream!r}; its 2-D array keys are "
-                             f"{sorted(images)}: pass one of them as image_key")
-        if images:
-            raise ValueError(f"stream {stream!r} has 2-D frames {images} but {self._takes} {self.frame_shape}: "
-                             f"use a model trained for this detector ROI, or pass image_key")
 
     def _instrument_status(self, run: RawRun, descriptor: dict, key: str) -> str | None:
         """WRONG_INSTRUMENT (logged) if the run declares another instrument than the model's, else None."""
@@ -281,7 +272,7 @@ class NanobeamAnalysis(DocumentRouter):
         if fresh is not None:
             self._reject(run, DUPLICATE, int((~fresh).sum()), f"event page of descriptor {page['descriptor'][:8]}")
             n, seq_nums = int(fresh.sum()), seq_nums[fresh]
-            page = {**page, "data": {k: _take(v, fresh) for k, v in page["data"].items()}}
+            page = {**page, "data": {k: take_where(v, fresh) for k, v in page["data"].items()}}
         if n == 0:
             return
         positions = positions_of(page, run.motors, n)
@@ -403,9 +394,3 @@ class NanobeamAnalysis(DocumentRouter):
     def __exit__(self, *exc) -> None:
         self.close()
 
-
-def _take(values, keep: np.ndarray):
-    """The entries of a page's data column where ``keep`` is True (an array or a list)."""
-    if isinstance(values, np.ndarray):
-        return values[keep]
-    return [v for v, k in zip(values, keep) if k]

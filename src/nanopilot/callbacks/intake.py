@@ -14,7 +14,7 @@ from collections.abc import Sized
 import numpy as np
 
 from .derived import DerivedRun
-from .frame_sources import ExternalFrames
+from .frame_sources import ExternalFrames, frame_shape_of
 
 #: Reasons a document (or some of its frames) is refused at the door, as counted in ``RunMap.rejected_by_reason``.
 MALFORMED = "malformed document"
@@ -163,3 +163,22 @@ def declared_fingerprint(start: dict, descriptor: dict, image_key: str) -> str |
                     return str(value)
     declared = start.get("instrument_fingerprint")
     return str(declared) if declared else None
+
+
+def refuse_other_frames(keys: dict, stream: str | None, image_key: str | None, takes: str) -> None:
+    """For a stream without frames the analysis takes (``takes``: what it takes, for the message): ValueError if
+    its data keys ``keys`` hold 2-D frames of another shape, or lack the ``image_key`` asked for."""
+    images = {k: v.get("shape") for k, v in keys.items() if frame_shape_of(v) is not None}
+    if image_key is not None and images:
+        raise ValueError(f"image_key {image_key!r} is not in stream {stream!r}; its 2-D array keys are "
+                         f"{sorted(images)}: pass one of them as image_key")
+    if images:
+        raise ValueError(f"stream {stream!r} has 2-D frames {images} but {takes}: use a model trained for this "
+                         f"detector ROI, or pass image_key")
+
+
+def take_where(values, keep: np.ndarray):
+    """The entries of a page's data column where ``keep`` is True (an array or a list)."""
+    if isinstance(values, np.ndarray):
+        return values[keep]
+    return [v for v, k in zip(values, keep) if k]
