@@ -131,15 +131,15 @@ def main(argv=None):
     for seed in args.domain_seeds:
         bl = make_beamline("domains", seed=seed)
         frames, x, y = grid_map(maps, f"domains{seed}", bl, render, estimate, 48, 2.0)
-        textures = TextureCallback(maps)
+        textures = TextureCallback()
         t = time.perf_counter()
         frame_descriptor(frames)
-        result = textures.classify(f"domains{seed}")
+        result = textures.classify(maps[f"domains{seed}"])
         cost = (time.perf_counter() - t) / len(frames)
         ari = adjusted_rand_score(bl.sample.labels(x, y), result["labels"])
         aris.append(ari)
-        regions = TextureCallback(maps, regions=True)  # textures must be regions of the map (not the default)
-        regions_ari = adjusted_rand_score(bl.sample.labels(x, y), regions.classify(f"domains{seed}")["labels"])
+        regions = TextureCallback(regions=True)  # textures must be regions of the map (not the default)
+        regions_ari = adjusted_rand_score(bl.sample.labels(x, y), regions.classify(maps[f"domains{seed}"])["labels"])
         print(f"domains seed {seed}: 48 x 48 points, {textures.classifier.n_clusters_} textures "
               f"(scene: {bl.sample.scene.n_domains} domains), ARI = {ari:.3f}; with regions=True "
               f"{regions.classifier.n_clusters_} textures, ARI = {regions_ari:.3f}")

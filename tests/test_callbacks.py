@@ -94,7 +94,7 @@ def test_grid_scan_fills_maps_with_positions_and_emits_valid_documents(threaded)
     assert sum(len(p["seq_num"]) for p in pages) == 20
     desc = next(d for n, d in docs if n == "descriptor")
     assert desc["data_keys"]["omega"]["units"] == "deg" and desc["data_keys"]["stage_x"]["units"] == "um"
-    summary = next(d for n, d in docs if n == "event")["data"]
+    summary = [d for n, d in docs if n == "event"][-1]["data"]
     assert summary["frames_ok"] == 20 and summary["frames_flagged"] == 0
     assert "20 frames ok" in docs[-1][1]["reason"]
 
@@ -159,7 +159,7 @@ def test_bad_frames_are_flagged_and_counted_never_raised():
     uid, docs = run_analysis(bp.scan([cam], motor, 0, 5, 6), analysis)
     status = analysis.maps[uid].scattered()["status"].tolist()
     assert status == ["ok", "nonfinite", "negative", "wrong_shape", "empty", "ok"]
-    summary = next(d for n, d in docs if n == "event")["data"]
+    summary = [d for n, d in docs if n == "event"][-1]["data"]
     assert summary["frames_ok"] == 2 and summary["frames_flagged"] == 4
     assert "wrong_shape: 1" in docs[-1][1]["reason"]
 
@@ -171,7 +171,7 @@ def test_an_exception_in_the_analysis_is_counted_and_the_scan_goes_on():
     uid, docs = run_analysis(scan(bl, 3, 5), analysis, RE)
     run = analysis.maps[uid]
     assert run.errors == 5 and len(run) == 10
-    summary = next(d for n, d in docs if n == "event")["data"]
+    summary = [d for n, d in docs if n == "event"][-1]["data"]
     assert summary["frames_errors"] == 5 and summary["frames_ok"] == 10
     assert docs[-1][1]["exit_status"] == "success"
 
@@ -226,7 +226,7 @@ def test_decimate_policy_bounds_the_queue_and_counts_skipped_frames():
     run = analysis.maps[uid]
     assert run.skipped > 0 and len(run) + run.skipped == 20 == run.received
     assert predictor.frames_seen == len(run)
-    summary = next(d for n, d in docs if n == "event")["data"]
+    summary = [d for n, d in docs if n == "event"][-1]["data"]
     assert summary["frames_skipped"] == run.skipped
 
 
@@ -257,7 +257,7 @@ def test_live_map_plot_saves_png(tmp_path):
     bl = make_beamline("domains", seed=1)
     analysis = NanobeamAnalysis(CentroidPredictor(), threaded=False)
     plot = LiveMapPlot(analysis.maps, save=tmp_path / "maps_{uid}.png", min_interval=0)
-    analysis.subscribe(plot)
+    analysis.maps.subscribe(plot)
     RE = RunEngine({})
     RE.subscribe(analysis)
     (uid,) = RE(scan(bl, 4, 4))

@@ -18,8 +18,8 @@ def slow_analysis(delay: float, **kwargs):
     """A threaded analysis whose every batch takes ``delay`` s, with a texture callback; the derived documents
     (analysis and texture runs) are collected in ``docs``."""
     analysis = NanobeamAnalysis(CentroidPredictor(delay=delay), max_latency=0.01, **kwargs)
-    texture = TextureCallback(analysis.maps)
-    analysis.subscribe(texture)
+    texture = TextureCallback()
+    analysis.add_stage(texture)
     docs = []
     analysis.subscribe(lambda name, doc: docs.append(("analysis", name, doc)))
     texture.subscribe(lambda name, doc: docs.append(("texture", name, doc)))
@@ -103,7 +103,7 @@ def test_closing_gives_up_on_a_slow_analysis_and_says_so_in_the_stop_document():
     assert not analysis.close(timeout=0.5)  # then the batch under way is finished, the rest skipped
     stop = stops(docs)["analysis"]
     assert stop["exit_status"] == "fail" and "closed before it had finished" in stop["reason"]
-    (summary,) = [doc for kind, name, doc in docs if name == "event" and "frames_skipped" in doc["data"]]
+    (summary,) = [doc for kind, name, doc in docs if name == "event" and "frames_ok" in doc["data"]]
     assert summary["data"]["frames_received"] == 8 and summary["data"]["frames_skipped"] >= 6
     assert sum(summary["data"][f"frames_{k}"] for k in ("ok", "warned", "flagged", "skipped")) == 8
 

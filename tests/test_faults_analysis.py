@@ -57,7 +57,7 @@ def feed(analysis, docs):
 
 
 def summary_of(derived):
-    return next(d for n, d in derived if n == "event")["data"]
+    return [d for n, d in derived if n == "event"][-1]["data"]
 
 
 def adds_up(summary):

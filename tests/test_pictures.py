@@ -20,10 +20,10 @@ def run_plan(analysis, make_plan, pictures=None, beamline=None):
     """Run a plan with the analysis and a texture callback; every document (raw, analysis, texture) in order.
     ``beamline``: a simulated beamline whose clock the RunEngine's sleeps run on (simulated time)."""
     docs = []
-    textures = TextureCallback(analysis.maps)
+    textures = TextureCallback()
     for target in (analysis, textures):
         target.subscribe(lambda name, doc: docs.append((name, doc)))
-    analysis.subscribe(textures)
+    analysis.add_stage(textures)
     RE = RunEngine({}, call_returns_result=True)
     if beamline is not None:
         beamline.install(RE)

@@ -138,8 +138,7 @@ def test_find_texture_temperature_abort_while_waiting_restores_the_temperature(a
 
 def one_frame_maps():
     maps = LiveMaps()
-    maps.begin_run("u", ["y", "x"])
-    maps.count("u", received=1)
+    maps.begin_run("u", ["y", "x"]).taken = 1  # one frame taken, not yet analysed
     return maps
 
 
@@ -161,7 +160,7 @@ def test_wait_until_is_completed_from_the_analysis_thread():
 def test_wait_until_times_out_with_a_message_and_leaves_no_waiter():
     maps = one_frame_maps()
     with pytest.raises(TimeoutError, match="1 frame behind"):
-        RunEngine({})(wait_until(maps, LiveMaps.caught_up, 0.2, lambda: f"{maps['u'].received} frame behind"))
+        RunEngine({})(wait_until(maps, LiveMaps.caught_up, 0.2, lambda: f"{maps['u'].taken} frame behind"))
     add_frame(maps)
     assert not maps._waiters
 

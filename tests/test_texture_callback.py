@@ -1,5 +1,7 @@
 """TextureCallback end to end on the simulated beamline: labels in LiveMaps, texture documents, plot."""
 
+import json
+
 import bluesky.plans as bp
 import numpy as np
 from bluesky import RunEngine
@@ -12,8 +14,8 @@ from nanopilot.texture import UNLABELLED, TextureCallback, TextureClassifier, fr
 
 def setup(update_every=None, classifier=None):
     analysis = NanobeamAnalysis(CentroidPredictor(), threaded=False, batch_size=16, frame_features=frame_descriptor)
-    textures = TextureCallback(analysis.maps, classifier, update_every=update_every)
-    analysis.subscribe(textures)
+    textures = TextureCallback(classifier, update_every=update_every)
+    analysis.add_stage(textures)
     docs = []
     textures.subscribe(lambda name, doc: docs.append((name, doc)))
     RE = RunEngine({})
@@ -28,7 +30,7 @@ def grid(bl, n, half=1.5):
 def test_labels_are_written_to_live_maps_and_emitted_as_a_valid_texture_run(tmp_path):
     bl = make_beamline("domains", seed=3)
     RE, analysis, textures, docs = setup(update_every=20)
-    plot = textures.live_plot(save=tmp_path / "tex_{uid}.png", min_interval=0)
+    plot = textures.live_plot(analysis.maps, save=tmp_path / "tex_{uid}.png", min_interval=0)
     (uid,) = RE(grid(bl, 8))
     points = analysis.maps[uid].scattered()
     labels = points["texture"]
@@ -36,16 +38,22 @@ def test_labels_are_written_to_live_maps_and_emitted_as_a_valid_texture_run(tmp_
     assert np.isfinite(analysis.maps[uid].gridded("texture")).all()
     validate(docs)
     names = [n for n, _ in docs]
-    assert names == ["start", "descriptor", "event_page", "descriptor", "event", "stop"]
-    start, page = docs[0][1], docs[2][1]
-    assert start["raw_uid"] == uid and start["analysis_uid"] != uid and start["features"][0] == "estimate:strain"
+    # labels while the run goes on (after 32, 48 and 64 of its points, in pages of 16), then the final ones
+    assert names == ["start", "descriptor", *["event_page"] * 3, "descriptor", "event_page", "descriptor", "event",
+                     "stop"]
+    streams = {d["uid"]: d["name"] for n, d in docs if n == "descriptor"}
+    assert [streams[d["descriptor"]] for n, d in docs if n == "event_page"] == ["labels"] * 3 + ["primary"]
+    assert [len(d["data"]["texture"]) for n, d in docs if n == "event_page"] == [32, 48, 64, 64]
+    start, page = docs[0][1], docs[6][1]
+    assert start["raw_uid"] == uid and start["analysis_uid"] != uid
     order = np.argsort(page["data"]["raw_seq_num"])
     np.testing.assert_array_equal(np.asarray(page["data"]["texture"])[order],
                                   labels[np.argsort(points["seq_num"])])
     np.testing.assert_allclose(np.asarray(page["data"]["stage_x"])[order], points["stage_x"][np.argsort(
         points["seq_num"])])
-    summary = docs[4][1]["data"]
+    summary = docs[8][1]["data"]
     assert summary["status"] == "ok" and summary["n_textures"] == len(set(labels)) and summary["unlabelled"] == 0
+    assert json.loads(summary["features"])[0] == "estimate:strain"
     assert docs[-1][1]["exit_status"] == "success"
     assert (tmp_path / f"tex_{uid[:8]}.png").stat().st_size > 10_000 and plot.draws >= 1
 

@@ -129,8 +129,8 @@ def setup(RE, *, detector, x, y, temperature=None, deposition=None, catalog=None
     analysis = NanobeamAnalysis(predictor, image_key=image_key, motors=[y.name, x.name],
                                 frame_features=frame_descriptor,
                                 raw_storage=raw_writer.status if raw_writer is not None else None)
-    texture = TextureCallback(analysis.maps)
-    analysis.subscribe(texture)
+    texture = TextureCallback()
+    analysis.add_stage(texture)
     if catalog is not None:
         analysis.subscribe(derived_writers[0])
         texture.subscribe(derived_writers[1])

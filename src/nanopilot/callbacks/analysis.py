@@ -1,13 +1,15 @@
-"""NanobeamAnalysis: every detector frame of a run -> predictions -> LiveMaps and an analysis run.
+"""NanobeamAnalysis: every detector frame of a run -> predictions -> an analysis run (documents only).
 
 Document flow (RunEngine thread)::
 
     start -> descriptor (find the image key, check the declared instrument) -> event/event_page, stream_datum,
           datum -> the door (malformed, duplicate and orphan documents are refused, counted and logged)
-          -> frames + positions -> bounded queue -> worker: batches -> Predictor -> LiveMaps + derived documents
+          -> frames + positions -> bounded queue -> worker: batches -> Predictor -> analysis-run documents
 
 The worker (:mod:`.worker`) owns the predictor and emits every derived document, so subscribers (a TiledWriter,
-a plot) see one ordered stream. ``threaded=False`` does the same work inline (deterministic batching).
+a plot, the texture stage) see one ordered stream; the analysis' :class:`LiveMaps` (:attr:`maps`) is built from
+the same documents, handed to it after every subscriber (and from the raw documents, to know what was taken).
+``threaded=False`` does the same work inline (deterministic batching).
 Every frame a run delivers is accounted for once: received = ok + warned + flagged + skipped + errors + rejected.
 """
 
@@ -23,11 +25,12 @@ from collections import Counter
 import numpy as np
 from event_model import DocumentRouter, pack_event_page
 
-from ..estimates import MISSING, WRONG_INSTRUMENT
+from ..estimates import MISSING
 from .derived import DRIFT_STREAM, DerivedRun
 from .frame_sources import find_image_key, frame_shape_of
-from .intake import (DUPLICATE, MALFORMED, UNKNOWN_DESCRIPTOR, UNKNOWN_RUN, RawRun, SeqNumSet, declared_fingerprint,
-                     frames_in, page_problem, positions_of, refuse_other_frames, stream_datum_frames, take_where)
+from .intake import (DUPLICATE, MALFORMED, UNKNOWN_DESCRIPTOR, UNKNOWN_RUN, RawRun, SeqNumSet,
+                     frames_in, instrument_status, page_problem, positions_of, refuse_other_frames,
+                     stream_datum_frames, take_where)
 from .live_maps import LiveMaps
 from .worker import POLICIES, AnalysisWorker
 
@@ -48,7 +51,8 @@ class NanobeamAnalysis(DocumentRouter):
         configuration and fingerprint go into the analysis run's start document, and the ROI's position into the
         event pages when it follows the peak.
     image_key : data key of the frames; None finds the (H, W) array key of the model's instrument.
-    maps : the LiveMaps to fill (a new one by default; see :attr:`maps`).
+    maps : the LiveMaps to fill from the raw documents this analysis receives and the documents it makes (a new
+        one by default; see :attr:`maps`).
     batch_size : frames per Predictor call (flushed earlier after ``max_latency`` s and at stop).
     max_queued_frames : bound of the queue between the RunEngine and the worker (frames).
     max_queued_bytes : memory bound of that queue (bytes, counting 4 bytes per pixel of the frames this analysis
@@ -64,7 +68,8 @@ class NanobeamAnalysis(DocumentRouter):
     motors : position data keys, slowest first (default: the start document's ``motors``, else its
         dimension hints).
     frame_features : optional ``f(frames (N, H, W) float32) -> (N, k)`` compact descriptor of each frame
-        (e.g. for texture classification), stored per point in the LiveMaps (``RunMap.features()``).
+        (e.g. for texture classification), sent per point in the analysis run (``frame_features``; in the LiveMaps:
+        ``RunMap.features()``).
     threaded : analyse in a worker thread (default) or inline in the caller's thread.
     raw_storage : optional ``f(raw uid) -> str``, where the raw run was stored (e.g.
         :meth:`nanopilot.storage.StorageWriter.status`, subscribed before this analysis), read at the raw run's
@@ -109,6 +114,8 @@ class NanobeamAnalysis(DocumentRouter):
         self.maps = maps if maps is not None else LiveMaps(predictor.instrument, outputs)
         if self.maps.instrument is None:
             self.maps.instrument, self.maps.outputs = predictor.instrument, outputs
+        if self.maps.frame_shape is None and self.maps.image_key is None:
+            self.maps.frame_shape, self.maps.image_key = self.frame_shape, image_key
         self._runs: dict[str, RawRun] = {}
         self._descriptor_run: dict[str, RawRun] = {}  # every descriptor of an open run, with frames or not
         #: Documents that belong to no open run (their frames, by reason), e.g. events after their run's stop.
@@ -136,8 +143,22 @@ class NanobeamAnalysis(DocumentRouter):
         return self._worker.queued
 
     def subscribe(self, callback) -> None:
-        """Send every derived document to ``callback(name, doc)``."""
+        """Send every derived document to ``callback(name, doc)`` (before the analysis' own :attr:`maps`)."""
         self._worker.emit.append(callback)
+
+    def add_stage(self, stage) -> None:
+        """A derived stage (e.g. a :class:`~nanopilot.texture.TextureCallback`): it reads this analysis' documents,
+        and this analysis' :attr:`maps` read the stage's (its ``subscribe``)."""
+        self.subscribe(stage)
+        stage.subscribe(self.maps)
+
+    def __call__(self, name: str, doc: dict, validate: bool = False):
+        """A raw-run document: to the maps (what was taken), then through the analysis' door."""
+        try:
+            self.maps(name, doc)
+        except Exception:  # the maps must not stop the analysis
+            logger.exception("the LiveMaps failed on a raw %s document", name)
+        return super().__call__(name, doc, validate)
 
     # ------------------------------------------------------------------ RunEngine side
     def start(self, doc):
@@ -169,25 +190,11 @@ class NanobeamAnalysis(DocumentRouter):
         run.descriptors[doc["uid"]] = {"key": key, "external": keys[key].get("external"),
                                        "reference": doc.get("name") == DRIFT_STREAM,
                                        "units": {m: keys.get(m, {}).get("units", "") for m in run.motors},
-                                       "status": self._instrument_status(run, doc, key)}
+                                       "status": instrument_status(run, doc, key, self.fingerprint)}
         run.seen_events[doc["uid"]], run.seen_frames[doc["uid"]] = SeqNumSet(), SeqNumSet()
         if first:
-            start = run.start
-            self.maps.begin_run(run.uid, run.motors, start.get("shape"), start.get("extents"), start.get("snaking"))
-            for reason, n in run.early_rejections.items():
-                self.maps.reject(run.uid, reason, n)
             run.derived = DerivedRun(run.start, key, run.descriptors[doc["uid"]]["units"], self.predictor)
             self._worker.put(("start", run), 0)
-
-    def _instrument_status(self, run: RawRun, descriptor: dict, key: str) -> str | None:
-        """WRONG_INSTRUMENT (logged) if the run declares another instrument than the model's, else None."""
-        declared = declared_fingerprint(run.start, descriptor, key)
-        if declared is None or declared == self.fingerprint:
-            return None
-        logger.error("run %s declares instrument %s for %r but the model was made for instrument %s: every frame "
-                     "of stream %r is flagged %r; use a model trained for this instrument", run.uid[:8], declared,
-                     key, self.fingerprint, descriptor.get("name"), WRONG_INSTRUMENT)
-        return WRONG_INSTRUMENT
 
     def stream_resource(self, doc):
         run = self._runs.get(doc.get("run_start")) or self._latest_run()
@@ -232,7 +239,8 @@ class NanobeamAnalysis(DocumentRouter):
 
     def _lost(self, run: RawRun, descriptor: str, seqs) -> None:
         """Count frames that could not be read as errors, once, whether their positions came already or not."""
-        self.maps.count(run.uid, received=len(seqs), errors=len(seqs))
+        run.counts.count(received=len(seqs), errors=len(seqs))
+        self._worker.notify(run)
         for seq in seqs:
             if run.positions_by_seq.pop((descriptor, seq), None) is None:
                 run.unreadable.add((descriptor, seq))
@@ -263,7 +271,8 @@ class NanobeamAnalysis(DocumentRouter):
             self._event_page(run, desc, doc)
         except Exception:  # a bug, not a data problem (those are handled above): never raise into the RunEngine
             logger.exception("analysis failed on an event page of run %s", run.uid[:8])
-            self.maps.count(run.uid, received=len(doc["seq_num"]), errors=len(doc["seq_num"]))
+            run.counts.count(received=len(doc["seq_num"]), errors=len(doc["seq_num"]))
+            self._worker.notify(run)
 
     def _event_page(self, run: RawRun, desc: dict, page: dict) -> None:
         seq_nums = np.asarray(page["seq_num"])
@@ -288,7 +297,8 @@ class NanobeamAnalysis(DocumentRouter):
                 frames = [run.external.read_datum(run.datums.pop(datum_id)) for datum_id in values]
             except Exception as err:  # an unreadable file or a missing datum loses these frames, not the scan
                 logger.error("could not read the frames of an event page of run %s: %r", run.uid[:8], err)
-                self.maps.count(run.uid, received=n, errors=n)
+                run.counts.count(received=n, errors=n)
+                self._worker.notify(run)
                 return
             self._submit(run, desc, seq_nums, positions, (frames, n, desc["status"]))
         else:
@@ -313,7 +323,7 @@ class NanobeamAnalysis(DocumentRouter):
             self._worker.put(("reference", run, block), 0)
             return
         n = len(seq_nums)
-        self.maps.count(run.uid, received=n)
+        run.counts.count(received=n)
         self._worker.put(("frames", run, seq_nums, positions, block), n)
 
     def _reject(self, run: RawRun | None, reason: str, n: int, detail: str) -> None:
@@ -332,10 +342,9 @@ class NanobeamAnalysis(DocumentRouter):
                          "summary", run.uid[:8], n, reason, detail)
         if not n:
             return
+        run.counts.count(received=n, rejected=reason)
         if run.derived is not None:
-            self.maps.reject(run.uid, reason, n)
-        else:
-            run.early_rejections[reason] += n
+            self._worker.notify(run)
 
     def _latest_run(self) -> RawRun | None:
         return next(reversed(self._runs.values())) if self._runs else None
@@ -347,15 +356,15 @@ class NanobeamAnalysis(DocumentRouter):
             return
         self._descriptor_run = {d: r for d, r in self._descriptor_run.items() if r is not run}
         if run.derived is None:  # a run without frames for this model: nothing to report
-            if run.early_rejections:
+            if run.counts.rejected_by_reason:
                 logger.error("run %s had no frames for this model; refused: %s", run.uid[:8],
-                             dict(run.early_rejections))
+                             dict(run.counts.rejected_by_reason))
             run.external.close()
             return
         unmatched = len(run.frames_by_seq) + len(run.positions_by_seq)
         if unmatched:
             logger.error("run %s ended with %d frames or positions never matched", run.uid[:8], unmatched)
-            self.maps.count(run.uid, received=unmatched, errors=unmatched)
+            run.counts.count(received=unmatched, errors=unmatched)
         self._worker.put(("stop", run, doc, self._storage_of(run.uid)), 0)
 
     def _storage_of(self, uid: str) -> str | None:

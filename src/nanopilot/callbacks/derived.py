@@ -2,7 +2,8 @@
 
 start (names the raw run, the model and the instrument) -> descriptor "primary" (units) -> event pages
 (strain, omega, chi[, thickness], their std, background, status, raw seq_num, positions[, the ROI's position on the
-detector when a frame preparation follows the peak or the drift]) -> one "summary" event
+detector when a frame preparation follows the peak or the drift][, each frame's descriptor for the texture stage]),
+each followed by a "progress" event (the frames received, skipped, lost and rejected so far) -> one "summary" event
 (frames received = ok + warned (values kept, by reason) + flagged (values NaN, by reason) + skipped + errors +
 rejected (by reason)[, the drift references measured and the last drift]) -> stop.
 Frames of the raw run's :data:`DRIFT_STREAM` are no scan points: they measure the peak's drift.
@@ -25,6 +26,12 @@ from .frame_sources import frame_batch, prepared_batch
 logger = logging.getLogger(__name__)
 
 ANALYSIS_NAME = "nanopilot.NanobeamAnalysis"
+#: ``plan_name`` of the analysis runs.
+ANALYSIS_PLAN = "nanopilot_analysis"
+#: The analysis run's stream of frame counts (received, skipped, errors, rejected by reason) while it runs.
+PROGRESS_STREAM = "progress"
+#: Event key of each frame's compact descriptor (when the analysis computes them, for the texture stage).
+FRAME_FEATURES = "frame_features"
 #: Event keys of the ROI's first pixel (row, col) on the oriented detector, when the preparation follows the peak.
 ROI_KEYS = ("roi_row", "roi_col")
 #: The raw run's stream of reference frames, all at one sample position, that measure the peak's drift.
@@ -72,6 +79,9 @@ class DerivedRun:
         self._visit_image = None  # the photons of the visit under way
         self._bundle = None
         self._descriptor = None
+        self._progress = None
+        self._n_features = 0
+        self.stopped = False
 
     # ------------------------------------------------------------------ analysis
     def analyse(self, blocks: list, refine: bool,
@@ -157,7 +167,7 @@ class DerivedRun:
         start = self.raw_start
         metadata = {
             "raw_uid": start["uid"],
-            "plan_name": "nanopilot_analysis",
+            "plan_name": ANALYSIS_PLAN,
             "analysis": ANALYSIS_NAME,
             "image_key": self.image_key,
             "model": predictor_metadata(self.predictor),
@@ -177,7 +187,7 @@ class DerivedRun:
         self._bundle = compose_run(metadata=metadata)
         emit("start", self._bundle.start_doc)
 
-    def _data_keys(self) -> dict:
+    def _data_keys(self, n_features: int) -> dict:
         keys = {}
         for name in self.outputs:
             keys[name] = {"dtype": "number", "shape": [], "source": ANALYSIS_NAME, "units": UNITS[name]}
@@ -189,6 +199,8 @@ class DerivedRun:
         if self._reports_roi:
             for name in ROI_KEYS:
                 keys[name] = {"dtype": "integer", "shape": [], "source": ANALYSIS_NAME, "units": "pixel"}
+        if n_features:
+            keys[FRAME_FEATURES] = {"dtype": "array", "shape": [n_features], "source": ANALYSIS_NAME}
         for motor, units in self.motor_units.items():
             keys[motor] = {"dtype": "number", "shape": [], "source": f"raw run {self.image_key}", "units": units}
         return keys
@@ -201,12 +213,14 @@ class DerivedRun:
     def _follows_drift(self) -> bool:
         return self.preparation is not None and self.preparation.follow_drift
 
-    def emit_points(self, emit, seq_nums, positions, est: Estimates, roi_corner=None) -> None:
-        """One event page of the points ``seq_nums`` (n,) at ``positions`` (n, motors) with estimates ``est``
-        and, when the preparation follows the peak, the ROI's (row, col) on the detector ``roi_corner`` (n, 2)."""
+    def emit_points(self, emit, seq_nums, positions, est: Estimates, roi_corner=None, features=None) -> None:
+        """One event page of the points ``seq_nums`` (n,) at ``positions`` (n, motors) with estimates ``est``,
+        when the preparation follows the peak, the ROI's (row, col) on the detector ``roi_corner`` (n, 2), and the
+        frames' descriptors ``features`` (n, k) when the analysis computes them."""
         if self._descriptor is None:
+            self._n_features = 0 if features is None else int(np.shape(features)[1])
             self._descriptor = self._bundle.compose_descriptor(
-                name="primary", data_keys=self._data_keys(),
+                name="primary", data_keys=self._data_keys(self._n_features),
                 hints={"nanopilot_analysis": {"fields": list(self.outputs)}})
             emit("descriptor", self._descriptor.descriptor_doc)
         n = len(seq_nums)
@@ -219,6 +233,9 @@ class DerivedRun:
         if self._reports_roi:
             corners = np.full((n, 2), -1) if roi_corner is None else np.asarray(roi_corner)
             data.update({name: corners[:, i].astype(int).tolist() for i, name in enumerate(ROI_KEYS)})
+        if self._n_features:
+            features = np.full((n, self._n_features), np.nan) if features is None else np.asarray(features)
+            data[FRAME_FEATURES] = features.reshape(n, self._n_features).tolist()
         for i, motor in enumerate(self.motor_units):
             data[motor] = np.asarray(positions)[:, i].tolist()
         now = [float(t) for t in np.full(n, time.time())]
@@ -232,20 +249,41 @@ class DerivedRun:
     def _seen(self) -> int:
         return sum(self.status_counts.values())
 
+    def emit_progress(self, emit, counts) -> None:
+        """A "progress" event: the run's frame counts so far (``counts``: a :class:`~.intake.FrameCounts`)."""
+        data = counts.snapshot()
+        if self._progress is None:
+            keys = {k: {"dtype": "string" if isinstance(v, str) else "integer", "shape": [], "source": ANALYSIS_NAME}
+                    for k, v in data.items()}
+            self._progress = [self._bundle.compose_descriptor(name=PROGRESS_STREAM, data_keys=keys), 0]
+            emit("descriptor", self._progress[0].descriptor_doc)
+        self._progress[1] += 1
+        now = time.time()
+        emit("event", self._progress[0].compose_event(data=data, timestamps={k: now for k in data},
+                                                      seq_num=self._progress[1], time=now, validate=False))
+
+    def fail(self, emit, reason: str) -> None:
+        """End the analysis run with exit_status "fail" and ``reason`` (when :meth:`close` could not)."""
+        if self._bundle is not None and not self.stopped:
+            self.stopped = True
+            emit("stop", self._bundle.compose_stop(exit_status="fail", reason=reason))
+
     def close(self, emit, raw_stop: dict, counts, storage: str | None = None, failure: str | None = None) -> None:
-        """Emit the summary event and the stop document; ``counts`` is the run's RunMap (received, skipped,
-        errors, rejected_by_reason); ``storage``: where the raw run was stored (None: not known), in the summary
+        """Emit the summary event and the stop document; ``counts`` is the run's
+        :class:`~.intake.FrameCounts` (received, skipped, errors, rejected_by_reason); ``storage``: where the raw
+        run was stored (None: not known), in the summary
         (``raw_storage``) and the stop reason; a raw run stored nowhere ("lost: ...") ends with exit_status "fail",
         and so does one with a ``failure`` (why the analysis could not finish it; first in the reason)."""
         ok = self.status_counts.get(OK, 0)
         warned = {k: v for k, v in sorted(self.status_counts.items()) if k in WARNINGS}
         flagged = {k: v for k, v in sorted(self.status_counts.items()) if k != OK and k not in WARNINGS}
-        rejected = dict(sorted(counts.rejected_by_reason.items()))
-        summary = {"frames_received": int(counts.received), "frames_ok": ok, "frames_warned": sum(warned.values()),
-                   "frames_flagged": sum(flagged.values()), "frames_skipped": int(counts.skipped),
-                   "frames_errors": int(counts.errors), "frames_rejected": sum(rejected.values()),
-                   "warned_by_reason": json.dumps(warned), "flagged_by_reason": json.dumps(flagged),
-                   "rejected_by_reason": json.dumps(rejected)}
+        frames = counts.snapshot()
+        rejected = json.loads(frames["rejected_by_reason"])
+        summary = {"frames_received": frames["frames_received"], "frames_ok": ok,
+                   "frames_warned": sum(warned.values()), "frames_flagged": sum(flagged.values()),
+                   "frames_skipped": frames["frames_skipped"], "frames_errors": frames["frames_errors"],
+                   "frames_rejected": frames["frames_rejected"], "warned_by_reason": json.dumps(warned),
+                   "flagged_by_reason": json.dumps(flagged), "rejected_by_reason": frames["rejected_by_reason"]}
         if storage is not None:
             summary["raw_storage"] = storage
         if self._follows_drift:
@@ -277,6 +315,7 @@ class DerivedRun:
             if storage.startswith("lost"):
                 exit_status = "fail"
                 logger.error("raw run %s is stored nowhere: %s", self.raw_start["uid"][:8], storage)
+        self.stopped = True
         emit("stop", self._bundle.compose_stop(exit_status=exit_status, reason=reason))
 
 

@@ -1,5 +1,5 @@
 """The analysis' door: the raw-run state kept on the RunEngine side, and the checks every document passes
-before it can touch the LiveMaps (well-formed pages, seq_nums seen once, the instrument the run declares).
+before its frames reach the analysis (well-formed pages, seq_nums seen once, the instrument the run declares).
 
 The checks are per page and vectorised (a length per data key, one array comparison of the seq_nums), so a
 well-formed stream pays almost nothing for them.
@@ -8,19 +8,56 @@ well-formed stream pays almost nothing for them.
 from __future__ import annotations
 
 import bisect
+import json
+import logging
+import threading
 from collections import Counter
 from collections.abc import Sized
 
 import numpy as np
 
+from ..estimates import WRONG_INSTRUMENT
 from .derived import DerivedRun
 from .frame_sources import ExternalFrames, frame_shape_of
 
-#: Reasons a document (or some of its frames) is refused at the door, as counted in ``RunMap.rejected_by_reason``.
+logger = logging.getLogger(__name__)
+
+#: Reasons a document (or some of its frames) is refused at the door, as counted in ``FrameCounts.rejected_by_reason``.
 MALFORMED = "malformed document"
 DUPLICATE = "duplicate seq_num"
 UNKNOWN_DESCRIPTOR = "unknown descriptor"
 UNKNOWN_RUN = "document of no open run"
+
+
+class FrameCounts:
+    """Every frame of a run, accounted for once: received = analysed + skipped + errors + rejected (by reason).
+
+    Counted from the RunEngine's thread (the door) and the analysis' (the worker), under a lock; the analysis run
+    reports them in its progress and summary events.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.received = 0
+        self.skipped = 0  # dropped by the back-pressure policy, or left when the analysis gave up
+        self.errors = 0  # lost to an unreadable file or an exception inside the analysis
+        self.rejected_by_reason: Counter = Counter()  # refused at the door (malformed, duplicate, ...)
+
+    def count(self, *, received: int = 0, skipped: int = 0, errors: int = 0, rejected: str | None = None) -> None:
+        """Add frames received, skipped or lost; ``rejected``: the reason the ``received`` ones were refused."""
+        with self._lock:
+            self.received += received
+            self.skipped += skipped
+            self.errors += errors
+            if rejected is not None:
+                self.rejected_by_reason[rejected] += received
+
+    def snapshot(self) -> dict:
+        """The counts as the analysis run's event data (rejections by reason as a JSON string)."""
+        with self._lock:
+            rejected = dict(sorted(self.rejected_by_reason.items()))
+            return {"frames_received": self.received, "frames_skipped": self.skipped, "frames_errors": self.errors,
+                    "frames_rejected": sum(rejected.values()), "rejected_by_reason": json.dumps(rejected)}
 
 
 class RawRun:
@@ -39,7 +76,8 @@ class RawRun:
         self.frames_by_seq: dict[tuple[str, int], np.ndarray] = {}  # from stream_datum, waiting for events
         self.positions_by_seq: dict[tuple[str, int], list[float]] = {}  # events waiting for frames
         self.unreadable: set[tuple[str, int]] = set()  # frames already counted as lost, positions not yet seen
-        self.early_rejections: Counter = Counter()  # frames refused before the run's first frame descriptor
+        self.counts = FrameCounts()
+        self.progress_pending = False  # a progress notice for this run is queued for the worker
         self.logged: set[str] = set()  # rejection reasons already logged for this run
         self.derived: DerivedRun | None = None  # set at the run's first descriptor with frames
 
@@ -146,6 +184,18 @@ def _number(value) -> float:
         return float(value)
     except (ValueError, TypeError):
         return np.nan
+
+
+def instrument_status(run: RawRun, descriptor: dict, key: str, fingerprint: str) -> str | None:
+    """WRONG_INSTRUMENT (logged) if the run declares another instrument than the model's (``fingerprint``) for the
+    frames of ``key`` in ``descriptor``'s stream, else None."""
+    declared = declared_fingerprint(run.start, descriptor, key)
+    if declared is None or declared == fingerprint:
+        return None
+    logger.error("run %s declares instrument %s for %r but the model was made for instrument %s: every frame of "
+                 "stream %r is flagged %r; use a model trained for this instrument", run.uid[:8], declared, key,
+                 fingerprint, descriptor.get("name"), WRONG_INSTRUMENT)
+    return WRONG_INSTRUMENT
 
 
 def declared_fingerprint(start: dict, descriptor: dict, image_key: str) -> str | None:

@@ -1,169 +1,71 @@
-"""LiveMaps: the per-run analysis state that plans and plots read while the callback writes.
+"""LiveMaps: the maps that plans, plots and the page read, built from documents only.
 
-Thread-safe: the analysis worker appends, plans and plots read snapshots. A plan waits for the analysis with a
-future from :meth:`LiveMaps.when` (awaited in a RunEngine ``wait_for`` message, so the RunEngine stays
+A LiveMaps is a document consumer (an ``event_model.DocumentRouter``): it reads the analysis runs' documents (the
+points, the analysis' progress and its end), the texture runs' (the labels) and, to know what was taken, the raw
+runs' (frames of the model's shape per run). In one process the :class:`~nanopilot.callbacks.NanobeamAnalysis`
+hands it the raw documents it receives and, after every other subscriber, the documents it makes; with the analysis
+in another process, subscribe it to the RunEngine and to the analysis' document stream. Thread-safe: documents
+arrive from the RunEngine's and the analysis' threads, plans and plots read snapshots. A plan waits for the analysis
+with a future from :meth:`LiveMaps.when` (awaited in a RunEngine ``wait_for`` message, so the RunEngine stays
 responsive); code outside the RunEngine may block in :meth:`LiveMaps.wait_for`.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future
 
 import numpy as np
+from event_model import DocumentRouter
 
-from ..estimates import OK, PARAMETERS, Estimates, usable
+from ..estimates import Estimates
+from .derived import ANALYSIS_PLAN, DRIFT_STREAM, FRAME_FEATURES, PROGRESS_STREAM
+from .frame_sources import find_image_key, frame_shape_of
+from .run_map import FIELDS, RunMap, status_value
+from .subscribers import Subscribers
 
-#: Per-point fields held for every run (besides positions and seq_num): the estimates, their std (NaN where a frame
-#: failed; kept where its status is a warning such as ``edge``) and the background (counts/pixel, NaN when not
-#: estimated).
-FIELDS = PARAMETERS + tuple(p + "_std" for p in PARAMETERS) + ("background", "background_std")
+__all__ = ["FIELDS", "LiveMaps", "RunMap", "status_value"]
+
+#: ``plan_name`` of the texture runs (see :class:`nanopilot.texture.TextureCallback`).
+TEXTURE_PLAN = "nanopilot_texture"
 
 
-class RunMap:
-    """Results of one run: positions (um) and per-point estimates, in the order the frames arrived.
+class LiveMaps(DocumentRouter):
+    """All runs seen, by raw-run uid; :attr:`current` is the latest.
 
-    Attributes
-    ----------
-    uid : the raw run's start uid.
-    motors : motor (readback) names, slowest first, as in the start document.
-    shape, extents, snaking : the grid description of a rectilinear scan (None for other paths).
+    ``instrument`` and ``outputs`` describe the model that fills the maps, so that plans can check the detector
+    against it before anything moves; ``frame_shape`` (H, W) and ``image_key`` pick the raw streams whose frames the
+    analysis takes (None: any stream with 2-D frames). The analysis sets them on the maps it fills.
     """
 
-    def __init__(self, uid: str, motors: list[str], shape=None, extents=None, snaking=None):
-        self.uid = uid
-        self.motors = list(motors)
-        self.shape = tuple(shape) if shape else None
-        self.extents = [tuple(e) for e in extents] if extents else None
-        self.snaking = list(snaking) if snaking else [False] * len(self.shape or ())
-        self.expected = int(np.prod(self.shape)) if self.shape else None
-        self._seq = []
-        self._pos = []
-        self._values = {f: [] for f in FIELDS}
-        self._status = []
-        self._features: list[np.ndarray] = []  # per-point frame descriptors, when the analysis computes them
-        self._extra: dict[str, dict[int, float]] = {}  # field -> {point index: value}
-        self.received = 0  # frames handed to the analysis (analysed or not)
-        self.skipped = 0  # frames dropped by the back-pressure policy
-        self.errors = 0  # frames lost to an unexpected exception inside the analysis
-        self.rejected_by_reason: Counter = Counter()  # frames refused at the door (malformed, duplicate, ...)
-        self.done = False
-
-    @property
-    def rejected(self) -> int:
-        """Frames refused at the analysis' door (see :attr:`rejected_by_reason`)."""
-        return sum(self.rejected_by_reason.values())
-
-    @property
-    def accounted(self) -> int:
-        """Frames analysed (ok, warned or flagged), skipped, lost to errors or rejected: ``received`` once caught up."""
-        return len(self._seq) + self.skipped + self.errors + self.rejected
-
-    # ------------------------------------------------------------------ writing (analysis side)
-    def _append(self, seq_nums, positions, est: Estimates, features=None) -> None:
-        """Append N points, all fields together or none (raises ValueError before any change if the
-        lengths disagree)."""
-        n = len(seq_nums)
-        seq = np.asarray(seq_nums, dtype=np.int64).reshape(n)
-        pos = np.asarray(positions, dtype=float).reshape(n, len(self.motors))
-        values = {f: np.asarray(getattr(est, f), dtype=float).reshape(n) for f in FIELDS}
-        status = np.asarray(est.status, dtype=object).reshape(n)
-        if features is not None:
-            features = np.asarray(features, dtype=float).reshape(n, -1)
-            self._features.extend(features)
-        self._seq.extend(seq.tolist())
-        self._pos.extend(pos.tolist())
-        for f in FIELDS:
-            self._values[f].extend(values[f].tolist())
-        self._status.extend(status.tolist())
-
-    def set_extra(self, key: str, seq_nums, values) -> None:
-        """Attach another per-point field (e.g. texture labels) to stored points, by seq_num (all or none:
-        KeyError before any change for a seq_num not stored)."""
-        index = {s: i for i, s in enumerate(self._seq)}
-        rows = [index[int(s)] for s in seq_nums]
-        self._extra.setdefault(key, {}).update(zip(rows, values))
-
-    # ------------------------------------------------------------------ reading
-    def __len__(self) -> int:
-        return len(self._seq)
-
-    def scattered(self) -> dict[str, np.ndarray]:
-        """Snapshot of every point: ``seq_num``, one array per motor (um), the estimates, ``status``."""
-        out = {"seq_num": np.asarray(self._seq, dtype=int)}
-        pos = np.asarray(self._pos, dtype=float).reshape(len(self._seq), len(self.motors))
-        for i, m in enumerate(self.motors):
-            out[m] = pos[:, i]
-        out.update({f: np.asarray(v, dtype=float) for f, v in self._values.items()})
-        for key, column in self._extra.items():
-            out[key] = np.array([column.get(i, np.nan) for i in range(len(self._seq))])
-        out["status"] = np.asarray(self._status, dtype=object)
-        return out
-
-    def features(self) -> np.ndarray:
-        """(N, k) frame descriptors of the analysed points (N = len(self)); (N, 0) when none are computed."""
-        if len(self._features) != len(self._seq):
-            return np.zeros((len(self._seq), 0))
-        return np.array(self._features, dtype=float).reshape(len(self._seq), -1)
-
-    def status_counts(self) -> dict[str, int]:
-        """Number of analysed points per status (ok, warnings such as ``edge``, failures)."""
-        return dict(Counter(str(s) for s in self._status))
-
-    def gridded(self, field: str) -> np.ndarray:
-        """A field on the scan grid (shape of the start document), NaN where not (yet) measured or flagged.
-
-        Row-major over the motors (slowest first); snaked rows are put back in place. ``"status"`` gives
-        :func:`status_value` per point (1 ok, 0.5 a warning, 0 flagged).
-        """
-        if not self.shape:
-            raise ValueError(f"run {self.uid[:8]} is not a rectilinear grid scan; use scattered()")
-        points = self.scattered()
-        values = points[field].astype(float) if field != "status" else status_value(points["status"])
-        grid = np.full(int(np.prod(self.shape)), np.nan)
-        index = self._grid_index(points["seq_num"] - 1)
-        keep = (index >= 0) & (index < grid.size)
-        grid[index[keep]] = values[keep]
-        return grid.reshape(self.shape)
-
-    def _grid_index(self, flat: np.ndarray) -> np.ndarray:
-        """Map the order of acquisition onto row-major grid indices (undoing snaking)."""
-        if len(self.shape) != 2 or not any(self.snaking[1:]):
-            return flat
-        rows, cols = np.divmod(flat, self.shape[1])
-        cols = np.where(rows % 2 == 1, self.shape[1] - 1 - cols, cols)
-        return rows * self.shape[1] + cols
-
-    def axes(self) -> list[np.ndarray]:
-        """Motor positions (um) along each grid axis, from the start document's extents."""
-        if not self.shape or not self.extents:
-            raise ValueError(f"run {self.uid[:8]} has no grid extents")
-        return [np.linspace(lo, hi, n) for (lo, hi), n in zip(self.extents, self.shape)]
-
-
-def status_value(status) -> np.ndarray:
-    """Per point 1.0 for ok, 0.5 for a warning (values kept, e.g. ``edge``), 0.0 for a failure (values NaN)."""
-    status = np.asarray(status, dtype=object)
-    return np.where(status == OK, 1.0, np.where(usable(status), 0.5, 0.0))
-
-
-class LiveMaps:
-    """All runs the analysis has seen, by raw-run uid; :attr:`current` is the latest.
-
-    ``instrument`` and ``outputs`` describe the model that fills the maps (set by the analysis), so that
-    plans can check the detector against it before anything moves.
-    """
-
-    def __init__(self, instrument=None, outputs: tuple[str, ...] = ()):
+    def __init__(self, instrument=None, outputs: tuple[str, ...] = (), *, frame_shape=None,
+                 image_key: str | None = None):
+        super().__init__()
         self.instrument = instrument
         self.outputs = tuple(outputs)
+        self.frame_shape = tuple(frame_shape) if frame_shape else None
+        self.image_key = image_key
         self._cond = threading.Condition()
         self._runs: dict[str, RunMap] = {}
         self._order: list[str] = []
         self._waiters: list[tuple[Callable[[LiveMaps], bool], Future]] = []
+        self._raw_starts: dict[str, dict] = {}  # open raw runs
+        self._raw_streams: dict[str, str] = {}  # raw descriptor with the model's frames -> raw uid
+        self._derived: dict[str, tuple[str, str]] = {}  # analysis / texture start uid -> (raw uid, plan name)
+        self._streams: dict[str, tuple[str, str, str]] = {}  # their descriptor uid -> (raw uid, plan name, stream)
+        self._open: Counter = Counter()  # raw uid -> its derived runs not yet stopped
+        self._analysed: set[str] = set()  # raw uids whose analysis run has stopped
+        self._subscribers = Subscribers("maps")
 
+    def subscribe(self, callback) -> None:
+        """Send every analysis and texture document to ``callback(name, doc)`` once the maps hold what it brings
+        (for readers of the maps that redraw on documents, e.g. a :class:`~nanopilot.callbacks.plot.LiveMapPlot`)."""
+        self._subscribers.append(callback)
+
+    # ------------------------------------------------------------------ waiting
     def _changed(self) -> None:
         """Wake the blocking waiters and complete the futures whose condition now holds (lock held)."""
         self._cond.notify_all()
@@ -191,48 +93,112 @@ class LiveMaps:
             self._changed()
         return future
 
-    def begin_run(self, uid: str, motors, shape=None, extents=None, snaking=None) -> RunMap:
+    # ------------------------------------------------------------------ documents
+    def __call__(self, name: str, doc: dict, validate: bool = False):
         with self._cond:
-            run = RunMap(uid, motors, shape, extents, snaking)
-            self._runs[uid] = run
+            derived = self._of_derived_run(name, doc)
+            out = super().__call__(name, doc, validate)
+            derived = derived or name == "start" and doc.get("uid") in self._derived
+            self._changed()
+        if derived:
+            self._subscribers(name, doc)
+        return out
+
+    def _of_derived_run(self, name: str, doc: dict) -> bool:
+        """Does ``doc`` (not a start) belong to an open analysis or texture run? (lock held)"""
+        if name in ("descriptor", "stop"):
+            return doc.get("run_start") in self._derived
+        return name in ("event", "event_page") and doc.get("descriptor") in self._streams
+
+    def start(self, doc):
+        kind = doc.get("plan_name")
+        if kind not in (ANALYSIS_PLAN, TEXTURE_PLAN) or "raw_uid" not in doc:
+            self._raw_starts[doc["uid"]] = doc
+            return
+        raw = doc["raw_uid"]
+        self._derived[doc["uid"]] = (raw, kind)
+        run = self._runs[raw] if raw in self._runs else self.begin_run(raw)
+        self._open[raw] += 1
+        run.done = False
+        if kind == ANALYSIS_PLAN:
+            run.describe(doc.get("motors", []), doc.get("shape"), doc.get("extents"), doc.get("snaking"))
+
+    def descriptor(self, doc):
+        run_start = doc.get("run_start")
+        if run_start in self._derived:
+            self._streams[doc["uid"]] = (*self._derived[run_start], doc.get("name"))
+        elif run_start in self._raw_starts and doc.get("name") != DRIFT_STREAM and self._takes(doc["data_keys"]):
+            self._raw_streams[doc["uid"]] = run_start
+            if run_start not in self._runs:
+                start = self._raw_starts[run_start]
+                self.begin_run(run_start, (), start.get("shape"), start.get("extents"), start.get("snaking"))
+
+    def _takes(self, data_keys: dict) -> bool:
+        """Does a raw stream with these data keys carry frames the analysis takes?"""
+        if self.frame_shape is not None or self.image_key is not None:
+            key = find_image_key(data_keys, self.frame_shape or (0, 0), self.image_key)
+            return key is not None
+        return any(frame_shape_of(k) for k in data_keys.values())
+
+    def event_page(self, doc):
+        descriptor = doc.get("descriptor")
+        if descriptor in self._raw_streams:
+            self._runs[self._raw_streams[descriptor]].taken += len(doc.get("seq_num", ()))
+            return
+        if descriptor not in self._streams:
+            return
+        raw, kind, stream = self._streams[descriptor]
+        run, data = self._runs[raw], doc["data"]
+        if kind == TEXTURE_PLAN:
+            if "texture" in data:
+                run.set_extra("texture", data["raw_seq_num"], data["texture"])
+        elif stream == "primary":
+            n = len(data["raw_seq_num"])
+            positions = np.column_stack([data[m] for m in run.motors]) if run.motors else np.zeros((n, 0))
+            run.append(data["raw_seq_num"], positions, {f: data[f] for f in FIELDS if f in data}, data["status"],
+                       data.get(FRAME_FEATURES))
+        elif stream in (PROGRESS_STREAM, "summary"):
+            self._progress(run, {k: v[-1] for k, v in data.items()})
+
+    @staticmethod
+    def _progress(run: RunMap, counts: dict) -> None:
+        run.received = max(run.received, int(counts.get("frames_received", 0)))
+        run.skipped = max(run.skipped, int(counts.get("frames_skipped", 0)))
+        run.errors = max(run.errors, int(counts.get("frames_errors", 0)))
+        rejected = json.loads(counts.get("rejected_by_reason") or "{}")
+        run.rejected_by_reason = Counter({k: max(int(v), run.rejected_by_reason[k]) for k, v in rejected.items()})
+
+    def stop(self, doc):
+        run_start = doc.get("run_start")
+        self._raw_starts.pop(run_start, None)
+        if run_start not in self._derived:
+            self._raw_streams = {d: r for d, r in self._raw_streams.items() if r != run_start}
+            return
+        raw, kind = self._derived.pop(run_start)
+        self._streams = {d: s for d, s in self._streams.items() if s[:2] != (raw, kind)}
+        self._open[raw] -= 1
+        if kind == ANALYSIS_PLAN:
+            self._analysed.add(raw)
+        self._runs[raw].done = raw in self._analysed and self._open[raw] <= 0
+
+    # ------------------------------------------------------------------ tables built by hand (stored runs)
+    def begin_run(self, uid: str, motors=(), shape=None, extents=None, snaking=None) -> RunMap:
+        """A new, empty run ``uid`` (the current one from now on)."""
+        with self._cond:
+            run = self._runs[uid] = RunMap(uid, motors, shape, extents, snaking)
             self._order.append(uid)
             self._changed()
             return run
 
     def add(self, uid: str, seq_nums, positions, estimates: Estimates, features=None) -> None:
-        """Store analysed points of run ``uid`` (positions: (N, n_motors) um; features: (N, k) or None)."""
+        """Store analysed points of run ``uid`` (positions: (N, n_motors) um; features: (N, k) or None), e.g. read
+        from a stored analysis run's table."""
         with self._cond:
-            self._runs[uid]._append(seq_nums, positions, estimates, features)
+            values = {f: getattr(estimates, f) for f in FIELDS}
+            self._runs[uid].append(seq_nums, positions, values, estimates.status, features)
             self._changed()
 
-    def count(self, uid: str, *, received: int = 0, skipped: int = 0, errors: int = 0) -> None:
-        """Count frames received, skipped by back-pressure, or lost to errors."""
-        with self._cond:
-            run = self._runs[uid]
-            run.received += received
-            run.skipped += skipped
-            run.errors += errors
-            self._changed()
-
-    def reject(self, uid: str, reason: str, n: int) -> None:
-        """Count ``n`` frames of run ``uid`` received and refused at the door for ``reason``."""
-        with self._cond:
-            run = self._runs[uid]
-            run.received += n
-            run.rejected_by_reason[reason] += n
-            self._changed()
-
-    def end_run(self, uid: str) -> None:
-        with self._cond:
-            self._runs[uid].done = True
-            self._changed()
-
-    def update(self, uid: str, fn) -> None:
-        """Run ``fn(run_map)`` under the lock (for writers of extra fields, e.g. texture labels)."""
-        with self._cond:
-            fn(self._runs[uid])
-            self._changed()
-
+    # ------------------------------------------------------------------ reading
     def __getitem__(self, uid: str) -> RunMap:
         with self._cond:
             return self._runs[uid]
@@ -249,14 +215,14 @@ class LiveMaps:
             return self._runs[self._order[-1]] if self._order else None
 
     def caught_up(self, uid: str | None = None, n: int | None = None) -> bool:
-        """Has run ``uid`` (default: current) accounted for ``n`` frames (default: all received)?
+        """Has run ``uid`` (default: current) accounted for ``n`` frames (default: every frame taken or received)?
 
         A frame is accounted for once analysed, skipped, lost to an error or rejected (:attr:`RunMap.accounted`).
         False while the run is unknown.
         """
         with self._cond:
             run = self._runs.get(uid) if uid else (self._runs[self._order[-1]] if self._order else None)
-            return run is not None and run.accounted >= (run.received if n is None else n)
+            return run is not None and run.accounted >= (max(run.taken, run.received) if n is None else n)
 
     def wait_for(self, uid: str | None = None, n: int | None = None, timeout: float = 30.0) -> bool:
         """Block until :meth:`caught_up` (``uid``, ``n``); False on timeout. Not for plans: it would block the

@@ -1,7 +1,7 @@
 """LiveMapPlot: matplotlib maps of a run's estimates, redrawn at a bounded rate, saved as PNG.
 
-Subscribe it to a :class:`NanobeamAnalysis` (``analysis.subscribe(plot)``): it reads the analysis'
-LiveMaps when derived event pages arrive, at most once per ``min_interval`` seconds, and always at stop.
+Subscribe it to the LiveMaps it draws (``analysis.maps.subscribe(plot)``): it redraws from them when analysis or
+texture event pages arrive (once the maps hold them), at most once per ``min_interval`` seconds, and always at stop.
 Works headless (Agg); with ``save="maps.png"`` the final figure of each run is written there
 (``{uid}`` in the name is replaced by the first 8 characters of the raw run's uid).
 """

@@ -1,5 +1,5 @@
-"""The analysis side of NanobeamAnalysis: batches frames, runs the predictor, fills the LiveMaps, emits the
-derived documents, in a worker thread (or inline).
+"""The analysis side of NanobeamAnalysis: batches frames, runs the predictor and emits the derived documents (to
+the subscribers, then to the analysis' LiveMaps), in a worker thread (or inline).
 
 The worker holds no reference to the NanobeamAnalysis that feeds it: an analysis nobody refers to any more is
 garbage-collected, and its finaliser tells the worker to finish what it was handed and stop its thread.
@@ -34,7 +34,9 @@ class AnalysisWorker:
 
     Items: ``("start", run)``, ``("frames", run, seq_nums (n,), positions (n, m), block)`` with ``block`` the
     ``(frames, n, status)`` of :func:`~nanopilot.callbacks.frame_sources.frame_batch`, ``("reference", run,
-    block)`` (drift reference frames), ``("stop", run, doc)``.
+    block)`` (drift reference frames), ``("progress", run)`` (frames counted at the door), ``("stop", run, doc,
+    storage)``. Every document goes to the subscribers (:attr:`emit`) first and to ``maps`` last, so that what a
+    subscribed stage (texture) makes of a document reaches the maps before the document itself.
     """
 
     def __init__(self, maps: LiveMaps, *, batch_size: int, max_latency: float, refine: bool, residual: bool,
@@ -71,11 +73,27 @@ class AnalysisWorker:
         with self._room:
             if n_frames and self.queued + n_frames > self.max_queued_frames:
                 if self.when_behind == "decimate":
-                    self.maps.count(item[1].uid, skipped=n_frames)
+                    item[1].counts.count(skipped=n_frames)
+                    self.notify(item[1])
                     return
                 self._room.wait_for(lambda: self.queued + n_frames <= self.max_queued_frames or not self.queued)
             self.queued += n_frames
         self._queue.put(item)
+
+    def notify(self, run) -> None:
+        """Have the worker report ``run``'s frame counts (changed at the door) in a progress event; one notice
+        pending per run at a time."""
+        if not run.progress_pending:
+            run.progress_pending = True
+            self.put(("progress", run), 0)
+
+    def send(self, name: str, doc: dict) -> None:
+        """A derived document to every subscriber, then to the maps."""
+        self.emit(name, doc)
+        try:
+            self.maps(name, doc)
+        except Exception:
+            logger.exception("the LiveMaps failed on a %s document", name)
 
     def flush(self, timeout: float) -> bool:
         """Wait until every item handed over so far is done; False on timeout."""
@@ -143,10 +161,14 @@ class AnalysisWorker:
         kind = item[0]
         try:
             if kind == "frames" and self.abandoned:
-                self.maps.count(item[1].uid, skipped=len(item[2]))
+                item[1].counts.count(skipped=len(item[2]))
             elif kind == "start":
                 self._analyse_pending()
-                item[1].derived.open(self.emit)
+                item[1].derived.open(self.send)
+            elif kind == "progress":
+                item[1].progress_pending = False
+                if item[1].derived._bundle is not None and not item[1].derived.stopped:
+                    item[1].derived.emit_progress(self.send, item[1].counts)
             elif kind == "frames":
                 self._add_pending(item[1:])
             elif kind == "reference":  # the frames before it are analysed with the drift they were taken at
@@ -173,9 +195,11 @@ class AnalysisWorker:
 
     def _close_run(self, run, raw_stop: dict, storage: str | None) -> None:
         try:
-            run.derived.close(self.emit, raw_stop, self.maps[run.uid], storage, failure=self.abandoned)
-        finally:  # the run ends (wait_for and plans see it done) even if its documents could not be made
-            self.maps.end_run(run.uid)
+            run.derived.close(self.send, raw_stop, run.counts, storage, failure=self.abandoned)
+        except Exception as err:  # the run still ends (plans see it done) if its summary could not be made
+            logger.exception("could not close the analysis run of raw run %s", run.uid[:8])
+            run.derived.fail(self.send, f"the analysis run could not be completed: {err!r}")
+        finally:
             run.external.close()
 
     def _analyse_pending(self) -> None:
@@ -185,18 +209,19 @@ class AnalysisWorker:
         run = pending[0][0]
         seq_nums = np.concatenate([p[1] for p in pending])
         if self.abandoned:
-            self.maps.count(run.uid, skipped=len(seq_nums))
+            run.counts.count(skipped=len(seq_nums))
             return
         positions = np.concatenate([p[2] for p in pending])
         try:
             estimates, batch, roi = run.derived.analyse([p[3] for p in pending], self.refine, self.residual)
             features = self.frame_features(batch) if self.frame_features is not None else None
-            self.maps.add(run.uid, seq_nums, positions, estimates, features)
         except Exception:
             logger.exception("prediction failed for %d frames of run %s", len(seq_nums), run.uid[:8])
-            self.maps.count(run.uid, errors=len(seq_nums))
-            return
-        run.derived.emit_points(self.emit, seq_nums, positions, estimates, roi)
+            run.counts.count(errors=len(seq_nums))
+        else:
+            run.derived.emit_points(self.send, seq_nums, positions, estimates, roi, features)
+        run.progress_pending = False
+        run.derived.emit_progress(self.send, run.counts)
 
 
 class _Ended:

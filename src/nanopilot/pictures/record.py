@@ -177,7 +177,7 @@ class RunCollector:
                                                      [math.nan] * len(doc["seq_num"]))
         elif kind == ANALYSIS and stream == "primary":
             _extend(run.estimates, {k: data[k] for k in keys if k in data})
-        elif kind == TEXTURE and stream == "primary":
+        elif kind == TEXTURE and stream in ("labels", "primary"):  # labels while the run goes on, then final
             run.labels.update(zip((int(s) for s in data["raw_seq_num"]), (int(v) for v in data["texture"])))
         elif kind == TEXTURE and stream == "summary":
             run.texture_summary = {k: v[-1] for k, v in data.items()}

@@ -2,8 +2,8 @@
 
     >>> from nanopilot.texture import TextureCallback, frame_descriptor, texture_change
     >>> analysis = NanobeamAnalysis(predictor, frame_features=frame_descriptor)
-    >>> textures = TextureCallback(analysis.maps)
-    >>> analysis.subscribe(textures)               # labels -> LiveMaps ("texture") and a texture run
+    >>> textures = TextureCallback()
+    >>> analysis.add_stage(textures)               # a texture run; its labels -> analysis.maps ("texture")
     >>> texture_change(maps[uid_before], maps[uid_after]).changed
 
 Labels are integers that keep their meaning over a series of maps; :data:`UNLABELLED` (-1) marks a point

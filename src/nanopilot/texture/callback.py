@@ -1,14 +1,17 @@
-"""TextureCallback: the analysis run's documents in -> texture labels in LiveMaps and a texture run out.
+"""TextureCallback: the analysis run's documents in -> a texture run of labels out.
 
-Subscribe it to a :class:`nanopilot.callbacks.NanobeamAnalysis` (``analysis.subscribe(textures)``). At the
-analysis run's stop (and every ``update_every`` points while it runs) it classifies the run's points from the
-LiveMaps, writes the labels as the per-point field ``"texture"`` (``maps[raw_uid].scattered()["texture"]``,
-``gridded("texture")``) and, at stop, emits a texture run to its own subscribers:
+Add it to a :class:`nanopilot.callbacks.NanobeamAnalysis` as a stage (``analysis.add_stage(textures)``: it reads
+the analysis documents, and the analysis' LiveMaps read its documents, so the labels appear there as the per-point
+field ``"texture"``: ``maps[raw_uid].scattered()["texture"]``, ``gridded("texture")``). It builds each run's points
+from the analysis documents, classifies them every ``update_every`` points while the run goes on and at its stop,
+and emits a texture run to its subscribers:
 
-start (``raw_uid``, ``analysis_uid``, classifier and feature set) -> descriptor "primary" -> one event page
-(``texture`` label and ``raw_seq_num`` per point, positions) -> descriptor "summary" -> one event (status,
-number of textures, points per label, stripes: period um, orientation deg, coverage; period and orientation
-are -1 when no stripes were found) -> stop (exit_status "fail" when no labels could be given).
+start at the analysis run's start (``raw_uid``, ``analysis_uid``, classifier) -> while it runs, descriptor
+"labels" and one event page per classification (``texture`` label and ``raw_seq_num`` per point, positions; a later
+page's label replaces an earlier one's) -> at its stop: descriptor "primary" -> one event page (the final labels)
+-> descriptor "summary" -> one event (status, number of textures, points per label, stripes: period um,
+orientation deg, coverage; period and orientation are -1 when no stripes were found; the feature names) -> stop
+(exit_status "fail" when no labels could be given).
 
 One classifier serves every run it sees, so labels keep their meaning over a series of maps.
 """
@@ -22,6 +25,7 @@ import time
 import numpy as np
 from event_model import DocumentRouter, compose_run
 
+from ..callbacks.live_maps import TEXTURE_PLAN, LiveMaps
 from ..callbacks.subscribers import Subscribers
 from .classifier import NOT_ENOUGH_DATA, OK, UNLABELLED, TextureClassifier
 from .features import texture_features
@@ -37,8 +41,6 @@ class TextureCallback(DocumentRouter):
 
     Parameters
     ----------
-    maps : nanopilot.callbacks.LiveMaps
-        The analysis' LiveMaps (``analysis.maps``): read for the points, written with the labels.
     classifier : TextureClassifier, optional
         The classifier (default ``TextureClassifier()``); fitted on each run, keeping labels across runs.
     update_every : int, optional
@@ -57,18 +59,18 @@ class TextureCallback(DocumentRouter):
         either, and would merge into one texture with the matrix). Default False.
     """
 
-    def __init__(self, maps, classifier: TextureClassifier | None = None, *, update_every: int | None = None,
+    def __init__(self, classifier: TextureClassifier | None = None, *, update_every: int | None = None,
                  stripe_field: str | None = "strain", n_neighbours: int = 8, group_weights: dict | None = None,
                  regions: bool = False):
         super().__init__()
         if update_every is not None and update_every < 1:
             raise ValueError(f"update_every must be a positive number of points or None, got {update_every!r}")
-        self.maps = maps
+        self.points = LiveMaps()  # each run's points, built from the analysis documents
         self.classifier = classifier if classifier is not None else TextureClassifier()
         self.update_every, self.stripe_field = update_every, stripe_field
         self.n_neighbours, self.group_weights, self.regions = n_neighbours, group_weights, regions
         self._emit = Subscribers("texture")  # texture-run documents go to each subscriber
-        self._runs: dict[str, dict] = {}  # analysis uid -> {"raw_uid", "motors", "units", "next"}
+        self._runs: dict[str, dict] = {}  # analysis uid -> {"raw_uid", "motors", "units", "next", "bundle", ...}
         self._descriptors: dict[str, str] = {}  # primary descriptor uid -> analysis uid
         self.results: dict[str, dict] = {}  # raw uid -> summary of the last classification
 
@@ -76,49 +78,69 @@ class TextureCallback(DocumentRouter):
         """Send every texture-run document to ``callback(name, doc)``."""
         self._emit.append(callback)
 
-    def live_plot(self, fields=("strain", "omega", "chi", "texture"), **kwargs):
-        """A :class:`~nanopilot.callbacks.plot.LiveMapPlot` with a texture panel, subscribed to this callback
-        (it redraws when the labels are written); ``kwargs`` go to LiveMapPlot."""
+    def live_plot(self, maps, fields=("strain", "omega", "chi", "texture"), **kwargs):
+        """A :class:`~nanopilot.callbacks.plot.LiveMapPlot` of ``maps`` (that read this callback's documents) with a
+        texture panel, subscribed to the maps (it redraws when points or labels come); ``kwargs`` go to
+        LiveMapPlot."""
         from ..callbacks.plot import LiveMapPlot
 
-        plot = LiveMapPlot(self.maps, fields, **kwargs)
-        self.subscribe(plot)
+        plot = LiveMapPlot(maps, fields, **kwargs)
+        maps.subscribe(plot)
         return plot
 
     # ------------------------------------------------------------------ analysis documents in
     def start(self, doc):
+        self.points("start", doc)
         if "raw_uid" in doc:
-            self._runs[doc["uid"]] = {"raw_uid": doc["raw_uid"], "units": {}, "next": self.update_every,
-                                      "motors": list(doc.get("motors", []))}
+            run = {"raw_uid": doc["raw_uid"], "units": {}, "next": self.update_every,
+                   "motors": list(doc.get("motors", [])), "labels": None, "pages": 0}
+            self._runs[doc["uid"]] = run
+            try:
+                self._open_run(doc["uid"], run)
+            except Exception:
+                logger.exception("could not open the texture run of raw run %s", run["raw_uid"][:8])
 
     def descriptor(self, doc):
+        self.points("descriptor", doc)
         run = self._runs.get(doc["run_start"])
         if run is not None and doc.get("name") == "primary":
             self._descriptors[doc["uid"]] = doc["run_start"]
             run["units"] = {m: doc["data_keys"].get(m, {}).get("units", "") for m in run["motors"]}
 
+    def event(self, doc):
+        self.points("event", doc)  # progress and summary events: no labels to give
+
     def event_page(self, doc):
-        run = self._runs.get(self._descriptors.get(doc["descriptor"]))
-        if run is None or not run["next"] or run["raw_uid"] not in self.maps:
+        self.points("event_page", doc)
+        analysis_uid = self._descriptors.get(doc["descriptor"])
+        run = self._runs.get(analysis_uid)
+        if run is None or not run["next"] or run["raw_uid"] not in self.points:
             return
-        if len(self.maps[run["raw_uid"]]) >= run["next"]:
+        if len(self.points[run["raw_uid"]]) >= run["next"]:
             run["next"] += self.update_every
-            self.classify(run["raw_uid"])
+            result = self.classify(run["raw_uid"])
+            try:
+                self._emit_labels(run, "labels", result)
+            except Exception:
+                logger.exception("could not emit the texture labels of raw run %s", run["raw_uid"][:8])
 
     def stop(self, doc):
+        self.points("stop", doc)
         run = self._runs.pop(doc["run_start"], None)
         self._descriptors = {d: a for d, a in self._descriptors.items() if a != doc["run_start"]}
-        if run is None or run["raw_uid"] not in self.maps:
+        if run is None or run["raw_uid"] not in self.points:
             return
         result = self.classify(run["raw_uid"])
         try:
-            self._emit_run(doc["run_start"], run, result)
-        except Exception:
+            self._close_run(run, result)
+        except Exception as err:
             logger.exception("could not emit the texture run of raw run %s", run["raw_uid"][:8])
+            self._emit("stop", run["bundle"].compose_stop(exit_status="fail", reason=f"texture run failed: {err!r}"))
 
     # ------------------------------------------------------------------ classification
-    def classify(self, raw_uid: str) -> dict:
-        """Label the points of raw run ``raw_uid`` now and write them into the LiveMaps (field ``"texture"``).
+    def classify(self, run) -> dict:
+        """Label the points of ``run`` now: a raw run's uid (the points of its analysis run received so far) or a
+        :class:`~nanopilot.callbacks.RunMap`.
 
         Returns
         -------
@@ -126,7 +148,8 @@ class TextureCallback(DocumentRouter):
             ``seq_num`` and ``labels`` arrays, ``status`` (``"ok"``, ``"not_enough_data"`` or ``"error: ..."``)
             and, on 2-D grids, ``stripes`` (a :class:`Stripes` or None).
         """
-        run = self.maps[raw_uid]
+        run = self.points[run] if isinstance(run, str) else run
+        raw_uid = run.uid
         result = {"status": NOT_ENOUGH_DATA, "stripes": None}
         try:
             features = texture_features(run, n_neighbours=self.n_neighbours, group_weights=self.group_weights)
@@ -148,51 +171,58 @@ class TextureCallback(DocumentRouter):
             result["status"] = f"error: {err}"
             result.setdefault("seq_num", run.scattered()["seq_num"])
             result["labels"] = np.full(len(result["seq_num"]), UNLABELLED)
-        seq_nums, labels = result["seq_num"], result["labels"]
-        self.maps.update(raw_uid, lambda r: r.set_extra("texture", seq_nums, labels.astype(float)))
         self.results[raw_uid] = result
         return result
 
     # ------------------------------------------------------------------ texture run out
-    def _emit_run(self, analysis_uid: str, run: dict, result: dict) -> None:
-        raw_uid = run["raw_uid"]
-        metadata = {"raw_uid": raw_uid, "analysis_uid": analysis_uid, "plan_name": "nanopilot_texture",
+    def _open_run(self, analysis_uid: str, run: dict) -> None:
+        metadata = {"raw_uid": run["raw_uid"], "analysis_uid": analysis_uid, "plan_name": TEXTURE_PLAN,
                     "analysis": TEXTURE_NAME, "motors": run["motors"],
-                    "classifier": json.loads(json.dumps(self.classifier.get_params(deep=False), default=str)),
-                    "features": list(result.get("feature_names", []))}
-        bundle = compose_run(metadata=metadata)
-        self._emit("start", bundle.start_doc)
-        source = TEXTURE_NAME
-        keys = {"texture": {"dtype": "integer", "shape": [], "source": source},
-                "raw_seq_num": {"dtype": "integer", "shape": [], "source": source}}
-        keys.update({m: {"dtype": "number", "shape": [], "source": f"analysis {analysis_uid}", "units": u}
-                     for m, u in run["units"].items()})
-        points = self.maps[raw_uid].scattered()
+                    "classifier": json.loads(json.dumps(self.classifier.get_params(deep=False), default=str))}
+        run["bundle"] = compose_run(metadata=metadata)
+        run["descriptors"] = {}
+        self._emit("start", run["bundle"].start_doc)
+
+    def _emit_labels(self, run: dict, stream: str, result: dict) -> None:
+        """One event page of ``result``'s labels in ``stream`` ("labels" while the run goes on, "primary" at its
+        end), with the points' positions."""
+        n = len(result["seq_num"])
+        if not n:
+            return
+        if stream not in run["descriptors"]:
+            keys = {"texture": {"dtype": "integer", "shape": [], "source": TEXTURE_NAME},
+                    "raw_seq_num": {"dtype": "integer", "shape": [], "source": TEXTURE_NAME}}
+            keys.update({m: {"dtype": "number", "shape": [], "source": "analysis run", "units": u}
+                         for m, u in run["units"].items()})
+            desc = run["descriptors"][stream] = [run["bundle"].compose_descriptor(
+                name=stream, data_keys=keys, hints={"nanopilot_texture": {"fields": ["texture"]}}), 0]
+            self._emit("descriptor", desc[0].descriptor_doc)
+        desc = run["descriptors"][stream]
+        points = self.points[run["raw_uid"]].scattered()
         order = {int(s): i for i, s in enumerate(points["seq_num"])}
         rows = [order[int(s)] for s in result["seq_num"]]
-        n = len(rows)
-        if n:
-            desc = bundle.compose_descriptor(name="primary", data_keys=keys,
-                                             hints={"nanopilot_texture": {"fields": ["texture"]}})
-            self._emit("descriptor", desc.descriptor_doc)
-            data = {"texture": [int(v) for v in result["labels"]],
-                    "raw_seq_num": [int(s) for s in result["seq_num"]]}
-            data.update({m: points[m][rows].tolist() for m in run["units"] if m in points})
-            now = [time.time()] * n
-            self._emit("event_page", desc.compose_event_page(
-                data=data, timestamps={k: now for k in data}, seq_num=list(range(1, n + 1)), time=now))
+        data = {"texture": [int(v) for v in result["labels"]], "raw_seq_num": [int(s) for s in result["seq_num"]]}
+        data.update({m: points[m][rows].tolist() for m in run["units"] if m in points})
+        now = [time.time()] * n
+        self._emit("event_page", desc[0].compose_event_page(
+            data=data, timestamps={k: now for k in data}, seq_num=list(range(desc[1] + 1, desc[1] + n + 1)),
+            time=now))
+        desc[1] += n
+
+    def _close_run(self, run: dict, result: dict) -> None:
+        self._emit_labels(run, "primary", result)
         summary = self._summary(result)
         summary_keys = {k: {"dtype": {str: "string", bool: "boolean", int: "integer"}.get(type(v), "number"),
-                            "shape": [], "source": source} for k, v in summary.items()}
+                            "shape": [], "source": TEXTURE_NAME} for k, v in summary.items()}
         summary_keys["stripe_period"]["units"] = "um"
         summary_keys["stripe_orientation"]["units"] = "deg"
-        desc = bundle.compose_descriptor(name="summary", data_keys=summary_keys)
+        desc = run["bundle"].compose_descriptor(name="summary", data_keys=summary_keys)
         self._emit("descriptor", desc.descriptor_doc)
         now = time.time()
         self._emit("event", desc.compose_event(data=summary, timestamps={k: now for k in summary}, seq_num=1,
                                                time=now))
-        self._emit("stop", bundle.compose_stop(exit_status="success" if summary["status"] == OK else "fail",
-                                               reason=self._reason(summary)))
+        self._emit("stop", run["bundle"].compose_stop(exit_status="success" if summary["status"] == OK else "fail",
+                                                      reason=self._reason(summary)))
 
     @staticmethod
     def _summary(result: dict) -> dict:
@@ -205,7 +235,8 @@ class TextureCallback(DocumentRouter):
                 "stripes_found": bool(stripes is not None and stripes.found),
                 "stripe_period": float(stripes.period) if stripes is not None and stripes.found else -1.0,
                 "stripe_orientation": float(stripes.orientation) if stripes is not None and stripes.found else -1.0,
-                "stripe_coverage": float(stripes.coverage) if stripes is not None else 0.0}
+                "stripe_coverage": float(stripes.coverage) if stripes is not None else 0.0,
+                "features": json.dumps(list(result.get("feature_names", [])))}
 
     @staticmethod
     def _reason(summary: dict) -> str:
