@@ -9,6 +9,7 @@ Writers that store runs here are made by :mod:`nanopilot.storage`.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import ipaddress
 import logging
@@ -209,11 +210,11 @@ def _embedded_client(directory: Path, writable: bool):
         raise ValueError(f"cannot create the catalogue directory {directory}: {err}") from err
     if writable:
         check_writable(directory)
+    uri = f"sqlite:///{directory / 'catalog.db'}"
+    new = not (directory / "catalog.db").exists() and not _initialise(uri)
     catalog = catalog_from_uri(
-        f"sqlite:///{directory / 'catalog.db'}",
-        writable_storage=[directory / "data", f"sqlite:///{directory / 'storage.sqlite'}"],
-        readable_storage=[directory],
-        init_if_not_exists=not (directory / "catalog.db").exists(),  # init spawns a subprocess: only once
+        uri, writable_storage=[directory / "data", f"sqlite:///{directory / 'storage.sqlite'}"],
+        readable_storage=[directory], init_if_not_exists=new,  # Tiled's own init: a subprocess (seconds)
         specs=[{"name": "CatalogOfBlueskyRuns", "version": "3.0"}],
     )
     registry = copy.deepcopy(default_serialization_registry)
@@ -221,6 +222,45 @@ def _embedded_client(directory: Path, writable: bool):
     app = build_app(catalog, authentication=Authentication(single_user_api_key=EMBEDDED_API_KEY),
                     serialization_registry=registry, include_routers=[validate_router])
     return from_context(_quiet_context(app))
+
+
+def _initialise(uri: str) -> bool:
+    """Create a new catalogue database's tables and stamp its schema revision in this process, as ``tiled catalog
+    init`` does (Tiled runs that command in a subprocess, which costs seconds of start-up); in a thread of its own,
+    so that a caller's running event loop does not matter. False (nothing done) if this Tiled has not the same
+    functions: then Tiled's own subprocess initialises it."""
+    try:
+        from sqlalchemy.ext.asyncio import create_async_engine
+        from tiled.alembic_utils import stamp_head
+        from tiled.catalog.alembic_constants import ALEMBIC_DIR, ALEMBIC_INI_TEMPLATE_PATH
+        from tiled.catalog.core import initialize_database
+        from tiled.utils import ensure_specified_sql_driver
+    except ImportError:
+        return False
+    uri = ensure_specified_sql_driver(uri)
+
+    async def create_tables():
+        engine = create_async_engine(uri)
+        try:
+            await initialize_database(engine)
+        finally:
+            await engine.dispose()
+
+    failure = []
+
+    def run():
+        try:
+            asyncio.run(create_tables())
+            stamp_head(ALEMBIC_INI_TEMPLATE_PATH, ALEMBIC_DIR, uri)
+        except Exception as err:  # noqa: BLE001 - reported below, in the caller's thread
+            failure.append(err)
+
+    thread = threading.Thread(target=run, name="nanopilot-catalog-init")
+    thread.start()
+    thread.join()
+    if failure:
+        raise ValueError(f"could not create the catalogue {uri}: {failure[0]}") from failure[0]
+    return True
 
 
 def _quiet_context(app):
