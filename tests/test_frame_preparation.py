@@ -11,6 +11,8 @@ from event_model import compose_run
 from nanopilot.callbacks import NanobeamAnalysis
 from nanopilot.model import Predictor
 from nanopilot.physics import FramePreparation, Instrument, simulate
+from nanopilot.physics.drift import DriftTrack
+from nanopilot.physics.frame_steps import fill_holes
 from nanopilot.session import setup
 from nanopilot.sim_devices import make_beamline
 
@@ -418,3 +420,29 @@ def test_the_drift_between_reference_images_is_measured_to_a_fraction_of_a_pixel
         corner = (CORNER[0] + shift[0], CORNER[1] + shift[1])
         image, _ = prep.drift_image(raw_frames(images, noise=rng, corner=corner))
         np.testing.assert_allclose(prep.drift(image, reference), shift, atol=0.35)
+
+
+def test_a_drift_track_follows_a_steady_drift_from_the_runs_start():
+    rows, cols = np.mgrid[:96, :96]
+    blob = lambda r, c: 40 * np.exp(-((rows - 48 - r) ** 2 + (cols - 48 - c) ** 2) / 18) + 0.2  # noqa: E731
+    rng, rate = np.random.default_rng(5), np.array([0.02, -0.03])  # pixels per frame
+    track = DriftTrack()
+    assert track.count == 0 and track.at(np.array([3.0])).tolist() == [[0.0, 0.0]]
+    for time in 1.5 + 16 * np.arange(8):  # a visit every 16 frames, the first at the run's start
+        track.add(rng.poisson(blob(*(rate * time))).astype(float), time)
+        if track.count == 1:
+            assert track.at(np.array([5.0])).tolist() == [[0.0, 0.0]]  # no rate known yet: the ROI stays put
+    ahead = np.array([118.0, 130.0, 200.0])  # held after one gap past the last visit
+    np.testing.assert_allclose(track.at(ahead), rate * np.minimum(ahead, 113.5 + 16)[:, None], atol=0.15)
+    np.testing.assert_allclose(track.drift, rate * 113.5, atol=0.15)  # a held drift would be 2.6 and 3.9 off
+    with pytest.raises(ValueError, match="visits >= 2"):
+        DriftTrack(visits=1)
+
+
+def test_holes_take_their_neighbours_mean():
+    image = np.arange(25, dtype=np.float32).reshape(5, 5)
+    bad = np.zeros((5, 5), bool)
+    bad[2, 2] = bad[0, 0] = True
+    filled = fill_holes(image, bad, size=3)
+    assert filled[2, 2] == pytest.approx(12) and filled[0, 0] == pytest.approx((1 + 5 + 6) / 3)
+    assert (filled[~bad] == image[~bad]).all() and filled.dtype == np.float32

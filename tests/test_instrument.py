@@ -58,3 +58,14 @@ def test_fingerprint_identifies_the_setup():
     assert a.differences(c) == {"detector_distance": (0.85, 0.9)}
     with pytest.raises(ValueError, match="detector_distance"):
         a.require_same(c, "model file")
+
+
+def test_the_strain_per_pixel_is_the_forward_models_qz_step_at_the_roi_centre():
+    from nanopilot.physics.forward import _geometry
+
+    instrument = Instrument()
+    qz = _geometry(instrument)["qz"]
+    centre = len(qz) // 2
+    step = qz[centre] - qz[centre - 1]  # 1/angstrom per pixel along detector x
+    assert instrument.strain_per_pixel == pytest.approx(-step / instrument.g, rel=1e-3)
+    assert instrument.strain_per_pixel < 0 and abs(instrument.strain_per_pixel) == pytest.approx(2.28e-4, rel=0.01)

@@ -21,6 +21,7 @@ import numpy as np
 from event_model import compose_run
 
 from ..estimates import BACKGROUND_UNITS, OK, UNITS, WARNINGS, Estimates
+from ..physics.drift import DriftTrack
 from .frame_sources import frame_batch, prepared_batch
 
 logger = logging.getLogger(__name__)
@@ -36,8 +37,6 @@ FRAME_FEATURES = "frame_features"
 ROI_KEYS = ("roi_row", "roi_col")
 #: The raw run's stream of reference frames, all at one sample position, that measure the peak's drift.
 DRIFT_STREAM = "drift_reference"
-#: Visits to the reference position over which the drift is taken as a straight line in time.
-DRIFT_VISITS = 4
 
 
 def predictor_metadata(predictor) -> dict:
@@ -70,13 +69,9 @@ class DerivedRun:
         self.frame_shape = tuple(predictor.instrument.roi_shape if self.preparation is None else
                                  self.preparation.detector_shape)
         self.status_counts: Counter = Counter()
-        #: The peak's drift (rows, cols; detector pixels) measured on the run's reference frames (follow_drift).
-        self.drift = np.zeros(2)
-        self._visits: list[tuple[int, np.ndarray]] = []  # (scan points analysed before it, drift) of the last few
-        self._points = 0  # scan points analysed
-        self.drift_references = 0  # visits to the reference position measured
-        self._drift_image = None  # the first visit's photons (the drift's origin)
-        self._visit_image = None  # the photons of the visit under way
+        self._track = DriftTrack()  # the peak's drift, measured on the run's reference frames (follow_drift)
+        self._frames = 0  # frames taken (scan points and reference frames): the drift's clock
+        self._visit = None  # [summed photons, first frame, frames] of the visit under way
         self._bundle = None
         self._descriptor = None
         self._progress = None
@@ -97,13 +92,13 @@ class DerivedRun:
         kwargs, roi = {"residual": True} if residual else {}, None
         self._settle_drift()
         n = sum(block[1] for block in blocks)
-        drift = self._drift_at(self._points + np.arange(n))
+        drift = self._track.at(self._frames + np.arange(n))
         if self.preparation is None:
             batch, status = frame_batch(blocks, self.frame_shape)
         else:
             prepared = prepared_batch(blocks, self.preparation, drift)
             batch, status, roi, kwargs["mask"] = prepared.frames, prepared.status, prepared.roi_corner, prepared.mask
-        self._points += n
+        self._frames += n
         usable = status == OK
         if not usable.any():  # e.g. a run of another instrument: nothing for the network
             estimates = Estimates.empty(len(batch))
@@ -119,48 +114,49 @@ class DerivedRun:
                 getattr(estimates, name)[bad] = np.nan
         return estimates, batch, roi
 
+    @property
+    def drift(self) -> np.ndarray:
+        """(rows, cols) the peak's drift (detector pixels) at the last reference visit, from the run's start."""
+        return self._track.drift
+
+    @property
+    def drift_references(self) -> int:
+        """Visits to the reference position measured."""
+        return self._track.count
+
     def reference(self, block) -> None:
         """Add reference frames ``(frames, n, status)`` of the :data:`DRIFT_STREAM` (taken at one sample position)
-        to the visit under way; the next scan points (:meth:`analyse`) settle it: the drift is the shift of the
-        visit's summed photons from the run's first visit's. Ignored unless the preparation follows the drift."""
+        to the visit under way; the next scan points (:meth:`analyse`) settle it (:class:`DriftTrack`: its shift
+        from the run's other visits, at the frames taken since the run's start). Ignored unless the preparation
+        follows the drift."""
         if self.preparation is None or not self.preparation.follow_drift:
             return
         image, used = (None, 0) if block[2] is not None else \
             self.preparation.drift_image(frame_batch([block], self.frame_shape)[0])
+        if self._visit is None:
+            self._visit = [None, self._frames, 0]
+        self._frames += block[1]  # they took time all the same
         if not used:
             logger.warning("run %s: drift reference frames that are not raw frames were left out",
                            self.raw_start["uid"][:8])
             return
-        self._visit_image = image if self._visit_image is None else self._visit_image + image
+        self._visit[0] = image if self._visit[0] is None else self._visit[0] + image
+        self._visit[2] += block[1]
 
     def _settle_drift(self) -> None:
-        if self._visit_image is None:
-            return
-        if self._drift_image is None:
-            self._drift_image = self._visit_image
-        self.drift = self.preparation.drift(self._visit_image, self._drift_image)
-        self._visit_image = None
-        self.drift_references += 1
-        self._visits = [*self._visits[-(DRIFT_VISITS - 1):], (self._points, self.drift)]
+        visit, self._visit = self._visit, None
+        if visit is not None and visit[0] is not None:
+            self._track.add(visit[0], visit[1] + (visit[2] - 1) / 2)
 
     def _untilt(self, estimates: Estimates, drift: np.ndarray) -> None:
-        """Take out of omega and chi the tilts that the drift left within the ROI (its part below a whole detector
-        pixel, which the ROI's move could not follow), at the instrument's tilt per pixel."""
+        """Take out of omega, chi and strain what the drift left within the ROI (its part below a whole detector
+        pixel, which the ROI's move could not follow) reads as, at the instrument's tilt and strain per pixel (the
+        network's own response to a shift of the ROI by one detector pixel is within 5% of these)."""
         chi_step, omega_step = self.predictor.instrument.tilt_per_pixel
         rest = (drift - np.rint(drift)) / self.preparation.binning  # (n, 2) model pixels (rows, cols)
         estimates.chi -= chi_step * rest[:, 0]
         estimates.omega -= omega_step * rest[:, 1]
-
-    def _drift_at(self, points: np.ndarray) -> np.ndarray:
-        """(n, 2) drift expected at scan points ``points`` (n,): the straight line through the last
-        :data:`DRIFT_VISITS` visits' drifts against the scan points before each (least squares: a slow drift, each
-        visit's noise averaged), carried on from the last visit for at most as many points as lay between two."""
-        where = np.array([p for p, _ in self._visits], dtype=float)
-        if len(self._visits) < 2 or np.ptp(where) == 0:
-            return np.broadcast_to(self.drift, (len(points), 2))
-        slope, offset = np.polyfit(where, np.array([d for _, d in self._visits]), 1)
-        ahead = np.minimum(points, where[-1] + np.ptp(where) / (len(where) - 1))
-        return offset + slope * ahead[:, None]
+        estimates.strain -= self.predictor.instrument.strain_per_pixel * rest[:, 1]
 
     # ------------------------------------------------------------------ documents
     def open(self, emit) -> None:

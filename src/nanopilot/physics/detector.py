@@ -15,7 +15,8 @@ in this order (the pixel-wise ones only on the pixels the ROI, or the peak's sea
 6. region of interest: fixed (``roi_corner`` or ``roi_centre``; default centred on the detector); with
    ``follow_peak``, centred on the peak's centroid inside the search window (and kept inside it); with
    ``follow_drift``, the fixed ROI moved by the peak's drift (whole detector pixels, given per call: the live
-   analysis measures it on reference frames taken at one sample position with :meth:`FramePreparation.drift`);
+   analysis measures it on reference frames taken at one sample position with a :class:`~.drift.DriftTrack` of
+   their :meth:`FramePreparation.drift_image`);
 7. binning: each b x b block is summed. A block with masked pixels gets the mean of its good pixels times b^2
    (the expected counts, unbiased for Poisson data) when at least half of it is good (``MIN_GOOD_FRACTION`` of
    :mod:`.frame_steps`); else the binned pixel is masked (zero, and left to the model's mask handling).
@@ -39,8 +40,8 @@ import numpy as np
 from .arrays import read_array
 from .detector_file import ARRAY_FIELDS, PreparationFile
 from .frame_steps import BAD_TYPE, OK, WRONG_SHAPE  # noqa: F401 (prepare's statuses, beside its others here)
-from .frame_steps import (MIN_GOOD_FRACTION, PreparedFrames, bin_frames, block_sum, cut_rois, pattern_shift,
-                          peak_centroids, raw_batch)
+from .frame_steps import (MIN_GOOD_FRACTION, PreparedFrames, bin_frames, block_sum, cut_rois, fill_holes,
+                          peak_centroids, photon_shift, raw_batch)
 from .instrument import Instrument
 
 # Per-frame statuses (the strings of nanopilot.estimates).
@@ -68,7 +69,8 @@ class FramePreparation(PreparationFile):
         in the oriented detector frame; at most one; neither: the ROI is centred on the detector.
     follow_peak : centre the ROI on each frame's peak centroid inside the search window (reported per frame).
     follow_drift : move the fixed ROI by the peak's drift, a whole-pixel ``shift`` given to :meth:`prepare`
-        (reported per frame); :meth:`drift_image` and :meth:`drift` measure it on reference frames.
+        (reported per frame); :meth:`drift_image` and :meth:`drift` (or a :class:`~.drift.DriftTrack`) measure it on
+        reference frames.
     search_window : (rows, cols) of the window, centred where the fixed ROI would be, in which the peak is sought
         or the ROI may drift (detector pixels; None: the whole detector). The peak must cover less than half of its
         rows and columns.
@@ -303,23 +305,23 @@ class FramePreparation(PreparationFile):
 
     def drift_image(self, raw) -> tuple[np.ndarray, int]:
         """(image (rows, cols) float32, frames used): the photons of raw reference frames summed over the search
-        window (the ROI when it does not move), masked pixels at the image's mean; frames that are not raw frames of
-        the detector's shape are left out. Two such images taken at one sample position give the peak's drift
-        between them (:meth:`drift`)."""
+        window (the ROI when it does not move), masked pixels at the mean of their good neighbours; frames that are
+        not raw frames of the detector's shape are left out. Two such images taken at one sample position give the
+        peak's drift between them (:meth:`drift`)."""
         arr, status = raw_batch(raw, self.detector_shape)
         ok = status == OK
         if not ok.any():
             return np.zeros(self._region[2:], np.float32), 0
         photons, bad = self._photons(arr[ok])
         image, bad = photons.sum(axis=0), bad if bad.ndim == 2 else bad.any(axis=0)
-        image[bad] = image[~bad].mean()  # fixed holes would pull the drift toward zero
-        return image, int(ok.sum())
+        return fill_holes(image, bad), int(ok.sum())
 
     @staticmethod
     def drift(image: np.ndarray, reference: np.ndarray) -> np.ndarray:
         """(rows, cols) float: the peak's drift (detector pixels) from the :meth:`drift_image` ``reference`` to
-        ``image``, by cross-correlation (about 0.1 pixel RMS with 4 frames of the published 7-count level)."""
-        return pattern_shift(image, reference)
+        ``image``, by cross-correlation of their square roots (:func:`~.frame_steps.photon_shift`; about 0.05-0.08
+        pixel RMS with 4 frames of the published 7-count level each)."""
+        return photon_shift(image, reference)
 
     def _photons(self, arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(photons, bad) over the region: float32 photons (n, rows, cols), 0 where bad, and the masked pixels,

@@ -64,6 +64,24 @@ def pattern_shift(image: np.ndarray, template: np.ndarray, smooth: int = 5, roun
     return shift
 
 
+def photon_shift(image: np.ndarray, template: np.ndarray) -> np.ndarray:
+    """(rows, cols) float: :func:`pattern_shift` of two photon images (H, W) of one pattern after the square-root
+    (Anscombe) transform, which gives Poisson noise one variance at every count level (plain correlation lets the
+    brightest, noisiest pixels dominate); ``template`` is scaled to ``image``'s total first (any number of visits)."""
+    image = np.maximum(np.asarray(image, np.float64), 0)
+    template = np.maximum(np.asarray(template, np.float64), 0)
+    scale = image.sum() / template.sum() if template.sum() > 0 else 1.0
+    return pattern_shift(np.sqrt(image + 0.375), np.sqrt(scale * template + 0.375))
+
+
+def fourier_shift(image: np.ndarray, shift) -> np.ndarray:
+    """``image`` (H, W) moved by ``shift`` (rows, cols) pixels, circularly, by a phase ramp of its Fourier transform
+    (sub-pixel; the sum is kept)."""
+    ramp = np.fft.fftfreq(image.shape[0])[:, None], np.fft.rfftfreq(image.shape[1])[None, :]
+    phase = np.exp(-2j * np.pi * (ramp[0] * shift[0] + ramp[1] * shift[1]))
+    return np.fft.irfft2(np.fft.rfft2(image) * phase, s=image.shape)
+
+
 def _parabola_peak(cc: np.ndarray) -> np.ndarray:
     """(rows, cols) of the maximum of a circular correlation ``cc``, sub-pixel by a parabola per axis."""
     peak = np.unravel_index(np.argmax(cc), cc.shape)
@@ -74,6 +92,16 @@ def _parabola_peak(cc: np.ndarray) -> np.ndarray:
         curvature = before - 2 * here + after
         where[axis] = (k + n // 2) % n - n // 2 + (0.5 * (before - after) / curvature if curvature < 0 else 0.0)
     return where
+
+
+def fill_holes(image: np.ndarray, bad: np.ndarray, size: int = 5) -> np.ndarray:
+    """``image`` (H, W) with its ``bad`` pixels set to the mean of the good ones in the ``size`` x ``size`` box around
+    each (the image's good mean where there are none): fixed holes, at one place in every image, would pull a
+    measured shift toward zero, and so would a hole filled with a value far from its surroundings."""
+    good = (~bad).astype(np.float64)
+    total, weight = (uniform_filter(x, size, mode="constant") for x in (np.where(bad, 0, image), good))
+    local = np.where(weight > 0, total / np.maximum(weight, 1e-12), image[~bad].mean() if good.any() else 0.0)
+    return np.where(bad, local, image).astype(image.dtype)
 
 
 def block_sum(x: np.ndarray, b: int) -> np.ndarray:

@@ -150,6 +150,13 @@ class Instrument:
         step = self.k * self.pixel_size / (self.g * self.detector_distance)  # rad per pixel, before sin(theta)
         return -math.degrees(step), -math.degrees(step * math.sin(self.bragg_angle))
 
+    @property
+    def strain_per_pixel(self) -> float:
+        """Strain that a shift of the whole pattern by one pixel of the model along the columns (detector x) reads
+        as, near the ROI's centre: the shift moves the Laue term's centre by Qz ~ K cos(theta) p x / D, against
+        G / (1 + strain) (PHYSICS.md section 2). Negative: a pattern moved toward higher x reads as less strain."""
+        return -self.k * math.cos(self.bragg_angle) * self.pixel_size / (self.g * self.detector_distance)
+
     # ----------------------------------------------------------------- serialisation
     def to_dict(self) -> dict:
         """Plain-Python dict of the fields (JSON/YAML friendly)."""
