@@ -180,7 +180,7 @@ def test_grid_scan_through_the_raw_detector_maps_within_1_3x_of_ideal_frames():
 
 
 def test_a_drifting_peak_is_followed_through_drift_references():
-    """The peak drifts 0.02 and -0.03 detector pixels per frame (sub-pixel steps; 3.9 and -5.8 over the scan); the
+    """The peak drifts 0.02 and -0.03 detector pixels per frame (sub-pixel steps; 4.1 and -6.1 over the scan); the
     ROI follows the drift measured on reference frames at the stage's origin (12 at the start, then 4 after 3 points
     and every 12 after that; a DriftTrack), and the part of a pixel it cannot move is taken out of the tilts.
     Measured: strain / omega / chi 0.85 / 1.23 / 1.01x the ideal frames' RMSE (bar 1.3x); a fixed ROI reads the
