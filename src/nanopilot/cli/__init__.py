@@ -9,7 +9,7 @@ import sys
 from .. import __version__
 
 #: Subcommand modules, in the order ``nanopilot --help`` lists them.
-COMMAND_MODULES = ["demo", "session", "library", "fit", "train", "replay", "restore", "view"]
+COMMAND_MODULES = ["demo", "session", "library", "fit", "train", "replay", "restore", "view", "worker"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -91,12 +91,16 @@ class Predictor:
         raw detector frames (its ``detector_shape``) and prepares them first; their masked pixels are filled like
         ``mask``'s and its per-frame problems are their status. It must give this instrument's pixel size and ROI
         shape (ValueError saying what to change).
+    device : where the network passes run (``"cpu"``, default, or a GPU such as ``"cuda"``); frames are copied there
+        per chunk and the outputs back; the per-frame checks, refinement and residual check stay on the CPU. A device
+        torch cannot use here is refused (ValueError) before anything is loaded onto it.
     """
 
     def __init__(self, model: ModelFile, *, instrument: Instrument | None = None, threads: int | None = None,
                  batch_size: int = 128, saturation: float | None = None, edge_margin: float = 0.005,
                  normalise_counts: bool | None = None, mask=None, find_hot_pixels: bool = True,
-                 uncertain_factor: float | None = UNCERTAIN_FACTOR, preparation=None):
+                 uncertain_factor: float | None = UNCERTAIN_FACTOR, preparation=None, device: str = "cpu"):
+        self.device = _usable_device(device)
         meta = model.metadata
         self.instrument = model.instrument
         if instrument is not None:
@@ -149,7 +153,7 @@ class Predictor:
         #: The count-level dependent calibration of a model trained across count levels (None: the factors).
         self.level_calibration = None if level is None else LevelCalibration.from_dict(level, self.outputs)
         network = StackedEnsemble(model.networks) if self.n_members > 1 else model.networks[0]
-        self.network = network.eval().to(memory_format=torch.channels_last)
+        self.network = network.eval().to(self.device, memory_format=torch.channels_last)
         for p in self.network.parameters():
             p.requires_grad_(False)
 
@@ -206,8 +210,9 @@ class Predictor:
             for start in range(0, len(x), self.batch_size):
                 chunk = x[start:start + self.batch_size].unsqueeze(1)
                 n = len(chunk)
-                chunk = (chunk if n > 1 else chunk.repeat(2, 1, 1, 1)).contiguous(memory_format=torch.channels_last)
-                chunks.append(self.network(chunk)[:n].reshape(n, self.n_members, -1))
+                chunk = (chunk if n > 1 else chunk.repeat(2, 1, 1, 1)).to(self.device)
+                chunk = chunk.contiguous(memory_format=torch.channels_last)
+                chunks.append(self.network(chunk)[:n].reshape(n, self.n_members, -1).cpu())
         return torch.cat(chunks) if chunks else torch.zeros((0, self.n_members, len(self.outputs)))
 
     # ----------------------------------------------------------------- the public call
@@ -373,3 +378,17 @@ class Predictor:
         std[idx[good]] = combined_std[good]
         status[idx[~good]] = result.status[~good]
         return params, std, status
+
+
+def _usable_device(device) -> torch.device:
+    """``device`` as a torch device; ValueError saying what to change if torch cannot use it here."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"unknown device {device!r} ({err}): use 'cpu' or a GPU such as 'cuda'") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r} is not available here (torch {torch.__version__} sees no CUDA GPU): "
+                         "use device 'cpu', or a torch build and machine with a GPU")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {str(device)!r} is not supported: use 'cpu' or 'cuda'")
+    return device

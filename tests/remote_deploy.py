@@ -1,0 +1,111 @@
+"""Pieces of a remote-analysis deployment for the tests: bluesky's 0MQ proxy as a process, `nanopilot worker` as a
+process or a thread, a reader of the analysis stream; each started on free loopback ports and stopped on exit."""
+
+import contextlib
+import os
+import subprocess
+import sys
+import threading
+import time
+
+from conftest import free_port
+from nanopilot.remote.wire import ANALYSIS_PREFIX, HEARTBEAT_PREFIX, PING_PREFIX, ZmqSink, ZmqSource
+
+BIN = os.path.dirname(sys.executable)
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 20.0) -> None:
+    """SIGTERM, then SIGKILL after ``timeout`` s; waits for the process either way."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout)
+
+
+@contextlib.contextmanager
+def zmq_proxy():
+    """`bluesky-0MQ-proxy` on two free loopback ports: yields (in address, out address)."""
+    ports = free_port(), free_port()
+    addresses = tuple(f"127.0.0.1:{p}" for p in ports)
+    process = subprocess.Popen([os.path.join(BIN, "bluesky-0MQ-proxy"), "--in-address", addresses[0],
+                                "--out-address", addresses[1]], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        yield addresses
+    finally:
+        stop_process(process, 5)
+
+
+class Reader:
+    """Reads the analysis proxy in a thread: ``docs`` [(name, doc)], ``beats`` [heartbeat dicts]."""
+
+    def __init__(self, address: str):
+        self.docs, self.beats = [], []
+        self.source = ZmqSource(address, self._take, prefixes=[ANALYSIS_PREFIX, HEARTBEAT_PREFIX])
+        self.thread = threading.Thread(target=self.source.run, daemon=True)
+        self.thread.start()
+
+    def _take(self, prefix, name, doc):
+        (self.beats if prefix == HEARTBEAT_PREFIX else self.docs).append((name, doc) if prefix != HEARTBEAT_PREFIX
+                                                                         else doc)
+
+    def wait(self, predicate, timeout=30.0, what="the condition"):
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{what} did not happen within {timeout} s")
+            time.sleep(0.05)
+
+    def connect(self, sink: ZmqSink, workers: int = 1, timeout: float = 60.0):
+        """Ping through ``sink`` (the raw proxy's input) until ``workers`` workers echo the ping."""
+        ping = f"ping-{time.monotonic()}"
+        deadline = time.monotonic() + timeout
+        while len({b["worker"] for b in list(self.beats) if b.get("ping") == ping}) < workers:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {workers} worker(s) answered the ping within {timeout} s")
+            sink("ping", ping, prefix=PING_PREFIX)
+            time.sleep(0.1)
+
+    def close(self):
+        self.source.stop()
+        self.thread.join(5)
+
+
+@contextlib.contextmanager
+def reader(address: str):
+    r = Reader(address)
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+@contextlib.contextmanager
+def worker_process(listen: str, publish: str, *args: str, env=None):
+    """`nanopilot worker` as a process (stdout and stderr to a file kept for failures); SIGTERM on exit."""
+    log = open(os.devnull, "w") if os.environ.get("NANOPILOT_TEST_QUIET") else None
+    process = subprocess.Popen([os.path.join(BIN, "nanopilot"), "worker", "--listen", listen, "--publish", publish,
+                                *args], env={**os.environ, **(env or {})}, stdout=log, stderr=log)
+    try:
+        yield process
+    finally:
+        stop_process(process)
+        if log is not None:
+            log.close()
+
+
+@contextlib.contextmanager
+def worker_thread(predictor, listen: str, publish: str, **options):
+    """A :class:`RemoteWorker` reading ``listen`` and publishing to ``publish``, in a thread of this process."""
+    from nanopilot.remote.worker import RemoteWorker
+
+    worker = RemoteWorker(predictor, lambda handle: ZmqSource(listen, handle), sinks=[ZmqSink(publish)], **options)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        yield worker
+    finally:
+        worker.stop()
+        thread.join(60)
