@@ -38,20 +38,20 @@ SERVER_CONFIG = Path(__file__).resolve().parent.parent / "docs" / "tiled-server.
 
 
 @contextlib.contextmanager
-def tiled_serve(directory, key: str, monkeypatch, detector_directory=None):
-    """`tiled serve config docs/tiled-server.yaml` over the catalogue directory ``directory`` (the embedded
-    catalogue's layout; created if new), reading detector files in ``detector_directory`` (default: ``directory``),
-    with API key ``key`` (also put in $TILED_API_KEY), on a free loopback port: yields (server process, client of
-    its catalogue, its URI); the process is killed on exit."""
+def tiled_serve(directory, key: str, monkeypatch, detector_directory=None, config=SERVER_CONFIG, env=None):
+    """`tiled serve config docs/tiled-server.yaml` (or ``config``, with more environment variables ``env``) over the
+    catalogue directory ``directory`` (the embedded catalogue's layout; created if new), reading detector files in
+    ``detector_directory`` (default: ``directory``), with API key ``key`` (also put in $TILED_API_KEY), on a free
+    loopback port: yields (server process, client of its catalogue, its URI); the process is killed on exit."""
     from nanopilot.catalog import open_catalog
 
     for folder in (directory, detector_directory or directory):
         folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
     env = {**os.environ, "TILED_DATA_DIR": str(directory), "DETECTOR_DATA_DIR": str(detector_directory or directory),
-           "TILED_SINGLE_USER_API_KEY": key}
+           "TILED_SINGLE_USER_API_KEY": key, **(env or {})}
     server = subprocess.Popen(
-        [os.path.join(os.path.dirname(sys.executable), "tiled"), "serve", "config", str(SERVER_CONFIG),
+        [os.path.join(os.path.dirname(sys.executable), "tiled"), "serve", "config", str(config),
          "--host", "127.0.0.1", "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     monkeypatch.setenv("TILED_API_KEY", key)
     uri = f"http://127.0.0.1:{port}/api/v1"

@@ -109,3 +109,45 @@ def worker_thread(predictor, listen: str, publish: str, **options):
     finally:
         worker.stop()
         thread.join(60)
+
+
+def postgres_bin() -> str | None:
+    """The directory of PostgreSQL's server programs (Debian keeps them off the PATH), or None."""
+    import glob
+    import shutil
+
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
+    path = found[-1] if found else shutil.which("pg_ctl")
+    return os.path.dirname(path) if path else None
+
+
+@contextlib.contextmanager
+def postgres(database: str = "tiled"):
+    """A PostgreSQL server of its own: a temporary data directory (initdb, trust authentication for the user
+    ``nanopilot`` on the loopback), a free loopback port, database ``database``; yields ``(user@host:port/db)``;
+    stopped (``pg_ctl stop -m immediate``) and removed on exit. As root, the server runs as the ``postgres``
+    user (PostgreSQL refuses root)."""
+    import shutil
+    import tempfile
+
+    bin_dir = postgres_bin()
+    run_as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    home = tempfile.mkdtemp(prefix="nanopilot-pg-")  # not under pytest's tmp: the postgres user must reach it
+    data, port = os.path.join(home, "data"), free_port()
+    if run_as:
+        shutil.chown(home, "postgres")
+    pg_ctl = [*run_as, os.path.join(bin_dir, "pg_ctl"), "-D", data]
+    started = False
+    try:
+        subprocess.run([*run_as, os.path.join(bin_dir, "initdb"), "-D", data, "-A", "trust", "-U", "nanopilot"],
+                       check=True, capture_output=True)
+        subprocess.run([*pg_ctl, "-o", f"-p {port} -k {home} -c listen_addresses=127.0.0.1", "-l",
+                        os.path.join(home, "log"), "-w", "start"], check=True, capture_output=True)
+        started = True
+        subprocess.run([os.path.join(bin_dir, "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "nanopilot",
+                        database], check=True, capture_output=True)
+        yield f"nanopilot@127.0.0.1:{port}/{database}"
+    finally:
+        if started:
+            subprocess.run([*pg_ctl, "-m", "immediate", "-w", "stop"], capture_output=True)
+        shutil.rmtree(home, ignore_errors=True)

@@ -65,7 +65,7 @@ class RemoteWorker:
         self.analysis = NanobeamAnalysis(predictor, frame_features=frame_descriptor if texture else None,
                                          **analysis_options)
         self.texture = TextureCallback(self.analysis.maps) if texture else None
-        for out in (*self.sinks, *writers):
+        for out in (*writers, *self.sinks):  # stored first: a document on the stream is in the catalogue
             self.analysis.subscribe(out)
             if self.texture is not None:
                 self.texture.subscribe(out)
