@@ -156,3 +156,82 @@ def test_a_device_torch_cannot_use_fails_before_anything_runs(capsys):
     assert "use 'cpu' or" in capsys.readouterr().err
     assert main(["worker", "--partition", "2/2"]) == 1
     assert "the index must be 0 .. 1" in capsys.readouterr().err
+
+
+class Clock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+def beat(worker="w1", index=0, count=1, runs=None):
+    return {"worker": worker, "partition": [index, count], "pid": 1, "host": "h", "runs": runs or {}}
+
+
+def test_the_watch_tells_ok_behind_stalled_dead_and_restarted():
+    from nanopilot.remote.watch import BEHIND, DEAD, OK, RESTARTED, STALLED, WorkerWatch
+
+    clock = Clock()
+    watch = WorkerWatch(timeout=3.0, max_lag=10, clock=clock)
+    assert watch.state()[0] == DEAD  # nobody answered yet
+    watch.beat(beat())
+    assert watch.state() == (OK, "")
+    uid = "5e1f0c2a-aaaa-4aaa-8aaa-aaaaaaaaaaaa"
+    watch.sent("start", {"uid": uid})
+    watch.sent("event_page", {"seq_num": list(range(1, 21))})  # 20 frames sent, none seen by the worker
+    state, reason = watch.state()
+    assert state == BEHIND and "20 frames behind" in reason and watch.lag() == 20
+    clock.now += 2
+    watch.beat(beat(runs={uid: {"events": 20, "frames_received": 20, "frames_accounted": 5}}))
+    assert watch.state()[0] == BEHIND and watch.lag() == 15
+    clock.now += 2
+    watch.beat(beat(runs={uid: {"events": 20, "frames_received": 20, "frames_accounted": 12}}))
+    assert watch.state() == (OK, "")  # 8 frames behind: within max_lag
+    watch.sent("event_page", {"seq_num": list(range(21, 41))})
+    for _ in range(5):  # behind, and no progress for more than the timeout: stalled
+        clock.now += 1
+        watch.beat(beat(runs={uid: {"events": 40, "frames_received": 40, "frames_accounted": 12}}))
+        last = watch.state()
+    assert last[0] == STALLED and "no progress" in last[1]
+    clock.now += 3.5  # no heartbeat for 3.5 s
+    state, reason = watch.state()
+    assert state == DEAD and "sent no heartbeat for 3.5 s" in reason
+    watch.beat(beat(worker="w2", runs={}))  # a new process for partition 0: the run's documents it had are lost
+    state, reason = watch.state()
+    assert state == RESTARTED and "restarted during run 5e1f0c2a" in reason
+    watch.restart_seen()  # the run was given again to the new worker
+    watch.beat(beat(worker="w2", runs={uid: {"events": 40, "frames_received": 40, "frames_accounted": 40}}))
+    assert watch.state() == (OK, "")
+
+
+def test_the_watch_knows_which_worker_owns_the_run():
+    from nanopilot.remote.watch import DEAD, OK, WorkerWatch
+
+    clock = Clock()
+    watch = WorkerWatch(workers=2, clock=clock)
+    uids = [f"{i:08x}-aaaa-4aaa-8aaa-aaaaaaaaaaaa" for i in range(20)]
+    mine = next(u for u in uids if owner(u, 2) == 1)
+    other = next(u for u in uids if owner(u, 2) == 0)
+    watch.beat(beat(index=1, count=2))
+    watch.beat(beat(index=0, count=3))  # a worker of another deployment: ignored
+    assert watch.state()[0] == DEAD and "[0]" in watch.state()[1]
+    assert watch.state(mine) == (OK, "")
+    state, reason = watch.state(other)
+    assert state == DEAD and "worker 0/2" in reason
+
+
+def test_the_run_buffer_keeps_the_run_under_way_up_to_a_bound():
+    from nanopilot.remote.watch import RunBuffer
+
+    buffer = RunBuffer(max_frames=5)
+    buffer("start", {"uid": "a"})
+    buffer("descriptor", {"uid": "d"})
+    for i in range(5):
+        buffer("event", {"seq_num": i + 1})
+    assert buffer.complete and len(buffer.docs) == 7
+    buffer("event", {"seq_num": 6})
+    assert not buffer.complete and buffer.docs == []
+    buffer("start", {"uid": "b"})
+    assert buffer.complete and buffer.docs == [("start", {"uid": "b"})]
