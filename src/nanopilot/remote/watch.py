@@ -53,7 +53,8 @@ class WorkerWatch:
                              f"{max_lag}")
         self.workers, self.timeout, self.max_lag, self.clock = int(workers), float(timeout), int(max_lag), clock
         self.beats: dict[int, tuple[float, dict]] = {}  # partition index -> (when received, last heartbeat)
-        self.run: str | None = None  # the raw run under way
+        self.run: str | None = None  # the raw run under way (or the last one)
+        self.run_open = False  # between its start and stop documents
         self.run_worker: str | None = None  # the id of its owner when it started
         self.events = 0  # raw events of the run sent so far
         self._progress = (0.0, -1)  # (when, frames accounted) of the last progress while behind
@@ -74,7 +75,7 @@ class WorkerWatch:
         """A RunEngine callback: what was sent on the raw stream."""
         with self._lock:
             if name == "start":
-                self.run, self.events = doc["uid"], 0
+                self.run, self.events, self.run_open = doc["uid"], 0, True
                 last = self.beats.get(owner(doc["uid"], self.workers))
                 self.run_worker = last[1]["worker"] if last and self._alive(last) else None
                 self._progress = (self.clock(), -1)
@@ -82,6 +83,8 @@ class WorkerWatch:
                 self.events += 1
             elif name == "event_page":
                 self.events += len(doc["seq_num"])
+            elif name == "stop" and doc.get("run_start") == self.run:
+                self.run_open = False
 
     def restart_seen(self) -> None:
         """The run under way was given again to its owner's new worker: watch that one from now."""
@@ -95,14 +98,22 @@ class WorkerWatch:
         return self.clock() - last[0] <= self.timeout
 
     def state(self, uid: str | None = None) -> tuple[str, str]:
-        """(state, reason) of the owner of run ``uid`` (default: the run under way; with none: of every worker)."""
+        """(state, reason) of the owner of run ``uid``; by default of the run under way, or of the last one while its
+        analysis goes on, else of every worker (dead if any is)."""
         with self._lock:
-            uid = uid or self.run
-            if uid is None:
-                dead = [i for i in range(self.workers) if i not in self.beats or not self._alive(self.beats[i])]
-                return (DEAD, f"no heartbeat from worker(s) {dead} of {self.workers} within {self.timeout:g} s") \
-                    if dead else (OK, "")
-            return self._state_of(uid)
+            if uid is not None:
+                return self._state_of(uid)
+            if self.run is not None:
+                state = self._state_of(self.run)
+                if self.run_open or (state[0] != RESTARTED and not self._done(self.run)):
+                    return state
+            dead = [i for i in range(self.workers) if i not in self.beats or not self._alive(self.beats[i])]
+            return (DEAD, f"no heartbeat from worker(s) {dead} of {self.workers} within {self.timeout:g} s") \
+                if dead else (OK, "")
+
+    def _done(self, uid: str) -> bool:
+        last = self.beats.get(owner(uid, self.workers))
+        return bool(last and last[1]["runs"].get(uid, {}).get("done"))
 
     def _state_of(self, uid: str) -> tuple[str, str]:
         index = owner(uid, self.workers)
