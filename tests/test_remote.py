@@ -25,9 +25,9 @@ def in_process(plans):
     """The analysis and texture documents of ``plans`` analysed in-process, as a session does."""
     docs = []
     analysis = NanobeamAnalysis(CentroidPredictor(), frame_features=frame_descriptor, threaded=False)
-    texture = TextureCallback(analysis.maps)
+    texture = TextureCallback()
+    analysis.add_stage(texture)
     analysis.subscribe(lambda name, doc: docs.append((name, doc)))
-    analysis.subscribe(texture)
     texture.subscribe(lambda name, doc: docs.append((name, doc)))
     RE = RunEngine({})
     RE.subscribe(analysis)
@@ -112,7 +112,8 @@ def test_events_that_never_arrived_are_counted_as_lost():
 
     def on_lost(stop, missing):
         lost.append(missing)
-        analysis.maps.count(stop["run_start"], received=missing["primary"], errors=missing["primary"])
+        run = analysis._runs[stop["run_start"]]  # as RemoteWorker._count_lost
+        run.counts.count(received=missing["primary"], errors=missing["primary"])
 
     keep = RunFilter(analysis, on_lost=on_lost)
     dropped = iter([False, True, False, True, False, False])

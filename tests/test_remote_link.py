@@ -11,7 +11,7 @@ import pytest
 from bluesky import RunEngine
 from ophyd import Signal
 
-from nanopilot.callbacks import NanobeamAnalysis
+from nanopilot.callbacks import LiveMaps, NanobeamAnalysis
 from nanopilot.remote.link import RemoteLink, RemoteOptions
 from nanopilot.remote.watch import RemoteAnalysisError
 from nanopilot.sim_devices import make_beamline
@@ -47,6 +47,13 @@ def at_event(k, action):
     return callback
 
 
+def maps_into(docs):
+    """The session's LiveMaps (the model's 64 x 64 frames), also collecting the derived documents into ``docs``."""
+    maps = LiveMaps(CentroidPredictor.instrument, CentroidPredictor.outputs, frame_shape=(64, 64))
+    maps.subscribe(lambda name, doc: docs.append((name, doc)))
+    return maps
+
+
 @pytest.fixture
 def deployment():
     with zmq_proxy() as raw, zmq_proxy() as analysis:
@@ -55,7 +62,7 @@ def deployment():
 
 def options(deployment, **kw):
     (raw_in, _), (_, ana_out) = deployment
-    return RemoteOptions(publish=raw_in, listen=ana_out, timeout=1.0, connect_timeout=30, **kw)
+    return RemoteOptions(publish=raw_in, listen=ana_out, **{"timeout": 1.0, "connect_timeout": 30, **kw})
 
 
 def test_a_dead_worker_stops_the_plan_safely_within_seconds(deployment):
@@ -63,7 +70,7 @@ def test_a_dead_worker_stops_the_plan_safely_within_seconds(deployment):
     bl, shutter, docs = make_beamline("domains", seed=1), Signal(name="shutter", value=0), []
     with worker_thread(CentroidPredictor(), raw_out, ana_in, heartbeat=0.1, texture=False) as worker:
         RE = RunEngine({})
-        link = RemoteLink(RE, lambda name, doc: docs.append((name, doc)), options(deployment))
+        link = RemoteLink(RE, maps_into(docs), options(deployment))
         killed = []
         RE.subscribe(at_event(3, lambda: (killed.append(time.monotonic()), kill(worker))))
         raw = []
@@ -82,19 +89,22 @@ def test_a_dead_worker_stops_the_plan_safely_within_seconds(deployment):
 def test_a_dead_worker_falls_back_to_the_in_process_analysis(deployment):
     (_, raw_out), (ana_in, _) = deployment
     bl, shutter, remote, local = make_beamline("domains", seed=1), Signal(name="shutter", value=0), [], []
-    analysis = NanobeamAnalysis(CentroidPredictor(), threaded=False)
+    maps = maps_into(remote)
+    analysis = NanobeamAnalysis(CentroidPredictor(), threaded=False, maps=maps)
     analysis.subscribe(lambda name, doc: local.append((name, doc)))
     with worker_thread(CentroidPredictor(), raw_out, ana_in, heartbeat=0.1, texture=False, max_latency=0.05) as w:
         RE = RunEngine({})
-        link = RemoteLink(RE, lambda name, doc: remote.append((name, doc)), options(deployment, on_failure="fallback"),
-                          local=analysis)
+        link = RemoteLink(RE, maps, options(deployment, on_failure="fallback"), local=analysis)
         RE.subscribe(at_event(5, lambda: kill(w)))
         (uid,) = RE(slow_scan(bl, shutter, n=25))
         link.close()
     assert link.fell_back and shutter.get() == 0
     assert columns(local, uid)["raw_seq_num"] == list(range(1, 26))  # the whole run, each frame once
     assert summary(local, uid)["frames_received"] == 25
-    assert not any(name == "stop" for name, _ in remote)  # the dead worker's partial run never ended
+    aborted = [doc for name, doc in remote if name == "stop" and doc["exit_status"] == "abort"]
+    assert len(aborted) <= 1  # the dead worker's partial run (if it had begun one), ended for the maps
+    run = maps[uid]
+    assert run.done and len(run) == 25 and sorted(run.scattered()["seq_num"]) == list(range(1, 26))
 
 
 def test_a_restarted_worker_is_given_the_run_again_while_the_plan_waits(deployment):
@@ -112,21 +122,24 @@ def test_a_restarted_worker_is_given_the_run_again_while_the_plan_waits(deployme
     try:
         with worker_thread(CentroidPredictor(), raw_out, ana_in, heartbeat=0.1, texture=False) as first:
             RE = RunEngine({})
-            link = RemoteLink(RE, lambda name, doc: docs.append((name, doc)), options(deployment, on_failure="wait"))
+            maps = maps_into(docs)
+            link = RemoteLink(RE, maps, options(deployment, on_failure="wait"))
             waited = []
             link.waiting.subscribe(lambda value, **kw: waited.append(value))
             RE.subscribe(at_event(4, lambda: restart(first)))
             (uid,) = RE(slow_scan(bl, shutter, n=20))
             deadline = time.monotonic() + 20
-            while not any(name == "stop" for name, _ in docs) and time.monotonic() < deadline:
-                time.sleep(0.05)
+            assert maps.wait_for(uid, timeout=20)
             link.close()
     finally:
         if "cm" in second:
             second["cm"].__exit__(None, None, None)
     assert 1 in waited  # the RunEngine was suspended while no worker answered
-    assert columns(docs, uid)["raw_seq_num"] == list(range(1, 21))  # from the new worker: all, once
-    assert summary(docs, uid)["frames_received"] == 20
+    finished = [d for n, d in docs if n == "stop" and d["exit_status"] == "success"]
+    assert len(finished) == 1  # the new worker's analysis run; the first worker's partial one ended as aborted
+    assert sorted(maps[uid].scattered()["seq_num"]) == list(range(1, 21))  # all, once
+    run = maps[uid]  # a point taken again after the suspension (bluesky re-emits its seq_num) is refused as duplicate
+    assert run.accounted == run.received == 20 + run.rejected_by_reason.get("duplicate seq_num", 0)
 
 
 @pytest.mark.slow  # about 10 s
@@ -136,25 +149,24 @@ def test_a_worker_behind_suspends_the_run_engine_and_loses_nothing(deployment):
     slow = CentroidPredictor(delay=0.08)  # about 12 frames/s
     with worker_thread(slow, raw_out, ana_in, heartbeat=0.1, texture=False, batch_size=1, max_latency=0.01):
         RE = RunEngine({})
-        link = RemoteLink(RE, lambda name, doc: docs.append((name, doc)), options(deployment, max_lag=5))
+        maps = maps_into(docs)
+        link = RemoteLink(RE, maps, options(deployment, max_lag=5))
         waited = []
         link.waiting.subscribe(lambda value, **kw: waited.append(value))
         RE.subscribe(lambda name, doc: lags.append(link.watch.lag()) if name == "event" else None)
         (uid,) = RE(slow_scan(bl, shutter, n=60, pause=0.005))  # about 100 frames/s without the worker
-        deadline = time.monotonic() + 30
-        while not any(name == "stop" for name, _ in docs) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        assert maps.wait_for(uid, timeout=30)
         link.close()
     assert 1 in waited and max(lags) < 30  # unbounded it would reach about 50
-    assert columns(docs, uid)["raw_seq_num"] == list(range(1, 61))
+    assert sorted(maps[uid].scattered()["seq_num"]) == list(range(1, 61))
 
 
 def test_no_worker_is_one_clear_error_before_anything_is_subscribed(deployment):
     RE = RunEngine({})
     with pytest.raises(ConnectionError, match=r"worker\(s\) \[0, 1\] of 2 did not answer within 1 s"):
-        RemoteLink(RE, print, options(deployment, workers=2, connect_timeout=1))
+        RemoteLink(RE, LiveMaps(), options(deployment, workers=2, connect_timeout=1))
     assert not RE.preprocessors and not RE.suspenders
     with pytest.raises(ValueError, match="on_failure must be one of"):
-        RemoteLink(RE, print, options(deployment, on_failure="retry"))
+        RemoteLink(RE, LiveMaps(), options(deployment, on_failure="retry"))
     with pytest.raises(ValueError, match="needs the in-process analysis"):
-        RemoteLink(RE, print, options(deployment, on_failure="fallback"))
+        RemoteLink(RE, LiveMaps(), options(deployment, on_failure="fallback"))

@@ -68,10 +68,15 @@ class RemoteOptions:
 
 
 class RemoteLink:
-    """Installs the remote analysis on ``RE``: ``maps`` (a ``callback(name, doc)``, the session's LiveMaps) gets the
-    workers' documents; ``local`` (a ``callback(name, doc)`` giving the same documents in-process, e.g. an analysis
-    subscribed to ``maps``; needed for "fallback") takes over when they fail. Raises ConnectionError if the workers
-    do not answer within ``options.connect_timeout`` (nothing is subscribed then)."""
+    """Installs the remote analysis on ``RE``: ``maps`` (the session's :class:`~nanopilot.callbacks.LiveMaps`) gets
+    the RunEngine's documents (what was taken) and the workers' (what was analysed); ``local`` (an in-process
+    :class:`~nanopilot.callbacks.NanobeamAnalysis` filling the same maps; needed for "fallback") takes over when
+    they fail. Raises ConnectionError if the workers do not answer within ``options.connect_timeout`` (nothing is
+    subscribed then).
+
+    When the run under way is given again (to a restarted worker, or in-process), the derived runs the failed
+    worker left open are stopped for the maps (exit_status "abort") and the run's map starts afresh, so that no
+    frame is counted twice."""
 
     def __init__(self, RE, maps, options: RemoteOptions, local=None):
         from ophyd import Signal
@@ -79,7 +84,7 @@ class RemoteLink:
         options.check()
         if options.on_failure == "fallback" and local is None:
             raise ValueError("on_failure='fallback' needs the in-process analysis to fall back to")
-        self.RE, self.options, self.local = RE, options, local
+        self.RE, self.maps, self.options, self.local = RE, maps, options, local
         self.watch = WorkerWatch(options.workers, options.timeout, options.max_lag)
         self.buffer = RunBuffer(options.max_buffer_frames)
         self.sink = ZmqSink(options.publish, prefix=b"")
@@ -128,16 +133,24 @@ class RemoteLink:
             self.buffer(name, doc)
             self.watch.sent(name, doc)
             if self.fell_back:
-                self.local(name, doc)
+                self.local(name, doc)  # it hands the raw documents to the maps itself
             else:
+                self.maps(name, doc)
                 self.sink(name, doc)
 
-    def _replay(self, to) -> bool:
-        """Give the run under way again from its start to ``to`` (call with the send lock held)."""
+    def _replay(self, reason: str, *targets) -> bool:
+        """Give the run under way again from its start to each of ``targets`` (call with the send lock held);
+        False (nothing done) if the buffer could not keep all of it."""
         if not self.buffer.complete:
             return False
+        if self.buffer.docs:
+            raw = self.buffer.docs[0][1]["uid"]
+            self.follower.abort(raw, f"the worker failed ({reason}); the run was analysed again")
+            if raw in self.maps:
+                self.maps.begin_run(raw)  # afresh: the replay counts what was taken and analysed again
         for name, doc in self.buffer.docs:
-            to(name, doc)
+            for to in targets:
+                to(name, doc)
         return True
 
     # ------------------------------------------------------------------ watching
@@ -169,7 +182,7 @@ class RemoteLink:
             return
         if state == RESTARTED and self.options.on_failure == "wait":
             with self._send_lock:
-                if self._replay(self.sink):
+                if self._replay(reason, self.maps, self.sink):
                     logger.warning("%s; the run was given to it again from its start", reason)
                     self.watch.restart_seen()
                     return
@@ -181,9 +194,7 @@ class RemoteLink:
         if self.options.on_failure == "fallback":
             with self._send_lock:
                 run = self.watch.run
-                if self._replay(self.local):
-                    if run is not None:
-                        self.follower.mute(run)
+                if self._replay(reason, self.local):
                     self.fell_back = True
                     logger.error("the remote analysis failed (%s): the analysis goes on in-process from the start "
                                  "of run %s, for the rest of the session", reason, str(run)[:8])
@@ -195,8 +206,10 @@ class RemoteLink:
     # ------------------------------------------------------------------ what the plans see
     def guard(self, plan):
         """RunEngine preprocessor: a check before each message once a failure is seen; waits raced against it."""
-        def before(msg):
-            if msg.command == "wait_for":
+        def before(msg):  # the messages it makes come back through it: they pass unchanged
+            if msg.command == CHECK_COMMAND:
+                return None, None
+            if msg.command == "wait_for" and not all(hasattr(f, "remote_guarded") for f in msg.args[0]):
                 return _single(Msg("wait_for", msg.obj, [self._raced(f) for f in msg.args[0]], *msg.args[1:],
                                    **msg.kwargs)), None
             if self.failure is not None and msg.command not in _NEVER_CHECKED:
@@ -215,6 +228,7 @@ class RemoteLink:
                     raise RemoteAnalysisError(self.failure)
             return task.result()
 
+        raced.remote_guarded = True
         return raced
 
     async def _check(self, msg) -> None:

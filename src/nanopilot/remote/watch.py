@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 
 from .partition import owner
 from .wire import ANALYSIS_PREFIX, HEARTBEAT_PREFIX, ZmqSource
@@ -179,29 +180,46 @@ class RunBuffer:
 class AnalysisFollower:
     """Reads the analysis proxy's output in a thread: documents to each of ``callbacks``, heartbeats to ``watch``.
 
-    ``mute(raw_uid)`` drops the documents of the derived runs of a raw run from then on (a failed worker's)."""
+    :meth:`abort` ends, for the callbacks, the derived runs of a raw run that a failed worker left open (a stop
+    document with exit_status "abort" each) and drops whatever else comes of them."""
 
     def __init__(self, address: str, watch: WorkerWatch, callbacks=()):
         self.watch, self.callbacks = watch, list(callbacks)
-        self._muted: set[str] = set()
-        self._muted_runs: set[str] = set()  # derived run (and descriptor) uids whose raw run is muted
+        self._open: dict[str, str] = {}  # derived run uid -> its raw uid, while open
+        self._dropped: set[str] = set()  # derived run (and descriptor) uids of aborted runs
+        self._lock = threading.Lock()
         self.source = ZmqSource(address, self._take, prefixes=[ANALYSIS_PREFIX, HEARTBEAT_PREFIX])
         self.thread = threading.Thread(target=self.source.run, name="nanopilot-follower", daemon=True)
         self.thread.start()
 
-    def mute(self, raw_uid: str) -> None:
-        self._muted.add(raw_uid)
+    def abort(self, raw_uid: str, reason: str) -> list[str]:
+        """Stop (exit_status "abort", ``reason``) the derived runs of ``raw_uid`` still open; their uids."""
+        with self._lock:
+            runs = [uid for uid, raw in self._open.items() if raw == raw_uid]
+            for uid in runs:
+                del self._open[uid]
+                self._dropped.add(uid)
+                self._deliver("stop", {"run_start": uid, "uid": str(uuid.uuid4()), "time": time.time(),
+                                       "exit_status": "abort", "reason": reason, "num_events": {}})
+        return runs
 
     def _take(self, prefix: bytes, name: str, doc) -> None:
         if prefix == HEARTBEAT_PREFIX:
             self.watch.beat(doc)
             return
-        if name == "start" and doc.get("raw_uid") in self._muted:
-            self._muted_runs.add(doc["uid"])
-        if name == "descriptor" and doc.get("run_start") in self._muted_runs:
-            self._muted_runs.add(doc["uid"])
-        if {doc.get("uid"), doc.get("run_start"), doc.get("descriptor")} & self._muted_runs:
-            return
+        with self._lock:
+            if name == "start" and "raw_uid" in doc:
+                self._open[doc["uid"]] = doc["raw_uid"]
+            if name == "descriptor" and doc.get("run_start") in self._dropped:
+                self._dropped.add(doc["uid"])
+            of = doc.get("descriptor") if name in ("event", "event_page") else doc.get("run_start") or doc.get("uid")
+            if of in self._dropped:
+                return
+            if name == "stop":
+                self._open.pop(doc.get("run_start"), None)
+            self._deliver(name, doc)
+
+    def _deliver(self, name: str, doc: dict) -> None:
         for callback in self.callbacks:
             try:
                 callback(name, doc)

@@ -64,13 +64,13 @@ class RemoteWorker:
         self.ping = None  # the last ping received on the raw stream (echoed in the heartbeats)
         self.analysis = NanobeamAnalysis(predictor, frame_features=frame_descriptor if texture else None,
                                          **analysis_options)
-        self.texture = TextureCallback(self.analysis.maps) if texture else None
+        self.texture = TextureCallback() if texture else None
+        if self.texture is not None:  # first, as in-process: its labels go out before the document they follow
+            self.analysis.add_stage(self.texture)
         for out in (*writers, *self.sinks):  # stored first: a document on the stream is in the catalogue
             self.analysis.subscribe(out)
             if self.texture is not None:
                 self.texture.subscribe(out)
-        if self.texture is not None:
-            self.analysis.subscribe(self.texture)
         self.filter = RunFilter(self._document, *self.partition, on_lost=self._count_lost)
         self._frame_streams: dict[str, set[str]] = collections.defaultdict(set)  # run uid -> streams with frames
         self._ended: collections.deque = collections.deque(maxlen=REPORTED_ENDED_RUNS)
@@ -100,11 +100,14 @@ class RemoteWorker:
             self._ended.append(run)
 
     def _count_lost(self, stop: dict, lost: dict) -> None:
-        """Frames sent and never received: counted as received and lost to errors in the run's analysis."""
-        run = stop["run_start"]
-        frames = sum(n for stream, n in lost.items() if stream in self._frame_streams.get(run, ()))
-        if frames and run in self.analysis.maps:
-            self.analysis.maps.count(run, received=frames, errors=frames)
+        """Frames sent and never received: counted as received and lost to errors in the run's analysis (its
+        progress and summary events say so)."""
+        run_uid = stop["run_start"]
+        frames = sum(n for stream, n in lost.items() if stream in self._frame_streams.get(run_uid, ()))
+        run = self.analysis._runs.get(run_uid)  # the analysis' open raw run: no public way to count lost frames yet
+        if frames and run is not None and run.derived is not None:
+            run.counts.count(received=frames, errors=frames)
+            self.analysis._worker.notify(run)
 
     # ------------------------------------------------------------------ heartbeats
     def status(self) -> dict:
@@ -119,7 +122,8 @@ class RemoteWorker:
                          "done": False, "ended": uid in self._ended}
                 if uid in maps:
                     run = maps[uid]
-                    entry.update(frames_received=run.received, frames_accounted=run.accounted, done=run.done)
+                    entry.update(frames_received=max(run.taken, run.received), frames_accounted=run.accounted,
+                                 done=run.done)
                 report[uid] = entry
         return {"worker": self.id, "partition": list(self.partition), "pid": os.getpid(), "host": socket.gethostname(),
                 "device": self.device, "model": str(getattr(self.analysis.predictor, "path", "")),
