@@ -128,7 +128,6 @@ def test_a_restarted_worker_is_given_the_run_again_while_the_plan_waits(deployme
             link.waiting.subscribe(lambda value, **kw: waited.append(value))
             RE.subscribe(at_event(4, lambda: restart(first)))
             (uid,) = RE(slow_scan(bl, shutter, n=20))
-            deadline = time.monotonic() + 20
             assert maps.wait_for(uid, timeout=20)
             link.close()
     finally:
