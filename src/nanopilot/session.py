@@ -4,6 +4,8 @@
     >>> np_session = setup(RE, detector=det, x=stage.x, y=stage.y)      # a beamline profile, real devices
     >>> RE(steered_map([det], stage.x, stage.y, (-2, 2), (-2, 2)))       # plans ask the RunEngine for the maps
     >>> np_session.close()                                               # unsubscribe, finish the analysis
+    >>> setup(RE, detector=det, x=stage.x, y=stage.y, analysis="remote",  # `nanopilot worker` processes analyse
+    ...       remote=RemoteOptions(on_failure="fallback"))                # (docs/remote_analysis.md)
 
 Each plan returns once the analysis of its run has ended (its analysis and texture runs stopped), so a queue
 server may close the environment right after it; ``examples/queueserver/startup.py`` is a startup file for
@@ -49,6 +51,8 @@ class Session:
     devices: dict
     RE: object = None
     closed: bool = False
+    #: The link to the remote workers (:class:`nanopilot.remote.link.RemoteLink`) with ``analysis="remote"``.
+    remote: object = None
 
     async def _answer_maps(self, msg) -> LiveMaps | None:
         """The RunEngine's answer to a plan's :data:`~nanopilot.plans.common.MAPS_COMMAND` message."""
@@ -68,6 +72,8 @@ class Session:
             for token in self.tokens:
                 self.RE.unsubscribe(token)
         self.tokens = []
+        if self.remote is not None:
+            self.remote.close()
         finished = self.analysis.close(timeout)
         if self.plot is not None:
             self.plot.close()
@@ -82,7 +88,8 @@ class Session:
 
 
 def setup(RE, *, detector, x, y, temperature=None, deposition=None, catalog=None, model=None,
-          plot: str | Path | None = None, image_key: str | None = None, mask=None, preparation=None) -> Session:
+          plot: str | Path | None = None, image_key: str | None = None, mask=None, preparation=None,
+          analysis: str = "local", remote=None) -> Session:
     """Subscribe the live analysis (and texture labels) to ``RE``, and make ``RE`` answer the plans that ask for the
     LiveMaps (:func:`nanopilot.plans.common.resolve_maps`) with this session's, until it is closed.
 
@@ -102,15 +109,29 @@ def setup(RE, *, detector, x, y, temperature=None, deposition=None, catalog=None
         mask image; see :func:`nanopilot.model.bad_pixels.load_mask`).
     preparation : the detector's frame preparation (a :class:`nanopilot.physics.FramePreparation` or its YAML
         file): the analysis then takes the raw detector frames (ROI, binning, dark, flat, gain, masks, orientation).
+    analysis : "local" (default): the analysis runs in this process; "remote": ``nanopilot worker`` processes
+        analyse the RunEngine's documents and the maps are filled from their stream (docs/remote_analysis.md); the
+        workers store the analysis and texture runs (``--catalog``), the session the raw runs. The model given here
+        is the one the workers must use: it checks the detector, and it is the in-process fallback.
+    remote : a :class:`nanopilot.remote.link.RemoteOptions` (default: its defaults): where the workers' proxies are,
+        how many workers, what the plans do when they fail ("stop", "wait", "fallback").
 
     Raises
     ------
     ValueError, naming the differing fields, if the detector's ``instrument`` is not the one the model was made
-    for, or if the preparation does not give the model's pixel size and ROI shape (before anything is subscribed).
+    for, or if the preparation does not give the model's pixel size and ROI shape (before anything is subscribed);
+    ValueError for an unknown ``analysis``; ConnectionError if the remote workers do not answer (nothing subscribed).
     """
     from .model import Predictor
     from .texture import TextureCallback, frame_descriptor
 
+    if analysis not in ("local", "remote"):
+        raise ValueError(f"analysis must be 'local' or 'remote', got {analysis!r}")
+    if analysis == "remote":
+        from .remote.link import RemoteOptions
+
+        remote = remote if remote is not None else RemoteOptions()
+        remote.check()
     predictor = Predictor.load(model, mask=mask, preparation=preparation)
     _check_instrument(detector, predictor)
     if catalog is not None and isinstance(catalog, (str, Path)):
@@ -126,26 +147,41 @@ def setup(RE, *, detector, x, y, temperature=None, deposition=None, catalog=None
         raw_writer = make_writer(catalog)
         derived_writers = make_writer(catalog, batch_size=1000), make_writer(catalog, batch_size=1000)
         tokens.append(RE.subscribe(raw_writer))
-    analysis = NanobeamAnalysis(predictor, image_key=image_key, motors=[y.name, x.name],
-                                frame_features=frame_descriptor,
-                                raw_storage=raw_writer.status if raw_writer is not None else None)
+    local = NanobeamAnalysis(predictor, image_key=image_key, motors=[y.name, x.name],
+                             frame_features=frame_descriptor,
+                             raw_storage=raw_writer.status if raw_writer is not None else None)
     texture = TextureCallback()
-    analysis.add_stage(texture)
-    if catalog is not None:
-        analysis.subscribe(derived_writers[0])
+    local.add_stage(texture)
+    if catalog is not None:  # remote: the workers store theirs; these store the in-process fallback's
+        local.subscribe(derived_writers[0])
         texture.subscribe(derived_writers[1])
+    link = None
+    if analysis == "remote":
+        from .remote.link import RemoteLink
+
+        try:
+            link = RemoteLink(RE, local.maps, remote, local=local)  # the RunEngine's documents go out through it
+        except Exception:
+            for token in tokens:
+                RE.unsubscribe(token)
+            local.close()
+            raise
     live_plot = None
     if plot:  # each plan's picture (nanopilot.pictures), drawn from the raw, analysis and texture documents
         from .pictures import LivePictures
 
         live_plot = LivePictures(save=plot)
-        analysis.subscribe(live_plot)
-        texture.subscribe(live_plot)
+        if link is None:
+            local.subscribe(live_plot)
+            texture.subscribe(live_plot)
+        else:  # the derived documents, remote or from the fallback, as the maps take them
+            local.maps.subscribe(live_plot)
         tokens.append(RE.subscribe(live_plot))
-    tokens.append(RE.subscribe(analysis))
+    if link is None:
+        tokens.append(RE.subscribe(local))
     devices = {"detector": detector, "x": x, "y": y, "temperature": temperature, "deposition": deposition}
-    session = Session(analysis, analysis.maps, texture, live_plot, catalog, tokens,
-                      {k: v for k, v in devices.items() if v is not None}, RE)
+    session = Session(local, local.maps, texture, live_plot, catalog, tokens,
+                      {k: v for k, v in devices.items() if v is not None}, RE, remote=link)
     RE.register_command(MAPS_COMMAND, session._answer_maps)  # the plans' default maps: this RunEngine's session
     _close_at_exit(session)
     return session
