@@ -14,6 +14,17 @@ from nanopilot.remote.wire import ANALYSIS_PREFIX, HEARTBEAT_PREFIX, PING_PREFIX
 BIN = os.path.dirname(sys.executable)
 
 
+def _die_with_parent() -> None:
+    """In the child: SIGTERM when the test process dies (even by SIGKILL), so that nothing outlives a killed run."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 def stop_process(process: subprocess.Popen, timeout: float = 20.0) -> None:
     """SIGTERM, then SIGKILL after ``timeout`` s; waits for the process either way."""
     if process.poll() is None:
@@ -31,7 +42,8 @@ def zmq_proxy():
     ports = free_port(), free_port()
     addresses = tuple(f"127.0.0.1:{p}" for p in ports)
     process = subprocess.Popen([os.path.join(BIN, "bluesky-0MQ-proxy"), "--in-address", addresses[0],
-                                "--out-address", addresses[1]], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                "--out-address", addresses[1]], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               preexec_fn=_die_with_parent)
     try:
         yield addresses
     finally:
@@ -87,7 +99,8 @@ def worker_process(listen: str, publish: str, *args: str, env=None):
     """`nanopilot worker` as a process (stdout and stderr to a file kept for failures); SIGTERM on exit."""
     log = open(os.devnull, "w") if os.environ.get("NANOPILOT_TEST_QUIET") else None
     process = subprocess.Popen([os.path.join(BIN, "nanopilot"), "worker", "--listen", listen, "--publish", publish,
-                                *args], env={**os.environ, **(env or {})}, stdout=log, stderr=log)
+                                *args], env={**os.environ, **(env or {})}, stdout=log, stderr=log,
+                               preexec_fn=_die_with_parent)
     try:
         yield process
     finally:
