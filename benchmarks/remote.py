@@ -10,8 +10,9 @@ gets half. The in-process baseline gets the same documents straight from this pr
 same stages (analysis with the residual check, texture labels).
 
 Latency: a step scan of the simulated beamline (``--points``), one event per point; for each frame the time from
-the raw event (its ``time``) to its analysis event page received here, remote and in-process. The analysis flushes
-a partial batch after ``max_latency`` (0.5 s by default), which sets the latency of a slow scan.
+the raw event (its ``time``) to its analysis event page received here, remote and in-process. Then to decision: a
+plan in a session (``setup``, local or ``analysis="remote"``) that waits for the analysis after every frame, as the
+adaptive plans do; the time from the frame's event to the wait's return.
 
     python benchmarks/remote.py [--frames 8192] [--runs 4] [--page 512] [--points 40] [--threads 2]
 """
@@ -201,6 +202,41 @@ def step_scan_latency(args, remote: bool) -> np.ndarray:
     return np.array([received[s] - sent[s] for s in sorted(sent)])
 
 
+def decision_latency(args, remote: bool) -> np.ndarray:
+    """Seconds from each frame (a step of the plan, its event sent) to the plan's wait for the analysis returning
+    (``wait_for_analysis``: the moment a plan can decide), in a session, ``args.points`` steps."""
+    import bluesky.plan_stubs as bps
+    import bluesky.preprocessors as bpp
+    from bluesky import RunEngine
+
+    from nanopilot.plans.waiting import wait_for_analysis
+    from nanopilot.remote.link import RemoteOptions
+    from nanopilot.session import setup
+    from nanopilot.sim_devices import make_beamline
+
+    bl, RE, latencies = make_beamline("domains", seed=4), RunEngine({}), []
+    deployment = Deployment(1, args.threads) if remote else None
+    options = dict(analysis="remote", remote=RemoteOptions(publish=deployment.raw_in, listen=deployment.ana_out)) \
+        if remote else {}
+
+    @bpp.run_decorator(md={"motors": ["stage_y", "stage_x"]})
+    def plan(maps):
+        for x in np.linspace(-1, 1, args.points):
+            yield from bps.mv(bl.stage.x, x)
+            yield from bps.trigger_and_read([bl.detector, bl.stage.x, bl.stage.y])
+            taken = time.perf_counter()  # the event has been sent (the RunEngine emits it at the save)
+            yield from wait_for_analysis(maps, timeout=60)
+            latencies.append(time.perf_counter() - taken)
+
+    try:
+        with setup(RE, detector=bl.detector, x=bl.stage.x, y=bl.stage.y, **options) as session:
+            RE(plan(session.maps))
+    finally:
+        if deployment is not None:
+            deployment.close()
+    return np.array(latencies)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--frames", type=int, default=8192)
@@ -224,6 +260,11 @@ def main() -> None:
         print(f"  frame -> analysis document, step scan of {len(lat)} points, {'remote' if remote else 'in-process'}: "
               f"median {1e3 * np.median(lat):.0f} ms, 95th percentile {1e3 * np.percentile(lat, 95):.0f} ms, "
               f"max {1e3 * lat.max():.0f} ms")
+    for remote in (False, True):
+        lat = decision_latency(args, remote)
+        print(f"  frame -> decision (the plan's wait for the analysis returns), {len(lat)} steps, "
+              f"{'remote' if remote else 'in-process'}: median {1e3 * np.median(lat):.0f} ms, 95th percentile "
+              f"{1e3 * np.percentile(lat, 95):.0f} ms, max {1e3 * lat.max():.0f} ms")
 
 
 if __name__ == "__main__":
