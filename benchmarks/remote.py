@@ -151,7 +151,7 @@ def in_process_rate(frames, args) -> float:
 
     torch.set_num_threads(args.threads)
     analysis = NanobeamAnalysis(Predictor.load(), frame_features=frame_descriptor)
-    analysis.subscribe(TextureCallback(analysis.maps))
+    analysis.add_stage(TextureCallback())
     try:
         runs = raw_runs(frames, args.runs, args.page, 2)
         t0 = time.perf_counter()
