@@ -7,7 +7,7 @@ each time, published as fast as they go to the raw proxy; the clock runs from th
 analysis (and texture) run's stop received from the analysis proxy (workers started and connected before: their
 start-up is printed apart). Workers divide runs (not frames): the runs' uids are chosen so that each of 2 workers
 gets half. The in-process baseline gets the same documents straight from this process (no transport), with the
-same stages (analysis with the residual check, texture labels).
+same stages (analysis with the residual check, texture labels). Each analysis first gets a warm-up run (untimed).
 
 Latency: a step scan of the simulated beamline (``--points``), one event per point; for each frame the time from
 the raw event (its ``time``) to its analysis event page received here, remote and in-process. Then to decision: a
@@ -130,12 +130,17 @@ def remote_rate(frames, args, workers: int) -> tuple[float, float]:
     """(frames/s end to end, worker start-up s) with ``workers`` worker processes."""
     deployment = Deployment(workers, args.threads)
     try:
+        for docs in raw_runs(frames[:2 * args.page], 2, args.page, 2):  # warm-up: a run for each worker
+            for name, doc in docs:
+                deployment.sink(name, doc)
+        while deployment.stops() < 4:
+            time.sleep(0.01)
         runs = raw_runs(frames, args.runs, args.page, 2)
         t0 = time.perf_counter()
         for docs in runs:
             for name, doc in docs:
                 deployment.sink(name, doc)
-        while deployment.stops() < 2 * args.runs:  # an analysis run and a texture run per raw run
+        while deployment.stops() < 4 + 2 * args.runs:  # an analysis run and a texture run per raw run
             time.sleep(0.01)
         return len(frames) / (time.perf_counter() - t0), deployment.startup
     finally:
@@ -153,6 +158,10 @@ def in_process_rate(frames, args) -> float:
     analysis = NanobeamAnalysis(Predictor.load(), frame_features=frame_descriptor)
     analysis.add_stage(TextureCallback())
     try:
+        for docs in raw_runs(frames[:2 * args.page], 2, args.page, 2):  # warm-up, as the workers'
+            for name, doc in docs:
+                analysis(name, doc)
+        analysis.flush(600)
         runs = raw_runs(frames, args.runs, args.page, 2)
         t0 = time.perf_counter()
         for docs in runs:
