@@ -1,6 +1,9 @@
 """nanopilot worker: the analysis and texture stages beside the RunEngine, over bluesky's 0MQ proxy: the same
 documents as in-process, runs divided among workers (each once), frames lost on the way counted, clear errors."""
 
+import os
+import time
+
 import bluesky.plans as bp
 import numpy as np
 import pytest
@@ -236,3 +239,35 @@ def test_the_run_buffer_keeps_the_run_under_way_up_to_a_bound():
     assert not buffer.complete and buffer.docs == []
     buffer("start", {"uid": "b"})
     assert buffer.complete and buffer.docs == [("start", {"uid": "b"})]
+
+
+KAFKA = os.environ.get("NANOPILOT_KAFKA_BOOTSTRAP")
+
+
+@pytest.mark.skipif(not KAFKA, reason="no Kafka broker: none can run on the test machines (Kafka needs Java and "
+                                      "a Kafka distribution, not on PyPI); NANOPILOT_KAFKA_BOOTSTRAP=HOST:PORT runs it")
+def test_a_worker_reads_and_publishes_through_kafka():  # pragma: no cover - needs a broker
+    import threading
+
+    from bluesky_kafka import Publisher
+
+    from nanopilot.remote.wire import KafkaSink, KafkaSource
+    from nanopilot.remote.worker import RemoteWorker
+
+    topic, out, docs = f"nanopilot.test.{os.getpid()}", f"nanopilot.test.analysis.{os.getpid()}", []
+    worker = RemoteWorker(CentroidPredictor(), lambda handle: KafkaSource(KAFKA, [topic], "worker", handle),
+                          sinks=[KafkaSink(KAFKA, out)], texture=False)
+    reader = KafkaSource(KAFKA, [out], "reader", lambda prefix, name, doc: docs.append((name, doc)))
+    threads = [threading.Thread(target=t.run, daemon=True) for t in (worker, reader)]
+    for t in threads:
+        t.start()
+    time.sleep(5)  # the consumers join their groups ("latest" offsets)
+    RE = RunEngine({})
+    RE.subscribe(Publisher(topic=topic, bootstrap_servers=KAFKA, key="test", flush_on_stop_doc=True))
+    (uid,) = RE(scan(make_beamline("domains", seed=2), 2, 3))
+    deadline = time.monotonic() + 60
+    while not any(name == "stop" for name, _ in docs) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    worker.stop()
+    reader.stop()
+    assert columns(docs, uid)["raw_seq_num"] == list(range(1, 7))
