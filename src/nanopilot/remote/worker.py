@@ -74,7 +74,6 @@ class RemoteWorker:
         self.filter = RunFilter(self._document, *self.partition, on_lost=self._count_lost)
         self._frame_streams: dict[str, set[str]] = collections.defaultdict(set)  # run uid -> streams with frames
         self._ended: collections.deque = collections.deque(maxlen=REPORTED_ENDED_RUNS)
-        self._lock = threading.Lock()  # the heartbeat thread reads what the receiving thread changes
         self._stopping = threading.Event()
         self.source = source_factory(self._message)
         self._beats = threading.Thread(target=self._beat_loop, name="nanopilot-heartbeat", daemon=True)
@@ -85,8 +84,7 @@ class RemoteWorker:
             self.ping = doc
             self._beat()
         elif prefix not in (ANALYSIS_PREFIX, HEARTBEAT_PREFIX):  # not a worker's output on a shared proxy
-            with self._lock:
-                self.filter(name, doc)
+            self.filter(name, doc)  # no lock held: the door may wait for room, the heartbeats must go on
 
     def _document(self, name: str, doc: dict) -> None:
         if name == "descriptor" and doc.get("name") != DRIFT_STREAM:
@@ -98,6 +96,8 @@ class RemoteWorker:
             run = doc.get("run_start")
             self._frame_streams.pop(run, None)
             self._ended.append(run)
+            for uid in [u for u in self.filter.events if not self.filter.is_open(u) and u not in self._ended]:
+                del self.filter.events[uid]  # ended long ago
 
     def _count_lost(self, stop: dict, lost: dict) -> None:
         """Frames sent and never received: counted as received and lost to errors in the run's analysis (its
@@ -112,19 +112,22 @@ class RemoteWorker:
     # ------------------------------------------------------------------ heartbeats
     def status(self) -> dict:
         """The heartbeat dict (see the module's docstring)."""
-        maps = self.analysis.maps
-        with self._lock:
-            for uid in [u for u in self.filter.events if not self.filter.is_open(u) and u not in self._ended]:
-                del self.filter.events[uid]  # ended long ago
-            report = {}
-            for uid, streams in self.filter.events.items():
-                entry = {"events": sum(streams.values()), "frames_received": 0, "frames_accounted": 0,
-                         "done": False, "ended": uid in self._ended}
-                if uid in maps:
-                    run = maps[uid]
-                    entry.update(frames_received=max(run.taken, run.received), frames_accounted=run.accounted,
-                                 done=run.done)
-                report[uid] = entry
+        maps, events = self.analysis.maps, {}
+        for _ in range(10):  # the receiving thread may add a run or a stream meanwhile: then read again
+            try:
+                events = {uid: sum(streams.values()) for uid, streams in list(self.filter.events.items())}
+                break
+            except RuntimeError:
+                continue
+        report = {}
+        for uid, n in events.items():
+            entry = {"events": n, "frames_received": 0, "frames_accounted": 0, "done": False,
+                     "ended": uid in self._ended}
+            if uid in maps:
+                run = maps[uid]
+                entry.update(frames_received=max(run.taken, run.received), frames_accounted=run.accounted,
+                             done=run.done)
+            report[uid] = entry
         return {"worker": self.id, "partition": list(self.partition), "pid": os.getpid(), "host": socket.gethostname(),
                 "device": self.device, "model": str(getattr(self.analysis.predictor, "path", "")),
                 "time": time.time(), "started": self.started, "queued": self.analysis.queued_frames, "ping": self.ping,
