@@ -29,7 +29,7 @@ from ..estimates import MISSING
 from .derived import DRIFT_STREAM, DerivedRun
 from .frame_sources import find_image_key, frame_shape_of
 from .intake import (DUPLICATE, MALFORMED, UNKNOWN_DESCRIPTOR, UNKNOWN_RUN, RawRun, SeqNumSet,
-                     frames_in, instrument_status, page_problem, positions_of, refuse_other_frames,
+                     frames_in, instrument_status, page_problem, positions_of, refuse_other_frames, storage_of,
                      stream_datum_frames, take_where)
 from .live_maps import LiveMaps
 from .worker import POLICIES, AnalysisWorker
@@ -146,6 +146,15 @@ class NanobeamAnalysis(DocumentRouter):
         """Send every derived document to ``callback(name, doc)`` (before the analysis' own :attr:`maps`)."""
         self._worker.emit.append(callback)
 
+    def count_lost(self, raw_uid: str, n: int) -> None:
+        """Count ``n`` frames of the open raw run ``raw_uid`` as received and lost to errors: frames that never
+        reached this analysis (e.g. dropped by a document stream), reported in its progress and summary events."""
+        run = self._runs.get(raw_uid)
+        if n and run is not None:
+            run.counts.count(received=n, errors=n)
+            if run.derived is not None:
+                self._worker.notify(run)
+
     def add_stage(self, stage) -> None:
         """A derived stage (e.g. a :class:`~nanopilot.texture.TextureCallback`): it reads this analysis' documents,
         and this analysis' :attr:`maps` read the stage's (its ``subscribe``)."""
@@ -239,8 +248,7 @@ class NanobeamAnalysis(DocumentRouter):
 
     def _lost(self, run: RawRun, descriptor: str, seqs) -> None:
         """Count frames that could not be read as errors, once, whether their positions came already or not."""
-        run.counts.count(received=len(seqs), errors=len(seqs))
-        self._worker.notify(run)
+        self.count_lost(run.uid, len(seqs))
         for seq in seqs:
             if run.positions_by_seq.pop((descriptor, seq), None) is None:
                 run.unreadable.add((descriptor, seq))
@@ -271,8 +279,7 @@ class NanobeamAnalysis(DocumentRouter):
             self._event_page(run, desc, doc)
         except Exception:  # a bug, not a data problem (those are handled above): never raise into the RunEngine
             logger.exception("analysis failed on an event page of run %s", run.uid[:8])
-            run.counts.count(received=len(doc["seq_num"]), errors=len(doc["seq_num"]))
-            self._worker.notify(run)
+            self.count_lost(run.uid, len(doc["seq_num"]))
 
     def _event_page(self, run: RawRun, desc: dict, page: dict) -> None:
         seq_nums = np.asarray(page["seq_num"])
@@ -297,8 +304,7 @@ class NanobeamAnalysis(DocumentRouter):
                 frames = [run.external.read_datum(run.datums.pop(datum_id)) for datum_id in values]
             except Exception as err:  # an unreadable file or a missing datum loses these frames, not the scan
                 logger.error("could not read the frames of an event page of run %s: %r", run.uid[:8], err)
-                run.counts.count(received=n, errors=n)
-                self._worker.notify(run)
+                self.count_lost(run.uid, n)
                 return
             self._submit(run, desc, seq_nums, positions, (frames, n, desc["status"]))
         else:
@@ -336,14 +342,7 @@ class NanobeamAnalysis(DocumentRouter):
                 logger.error("analysis refused a document (%s: %s) and no run is open to count it in; further "
                              "ones are counted in NanobeamAnalysis.unattributed", reason, detail)
             return
-        if reason not in run.logged:
-            run.logged.add(reason)
-            logger.error("run %s: refused %d frame(s) (%s: %s); further ones are counted in the run's analysis "
-                         "summary", run.uid[:8], n, reason, detail)
-        if not n:
-            return
-        run.counts.count(received=n, rejected=reason)
-        if run.derived is not None:
+        if run.refuse(reason, n, detail) and run.derived is not None:
             self._worker.notify(run)
 
     def _latest_run(self) -> RawRun | None:
@@ -365,16 +364,7 @@ class NanobeamAnalysis(DocumentRouter):
         if unmatched:
             logger.error("run %s ended with %d frames or positions never matched", run.uid[:8], unmatched)
             run.counts.count(received=unmatched, errors=unmatched)
-        self._worker.put(("stop", run, doc, self._storage_of(run.uid)), 0)
-
-    def _storage_of(self, uid: str) -> str | None:
-        """Where the raw run was stored, from :attr:`raw_storage` (None without one)."""
-        if self.raw_storage is None:
-            return None
-        try:
-            return str(self.raw_storage(uid))
-        except Exception as err:  # noqa: BLE001 - a storage report must not break the analysis
-            return f"unknown ({type(err).__name__}: {err})"
+        self._worker.put(("stop", run, doc, storage_of(self.raw_storage, run.uid)), 0)
 
     # ------------------------------------------------------------------ lifetime
     def flush(self, timeout: float = 60.0) -> bool:

@@ -81,6 +81,16 @@ class RawRun:
         self.logged: set[str] = set()  # rejection reasons already logged for this run
         self.derived: DerivedRun | None = None  # set at the run's first descriptor with frames
 
+    def refuse(self, reason: str, n: int, detail: str) -> bool:
+        """Count ``n`` frames refused at the door for ``reason`` (logged the first time per reason); True if any."""
+        if reason not in self.logged:
+            self.logged.add(reason)
+            logger.error("run %s: refused %d frame(s) (%s: %s); further ones are counted in the run's analysis "
+                         "summary", self.uid[:8], n, reason, detail)
+        if n:
+            self.counts.count(received=n, rejected=reason)
+        return bool(n)
+
 
 class SeqNumSet:
     """The seq_nums received from one descriptor, as sorted disjoint ranges [lo, hi] (usually one range)."""
@@ -232,3 +242,14 @@ def take_where(values, keep: np.ndarray):
     if isinstance(values, np.ndarray):
         return values[keep]
     return [v for v, k in zip(values, keep) if k]
+
+
+def storage_of(raw_storage, uid: str) -> str | None:
+    """Where raw run ``uid`` was stored, from ``raw_storage(uid)`` (None without one; its failure is reported as
+    "unknown (...)", never raised)."""
+    if raw_storage is None:
+        return None
+    try:
+        return str(raw_storage(uid))
+    except Exception as err:  # noqa: BLE001 - a storage report must not break the analysis
+        return f"unknown ({type(err).__name__}: {err})"

@@ -183,8 +183,12 @@ class LiveMaps(DocumentRouter):
 
     # ------------------------------------------------------------------ tables built by hand (stored runs)
     def begin_run(self, uid: str, motors=(), shape=None, extents=None, snaking=None) -> RunMap:
-        """A new, empty run ``uid`` (the current one from now on)."""
+        """A new, empty run ``uid`` (the current one from now on); one of that uid already here is replaced (e.g. a
+        run analysed again from its start)."""
         with self._cond:
+            if uid in self._runs:
+                self._order.remove(uid)
+                self._analysed.discard(uid)
             run = self._runs[uid] = RunMap(uid, motors, shape, extents, snaking)
             self._order.append(uid)
             self._changed()

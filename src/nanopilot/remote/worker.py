@@ -104,10 +104,7 @@ class RemoteWorker:
         progress and summary events say so)."""
         run_uid = stop["run_start"]
         frames = sum(n for stream, n in lost.items() if stream in self._frame_streams.get(run_uid, ()))
-        run = self.analysis._runs.get(run_uid)  # the analysis' open raw run: no public way to count lost frames yet
-        if frames and run is not None and run.derived is not None:
-            run.counts.count(received=frames, errors=frames)
-            self.analysis._worker.notify(run)
+        self.analysis.count_lost(run_uid, frames)
 
     # ------------------------------------------------------------------ heartbeats
     def status(self) -> dict:
