@@ -19,10 +19,13 @@ from .motion import SimAxis, SimDepositionSource, SimStage, SimTemperatureContro
 from .raw_detector import DETECTOR_PRESETS, RawDetectorPreset, RawReadout
 from .sample import TRUTH_DTYPE, SimSample
 from .scenes import SCENES, CoolingScene, DomainsScene, GrowthScene, PublishedScene, SampleState, Scene, make_scene
+from .structures import REPORTING_SEEDS, STRUCTURES, TUNING_SEEDS
+from .truth import feature_mask, label_walls
 
 __all__ = [
-    "DETECTOR_PRESETS", "HOT_PIXEL_RATE", "SCENES", "TRUTH_DTYPE", "Beamline", "CoolingScene", "DomainsScene",
-    "GrowthScene", "NanobeamDetector", "PublishedScene", "RawDetectorPreset", "RawReadout", "SampleState", "Scene",
-    "SimAxis", "SimClock", "SimDepositionSource", "SimFlyer", "SimSample", "SimStage", "SimTemperatureController",
-    "frame_statistics", "make_beamline", "make_scene",
+    "Beamline", "CoolingScene", "DETECTOR_PRESETS", "DomainsScene", "GrowthScene", "HOT_PIXEL_RATE",
+    "NanobeamDetector", "PublishedScene", "REPORTING_SEEDS", "RawDetectorPreset", "RawReadout", "SCENES", "STRUCTURES",
+    "SampleState", "Scene", "SimAxis", "SimClock", "SimDepositionSource", "SimFlyer", "SimSample", "SimStage",
+    "SimTemperatureController", "TRUTH_DTYPE", "TUNING_SEEDS", "feature_mask", "frame_statistics", "label_walls",
+    "make_beamline", "make_scene",
 ]

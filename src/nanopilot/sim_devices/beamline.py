@@ -52,7 +52,9 @@ def make_beamline(scene: str = "published", seed: int | None = None, *, scene_pa
     Parameters
     ----------
     scene : str
-        ``published``, ``domains``, ``cooling`` or ``growth`` (see :mod:`nanopilot.sim_devices.scenes`).
+        ``published``, ``domains``, ``cooling`` or ``growth`` (see :mod:`nanopilot.sim_devices.scenes`), or a
+        structure family: ``inclusions``, ``walls``, ``stripes``, ``gradient``, ``crack``, ``mixture`` (see
+        :mod:`nanopilot.sim_devices.structures`).
     seed : int, optional
         Seeds the scene's random draws and the detector's noise and hot pixels.
     scene_parameters : dict, optional

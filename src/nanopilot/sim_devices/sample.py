@@ -20,7 +20,8 @@ class SimSample:
     Parameters
     ----------
     scene : str or Scene
-        A scene name (``published``, ``domains``, ``cooling``, ``growth``; see :mod:`.scenes`) or a Scene.
+        A scene name (``published``, ``domains``, ``cooling``, ``growth``, see :mod:`.scenes`; or a structure
+        family, see :mod:`.structures`) or a Scene.
     seed : int, optional
         Seed of the scene's random draws (only with a scene name).
     temperature : float
