@@ -299,7 +299,8 @@ class GradientScene(Structure):
     defect_strain, defect_tilt : float
         Peak strain (sign drawn) and peak radial tilt (deg) of a defect.
 
-    Labels: k + 1 within ``defect_radius`` of defect k (its core), else 0.
+    Labels: k + 1 within twice ``defect_radius`` of defect k (its core, where its field is above 13% of its peak),
+    else 0.
     """
 
     name: ClassVar[str] = "gradient"
@@ -338,7 +339,7 @@ class GradientScene(Structure):
     def regions(self, x, y):
         labels = np.zeros(len(x), dtype=np.int64)
         for k, (cx, cy) in enumerate(self.defects_):
-            labels[np.hypot(x - cx, y - cy) < self.defect_radius] = k + 1
+            labels[np.hypot(x - cx, y - cy) < 2 * self.defect_radius] = k + 1
         return labels
 
     def point_features(self):
