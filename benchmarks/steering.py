@@ -121,7 +121,8 @@ def measure_scene(family: str, seed: int, fine: int, predictor) -> dict:
 
 def beamline_time(points: np.ndarray, timing) -> np.ndarray:
     """(moves, settling, detector) seconds to visit the points (um) in order from (0, 0), moving an axis only
-    where its position changes (bluesky's one_nd_step), each axis at the stage's velocity then settling."""
+    where its position changes (bluesky's one_nd_step), each at the stage's velocity then settling, one axis after
+    the other as the simulated clock counts them, and exposing each point for the detector's exposure time."""
     velocity, settling, exposure = timing
     path = np.vstack([[0.0, 0.0], points])
     steps = np.abs(np.diff(path, axis=0))
@@ -137,7 +138,7 @@ def run_method(sampler, scene: dict, budget: int, batch: int) -> dict:
         if len(points) == 0:
             break
         ii, jj = lattice.index(points[:, 0], points[:, 1])
-        order = [ij for ij in snake_order(list(zip(ii.tolist(), jj.tolist())))]
+        order = snake_order(list(zip(ii.tolist(), jj.tolist())))
         ii, jj = np.array(order).T
         points = np.array([lattice.position(ij) for ij in order])
         sampler.tell(points, {key: column[jj, ii] for key, column in table.items()})
