@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from plans import run_engine
 
-import nanopilot.plans.growth as growth
+import nanopilot.agents.growth_monitor as growth
 from nanopilot.callbacks import NanobeamAnalysis
 from nanopilot.model import Predictor
 from nanopilot.model.predictor import shipped_model_path

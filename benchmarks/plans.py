@@ -2,7 +2,7 @@
 
 (a) ``steered_map`` on the ``published`` and ``domains`` scenes with the shipped network (``Predictor.load()``),
     next to a full fine raster and a random sparse sampling of the same number of points; every map is rebuilt
-    on the fine raster by the same :func:`nanopilot.plans.steering.reconstruct` (range-clipped cubic on the
+    on the fine raster by the same :func:`nanopilot.agents.steering.reconstruct` (range-clipped cubic on the
     points' triangulation). Printed: the points used (bar: <= 25% of the full fine raster), the RMS error against
     the ground truth *near features* (the fine-raster pixels whose 3 x 3 neighbourhood changes by more than 3
     noise units (the network's median std) in any of strain, omega, chi) and its ratio to the full raster's
@@ -48,7 +48,7 @@ from nanopilot.model.predictor import shipped_model_path
 from nanopilot.plans import find_texture_temperature, grow_until, steered_map
 from nanopilot.plans.growth import DEFAULT_GRID
 from nanopilot.plans.steered_map import collect_points
-from nanopilot.plans.steering import reconstruct, snake_order
+from nanopilot.agents.steering import reconstruct, snake_order
 from nanopilot.sim_devices import make_beamline
 from nanopilot.texture import frame_descriptor
 

@@ -11,7 +11,7 @@ from nanopilot.callbacks import NanobeamAnalysis
 from nanopilot.estimates import Estimates, check_frames
 from nanopilot.physics import Instrument
 from nanopilot.plans import grow_until
-from nanopilot.plans.growth_monitor import GrowthMonitor, relative
+from nanopilot.agents.growth_monitor import GrowthMonitor, relative
 from nanopilot.sim_devices import make_beamline
 
 

@@ -12,7 +12,7 @@ from test_callbacks import CentroidPredictor
 
 from nanopilot.callbacks import NanobeamAnalysis
 from nanopilot.plans import find_texture_temperature
-from nanopilot.plans.zoom import WINDOW_SPACINGS, MapView, next_probe, novel_window, onset_from_radius
+from nanopilot.agents.zoom import WINDOW_SPACINGS, MapView, next_probe, novel_window, onset_from_radius
 from nanopilot.sim_devices import make_beamline
 from nanopilot.texture import frame_descriptor
 
@@ -224,7 +224,7 @@ def test_a_patch_wider_than_the_window_limit_is_zoomed_on_around_its_densest_poi
 
 
 def test_a_window_that_misses_the_texture_is_replaced_by_a_smaller_one(monkeypatch):
-    import nanopilot.plans.temperature as temperature
+    import nanopilot.agents.temperature as temperature
 
     bl = make_beamline("cooling", seed=1, noise=False, temperature=266.0)
     scene = bl.sample.scene

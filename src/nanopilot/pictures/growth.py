@@ -7,7 +7,7 @@ import math
 import numpy as np
 from matplotlib.figure import Figure
 
-from ..plans.growth import RELAXATION_FIELDS, GrowthMonitor
+from ..agents.growth_monitor import RELAXATION_FIELDS, GrowthMonitor
 from .record import PlanRun
 from .style import new_figure
 

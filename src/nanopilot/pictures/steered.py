@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
-from ..plans.steering import Lattice, reconstruct
+from ..agents.steering import Lattice, reconstruct
 from .record import PlanRun
 from .style import field_panel, map_axes, new_figure, texture_panel
 
@@ -20,7 +20,7 @@ def refinement_round(run: PlanRun, seq_num: np.ndarray) -> np.ndarray:
 
 
 def steered_map_figure(run: PlanRun) -> Figure:
-    """The steered map: each estimate reconstructed on the fine raster (``plans.steering.reconstruct``), the
+    """The steered map: each estimate reconstructed on the fine raster (``agents.steering.reconstruct``), the
     texture labels, the strain uncertainty, and the measured points coloured by refinement round (the last
     decision's reason in the panel's title)."""
     args, points = run.plan_args, run.points()

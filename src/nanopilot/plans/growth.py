@@ -1,20 +1,19 @@
 """grow_until: in-situ growth stopped at a target thickness or at the onset of relaxation.
 
-The decision logic lives in :class:`~nanopilot.plans.growth_monitor.GrowthMonitor` (pure: rounds of per-point
-estimates in, decisions out), so a replay of the stored run can reproduce every decision (a look within a round
-sees the round so far: its evidence says how many of the round's points were measured).
+The decisions are :class:`~nanopilot.agents.GrowthAgent`'s (pure, around
+:class:`~nanopilot.agents.growth_monitor.GrowthMonitor`), so a replay of the stored run reproduces every decision
+(a look within a round sees the round so far: its evidence says how many of the round's points were measured).
 """
 
-import math
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 
 import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
-import numpy as np
 from bluesky.protocols import Movable, Readable
 from bluesky.utils import MsgGenerator
 
+from ..agents import GrowthAgent
+from ..agents.growth_monitor import LOOK_EVERY, WINDOW, Z_POINT, Z_SPREAD
 from ..callbacks.live_maps import LiveMaps
 from .checks import (
     check_callable,
@@ -25,19 +24,9 @@ from .checks import (
     check_positive,
     check_within,
 )
-from .common import (
-    DecisionLog,
-    SafeStateGuard,
-    SafeWhilePaused,
-    map_point,
-    merge_md,
-    reading_time,
-    record_decision,
-    resolve_maps,
-    safe_state_wrapper,
-)
-from .growth_monitor import LOOK_EVERY, RELAXATION_FIELDS, WINDOW, Z_POINT, Z_SPREAD, GrowthMonitor
-from .waiting import analysed_run, wait_for_analysis
+from .common import SafeStateGuard, SafeWhilePaused, merge_md, resolve_maps, safe_state_wrapper
+from .driving import Driver
+from .waiting import analysed_run
 
 #: x and y (um) of the default points, see :func:`grow_until`.
 DEFAULT_GRID = (-2.0, -1.0, 0.0, 1.0, 2.0)
@@ -67,7 +56,7 @@ def grow_until(detectors: Sequence[Readable], deposition: Movable, x: Movable, y
         1 s); it costs frames, dose and data, not beamline time (the growth sets the time).
     max_time : the shutter is closed once this many seconds have passed since the first frame, whatever happens.
     z_point, z_spread, window : relaxation criterion (noise units, noise units, rounds), see
-        :class:`~nanopilot.plans.growth_monitor.GrowthMonitor`.
+        :class:`~nanopilot.agents.growth_monitor.GrowthMonitor`.
     look_every : the relaxation tests also run every this many points within a round, on the round so far
         (:meth:`GrowthMonitor.relaxation` with ``partial``), and not only once the round is complete: a patch
         that relaxes is seen up to a round earlier (a round of the default 25 points takes about 3 s, 6 A of a
@@ -122,112 +111,31 @@ def grow_until(detectors: Sequence[Readable], deposition: Movable, x: Movable, y
     for det in detectors:
         check_instrument(det, maps)
 
-    monitor = GrowthMonitor(float(target_thickness), z_point=float(z_point), z_spread=float(z_spread),
-                            window=int(window))
-    log = DecisionLog()
-    readables = list(detectors) + [x, y, deposition]
+    agent = GrowthAgent(float(target_thickness), points, interval=float(interval), max_time=float(max_time),
+                        z_point=float(z_point), z_spread=float(z_spread), window=int(window),
+                        look_every=int(look_every), motors=[y.name, x.name])
+    guarded = SafeWhilePaused(shutter, "closed")  # closed while the RunEngine is paused
+    driver = Driver(agent, maps, list(detectors) + [x, y, deposition], x, y, approve=approve, timeout=timeout,
+                    moves={"shutter": lambda value: bps.mv(guarded, value)})
     _md = {"plan_name": "grow_until", "motors": [y.name, x.name], "detectors": [d.name for d in detectors],
            "plan_args": {"target_thickness": float(target_thickness), "interval": float(interval),
                          "max_time": float(max_time), "points": [list(p) for p in points], "z_point": float(z_point),
                          "z_spread": float(z_spread), "window": int(window), "look_every": int(look_every)},
            "hints": {"dimensions": [([y.name], "primary"), ([x.name], "primary")]}}
-    result = {"reason": "", "thickness": math.nan, "rate": math.nan, "rounds": 0}
-
-    guarded = SafeWhilePaused(shutter, "closed")  # closed while the RunEngine is paused
-    pos_cache = defaultdict(lambda: None)  # last positions set, as bluesky's scans keep them
-
-    def close_shutter():
-        yield from bps.mv(guarded, "closed")
-
-    def latest(uid, n):
-        """The run's map, and per field the estimates of the last ``n`` points measured (NaN-padded to a round)."""
-        yield from wait_for_analysis(maps, timeout)
-        run = maps[uid]
-        values, pad = run.scattered(), np.full(len(points) - n, np.nan)
-        return run, {f: np.concatenate([values[f][len(values[f]) - n:], pad])
-                     for f in ("thickness",) + RELAXATION_FIELDS}
-
-    def close_on_relaxation(relaxed, relax_evidence, evidence, run):
-        """Plan stub: the close decision when the relaxation test fired; True if approved."""
-        if not relaxed:
-            return False
-        why = (f"relaxation: {relax_evidence['test']} test, a ramp {relax_evidence['z_max']:.1f} noise units "
-               f"from the baseline since round {relax_evidence['ramp from round']}")
-        decision = yield from decide("close shutter", why, evidence, evidence["thickness"], run)
-        return decision["approved"]
-
-    def measure_round(uid):
-        """Plan stub: measure every point, looking at the relaxation tests every ``look_every`` points with the
-        round so far; (first, last) reading times on the devices' clock (s), last None if the shutter must close."""
-        t0 = None
-        for k, (px, py) in enumerate(points, start=1):
-            now = reading_time((yield from map_point(readables, {x: px, y: py}, pos_cache)))
-            t0 = now if t0 is None else t0
-            if uid is None or k % look_every or k == len(points) or len(monitor.rounds) <= monitor.min_baseline:
-                continue
-            run, partial = yield from latest(uid, k)
-            relaxed, relax_evidence = monitor.relaxation(partial)
-            _, evidence = monitor.time_to_target(now)
-            evidence.update(relax_evidence, **{"points measured in the round": k})
-            if (yield from close_on_relaxation(relaxed, relax_evidence, evidence, run)):
-                result.update(reason="relaxation", thickness=evidence["thickness"], rate=evidence["rate"])
-                return t0, None
-        return t0, now
-
-    def decide(action, reason, evidence, value, run, hook=approve):
-        return (yield from record_decision(log, len(monitor.rounds), action, reason, evidence, value=value,
-                                           approve=hook, points=len(run) if run is not None else 0))
 
     def inner(uid):
-        run = maps[uid] if uid is not None and uid in maps else None
-        opening = yield from decide("open shutter", f"grow to {target_thickness:g} A", {"points": len(points)},
-                                    float(target_thickness), run)
-        if not opening["approved"]:
-            result["reason"] = "vetoed"
-            return
-        yield from bps.mv(guarded, "open")
-        t_open = None
-        while True:
-            t0, t1 = yield from measure_round(uid)
-            t_open = t0 if t_open is None else t_open
-            if uid is None:  # dry run: the first stage only
-                result["reason"] = "dry run"
-                break
-            if t1 is None:
-                break
-            run, values = yield from latest(uid, len(points))
-            monitor.add_round((t0 + t1) / 2, values)
-            result["rounds"] = len(monitor.rounds)
-            relaxed, relax_evidence = monitor.relaxation()
-            now = t1  # the last frame's time: the decision is made on what it showed
-            remaining, evidence = monitor.time_to_target(now)
-            evidence.update(relax_evidence)
-            result["thickness"], result["rate"] = evidence["thickness"], evidence["rate"]
-            if (yield from close_on_relaxation(relaxed, relax_evidence, evidence, run)):
-                result["reason"] = "relaxation"
-                break
-            round_time = (t1 - t0) + float(interval)
-            if remaining <= round_time:
-                if remaining > 0:
-                    yield from bps.sleep(remaining)
-                evidence["thickness"] = float(target_thickness) if remaining > 0 else evidence["thickness"]
-                decision = yield from decide("close shutter", f"target {target_thickness:g} A reached "
-                                             f"(anticipated {remaining:.1f} s ahead at {evidence['rate']:.3g} A/s)",
-                                             evidence, evidence["thickness"], run)
-                if decision["approved"]:
-                    result["reason"], result["thickness"] = "target", evidence["thickness"]
-                    break
-            if now - t_open >= max_time:
-                yield from decide("close shutter", f"time limit of {max_time:g} s", evidence, evidence["thickness"],
-                                  run, hook=None)  # safety: not subject to approval
-                result["reason"] = "time limit"
-                break
-            yield from bps.sleep(float(interval))
-        yield from close_shutter()
+        ended = yield from driver.run(uid)
+        if guarded.commanded is not None:  # opened
+            yield from bps.mv(guarded, "closed")
+        return ended
 
     def body(uid):  # the shutter is closed (on every exit path) before the run waits for its analysis
         return safe_state_wrapper(bpp.stage_wrapper(inner(uid), detectors), shutter, "closed")
 
-    yield from bpp.subs_wrapper(analysed_run(body, merge_md(_md, md), maps, timeout), SafeStateGuard(shutter, "closed"))
-    result["decisions"] = list(log.history)
+    ended = yield from bpp.subs_wrapper(analysed_run(body, merge_md(_md, md), maps, timeout),
+                                        SafeStateGuard(shutter, "closed"))
+    result = agent.result()
+    if ended == "dry run":
+        result["reason"] = "dry run"
+    result["decisions"] = list(driver.log.history)
     return result

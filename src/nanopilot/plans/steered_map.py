@@ -1,13 +1,13 @@
 """steered_map: a coarse raster, then fine scans where the live maps say the structure is."""
 
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 
 import bluesky.preprocessors as bpp
-import numpy as np
 from bluesky.protocols import Movable, Readable
 from bluesky.utils import MsgGenerator
 
+from ..agents import SteeringAgent
+from ..agents.steering import Lattice, coarse_cells
 from ..callbacks.live_maps import LiveMaps
 from .checks import (
     check_callable,
@@ -18,19 +18,9 @@ from .checks import (
     check_range,
     check_within,
 )
-from .common import DecisionLog, map_point, merge_md, record_decision, resolve_maps
-from .steering import (
-    FIELDS,
-    Lattice,
-    cell_interest,
-    choose_cells,
-    coarse_cells,
-    corners,
-    noise_scales,
-    snake_order,
-    split,
-)
-from .waiting import analysed_run, wait_for_analysis
+from .common import merge_md, resolve_maps
+from .driving import Driver
+from .waiting import analysed_run
 
 
 def steered_map(detectors: Sequence[Readable], x: Movable, y: Movable, x_range: Sequence[float],
@@ -68,11 +58,11 @@ def steered_map(detectors: Sequence[Readable], x: Movable, y: Movable, x_range: 
     -------
     dict with ``points`` measured, ``rounds``, ``reason`` for stopping, the ``lattice``, the final ``cells``
     (the quadtree's leaves, each with its four corners measured) and the ``decisions``; rebuild a map on the
-    fine raster with :func:`~nanopilot.plans.steering.reconstruct`.
+    fine raster with :func:`~nanopilot.agents.steering.reconstruct`.
 
     See Also
     --------
-    nanopilot.plans.steering : the decision logic (pure functions, replayable).
+    nanopilot.agents.SteeringAgent : the decision logic (pure, replayable).
 
     Notes
     -----
@@ -87,7 +77,7 @@ def steered_map(detectors: Sequence[Readable], x: Movable, y: Movable, x_range: 
     check_positive("coarse_step", coarse_step, integer=True)
     if int(coarse_step) & (int(coarse_step) - 1):
         raise ValueError(f"coarse_step must be a power of two (cells are split in halves), got {coarse_step}")
-    cells = coarse_cells(int(fine), int(coarse_step))
+    coarse_cells(int(fine), int(coarse_step))  # raises for a fine raster that is no whole number of cells
     check_positive("budget", budget)
     check_positive("threshold", threshold)
     check_positive("cells_per_round", cells_per_round, integer=True)
@@ -100,70 +90,26 @@ def steered_map(detectors: Sequence[Readable], x: Movable, y: Movable, x_range: 
         check_instrument(det, maps)
     lattice = Lattice(x0, x1, y0, y1, int(fine))
     total = int(round(budget * fine ** 2)) if budget <= 1 else int(budget)
-    first = snake_order(sorted({c for cell in cells for c in corners(cell)}))
-    if total < len(first):
-        raise ValueError(f"budget of {total} points is smaller than the coarse raster ({len(first)} points): "
+    first = (int(fine) - 1) // int(coarse_step) + 1
+    if total < first ** 2:
+        raise ValueError(f"budget of {total} points is smaller than the coarse raster ({first ** 2} points): "
                          f"raise budget or coarse_step")
 
-    log = DecisionLog()
-    readables = detectors + [x, y]
+    agent = SteeringAgent(lattice, int(coarse_step), total, float(threshold), int(cells_per_round), [y.name, x.name])
+    driver = Driver(agent, maps, detectors + [x, y], x, y, approve=approve, timeout=timeout)
     _md = {"plan_name": "steered_map", "motors": [y.name, x.name], "detectors": [d.name for d in detectors],
            "plan_args": {"x_range": [x0, x1], "y_range": [y0, y1], "fine": int(fine), "coarse_step": int(coarse_step),
                          "budget": total, "threshold": float(threshold)},
            "hints": {"dimensions": [([y.name], "primary"), ([x.name], "primary")]}}
-    result = {"lattice": lattice, "points": 0, "rounds": 0, "reason": ""}
-
-    pos_cache = defaultdict(lambda: None)  # last positions set, as bluesky's scans keep them
-
-    def measure(points):
-        for ij in points:
-            px, py = lattice.position(ij)
-            yield from map_point(readables, {x: px, y: py}, pos_cache)
-        result["points"] += len(points)
 
     @bpp.stage_decorator(detectors)
     def inner(uid):
-        nonlocal cells
-        yield from measure(first)
-        if uid is None:  # a dry run (summarize_plan): no RunEngine, no analysis; show the first stage only
-            result["reason"] = "dry run"
-            return
-        while True:
-            yield from wait_for_analysis(maps, timeout)
-            run = maps[uid]
-            measured = collect_points(run, lattice, x.name, y.name)
-            values = {f: np.array([p.get(f, np.nan) for p in measured.values()]) for f in FIELDS}
-            stds = {f: np.array([p.get(f + "_std", np.nan) for p in measured.values()]) for f in FIELDS}
-            scales = noise_scales({f: v for f, v in values.items() if np.isfinite(v).any()}, stds)
-            interest = cell_interest(cells, measured, scales)
-            chosen, new = choose_cells(cells, interest, measured, total - result["points"], threshold,
-                                       int(cells_per_round))
-            top = float(interest.max()) if len(interest) else 0.0
-            if not chosen:
-                reason = ("budget spent" if total - result["points"] < 5 else
-                          "nothing interesting left" if top <= threshold else "finest resolution reached")
-                yield from record_decision(log, result["rounds"], "stop", reason,
-                                           {"points": result["points"], "budget": total, "max_interest": top},
-                                           value=top, points=len(run))
-                result["reason"] = reason
-                break
-            decision = yield from record_decision(
-                log, result["rounds"], "refine",
-                f"{len(chosen)} cells with interest {interest.max():.1f} to "
-                f"{min(interest[cells.index(c)] for c in chosen):.1f} noise units",
-                {"cells": [list(c) for c in chosen], "new_points": len(new), "budget_left": total - result["points"],
-                 "noise_scales": scales}, value=top, approve=approve, points=len(run))
-            if not decision["approved"]:
-                result["reason"] = "refinement vetoed"
-                break
-            yield from measure(snake_order(new))
-            cells = [c for c in cells if c not in chosen] + [s for c in chosen for s in split(c)[0]]
-            result["rounds"] += 1
+        return (yield from driver.run(uid))
 
-    yield from analysed_run(inner, merge_md(_md, md), maps, timeout)
-    result["decisions"] = list(log.history)
-    result["cells"] = list(cells)
-    return result
+    ended = yield from analysed_run(inner, merge_md(_md, md), maps, timeout)
+    return {"lattice": lattice, "points": agent.points, "rounds": agent.rounds,
+            "reason": "dry run" if ended == "dry run" else agent.reason, "decisions": list(driver.log.history),
+            "cells": list(agent.cells)}
 
 
 def collect_points(run, lattice: Lattice, x_key: str, y_key: str) -> dict:

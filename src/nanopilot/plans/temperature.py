@@ -10,32 +10,31 @@ Zoom: a new texture forms at nucleation sites and grows from there, so just belo
 regions far smaller than the spacing of a quick map over the whole region, and a coarse map sees it only
 once it has grown onto a map point (a lag of up to a few kelvin). Each bracketing map is therefore a quick map
 of a window around the new texture seen on the last map that showed it (see
-:func:`~nanopilot.plans.zoom.novel_window`): the texture at a temperature nearer the transition lies inside that
+:func:`~nanopilot.agents.zoom.novel_window`): the texture at a temperature nearer the transition lies inside that
 window, and the window's finer spacing sees it sooner. After a zoomed map the window closes in on the densest
 new-texture point, as wide as the texture seen there (two radii) and at least ``WINDOW_SPACINGS`` of that map's
 spacing, so the spacing shrinks as the bracket does. Maps of different spacings are compared on the per-point
-features only (:data:`PER_POINT`: the neighbourhood statistics depend on the spacing). A bracket whose changed
-end only a whole-region map has seen is confirmed there on a zoomed map; if the window misses the texture, a
-smaller window around the densest novel point replaces it (the textures of several nuclei can run together
-into one wide patch on the whole-region map), and failing that the bracket stands as it is.
+features only (:data:`~nanopilot.agents.temperature.PER_POINT`: the neighbourhood statistics depend on the
+spacing). A bracket whose changed end only a whole-region map has seen is confirmed there on a zoomed map; if
+the window misses the texture, a smaller window around the densest novel point replaces it (the textures of
+several nuclei can run together into one wide patch on the whole-region map), and failing that the bracket
+stands as it is.
 
 Point estimate: the novel area of each bracketing map gives the radius of the new texture (um); it grows in
 proportion to the undercooling, so the line through the radii is extrapolated to zero (see
-:func:`~nanopilot.plans.zoom.onset_from_radius`).
+:func:`~nanopilot.agents.zoom.onset_from_radius`).
 """
 
 import math
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 
 import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
-import numpy as np
 from bluesky.protocols import Movable, Readable
 from bluesky.utils import MsgGenerator
 
+from ..agents import TemperatureAgent
 from ..callbacks.live_maps import LiveMaps
-from ..texture import texture_change
 from .checks import (
     check_callable,
     check_detectors,
@@ -46,17 +45,12 @@ from .checks import (
     check_range,
     check_within,
 )
-from .common import DecisionLog, map_point, merge_md, record_decision, resolve_maps, safe_state_wrapper
-from .waiting import analysed_run, wait_for_analysis
-from .zoom import WINDOW_SPACINGS, MapView, grid_points, next_probe, novel_window, onset_from_radius
+from .common import merge_md, resolve_maps, safe_state_wrapper
+from .driving import Driver
+from .waiting import analysed_run
 
 #: Fewest points per side of a quick map: texture_change needs 20 valid points per map and neighbours.
 MIN_QUICK = 5
-
-#: Feature weights for comparing a map with a reference of another spacing: the per-point features only
-#: (estimates and frame descriptors); the neighbourhood statistics (a gradient per um, a spread over the
-#: nearest points) depend on the spacing.
-PER_POINT = {"local_mean": 0.0, "local_spread": 0.0, "local_gradient": 0.0}
 
 
 def find_texture_temperature(detectors: Sequence[Readable], temperature: Movable, x: Movable, y: Movable,
@@ -119,7 +113,7 @@ def find_texture_temperature(detectors: Sequence[Readable], temperature: Movable
     Returns
     -------
     dict: ``reason`` ("bracketed", "no new texture", "vetoed", "dry run"), ``transition`` (K, extrapolated
-    to zero radius by :func:`~nanopilot.plans.zoom.onset_from_radius` and kept inside the bracket, else the
+    to zero radius by :func:`~nanopilot.agents.zoom.onset_from_radius` and kept inside the bracket, else the
     bracket's middle; NaN when not bracketed), ``bracket`` ((unchanged, changed) temperatures in K), ``maps``
     (maps taken, the fine one included), ``history`` (list of (temperature K, changed, score, new coverage
     0-1, radius um: NaN for maps of the whole region) per quick map after the reference), ``fine_map``
@@ -170,171 +164,37 @@ def find_texture_temperature(detectors: Sequence[Readable], temperature: Movable
     for det in detectors:
         check_instrument(det, maps)
 
-    log = DecisionLog()
-    readables = detectors + [x, y, temperature]
-    quick_points, fine_points = grid_points((x0, x1), (y0, y1), int(quick)), grid_points((x0, x1), (y0, y1), int(fine))
-    direction = "cooling" if sign < 0 else "warming"
-    _md = {"plan_name": "find_texture_temperature", "motors": [y.name, x.name],
-           "detectors": [d.name for d in detectors],
-           "plan_args": {"x_range": [x0, x1], "y_range": [y0, y1], "start": t_start, "stop": t_stop,
-                         "step": float(step), "tolerance": float(tolerance), "hysteresis": float(hysteresis),
-                         "quick": int(quick), "fine": int(fine), "dwell": float(dwell), "direction": direction},
-           "hints": {"dimensions": [([y.name], "primary"), ([x.name], "primary")]}}
-    result = {"reason": "", "transition": math.nan, "bracket": None, "maps": 0, "history": [], "fine_map": None}
-    seq = {"n": 0}
-    pos_cache = defaultdict(lambda: None)  # last positions set, as bluesky's scans keep them
+    agent = TemperatureAgent(region, t_start, t_stop, step=float(step), tolerance=float(tolerance),
+                             hysteresis=float(hysteresis), quick=int(quick), fine=int(fine), zoom=zoom,
+                             motors=[y.name, x.name])
 
     def go_to(target):
         yield from bps.mv(temperature, float(target))
         if dwell > 0:
             yield from bps.sleep(float(dwell))
 
-    def take_map(points):
-        first = seq["n"] + 1
-        for px, py in points:
-            yield from map_point(readables, {x: px, y: py}, pos_cache)
-        seq["n"] += len(points)
-        result["maps"] += 1
-        return first, seq["n"]
+    def read_back(proposal):  # the controller's reading beside a map's classification
+        if "readback" in proposal.evidence:
+            proposal.evidence["readback"] = float((yield from bps.rd(temperature, default_value=math.nan)))
 
-    def decide(action, reason, evidence, value, run, hook=None):
-        return (yield from record_decision(log, len(log.history), action, reason, evidence, value=value,
-                                           approve=hook, points=len(run)))
-
-    def compare(uid, reference, current, t, window=None):
-        """Compare a map with the reference; ``window`` (um) for a zoomed map (per-point features only)."""
-        yield from wait_for_analysis(maps, timeout)
-        run = maps[uid]
-        view = MapView(run, *current)
-        change = texture_change(MapView(run, *reference), view, **({} if window is None else
-                                                                   {"group_weights": PER_POINT}))
-        radius = math.nan
-        if window is not None:  # the radius (um) of a disc of the novel area
-            (wx0, wx1), (wy0, wy1) = window
-            radius = math.sqrt(change.new_coverage * (wx1 - wx0) * (wy1 - wy0) / math.pi)
-        result["history"].append((float(t), bool(change.changed), float(change.score), float(change.new_coverage),
-                                  radius))
-        readback = yield from bps.rd(temperature, default_value=math.nan)
-        evidence = {"temperature": float(t), "readback": float(readback), "seq_nums": list(current),
-                    "score": change.score, "new_coverage": change.new_coverage, "max_shift": change.max_shift,
-                    "status": change.status, "window": window, "radius": radius}
-        return change, evidence, run, view
-
-    def inner(uid):
-        yield from go_to(t_start)
-        reference = yield from take_map(quick_points)
-        if uid is None:  # a dry run (summarize_plan): no RunEngine, no analysis; show the first stage only
-            result["reason"] = "dry run"
-            return
-        yield from wait_for_analysis(maps, timeout)
-        run = maps[uid]
-        yield from decide("reference", f"reference map at {t_start:g} K", {"temperature": t_start,
-                          "seq_nums": list(reference)}, t_start, run)
-        unchanged, changed, k, window, fallback = t_start, None, 0, region, region
-        while changed is None:  # the search: step until a new texture appears or stop is reached
-            k += 1
-            t = t_start + sign * min(k * float(step), abs(t_stop - t_start))
-            move = yield from decide("step", f"{direction} to {t:g} K", {"temperature": t}, t, run, approve)
-            if not move["approved"]:
-                result["reason"] = "vetoed"
-                break
-            yield from go_to(t)
-            change, evidence, run, view = yield from compare(uid, reference, (yield from take_map(quick_points)), t)
-            yield from decide("classify", change.reason, evidence, change.score, run)
-            if change.changed:
-                changed = t
-                if zoom:  # the window: where the texture itself is (per-point), else where it is seen
-                    located = texture_change(MapView(run, *reference), view, group_weights=PER_POINT)
-                    novel = located.novel if located.novel.any() else change.novel
-                    window = novel_window(view, novel, region, int(quick), region) or region
-                    # should the window miss the texture: a smaller one around the patch's densest point
-                    fallback = novel_window(view, novel, region, int(quick), region, WINDOW_SPACINGS) or region
-            elif t == t_stop:
-                result["reason"] = "no new texture"
-                break
-            else:
-                unchanged = t
-        last_changed, move = changed is not None, {"approved": True}
-        seen_with = 0.0 if unchanged == t_start else math.inf  # spacing (um) of the map that saw `unchanged`
-        zoom_seen = False  # a zoomed map has shown the new texture
-        trust = True  # probe next to the extrapolated onset (False: bisect once)
-        half = float(tolerance) / 2
-        while changed is not None:  # bracketing, on zoomed maps
-            onset, rate = onset_from_radius(result["history"], sign < 0, float(tolerance))
-            spacing = (window[0][1] - window[0][0]) / (int(quick) - 1)
-            confirming, closing = False, False
-            if abs(changed - unchanged) > float(tolerance):
-                t, closing = next_probe(unchanged, changed, onset if trust else math.nan, float(tolerance))
-            elif zoom and not zoom_seen:
-                # only a map of the whole region has shown the texture: map the changed end zoomed, for a finer
-                # window and a radius (or, if the window missed the texture, to stop trusting it)
-                t, confirming = changed, True
-            elif zoom and seen_with > (rate * float(tolerance) if math.isfinite(rate) else spacing):
-                # the unchanged end's map could have missed a texture smaller than its spacing, formed more than
-                # the tolerance beyond it: look again with the finer window
-                t = onset - sign * half if math.isfinite(onset) and sign * (onset - unchanged) < 0 else unchanged
-            else:
-                break
-            reset = unchanged - sign * reset_margin
-            how = (f"back to {reset:g} K (beyond the hysteresis), then to {t:g} K" if last_changed else f"to {t:g} K")
-            move = yield from decide("bisect", f"bracket {unchanged:g}..{changed:g} K: {how}, map "
-                                     f"x {window[0][0]:.3g}..{window[0][1]:.3g}, y {window[1][0]:.3g}.."
-                                     f"{window[1][1]:.3g} um", {"unchanged": unchanged, "changed": changed,
-                                     "temperature": t, "reset": reset if last_changed else None, "window": window,
-                                     "onset": onset, "confirm": confirming}, t, run, approve)
-            if not move["approved"]:
-                result["reason"] = "vetoed"
-                break
-            if last_changed:
-                yield from go_to(reset)
-            yield from go_to(t)
-            current = yield from take_map(grid_points(*window, int(quick)))
-            change, evidence, run, view = yield from compare(uid, reference, current, t, window if zoom else None)
-            yield from decide("classify", change.reason, evidence, change.score, run)
-            last_changed = change.changed
-            trust = change.changed or not closing  # a closing probe that missed: the onset estimate is off
-            if not change.changed and confirming:  # the window missed the texture a whole-region map saw there
-                if fallback != window:  # try the smaller window around the densest novel point
-                    window, fallback = fallback, region
-                else:  # give up zooming: the bracket stands, and its middle is the estimate
-                    window, zoom_seen = region, True
-                continue
-            if not change.changed:
-                unchanged, seen_with = t, spacing
-                continue
-            if zoom:
-                zoom_seen = True
-                # around the densest novel point, wide enough for the texture seen (it is smaller nearer the
-                # transition), and at least WINDOW_SPACINGS of this map's spacing
-                cap = max(WINDOW_SPACINGS, 2 * evidence["radius"] / spacing + 2)
-                window = novel_window(view, change.novel, window, int(quick), region, cap) or window
-            if sign * (t - unchanged) <= 0:  # seen at or beyond the unchanged end: that end moves out
-                unchanged, seen_with = t - sign * float(tolerance), math.inf
-                if sign * (unchanged - t_start) <= 0:
-                    unchanged, seen_with = t_start, 0.0
-            changed = t
-        if changed is not None:
-            result["bracket"] = (unchanged, changed)
-            # the two finest radii, however close: on cooling scenes 1-48 this gave RMS 0.160 / 0.161 K against
-            # 0.161 / 0.176 K with the loop's min_spread (which guards the probing, not the final estimate)
-            onset = onset_from_radius(result["history"], sign < 0)[0]
-            result["transition"] = (float(np.clip(onset, *sorted((unchanged, changed))))
-                                    if zoom and math.isfinite(onset) else (unchanged + changed) / 2)
-        if changed is not None and move["approved"]:
-            move = yield from decide("fine map", f"new texture between {unchanged:g} and {changed:g} K: "
-                                     f"{fine} x {fine} map at {changed:g} K", {"unchanged": unchanged,
-                                     "changed": changed, "transition": result["transition"]},
-                                     result["transition"], run, approve)
-            result["reason"] = "bracketed" if move["approved"] else "vetoed"
-            if move["approved"]:
-                if not last_changed:  # on the unchanged side: carry on in the search direction
-                    yield from go_to(changed)
-                result["fine_map"] = yield from take_map(fine_points)
+    driver = Driver(agent, maps, detectors + [x, y, temperature], x, y, moves={"temperature": go_to},
+                    approve=approve, timeout=timeout, extra=lambda run, _: {"features": run.features()},
+                    fill=read_back)
+    direction = "cooling" if t_stop < t_start else "warming"
+    _md = {"plan_name": "find_texture_temperature", "motors": [y.name, x.name],
+           "detectors": [d.name for d in detectors],
+           "plan_args": {"x_range": [x0, x1], "y_range": [y0, y1], "start": t_start, "stop": t_stop,
+                         "step": float(step), "tolerance": float(tolerance), "hysteresis": float(hysteresis),
+                         "quick": int(quick), "fine": int(fine), "dwell": float(dwell), "direction": direction},
+           "hints": {"dimensions": [([y.name], "primary"), ([x.name], "primary")]}}
 
     def body(uid):  # the start temperature is restored (if asked) before the run waits for its analysis
-        plan = bpp.stage_wrapper(inner(uid), detectors)
+        plan = bpp.stage_wrapper(driver.run(uid), detectors)
         return safe_state_wrapper(plan, temperature, t_start, timeout=0) if restore else plan
 
-    yield from analysed_run(body, merge_md(_md, md), maps, timeout)
-    result["decisions"] = list(log.history)
+    ended = yield from analysed_run(body, merge_md(_md, md), maps, timeout)
+    result = agent.result()
+    if ended == "dry run":
+        result["reason"] = "dry run"
+    result["decisions"] = list(driver.log.history)
     return result
