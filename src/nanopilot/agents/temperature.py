@@ -93,7 +93,8 @@ class TemperatureAgent(Agent):
     def _reference(self) -> Proposal:
         self.reference = self.current
         return self._decide("reference", f"reference map at {self.start:g} K",
-                            {"temperature": self.start, "seq_nums": list(self.reference)}, self.start,
+                            {"temperature": self.start, "seq_nums": list(self.reference),
+                             "frame_features": int(self.table.features().shape[1])}, self.start,
                             lambda _: setattr(self, "_next", self._step))
 
     def _step(self) -> Proposal:

@@ -99,7 +99,7 @@ def steered_map(detectors: Sequence[Readable], x: Movable, y: Movable, x_range: 
     driver = Driver(agent, maps, detectors + [x, y], x, y, approve=approve, timeout=timeout)
     _md = {"plan_name": "steered_map", "motors": [y.name, x.name], "detectors": [d.name for d in detectors],
            "plan_args": {"x_range": [x0, x1], "y_range": [y0, y1], "fine": int(fine), "coarse_step": int(coarse_step),
-                         "budget": total, "threshold": float(threshold)},
+                         "budget": total, "threshold": float(threshold), "cells_per_round": int(cells_per_round)},
            "hints": {"dimensions": [([y.name], "primary"), ([x.name], "primary")]}}
 
     @bpp.stage_decorator(detectors)

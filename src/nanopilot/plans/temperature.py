@@ -185,7 +185,8 @@ def find_texture_temperature(detectors: Sequence[Readable], temperature: Movable
            "detectors": [d.name for d in detectors],
            "plan_args": {"x_range": [x0, x1], "y_range": [y0, y1], "start": t_start, "stop": t_stop,
                          "step": float(step), "tolerance": float(tolerance), "hysteresis": float(hysteresis),
-                         "quick": int(quick), "fine": int(fine), "dwell": float(dwell), "direction": direction},
+                         "quick": int(quick), "fine": int(fine), "dwell": float(dwell), "direction": direction,
+                         "zoom": bool(zoom)},
            "hints": {"dimensions": [([y.name], "primary"), ([x.name], "primary")]}}
 
     def body(uid):  # the start temperature is restored (if asked) before the run waits for its analysis
