@@ -44,6 +44,11 @@ class SteeringAgent(Agent):
         self.points, self.rounds, self.reason = 0, 0, ""
         self._next = lambda: self._measure(self.first)
 
+    def result(self) -> dict:
+        """``lattice``, ``points`` measured, ``rounds``, ``reason`` for stopping, the final ``cells``."""
+        return {"lattice": self.lattice, "points": self.points, "rounds": self.rounds, "reason": self.reason,
+                "cells": list(self.cells)}
+
     def _measure(self, indices) -> Proposal:
         self.points += len(indices)
         self._next = self._decide_round

@@ -8,13 +8,14 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 
 import bluesky.plan_stubs as bps
+import bluesky.preprocessors as bpp
 from bluesky.protocols import Movable, Readable
 from bluesky.utils import MsgGenerator
 
 from ..agents import Proposal
 from ..callbacks.live_maps import LiveMaps
 from .common import DecisionLog, map_point, reading_time, record_decision
-from .waiting import wait_for_analysis
+from .waiting import analysed_run, wait_for_analysis
 
 
 class Driver:
@@ -89,3 +90,30 @@ class Driver:
                                               approve=self.approve if proposal.approve else None, points=points)
         self.agent.tell_verdict(decision["approved"])
         return decision
+
+
+def agent_run(driver: Driver, detectors: Sequence[Readable], md: dict, *, after: Callable | None = None,
+              wrap: Callable | None = None) -> MsgGenerator[dict]:
+    """Plan: one run in which ``driver`` drives its agent, the detectors staged; it returns once the run's
+    analysis has ended (:func:`~nanopilot.plans.waiting.analysed_run`).
+
+    after : ``after()``, a plan stub run when the agent is done (e.g. to close a shutter). wrap : ``wrap(plan)``
+    around the run's body (e.g. :func:`~nanopilot.plans.common.safe_state_wrapper`), inside the analysis wait.
+    Returns the agent's ``result()``, its ``reason`` "dry run" for a dry run, with the ``decisions``.
+    """
+    def inner(uid):
+        ended = yield from driver.run(uid)
+        if after is not None:
+            yield from after()
+        return ended
+
+    def body(uid):
+        plan = bpp.stage_wrapper(inner(uid), detectors)
+        return wrap(plan) if wrap is not None else plan
+
+    ended = yield from analysed_run(body, md, driver.maps, driver.timeout)
+    result = driver.agent.result()
+    if ended == "dry run":
+        result["reason"] = "dry run"
+    result["decisions"] = list(driver.log.history)
+    return result

@@ -25,8 +25,7 @@ from .checks import (
     check_within,
 )
 from .common import SafeStateGuard, SafeWhilePaused, merge_md, resolve_maps, safe_state_wrapper
-from .driving import Driver
-from .waiting import analysed_run
+from .driving import Driver, agent_run
 
 #: x and y (um) of the default points, see :func:`grow_until`.
 DEFAULT_GRID = (-2.0, -1.0, 0.0, 1.0, 2.0)
@@ -92,28 +91,13 @@ def grow_until(detectors: Sequence[Readable], deposition: Movable, x: Movable, y
     for name, device in (("deposition", deposition), ("x", x), ("y", y)):
         check_device(name, device, "set")
     maps = yield from resolve_maps(maps)
-    for name, value in (("target_thickness", target_thickness), ("interval", interval), ("max_time", max_time),
-                        ("z_point", z_point), ("z_spread", z_spread), ("timeout", timeout)):
-        check_positive(name, value)
-    check_positive("window", window, integer=True)
-    check_positive("look_every", look_every, integer=True)
-    check_callable("approve", approve)
-    if "thickness" not in maps.outputs:
-        raise ValueError("grow_until needs a model that estimates thickness (4 outputs); the analysis' model has "
-                         f"{maps.outputs}: load the shipped thickness model (Predictor.load('thickness'))")
-    points = check_points("points", points if points is not None else
-                          [(px, py) for py in DEFAULT_GRID for px in DEFAULT_GRID], "um")
-    for motor, values in ((x, [p[0] for p in points]), (y, [p[1] for p in points])):
-        check_within(f"{motor.name} positions", min(values), max(values), tuple(getattr(motor, "limits", (0, 0))), "um")
-    shutter = getattr(deposition, "shutter", None)
-    if shutter is None:
-        raise ValueError(f"deposition must have a 'shutter' signal (\"open\"/\"closed\"), got {deposition!r}")
-    for det in detectors:
-        check_instrument(det, maps)
-
+    points = _checked(detectors, deposition, x, y, points, maps, approve, target_thickness=target_thickness,
+                      interval=interval, max_time=max_time, z_point=z_point, z_spread=z_spread, timeout=timeout,
+                      window=window, look_every=look_every)
     agent = GrowthAgent(float(target_thickness), points, interval=float(interval), max_time=float(max_time),
                         z_point=float(z_point), z_spread=float(z_spread), window=int(window),
                         look_every=int(look_every), motors=[y.name, x.name])
+    shutter = deposition.shutter
     guarded = SafeWhilePaused(shutter, "closed")  # closed while the RunEngine is paused
     driver = Driver(agent, maps, list(detectors) + [x, y, deposition], x, y, approve=approve, timeout=timeout,
                     moves={"shutter": lambda value: bps.mv(guarded, value)})
@@ -123,19 +107,30 @@ def grow_until(detectors: Sequence[Readable], deposition: Movable, x: Movable, y
                          "z_spread": float(z_spread), "window": int(window), "look_every": int(look_every)},
            "hints": {"dimensions": [([y.name], "primary"), ([x.name], "primary")]}}
 
-    def inner(uid):
-        ended = yield from driver.run(uid)
-        if guarded.commanded is not None:  # opened
+    def close():  # once the agent is done, if it was opened
+        if guarded.commanded is not None:
             yield from bps.mv(guarded, "closed")
-        return ended
 
-    def body(uid):  # the shutter is closed (on every exit path) before the run waits for its analysis
-        return safe_state_wrapper(bpp.stage_wrapper(inner(uid), detectors), shutter, "closed")
+    # the shutter is closed (on every exit path) before the run waits for its analysis
+    run = agent_run(driver, detectors, merge_md(_md, md), after=close,
+                    wrap=lambda plan: safe_state_wrapper(plan, shutter, "closed"))
+    return (yield from bpp.subs_wrapper(run, SafeStateGuard(shutter, "closed")))
 
-    ended = yield from bpp.subs_wrapper(analysed_run(body, merge_md(_md, md), maps, timeout),
-                                        SafeStateGuard(shutter, "closed"))
-    result = agent.result()
-    if ended == "dry run":
-        result["reason"] = "dry run"
-    result["decisions"] = list(driver.log.history)
-    return result
+
+def _checked(detectors, deposition, x, y, points, maps, approve, **numbers) -> list[tuple[float, float]]:
+    """Check :func:`grow_until`'s arguments (ValueError naming the wrong one); the points (um)."""
+    for name, value in numbers.items():
+        check_positive(name, value, integer=name in ("window", "look_every"))
+    check_callable("approve", approve)
+    if "thickness" not in maps.outputs:
+        raise ValueError("grow_until needs a model that estimates thickness (4 outputs); the analysis' model has "
+                         f"{maps.outputs}: load the shipped thickness model (Predictor.load('thickness'))")
+    points = check_points("points", points if points is not None else
+                          [(px, py) for py in DEFAULT_GRID for px in DEFAULT_GRID], "um")
+    for motor, values in ((x, [p[0] for p in points]), (y, [p[1] for p in points])):
+        check_within(f"{motor.name} positions", min(values), max(values), tuple(getattr(motor, "limits", (0, 0))), "um")
+    if getattr(deposition, "shutter", None) is None:
+        raise ValueError(f"deposition must have a 'shutter' signal (\"open\"/\"closed\"), got {deposition!r}")
+    for det in detectors:
+        check_instrument(det, maps)
+    return points

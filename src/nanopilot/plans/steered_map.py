@@ -2,7 +2,6 @@
 
 from collections.abc import Callable, Sequence
 
-import bluesky.preprocessors as bpp
 from bluesky.protocols import Movable, Readable
 from bluesky.utils import MsgGenerator
 
@@ -19,8 +18,7 @@ from .checks import (
     check_within,
 )
 from .common import merge_md, resolve_maps
-from .driving import Driver
-from .waiting import analysed_run
+from .driving import Driver, agent_run
 
 
 def steered_map(detectors: Sequence[Readable], x: Movable, y: Movable, x_range: Sequence[float],
@@ -73,6 +71,22 @@ def steered_map(detectors: Sequence[Readable], x: Movable, y: Movable, x_range: 
     check_device("x", x, "set")
     check_device("y", y, "set")
     maps = yield from resolve_maps(maps)
+    lattice, total = _checked(detectors, x, y, x_range, y_range, fine, coarse_step, budget, threshold,
+                              cells_per_round, timeout, approve, maps)
+    agent = SteeringAgent(lattice, int(coarse_step), total, float(threshold), int(cells_per_round), [y.name, x.name])
+    driver = Driver(agent, maps, detectors + [x, y], x, y, approve=approve, timeout=timeout)
+    _md = {"plan_name": "steered_map", "motors": [y.name, x.name], "detectors": [d.name for d in detectors],
+           "plan_args": {"x_range": [lattice.x0, lattice.x1], "y_range": [lattice.y0, lattice.y1], "fine": int(fine),
+                         "coarse_step": int(coarse_step), "budget": total, "threshold": float(threshold),
+                         "cells_per_round": int(cells_per_round)},
+           "hints": {"dimensions": [([y.name], "primary"), ([x.name], "primary")]}}
+    return (yield from agent_run(driver, detectors, merge_md(_md, md)))
+
+
+def _checked(detectors, x, y, x_range, y_range, fine, coarse_step, budget, threshold, cells_per_round, timeout,
+             approve, maps) -> tuple[Lattice, int]:
+    """Check :func:`steered_map`'s arguments (ValueError naming the wrong one); the lattice and the budget in
+    points."""
     check_positive("fine", fine, integer=True)
     check_positive("coarse_step", coarse_step, integer=True)
     if int(coarse_step) & (int(coarse_step) - 1):
@@ -88,28 +102,12 @@ def steered_map(detectors: Sequence[Readable], x: Movable, y: Movable, x_range: 
         check_within(f"range of {motor.name}", lo, hi, tuple(getattr(motor, "limits", (0, 0))), "um")
     for det in detectors:
         check_instrument(det, maps)
-    lattice = Lattice(x0, x1, y0, y1, int(fine))
     total = int(round(budget * fine ** 2)) if budget <= 1 else int(budget)
     first = (int(fine) - 1) // int(coarse_step) + 1
     if total < first ** 2:
         raise ValueError(f"budget of {total} points is smaller than the coarse raster ({first ** 2} points): "
                          f"raise budget or coarse_step")
-
-    agent = SteeringAgent(lattice, int(coarse_step), total, float(threshold), int(cells_per_round), [y.name, x.name])
-    driver = Driver(agent, maps, detectors + [x, y], x, y, approve=approve, timeout=timeout)
-    _md = {"plan_name": "steered_map", "motors": [y.name, x.name], "detectors": [d.name for d in detectors],
-           "plan_args": {"x_range": [x0, x1], "y_range": [y0, y1], "fine": int(fine), "coarse_step": int(coarse_step),
-                         "budget": total, "threshold": float(threshold), "cells_per_round": int(cells_per_round)},
-           "hints": {"dimensions": [([y.name], "primary"), ([x.name], "primary")]}}
-
-    @bpp.stage_decorator(detectors)
-    def inner(uid):
-        return (yield from driver.run(uid))
-
-    ended = yield from analysed_run(inner, merge_md(_md, md), maps, timeout)
-    return {"lattice": lattice, "points": agent.points, "rounds": agent.rounds,
-            "reason": "dry run" if ended == "dry run" else agent.reason, "decisions": list(driver.log.history),
-            "cells": list(agent.cells)}
+    return Lattice(x0, x1, y0, y1, int(fine)), total
 
 
 def collect_points(run, lattice: Lattice, x_key: str, y_key: str) -> dict:

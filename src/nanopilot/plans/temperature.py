@@ -29,7 +29,6 @@ import math
 from collections.abc import Callable, Sequence
 
 import bluesky.plan_stubs as bps
-import bluesky.preprocessors as bpp
 from bluesky.protocols import Movable, Readable
 from bluesky.utils import MsgGenerator
 
@@ -46,8 +45,7 @@ from .checks import (
     check_within,
 )
 from .common import merge_md, resolve_maps, safe_state_wrapper
-from .driving import Driver
-from .waiting import analysed_run
+from .driving import Driver, agent_run
 
 #: Fewest points per side of a quick map: texture_change needs 20 valid points per map and neighbours.
 MIN_QUICK = 5
@@ -62,14 +60,10 @@ def find_texture_temperature(detectors: Sequence[Readable], temperature: Movable
                              timeout: float = 60.0, md: dict | None = None) -> MsgGenerator[dict]:
     """Find the temperature at which a new texture appears, bracket it to ``tolerance``, and map it finely.
 
-    From ``start`` the plan steps toward ``stop`` (cooling when ``stop < start``, else warming) by ``step``,
-    taking a quick ``quick x quick`` map at each temperature and comparing it with the reference map taken at
-    ``start`` (:func:`nanopilot.texture.texture_change`). At the first map with a new texture it brackets the
-    transition between an unchanged and a changed temperature, on zoomed maps (see the module notes), until
-    they are within ``tolerance`` and the unchanged end was seen on a map fine enough not to miss a texture
-    formed more than ``tolerance`` beyond it, and a zoomed map has shown the texture (see the module notes);
-    each probe is chosen by :func:`next_probe` from the onset extrapolated so far. Then it takes a
-    ``fine x fine`` map of the whole region at the changed end of the bracket. Everything is one run.
+    From ``start`` the plan steps toward ``stop`` by ``step`` with a quick map at each temperature, compared with
+    the reference map at ``start`` (:func:`nanopilot.texture.texture_change`); at the first new texture it brackets
+    the transition on zoomed maps (see the module notes and :class:`~nanopilot.agents.TemperatureAgent`, which
+    decides), then takes a ``fine x fine`` map of the whole region at the bracket's changed end. One run.
 
     Parameters
     ----------
@@ -92,11 +86,8 @@ def find_texture_temperature(detectors: Sequence[Readable], temperature: Movable
     zoom : bracket on quick maps of a window around the new texture and extrapolate its radius to zero (see
         the module notes); False: every map covers the whole region and the estimate is the bracket's middle.
     restore : go back to the start temperature on every exit path, whatever the subscribers do
-        (:func:`~nanopilot.plans.common.safe_state_wrapper`): on success, an exception, abort or stop (also after
-        a pause) the plan's last message moves there and waits for it; on a halt (also after a pause) or a
-        KeyboardInterrupt inside a device (the RunEngine halts) the setpoint is set there directly, without
-        waiting. By default the sample stays at the last temperature, the fine map's: temperature change is not
-        a hazard for the sample, and the new texture is kept for further measurements.
+        (:func:`~nanopilot.plans.common.safe_state_wrapper`; on a halt the setpoint is set without waiting). By
+        default the sample stays at the fine map's temperature, keeping the new texture for further measurements.
     maps : the analysis' LiveMaps (default: the RunEngine's session's, see ``nanopilot.session.setup``); analyse with
         ``frame_features=nanopilot.texture.frame_descriptor`` for the best sensitivity.
     approve : optional ``approve(decision) -> bool`` hook asked before each temperature move and before the
@@ -132,38 +123,10 @@ def find_texture_temperature(detectors: Sequence[Readable], temperature: Movable
     for name, device in (("temperature", temperature), ("x", x), ("y", y)):
         check_device(name, device, "set")
     maps = yield from resolve_maps(maps)
-    for name, value in (("step", step), ("tolerance", tolerance), ("timeout", timeout)):
-        check_positive(name, value)
-    check_positive("quick", quick, integer=True)
-    check_positive("fine", fine, integer=True)
-    for name, value, units in (("hysteresis", hysteresis, "K"), ("dwell", dwell, "s")):
-        if check_finite(name, value, units) < 0:
-            raise ValueError(f"{name} must be >= 0 ({units}), got {value!r}")
-    if quick < MIN_QUICK or fine < quick:
-        raise ValueError(f"need {MIN_QUICK} <= quick <= fine points per side (texture_change needs 20 points per "
-                         f"map), got quick={quick}, fine={fine}")
-    check_callable("approve", approve)
-    region = (x0, x1), (y0, y1) = check_range("x_range", x_range, "um"), check_range("y_range", y_range, "um")
-    for motor, lo, hi in ((x, x0, x1), (y, y0, y1)):
-        check_within(f"range of {motor.name}", lo, hi, tuple(getattr(motor, "limits", (0, 0))), "um")
-    if start is None:  # read with a message; a dry run (no RunEngine) answers None
-        start = yield from bps.rd(temperature, default_value=None)
-        if start is None:
-            raise ValueError("a dry run cannot read the temperature: give start (K)")
-        t_start = check_finite(f"{temperature.name} reading", start, "K")
-    else:
-        t_start = check_finite("start", start, "K")
-    t_stop = check_finite("stop", stop, "K")
-    if t_stop == t_start:
-        raise ValueError(f"stop ({stop!r} K) must be a temperature other than start ({t_start:g} K)")
-    sign = -1.0 if t_stop < t_start else 1.0  # -1: cooling
-    reset_margin = float(hysteresis) + float(tolerance)
-    far_back = t_start - sign * reset_margin
-    check_within("temperatures", min(t_stop, far_back), max(t_stop, far_back),
-                 tuple(getattr(temperature, "limits", (0, 0))), "K")
-    for det in detectors:
-        check_instrument(det, maps)
-
+    region = _checked(detectors, x, y, x_range, y_range, step, tolerance, timeout, quick, fine, hysteresis, dwell,
+                      approve, maps)
+    t_start = yield from _start_temperature(temperature, start)
+    t_stop = _checked_stop(temperature, t_start, stop, hysteresis, tolerance)
     agent = TemperatureAgent(region, t_start, t_stop, step=float(step), tolerance=float(tolerance),
                              hysteresis=float(hysteresis), quick=int(quick), fine=int(fine), zoom=zoom,
                              motors=[y.name, x.name])
@@ -180,22 +143,59 @@ def find_texture_temperature(detectors: Sequence[Readable], temperature: Movable
     driver = Driver(agent, maps, detectors + [x, y, temperature], x, y, moves={"temperature": go_to},
                     approve=approve, timeout=timeout, extra=lambda run, _: {"features": run.features()},
                     fill=read_back)
-    direction = "cooling" if t_stop < t_start else "warming"
     _md = {"plan_name": "find_texture_temperature", "motors": [y.name, x.name],
            "detectors": [d.name for d in detectors],
-           "plan_args": {"x_range": [x0, x1], "y_range": [y0, y1], "start": t_start, "stop": t_stop,
+           "plan_args": {"x_range": list(region[0]), "y_range": list(region[1]), "start": t_start, "stop": t_stop,
                          "step": float(step), "tolerance": float(tolerance), "hysteresis": float(hysteresis),
-                         "quick": int(quick), "fine": int(fine), "dwell": float(dwell), "direction": direction,
+                         "quick": int(quick), "fine": int(fine), "dwell": float(dwell), "direction": agent.direction,
                          "zoom": bool(zoom)},
            "hints": {"dimensions": [([y.name], "primary"), ([x.name], "primary")]}}
+    # the start temperature is restored (if asked) before the run waits for its analysis
+    wrap = (lambda plan: safe_state_wrapper(plan, temperature, t_start, timeout=0)) if restore else None
+    return (yield from agent_run(driver, detectors, merge_md(_md, md), wrap=wrap))
 
-    def body(uid):  # the start temperature is restored (if asked) before the run waits for its analysis
-        plan = bpp.stage_wrapper(driver.run(uid), detectors)
-        return safe_state_wrapper(plan, temperature, t_start, timeout=0) if restore else plan
 
-    ended = yield from analysed_run(body, merge_md(_md, md), maps, timeout)
-    result = agent.result()
-    if ended == "dry run":
-        result["reason"] = "dry run"
-    result["decisions"] = list(driver.log.history)
-    return result
+def _checked(detectors, x, y, x_range, y_range, step, tolerance, timeout, quick, fine, hysteresis, dwell, approve,
+             maps) -> tuple:
+    """Check :func:`find_texture_temperature`'s arguments but the temperatures (ValueError naming the wrong one);
+    the region ((x0, x1), (y0, y1)) in um."""
+    for name, value in (("step", step), ("tolerance", tolerance), ("timeout", timeout)):
+        check_positive(name, value)
+    check_positive("quick", quick, integer=True)
+    check_positive("fine", fine, integer=True)
+    for name, value, units in (("hysteresis", hysteresis, "K"), ("dwell", dwell, "s")):
+        if check_finite(name, value, units) < 0:
+            raise ValueError(f"{name} must be >= 0 ({units}), got {value!r}")
+    if quick < MIN_QUICK or fine < quick:
+        raise ValueError(f"need {MIN_QUICK} <= quick <= fine points per side (texture_change needs 20 points per "
+                         f"map), got quick={quick}, fine={fine}")
+    check_callable("approve", approve)
+    region = (x0, x1), (y0, y1) = check_range("x_range", x_range, "um"), check_range("y_range", y_range, "um")
+    for motor, lo, hi in ((x, x0, x1), (y, y0, y1)):
+        check_within(f"range of {motor.name}", lo, hi, tuple(getattr(motor, "limits", (0, 0))), "um")
+    for det in detectors:
+        check_instrument(det, maps)
+    return region
+
+
+def _start_temperature(temperature, start) -> MsgGenerator[float]:
+    """Plan stub: ``start`` (K) checked, or the controller's reading (a message; a dry run cannot read it)."""
+    if start is not None:
+        return check_finite("start", start, "K")
+    reading = yield from bps.rd(temperature, default_value=None)
+    if reading is None:
+        raise ValueError("a dry run cannot read the temperature: give start (K)")
+    return check_finite(f"{temperature.name} reading", reading, "K")
+
+
+def _checked_stop(temperature, t_start: float, stop, hysteresis, tolerance) -> float:
+    """``stop`` (K) checked: another temperature than the start, and the search and its resets inside the
+    controller's limits."""
+    t_stop = check_finite("stop", stop, "K")
+    if t_stop == t_start:
+        raise ValueError(f"stop ({stop!r} K) must be a temperature other than start ({t_start:g} K)")
+    sign = -1.0 if t_stop < t_start else 1.0  # -1: cooling
+    far_back = t_start - sign * (float(hysteresis) + float(tolerance))
+    check_within("temperatures", min(t_stop, far_back), max(t_stop, far_back),
+                 tuple(getattr(temperature, "limits", (0, 0))), "K")
+    return t_stop
