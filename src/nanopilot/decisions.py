@@ -33,14 +33,14 @@ COMPARED = ("step", "action", "reason", "value", "evidence", "approved")
 
 def stored_decisions(raw) -> list[dict]:
     """The decisions stream of a stored raw run: one dict per decision (``step``, ``action``, ``reason``,
-    ``evidence`` (dict), ``value``, ``approved``, ``points``)."""
+    ``evidence`` (dict), ``value``, ``approved``, ``points`` (analysed when deciding), ``time`` (s))."""
     if "decisions" not in raw:
         raise ValueError(f"run {raw.start['uid'][:8]} has no decisions stream: it is not a closed-loop plan's run")
     table = raw["decisions"].base["internal"].read()
     return [{"step": int(row.decision_step), "action": str(row.decision_action),
              "reason": str(row.decision_reason), "evidence": json.loads(row.decision_evidence),
              "value": float(row.decision_value), "approved": bool(row.decision_approved),
-             "points": int(row.decision_points)} for row in table.itertuples()]
+             "points": int(row.decision_points), "time": float(row.time)} for row in table.itertuples()]
 
 
 def analysed_points(catalog, raw, frame_features=None) -> tuple[dict, list[str]]:
@@ -109,10 +109,13 @@ def replay_decisions(catalog, raw_uid: str, *, frame_features=None) -> list[dict
         from .texture import frame_descriptor as frame_features
     points, motors = analysed_points(catalog, raw, frame_features if used else None)
     agent = agent_for(raw.start, motors)
-    rows = []
+    frame_times = np.sort(raw["primary"].base["internal"].read()["time"].to_numpy(float))
+    rows, proposed = [], [0]  # points the agent has proposed to measure
     for decision in stored:
-        agent.tell({k: v[:decision["points"]] for k, v in points.items()})
-        replayed, why = _next_decision(agent)
+        seen = {k: v[:decision["points"]] for k, v in points.items()}
+        taken = int(np.searchsorted(frame_times, decision["time"]))  # frames taken before the decision
+        agent.tell(seen)
+        replayed, why = _next_decision(agent, seen, taken, proposed)
         rows.append(_compare(decision, replayed, why))
         if replayed is None:
             break
@@ -120,21 +123,23 @@ def replay_decisions(catalog, raw_uid: str, *, frame_features=None) -> list[dict
     return rows
 
 
-def _next_decision(agent, most: int = 10_000):
-    """The agent's next decision, asking through its actions (which a replay does not carry out): (proposal,
-    "") or (None, why not)."""
-    for _ in range(most):
+def _next_decision(agent, seen: dict, taken: int, proposed: list):
+    """The agent's next decision, asking through its actions (a replay carries them out by telling the points the
+    plan had analysed, ``seen``, again), no further than the ``taken`` frames: (proposal, "") or (None, why not)."""
+    while True:
         try:
             proposal = agent.ask()
-        except ValueError as err:  # it asks about points the plan had not seen when it decided
-            return None, f"the agent wants more points than the plan had: {err}"
         except Exception as err:  # after an earlier mismatch, its state need not fit the points any more
-            return None, f"the agent failed on these points: {type(err).__name__}: {err}"
+            return None, f"the agent failed on the points the plan had: {type(err).__name__}: {err}"
         if proposal.decision:
             return proposal, ""
         if proposal.action == "done":
             return None, "the agent is done"
-    return None, f"no decision within {most} proposals"
+        proposed[0] += len(proposal.points)
+        if proposed[0] > taken:
+            return None, (f"the agent would measure {proposed[0]} points before deciding; the plan had taken "
+                          f"{taken} frames")
+        agent.tell(seen)
 
 
 def _compare(stored: dict, proposal, why: str) -> dict:

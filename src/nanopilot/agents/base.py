@@ -7,7 +7,8 @@ The protocol, for a driver (a bluesky plan, a replay, bluesky-adaptive):
   decisions stream; the driver then calls ``tell_verdict(approved)`` (False when an approval hook vetoed it, else
   True). Asking again before the verdict returns the same proposal.
 - An *action* (not a decision: measure points, move, wait) is carried out by the driver; the next ``ask()`` takes
-  it as done. Before asking after a measurement, the driver tells the analysed points: ``tell(points)``.
+  it as done. Before asking after a measurement, the driver tells the analysed points (``tell(points)``); a
+  decision asked without them raises ValueError.
 - ``tell(points)``: every analysed point of the run so far (a snapshot, not an increment), as the columns of the
   analysis run's primary stream (:data:`POINT_COLUMNS`), numpy arrays of one length, in the order of analysis.
 
@@ -91,10 +92,6 @@ class PointTable:
         features = self.columns.get("features")
         return np.zeros((len(self), 0)) if features is None else np.asarray(features, float).reshape(len(self), -1)
 
-    def covers(self, last: int) -> bool:
-        """Have the points up to primary seq_num ``last`` been told?"""
-        return len(self) > 0 and int(self.columns["seq_num"].max()) >= last
-
 
 class Agent:
     """The ask/tell bookkeeping of the module notes; a subclass sets ``self._next`` (a method returning the next
@@ -106,10 +103,12 @@ class Agent:
         self._then: Callable[[bool], None] | None = None
         self._next: Callable[[], Proposal] = self._done
         self.decisions = 0  # decisions proposed so far
+        self._told = False  # points told since the last action
 
     def tell(self, points: dict) -> None:
         """The analysed points of the run so far (see the module notes)."""
         self.table.update(points)
+        self._told = True
 
     def ask(self) -> Proposal:
         """The next proposal (see the module notes)."""
@@ -117,6 +116,8 @@ class Agent:
             self._pending = None  # the action was carried out
         if self._pending is None:
             self._pending = self._next()
+            if not self._pending.decision and self._pending.points:
+                self._told = False  # the points it measures come with the next tell()
         return self._pending
 
     def tell_verdict(self, approved: bool) -> None:
@@ -133,6 +134,11 @@ class Agent:
         self.decisions += 1
         return Proposal(action, reason, evidence, float(value), decision=True, approve=approve,
                         step=self.decisions - 1 if step is None else int(step))
+
+    def _need_points(self) -> None:
+        """Raise ValueError unless the points were told since the last measurement."""
+        if not self._told:
+            raise ValueError("tell() the analysed points of the measurement before asking")
 
     def _done(self) -> Proposal:
         return Proposal("done", decision=False)

@@ -88,11 +88,12 @@ class GrowthAgent(Agent):
 
     def _round_values(self, k: int) -> tuple[dict, np.ndarray]:
         """Per field the round's values (NaN where not measured or lost), and the times (s) of its points."""
+        self._need_points()
         table, n = self.table.scattered(), len(self.points)
-        if not self.table.covers(self.round * n + k):
-            raise ValueError(f"tell() the analysed points up to seq_num {self.round * n + k} before asking")
         seq = table["seq_num"].astype(int) - self.round * n - 1
         rows = np.flatnonzero((seq >= 0) & (seq < k))
+        if not len(rows):
+            raise ValueError(f"no analysed point among the first {k} of round {self.round + 1}: their frames were lost")
         values = {}
         for field in ("thickness",) + RELAXATION_FIELDS:
             values[field] = np.full(n, np.nan)

@@ -65,6 +65,7 @@ class SteeringAgent(Agent):
         return {key: {f: points[f][k] for f in fields} for k, key in enumerate(zip(ii.tolist(), jj.tolist()))}
 
     def _decide_round(self) -> Proposal:
+        self._need_points()
         measured = self.measured()
         values = {f: np.array([p.get(f, np.nan) for p in measured.values()]) for f in FIELDS}
         stds = {f: np.array([p.get(f + "_std", np.nan) for p in measured.values()]) for f in FIELDS}

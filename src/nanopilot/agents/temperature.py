@@ -72,9 +72,7 @@ class TemperatureAgent(Agent):
 
     def _compare(self, t: float, window=None):
         """The map just taken against the reference; ``window`` (um) for a zoomed map (per-point features)."""
-        if not self.table.covers(self.current[1]):
-            raise ValueError(f"tell() the analysed points of the map (seq_num {self.current[0]}..{self.current[1]}) "
-                             "before asking")
+        self._need_points()
         view = MapView(self.table, *self.current)
         change = texture_change(MapView(self.table, *self.reference), view,
                                 **({} if window is None else {"group_weights": PER_POINT}))
@@ -91,6 +89,7 @@ class TemperatureAgent(Agent):
 
     # ------------------------------------------------------------------ the search
     def _reference(self) -> Proposal:
+        self._need_points()
         self.reference = self.current
         return self._decide("reference", f"reference map at {self.start:g} K",
                             {"temperature": self.start, "seq_nums": list(self.reference),
