@@ -9,9 +9,7 @@ and asked; its decisions are compared, field by field, with the stored decisions
 What a plan saw at a decision is the first ``decision_points`` rows of its analysis run's primary stream (the
 analysis emits points in the order it stores them); a decision's verdict (a veto) is taken from the stored one.
 Not replayed (reported as mismatches, never hidden): texture labels written while the run was under way
-(``TextureCallback(update_every=...)``; the stored labels are the final ones), and frame descriptors of frames the
-analysis prepared (a ``frame_preparation``): only the raw frames are stored, and the descriptors of unprepared
-frames are recomputed from them.
+(``TextureCallback(update_every=...)``): the agents are told the analysis run's points only.
 """
 
 from __future__ import annotations
@@ -24,6 +22,7 @@ import numpy as np
 from .agents import GrowthAgent, SteeringAgent, TemperatureAgent
 from .agents.base import DRIVER_KEYS
 from .agents.steering import Lattice
+from .callbacks.derived import ANALYSIS_PLAN, FRAME_FEATURES
 from .estimates import PARAMETERS
 from .runs import derived_runs
 
@@ -43,33 +42,28 @@ def stored_decisions(raw) -> list[dict]:
              "points": int(row.decision_points), "time": float(row.time)} for row in table.itertuples()]
 
 
-def analysed_points(catalog, raw, frame_features=None) -> tuple[dict, list[str]]:
+def analysed_points(catalog, raw) -> tuple[dict, list[str]]:
     """The points of the raw run's analysis run (the earliest one: the live analysis), as an agent is told them:
-    the primary stream's columns (``raw_seq_num`` as ``seq_num``), the readings' ``time`` from the raw run, and
-    ``features`` computed by ``frame_features`` from the raw frames (if given). Returns (points, motors)."""
+    the primary stream's columns (``raw_seq_num`` as ``seq_num``; the frame descriptors as ``features``) and the
+    readings' ``time`` from the raw run. Returns (points, motors)."""
     uid = raw.start["uid"]
-    analyses = [run for run in derived_runs(catalog, uid).values()
-                if run.start.get("plan_name") == "nanopilot_analysis"]
+    analyses = [run for run in derived_runs(catalog, uid).values() if run.start.get("plan_name") == ANALYSIS_PLAN]
     if not analyses:
         raise ValueError(f"raw run {uid[:8]} has no stored analysis run: analyse it first (nanopilot replay)")
     analysis = min(analyses, key=lambda run: run.start["time"])
-    table = analysis["primary"].base["internal"].read()
-    points = {k: table[k].to_numpy() for k in table.columns if k not in ("seq_num", "time") and
+    primary = analysis["primary"]
+    table = primary.base["internal"].read()
+    points = {k: table[k].to_numpy() for k in table.columns if k not in ("seq_num", "time", FRAME_FEATURES) and
               not k.startswith("ts_")}
     points["seq_num"] = points.pop("raw_seq_num").astype(int)
     for name in PARAMETERS + tuple(p + "_std" for p in PARAMETERS):  # the live maps hold every one (NaN: none)
         points.setdefault(name, np.full(len(points["seq_num"]), np.nan))
     points["status"] = np.asarray(points["status"], dtype=object).astype(str).astype(object)
-    rows = points["seq_num"] - 1
+    if FRAME_FEATURES in primary.descriptors[0]["data_keys"]:
+        points["features"] = np.asarray(primary[FRAME_FEATURES].read(), dtype=float)
     raw_table = raw["primary"].base["internal"].read()
     stamps = raw_table[[k for k in raw_table.columns if k.startswith("ts_")]].to_numpy(float).max(axis=1)
-    points["time"] = stamps[rows]  # the readings' time, as the plan took it (the latest timestamp)
-    if frame_features is not None:
-        if "frame_preparation" in analysis.start:
-            raise ValueError("the analysis prepared the raw frames (frame_preparation): their descriptors cannot "
-                             "be recomputed from the stored raw frames; replay without frame_features")
-        frames = np.asarray(raw["primary"][analysis.start["image_key"]].read(), dtype=np.float32)
-        points["features"] = np.asarray(frame_features(frames[rows]), dtype=float)
+    points["time"] = stamps[points["seq_num"] - 1]  # the readings' time, as the plan took it (the latest one)
     return points, list(analysis.start.get("motors", raw.start.get("motors", [])))
 
 
@@ -91,11 +85,8 @@ def agent_for(start: dict, motors: list[str]):
     raise ValueError(f"run of plan {name!r}: decisions replay for steered_map, grow_until and find_texture_temperature")
 
 
-def replay_decisions(catalog, raw_uid: str, *, frame_features=None) -> list[dict]:
+def replay_decisions(catalog, raw_uid: str) -> list[dict]:
     """Replay the decisions of the stored raw run ``raw_uid`` (see the module notes).
-
-    frame_features : the analysis' per-frame descriptor (``find_texture_temperature`` runs whose reference decision
-        says frame descriptors were used; default then :func:`nanopilot.texture.frame_descriptor`, the session's).
 
     Returns one dict per stored decision: ``stored`` and ``replayed`` (dicts of :data:`COMPARED` fields; replayed
     None when the agent made no decision there), ``match`` (bool) and ``differences`` (the fields that differ, or
@@ -104,10 +95,7 @@ def replay_decisions(catalog, raw_uid: str, *, frame_features=None) -> list[dict
     """
     raw = catalog[raw_uid]
     stored = stored_decisions(raw)
-    used = stored[0]["evidence"].get("frame_features", 0) if stored else 0
-    if used and frame_features is None:
-        from .texture import frame_descriptor as frame_features
-    points, motors = analysed_points(catalog, raw, frame_features if used else None)
+    points, motors = analysed_points(catalog, raw)
     agent = agent_for(raw.start, motors)
     frame_times = np.sort(raw["primary"].base["internal"].read()["time"].to_numpy(float))
     rows, proposed = [], [0]  # points the agent has proposed to measure

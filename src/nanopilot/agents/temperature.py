@@ -92,8 +92,7 @@ class TemperatureAgent(Agent):
         self._need_points()
         self.reference = self.current
         return self._decide("reference", f"reference map at {self.start:g} K",
-                            {"temperature": self.start, "seq_nums": list(self.reference),
-                             "frame_features": int(self.table.features().shape[1])}, self.start,
+                            {"temperature": self.start, "seq_nums": list(self.reference)}, self.start,
                             lambda _: setattr(self, "_next", self._step))
 
     def _step(self) -> Proposal:
