@@ -55,3 +55,33 @@ def test_the_agents_import_no_bluesky():
     code = ("import sys, nanopilot.agents; "
             "assert not [m for m in sys.modules if m.split('.')[0] in ('bluesky', 'ophyd', 'ophyd_async')]")
     subprocess.run([sys.executable, "-c", code], check=True, env=os.environ)
+
+
+def growth_rows(points, thickness, t0):
+    n = len(points)
+    x, y = np.array(points, dtype=float).T
+    return {"stage_x": x, "stage_y": y, "thickness": np.asarray(thickness, float), "strain": np.zeros(n),
+            "omega": np.zeros(n), "chi": np.zeros(n), "time": t0 + np.arange(n, dtype=float),
+            "status": np.array(["ok"] * n, dtype=object)}
+
+
+def test_a_growth_round_takes_a_retaken_point_once_and_a_lost_one_as_nan():
+    from nanopilot.agents import GrowthAgent
+
+    grid = [(0.0, 0.0), (1.0, 0.0), (2.0, 0.0)]
+    agent = GrowthAgent(100.0, grid, interval=1.0, max_time=1e6)
+    opening = agent.ask()
+    assert opening.action == "open shutter" and opening.approve
+    agent.tell_verdict(True)
+    assert agent.ask().moves == [("shutter", "open")]
+    assert agent.ask().points == grid  # the first rounds have no looks within them
+    # point 1 retaken after a pause (its first take 99 A), then point 2
+    first = growth_rows([grid[0], grid[1], grid[1], grid[2]], [10, 99, 11, 12], 0.0)
+    agent.tell({"seq_num": np.arange(1, 5), **first})
+    assert not agent.ask().decision and agent.monitor.rounds[0]["thickness"].tolist() == [10, 11, 12]
+    assert agent.monitor.times == [1.5]  # the middle of the round's points (times 0, 2, 3 s)
+    # the next round loses point 1's frame: NaN there, the round's other points kept
+    second = growth_rows([grid[0], grid[2]], [20, 22], 10.0)
+    agent.tell({k: np.concatenate([first[k], second[k]]) for k in first} | {"seq_num": np.array([1, 2, 3, 4, 5, 7])})
+    agent.ask()
+    assert np.array_equal(agent.monitor.rounds[1]["thickness"], [20, np.nan, 22], equal_nan=True)

@@ -4,9 +4,9 @@ round, close at relaxation, at the target thickness (anticipated from the growth
 
 Proposals: ``open shutter`` (a decision) -> ``open`` (moves the shutter) -> ``measure`` (the next points of the
 round: up to the next look at the relaxation tests, or to the round's end) ... -> ``close shutter`` (a decision)
--> ``done`` (the driver closes the shutter on every exit path). Rounds are the points' primary seq_nums taken
-``len(points)`` at a time (a point whose frame was lost is NaN in its round); times are the points' ``time``
-column (s, the readings' clock).
+-> ``done`` (the driver closes the shutter on every exit path). A round's values are found by the points'
+positions (a point whose frame was lost is NaN in its round; one retaken after a pause counts once, its latest
+take); times are the points' ``time`` column (s, the readings' clock).
 """
 
 from __future__ import annotations
@@ -87,17 +87,29 @@ class GrowthAgent(Agent):
                         points=self.points[k:stop])
 
     def _round_values(self, k: int) -> tuple[dict, np.ndarray]:
-        """Per field the round's values (NaN where not measured or lost), and the times (s) of its points."""
+        """Per field the round's values at its points (NaN where not measured yet or lost), and the times (s) of
+        the points measured. The round's rows: from the last row back, each of its first ``k`` points once (the
+        latest take: a point retaken after a pause counts once), while the points go back in the round's order."""
         self._need_points()
         table, n = self.table.scattered(), len(self.points)
-        seq = table["seq_num"].astype(int) - self.round * n - 1
-        rows = np.flatnonzero((seq >= 0) & (seq < k))
-        if not len(rows):
+        x_key, y_key = self.table.motors[::-1][:2]
+        tail = np.arange(max(0, len(self.table) - 3 * n - 16), len(self.table))  # enough for a few retakes
+        xy = np.column_stack([table[x_key][tail], table[y_key][tail]])
+        index = np.argmin(((xy[:, None, :] - np.asarray(self.points)[None]) ** 2).sum(axis=2), axis=1)
+        rows, last = [], k
+        for row, point in zip(tail[::-1], index[::-1]):
+            if point > last or (point == last and not rows):  # the round before
+                break
+            if point < last:  # (point == last: an earlier take of a point retaken)
+                rows.append(row)
+                last = point
+        if not rows:
             raise ValueError(f"no analysed point among the first {k} of round {self.round + 1}: their frames were lost")
+        rows = np.array(rows[::-1])
         values = {}
         for field in ("thickness",) + RELAXATION_FIELDS:
             values[field] = np.full(n, np.nan)
-            values[field][seq[rows]] = table[field][rows]
+            values[field][index[rows - tail[0]]] = table[field][rows]
         return values, np.asarray(table["time"], float)[rows]
 
     def _look(self) -> Proposal:
