@@ -47,8 +47,7 @@ from nanopilot.model import Predictor
 from nanopilot.model.predictor import shipped_model_path
 from nanopilot.plans import find_texture_temperature, grow_until, steered_map
 from nanopilot.plans.growth import DEFAULT_GRID
-from nanopilot.plans.steered_map import collect_points
-from nanopilot.agents.steering import reconstruct, snake_order
+from nanopilot.agents.steering import collect_points, reconstruct, snake_order
 from nanopilot.sim_devices import make_beamline
 from nanopilot.texture import frame_descriptor
 

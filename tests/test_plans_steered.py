@@ -9,8 +9,15 @@ from bluesky.simulators import summarize_plan
 
 from nanopilot.callbacks import NanobeamAnalysis
 from nanopilot.plans import steered_map
-from nanopilot.plans.steered_map import collect_points
-from nanopilot.agents.steering import Lattice, cell_interest, choose_cells, coarse_cells, reconstruct, split
+from nanopilot.agents.steering import (
+    Lattice,
+    cell_interest,
+    choose_cells,
+    coarse_cells,
+    collect_points,
+    reconstruct,
+    split,
+)
 from nanopilot.sim_devices import make_beamline
 from test_callbacks import CentroidPredictor
 

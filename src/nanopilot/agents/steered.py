@@ -17,6 +17,7 @@ from .steering import (
     cell_interest,
     choose_cells,
     coarse_cells,
+    collect_points,
     corners,
     noise_scales,
     snake_order,
@@ -56,13 +57,8 @@ class SteeringAgent(Agent):
                         points=[self.lattice.position(ij) for ij in indices])
 
     def measured(self) -> dict:
-        """The analysed points told, keyed by lattice index (i, j); a point measured twice keeps its latest
-        result: {(i, j): {field: value, "status": ..., ["texture": ...]}}."""
-        points = self.table.scattered()
-        x_key, y_key = self.table.motors[::-1][:2]
-        ii, jj = self.lattice.index(points[x_key], points[y_key])
-        fields = [k for k in points if k not in ("seq_num", x_key, y_key)]
-        return {key: {f: points[f][k] for f in fields} for k, key in enumerate(zip(ii.tolist(), jj.tolist()))}
+        """The analysed points told, keyed by lattice index (:func:`~nanopilot.agents.steering.collect_points`)."""
+        return collect_points(self.table, self.lattice, *self.table.motors[::-1][:2])
 
     def _decide_round(self) -> Proposal:
         self._need_points()

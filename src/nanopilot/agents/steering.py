@@ -52,6 +52,15 @@ class Lattice:
                 np.rint((np.asarray(y) - self.y0) / dy).astype(int))
 
 
+def collect_points(run, lattice: Lattice, x_key: str, y_key: str) -> dict:
+    """The analysed points of a run (anything with ``scattered()``: a RunMap, a PointTable) keyed by lattice index
+    (i, j); a point measured twice keeps its latest result: {(i, j): {field: value, "status": ..., ...}}."""
+    points = run.scattered()
+    ii, jj = lattice.index(points[x_key], points[y_key])
+    fields = [k for k in points if k not in ("seq_num", x_key, y_key)]
+    return {key: {f: points[f][k] for f in fields} for k, key in enumerate(zip(ii.tolist(), jj.tolist()))}
+
+
 def coarse_cells(n: int, side: int) -> list[tuple[int, int, int]]:
     """Cells (i, j, side) tiling the lattice, with corners on multiples of ``side``."""
     if (n - 1) % side:

@@ -68,7 +68,7 @@ def _count(result) -> int:
 
 def demo_steer(RE, setup, catalog, out, seed) -> dict:
     from ..plans import steered_map
-    from ..plans.steered_map import collect_points
+    from ..agents.steering import collect_points
     from ..sim_devices import make_beamline
 
     bl = make_beamline("domains", seed=seed)

@@ -108,14 +108,3 @@ def _checked(detectors, x, y, x_range, y_range, fine, coarse_step, budget, thres
         raise ValueError(f"budget of {total} points is smaller than the coarse raster ({first ** 2} points): "
                          f"raise budget or coarse_step")
     return Lattice(x0, x1, y0, y1, int(fine)), total
-
-
-def collect_points(run, lattice: Lattice, x_key: str, y_key: str) -> dict:
-    """The analysed points of a run keyed by lattice index; a point measured twice keeps its latest result."""
-    points = run.scattered()
-    ii, jj = lattice.index(points[x_key], points[y_key])
-    fields = [k for k in points if k not in ("seq_num", x_key, y_key)]
-    out = {}
-    for k, key in enumerate(zip(ii.tolist(), jj.tolist())):
-        out[key] = {f: points[f][k] for f in fields}
-    return out
