@@ -8,7 +8,7 @@ network (``Predictor.load()``, ``residual=True`` as the live analysis does); eve
 lattice point by reading that point's analysed frame, so all methods see the same frames. Methods, each given a
 budget of points and asked in rounds through the ask/tell shape:
 
-- ``steering``: today's ``steered_map`` decision logic (``nanopilot.plans.steering``'s pure functions called as
+- ``steering``: today's ``steered_map`` decision logic (``nanopilot.agents.steering``'s pure functions called as
   the plan calls them, with the plan's defaults; no texture labels, as ``benchmarks/plans.py``), its maps rebuilt
   by ``steering.reconstruct``;
 - ``raster``: a uniform raster of the same number of points, linear interpolation;
@@ -47,7 +47,7 @@ from nanopilot.model import Predictor
 from nanopilot.plans import steered_map
 from nanopilot.plans.samplers import GPSampler, RandomSampler, RasterSampler
 from nanopilot.plans.slads import SLADSSampler, train_erd
-from nanopilot.plans.steering import (Lattice, cell_interest, choose_cells, coarse_cells, corners, noise_scales,
+from nanopilot.agents.steering import (Lattice, cell_interest, choose_cells, coarse_cells, corners, noise_scales,
                                       reconstruct, snake_order, split)
 from nanopilot.sim_devices import REPORTING_SEEDS, STRUCTURES, TUNING_SEEDS, SimSample, feature_mask, label_walls
 from nanopilot.sim_devices import make_beamline
@@ -63,7 +63,7 @@ PLAN = {name: p.default for name, p in inspect.signature(steered_map).parameters
 
 
 class SteeringReplay:
-    """Today's ``steered_map`` decisions (``nanopilot.plans.steering``, as the plan calls them) in the ask/tell
+    """Today's ``steered_map`` decisions (``nanopilot.agents.steering``, as the plan calls them) in the ask/tell
     shape: the coarse raster first, then each round's refinements within the points left."""
 
     def __init__(self, lattice: Lattice, budget: int, coarse_step: int = PLAN["coarse_step"],

@@ -8,7 +8,7 @@ import pytest
 
 from nanopilot.plans.samplers import GPSampler, RandomSampler, RasterSampler, raster_indices
 from nanopilot.plans.slads import SLADSSampler, erd_features, reduction_in_distortion, train_erd
-from nanopilot.plans.steering import Lattice
+from nanopilot.agents.steering import Lattice
 
 N = 17
 LATTICE = Lattice(-2.0, 2.0, -1.0, 1.0, N)

@@ -8,7 +8,7 @@ The shape every sampler shares (that of the plans' decision agents):
     measurement: the point counts as measured, its value is not used).
 ``reconstruct()`` -> {field: (n, n) array}: the map on the fine raster, rows = y, rebuilt the best way for it.
 
-Candidates are the points of a fine raster (:class:`~nanopilot.plans.steering.Lattice`); a sampler never
+Candidates are the points of a fine raster (:class:`~nanopilot.agents.steering.Lattice`); a sampler never
 proposes a point twice. The SLADS-like sampler is in :mod:`.slads`.
 
 :class:`RasterSampler`  a uniform raster of a given number of points (what a scientist does instead).
@@ -27,7 +27,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.gaussian_process import GaussianProcessRegressor
 from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
 
-from .steering import Lattice, reconstruct, snake_order
+from ..agents.steering import Lattice, reconstruct, snake_order
 
 FIELDS = ("strain", "omega", "chi")
 
@@ -74,7 +74,7 @@ class LatticeSampler:
         self.measured_[jj, ii] = True
 
     def measured(self) -> dict[tuple[int, int], dict[str, float]]:
-        """{(i, j): {field: value}}, the layout :func:`~nanopilot.plans.steering.reconstruct` takes."""
+        """{(i, j): {field: value}}, the layout :func:`~nanopilot.agents.steering.reconstruct` takes."""
         return {ij: {f: self.values_[f][k] for f in self.fields} for k, ij in enumerate(self.indices_)}
 
     def candidates(self) -> np.ndarray:

@@ -27,7 +27,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import PolynomialFeatures, StandardScaler
 
 from .samplers import FIELDS, LatticeSampler, raster_indices
-from .steering import Lattice, snake_order
+from ..agents.steering import Lattice, snake_order
 
 #: Measurements the reconstruction and the spread feature use around a point.
 NEIGHBOURS = 10
