@@ -18,8 +18,8 @@ from nanopilot.texture import TextureCallback, frame_descriptor
 def stored_run(catalog, tmp_path, analysis, make_plan, beamline=None):
     """Run a plan with the analysis (and texture labels at its end, as a session does), every run stored in
     ``catalog``; returns (raw uid, plan result)."""
-    textures = TextureCallback(analysis.maps)
-    analysis.subscribe(textures)
+    textures = TextureCallback()
+    analysis.add_stage(textures)
     RE = RunEngine({}, call_returns_result=True)
     if beamline is not None:
         beamline.install(RE)

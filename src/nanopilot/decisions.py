@@ -62,8 +62,9 @@ def analysed_points(catalog, raw) -> tuple[dict, list[str]]:
     if FRAME_FEATURES in primary.descriptors[0]["data_keys"]:
         points["features"] = np.asarray(primary[FRAME_FEATURES].read(), dtype=float)
     raw_table = raw["primary"].base["internal"].read()
-    stamps = raw_table[[k for k in raw_table.columns if k.startswith("ts_")]].to_numpy(float).max(axis=1)
-    points["time"] = stamps[points["seq_num"] - 1]  # the readings' time, as the plan took it (the latest one)
+    stamps = raw_table[[k for k in raw_table.columns if k.startswith("ts_")]].to_numpy(float)
+    latest = dict(zip(raw_table["seq_num"].to_numpy(int), np.nanmax(stamps, axis=1)))
+    points["time"] = np.array([latest.get(s, np.nan) for s in points["seq_num"]])  # as the plan took it
     return points, list(analysis.start.get("motors", raw.start.get("motors", [])))
 
 
@@ -102,7 +103,6 @@ def replay_decisions(catalog, raw_uid: str) -> list[dict]:
     for decision in stored:
         seen = {k: v[:decision["points"]] for k, v in points.items()}
         taken = int(np.searchsorted(frame_times, decision["time"]))  # frames taken before the decision
-        agent.tell(seen)
         replayed, why = _next_decision(agent, seen, taken, proposed)
         rows.append(_compare(decision, replayed, why))
         if replayed is None:
@@ -112,8 +112,11 @@ def replay_decisions(catalog, raw_uid: str) -> list[dict]:
 
 
 def _next_decision(agent, seen: dict, taken: int, proposed: list):
-    """The agent's next decision, asking through its actions (a replay carries them out by telling the points the
-    plan had analysed, ``seen``, again), no further than the ``taken`` frames: (proposal, "") or (None, why not)."""
+    """The agent's next decision, asking through its actions, no further than the ``taken`` frames: (proposal, "")
+    or (None, why not). A replay carries an action out by telling the points the plan had analysed, ``seen``, up to
+    the frames proposed so far (a point retaken after a pause takes a primary seq_num of its own, so a run with
+    retakes replays only up to them)."""
+    agent.tell(_up_to(seen, proposed[0]))
     while True:
         try:
             proposal = agent.ask()
@@ -127,7 +130,13 @@ def _next_decision(agent, seen: dict, taken: int, proposed: list):
         if proposed[0] > taken:
             return None, (f"the agent would measure {proposed[0]} points before deciding; the plan had taken "
                           f"{taken} frames")
-        agent.tell(seen)
+        agent.tell(_up_to(seen, proposed[0]))
+
+
+def _up_to(points: dict, frames: int) -> dict:
+    """The points of the first ``frames`` primary events."""
+    keep = points["seq_num"] <= frames
+    return {k: v[keep] for k, v in points.items()}
 
 
 def _compare(stored: dict, proposal, why: str) -> dict:
