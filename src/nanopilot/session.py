@@ -123,7 +123,6 @@ def setup(RE, *, detector, x, y, temperature=None, deposition=None, catalog=None
     ValueError for an unknown ``analysis``; ConnectionError if the remote workers do not answer (nothing subscribed).
     """
     from .model import Predictor
-    from .texture import TextureCallback, frame_descriptor
 
     if analysis not in ("local", "remote"):
         raise ValueError(f"analysis must be 'local' or 'remote', got {analysis!r}")
@@ -138,23 +137,8 @@ def setup(RE, *, detector, x, y, temperature=None, deposition=None, catalog=None
         from .catalog import open_catalog
 
         catalog = open_catalog(catalog, create=True)
-    tokens, raw_writer = [], None
-    if catalog is not None:
-        from .storage import make_writer
-
-        # made (the catalogue checked writable) before anything is subscribed; the raw writer goes first, so the
-        # raw run is stored when the analysis sees its stop and the analysis run can say where it went
-        raw_writer = make_writer(catalog)
-        derived_writers = make_writer(catalog, batch_size=1000), make_writer(catalog, batch_size=1000)
-        tokens.append(RE.subscribe(raw_writer))
-    local = NanobeamAnalysis(predictor, image_key=image_key, motors=[y.name, x.name],
-                             frame_features=frame_descriptor,
-                             raw_storage=raw_writer.status if raw_writer is not None else None)
-    texture = TextureCallback()
-    local.add_stage(texture)
-    if catalog is not None:  # remote: the workers store theirs; these store the in-process fallback's
-        local.subscribe(derived_writers[0])
-        texture.subscribe(derived_writers[1])
+    tokens = []
+    local, texture = _in_process_analysis(RE, predictor, catalog, tokens, image_key, [y.name, x.name])
     link = None
     if analysis == "remote":
         from .remote.link import RemoteLink
@@ -166,17 +150,7 @@ def setup(RE, *, detector, x, y, temperature=None, deposition=None, catalog=None
                 RE.unsubscribe(token)
             local.close()
             raise
-    live_plot = None
-    if plot:  # each plan's picture (nanopilot.pictures), drawn from the raw, analysis and texture documents
-        from .pictures import LivePictures
-
-        live_plot = LivePictures(save=plot)
-        if link is None:
-            local.subscribe(live_plot)
-            texture.subscribe(live_plot)
-        else:  # the derived documents, remote or from the fallback, as the maps take them
-            local.maps.subscribe(live_plot)
-        tokens.append(RE.subscribe(live_plot))
+    live_plot = _live_pictures(RE, plot, local, texture, tokens, remote=link is not None)
     if link is None:
         tokens.append(RE.subscribe(local))
     devices = {"detector": detector, "x": x, "y": y, "temperature": temperature, "deposition": deposition}
@@ -185,6 +159,48 @@ def setup(RE, *, detector, x, y, temperature=None, deposition=None, catalog=None
     RE.register_command(MAPS_COMMAND, session._answer_maps)  # the plans' default maps: this RunEngine's session
     _close_at_exit(session)
     return session
+
+
+def _in_process_analysis(RE, predictor, catalog, tokens: list, image_key, motors):
+    """The in-process analysis with its texture stage, storing into ``catalog`` (when not None): the raw runs'
+    writer is subscribed to ``RE`` now (its token appended to ``tokens``), first, so the raw run is stored when the
+    analysis sees its stop and the analysis run can say where it went. Returns (analysis, texture)."""
+    from .texture import TextureCallback, frame_descriptor
+
+    raw_writer = None
+    if catalog is not None:
+        from .storage import make_writer
+
+        # made (the catalogue checked writable) before anything is subscribed
+        raw_writer = make_writer(catalog)
+        derived_writers = make_writer(catalog, batch_size=1000), make_writer(catalog, batch_size=1000)
+        tokens.append(RE.subscribe(raw_writer))
+    local = NanobeamAnalysis(predictor, image_key=image_key, motors=motors, frame_features=frame_descriptor,
+                             raw_storage=raw_writer.status if raw_writer is not None else None)
+    texture = TextureCallback()
+    local.add_stage(texture)
+    if catalog is not None:  # remote: the workers store theirs; these store the in-process fallback's
+        local.subscribe(derived_writers[0])
+        texture.subscribe(derived_writers[1])
+    return local, texture
+
+
+def _live_pictures(RE, plot, local, texture, tokens: list, remote: bool):
+    """Each plan's picture (:mod:`nanopilot.pictures`), drawn from the raw, analysis and texture documents and saved
+    at ``plot`` (None: no picture, returns None); with a remote analysis, the derived documents as the maps take
+    them."""
+    if not plot:
+        return None
+    from .pictures import LivePictures
+
+    live_plot = LivePictures(save=plot)
+    if remote:
+        local.maps.subscribe(live_plot)
+    else:
+        local.subscribe(live_plot)
+        texture.subscribe(live_plot)
+    tokens.append(RE.subscribe(live_plot))
+    return live_plot
 
 
 def _close_at_exit(session: Session) -> None:
