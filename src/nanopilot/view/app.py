@@ -2,8 +2,10 @@
 
     GET /                         the page (``page.html``, shipped with the package; no file from the internet)
     GET /api/runs?limit=10        the newest raw runs (:func:`nanopilot.view.data.list_runs`)
-    GET /api/runs/{uid}           one run: its row, its decisions, the analysis' status counts
-    GET /api/runs/{uid}/maps.png  the maps of its analysis run (404 until the first points are stored)
+    GET /api/runs/{uid}           one run: its row, its decisions, the analysis' status counts, whether its
+                                  texture run (labels, written when the analysis ends) is stored
+    GET /api/runs/{uid}/picture.png  its plan's picture (nanopilot.pictures.plan_figure), drawn from the stored
+                                  raw, analysis and texture runs (404 until the first points are stored)
 
 With an ``api_key``, every request must carry it (header ``X-API-Key`` or query ``?api_key=``), else 401.
 """
@@ -40,7 +42,8 @@ class _RequireKey(BaseHTTPMiddleware):
 
 
 def build_app(catalog, *, api_key: str | None = None, picture=data.picture) -> Starlette:
-    """The app serving ``catalog``'s runs; ``picture(analysis_run) -> PNG bytes`` draws a run's maps."""
+    """The app serving ``catalog``'s runs; ``picture(plan_run) -> PNG bytes`` draws a run's picture from its
+    :class:`~nanopilot.pictures.PlanRun` (:func:`nanopilot.view.data.plan_run`)."""
     page = files(__package__).joinpath("page.html").read_text(encoding="utf-8")
 
     def index(request):
@@ -62,24 +65,26 @@ def build_app(catalog, *, api_key: str | None = None, picture=data.picture) -> S
         raw = _raw(request)
         if raw is None:
             return PlainTextResponse("no such raw run", status_code=404)
-        counts = data.status_counts(data.analysis_of(catalog, raw.start["uid"]))
+        uid = raw.start["uid"]
+        counts = data.status_counts(data.analysis_of(catalog, uid))
         return JSONResponse({**data.run_summary(catalog, raw), "decisions": data.decisions(raw),
-                             "status_counts": counts})
+                             "status_counts": counts, "texture_stored": data.texture_stored(catalog, uid)})
 
     lock = threading.Lock()
-    drawn: OrderedDict[tuple[str, int], bytes] = OrderedDict()  # (analysis uid, frames) -> PNG, newest last
+    drawn: OrderedDict[tuple, bytes] = OrderedDict()  # state of a run (data.state) -> PNG, newest last
 
-    def maps(request):
+    def picture_png(request):
         raw = _raw(request)
-        analysis = data.analysis_of(catalog, raw.start["uid"]) if raw is not None else None
-        frames = data.frames_analysed(analysis)
-        if not frames:
+        if raw is None:
+            return PlainTextResponse("no such raw run", status_code=404)
+        run = data.plan_run(catalog, raw)
+        if not run.estimates.get("raw_seq_num"):
             return PlainTextResponse("no analysed points stored for this run yet", status_code=404)
-        key = (analysis.start["uid"], frames)
+        key = data.state(run)
         with lock:
             png = drawn.get(key)
         if png is None:  # each state of a run is drawn once, however many pages show it
-            png = picture(analysis)
+            png = picture(run)
             with lock:
                 drawn[key] = png
                 while len(drawn) > PICTURES_KEPT:
@@ -88,7 +93,7 @@ def build_app(catalog, *, api_key: str | None = None, picture=data.picture) -> S
 
     middleware = [Middleware(_RequireKey, key=api_key)] if api_key else []
     return Starlette(routes=[Route("/", index), Route("/api/runs", runs), Route("/api/runs/{uid}", run),
-                             Route("/api/runs/{uid}/maps.png", maps)], middleware=middleware)
+                             Route("/api/runs/{uid}/picture.png", picture_png)], middleware=middleware)
 
 
 def serve_in_thread(app, *, host: str = "127.0.0.1", port: int = 8765, timeout: float = 30.0):
