@@ -72,7 +72,7 @@ def test_json_equals_the_stored_runs(catalog, stored):
     uid, history = stored
     client = TestClient(build_app(catalog))
     listed = {row["uid"]: row for row in client.get("/api/runs", params={"limit": 50}).json()}
-    analysis = data.analysis_of(catalog, uid)
+    analysis, _ = data.derived_of(catalog, uid)
     strain = analysis["primary"]["strain"].read()
     assert listed[uid]["frames_analysed"] == len(strain) == N_Y * N_X
     assert listed[uid]["status"] == "success" and listed[uid]["plan"] == "grid_scan"

@@ -19,6 +19,10 @@ def register(subparsers) -> None:
     p.add_argument("--catalog", default=None, help="catalogue directory or URI (default: the embedded catalogue)")
     p.add_argument("--out", default="nanopilot-demo", help="folder for the PNG maps (default: %(default)s)")
     p.add_argument("--seed", type=int, default=1, help="seed of the simulated samples")
+    p.add_argument("--view", action="store_true",
+                   help="serve the live page of the runs (`nanopilot view`) on this machine while the demo runs and "
+                        "after it, until Ctrl-C; a browser is opened where there is a display")
+    p.add_argument("--port", type=int, default=8765, help="TCP port of the page with --view (default: %(default)s)")
     p.set_defaults(run=run)
 
 
@@ -35,6 +39,7 @@ def run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     print("opening the catalogue ...", flush=True)
     catalog = open_catalog(args.catalog, create=True)
+    server = start_view(catalog, args.port) if args.view else None
     rows = []
     for part in parts:
         # each part's run continues the catalogue's scan ids, so that every run has its own
@@ -59,7 +64,43 @@ def run(args) -> int:
     option = f" --catalog {args.catalog}" if args.catalog else ""
     for row in rows:  # a uid prefix names exactly this run; replay analyses it with the model its analysis used
         print(f"replay the {row['plan']} run (scan {row['scan_id']}): nanopilot replay{option} {row['uid'][:8]}")
+    if server is not None:
+        keep_serving(server)
     return 0
+
+
+def start_view(catalog, port: int):
+    """Serve the page of ``catalog`` on the loopback from a thread of this process (its pictures are drawn there,
+    at most one per run every 2 s); print its URL and open a browser where there is a display."""
+    import os
+    import sys
+    import webbrowser
+
+    import matplotlib
+
+    from ..view.app import build_app, serve_in_thread
+
+    matplotlib.use("Agg")  # the page's pictures are drawn in the server's threads, never on screen
+    try:
+        server = serve_in_thread(build_app(catalog), port=port)
+    except RuntimeError as err:  # before anything moves
+        raise ValueError(f"{err}: give another --port") from err
+    url = f"http://127.0.0.1:{port}/"
+    print(f"the page of the runs: {url}", flush=True)
+    if os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or sys.platform in ("darwin", "win32"):
+        webbrowser.open(url)
+    return server
+
+
+def keep_serving(server) -> None:
+    """Serve the page until Ctrl-C (or until the server stops)."""
+    print("the page stays up for the stored runs: Ctrl-C stops it", flush=True)
+    try:
+        while not server.should_exit:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    server.should_exit = True
 
 
 def _count(result) -> int:

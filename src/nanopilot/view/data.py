@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import math
 import threading
+import time
 from collections import Counter
 
 import numpy as np
@@ -16,7 +17,7 @@ import numpy as np
 from ..pictures.record import ANALYSIS, RAW, TEXTURE, PlanRun
 from ..pictures.record import _json as parse_evidence
 from ..plans.common import DECISION_STREAM
-from ..runs import derived_runs, raw_runs
+from ..runs import derived_runs
 
 ANALYSIS_PLAN = "nanopilot_analysis"
 TEXTURE_PLAN = "nanopilot_texture"
@@ -45,43 +46,55 @@ def _json_number(value):
     return value if math.isfinite(value) else None
 
 
-def _newest(catalog, raw_uid: str, plan_name: str):
-    found = [run for run in derived_runs(catalog, raw_uid).values() if run.start.get("plan_name") == plan_name]
-    return max(found, key=lambda run: run.start.get("time", 0)) if found else None
+def derived_of(catalog, raw_uid: str) -> tuple:
+    """(analysis, texture): the newest analysis run stored for raw run ``raw_uid`` and the texture run of that
+    analysis (None where not stored), in one search."""
+    found = sorted(derived_runs(catalog, raw_uid).values(), key=lambda run: run.start.get("time", 0))
+    analysis = next((r for r in reversed(found) if r.start.get("plan_name") == ANALYSIS_PLAN), None)
+    texture = next((r for r in reversed(found) if r.start.get("plan_name") == TEXTURE_PLAN and analysis is not None
+                    and r.start.get("analysis_uid") == analysis.start["uid"]), None)
+    return analysis, texture
 
 
-def analysis_of(catalog, raw_uid: str):
-    """The newest analysis run stored for raw run ``raw_uid``, or None."""
-    return _newest(catalog, raw_uid, ANALYSIS_PLAN)
+def _stopped(run) -> bool:
+    return run is not None and bool(run.metadata.get("stop"))
 
 
-def texture_stored(catalog, raw_uid: str) -> bool:
-    """Whether the texture run of the newest analysis of ``raw_uid`` is stored (it is written at the analysis' end)."""
-    analysis, texture = analysis_of(catalog, raw_uid), _newest(catalog, raw_uid, TEXTURE_PLAN)
-    return (analysis is not None and texture is not None and bool(texture.metadata.get("stop"))
-            and texture.start.get("analysis_uid") == analysis.start["uid"])
+def _long_ago(run, seconds: float = 60.0) -> bool:
+    """Whether ``run`` stopped more than ``seconds`` ago (an analysis without texture labels is finished then)."""
+    return time.time() - run.metadata["stop"].get("time", time.time()) > seconds
 
 
 def frames_analysed(analysis) -> int:
-    """Events in the analysis run's primary stream so far (0 before its first page is written)."""
+    """Events in the analysis run's primary stream so far (0 before its first page is written; once the run has
+    stopped, from its stop document)."""
+    if _stopped(analysis):
+        return int(analysis.metadata["stop"].get("num_events", {}).get("primary", 0))
     return len(_table(analysis, "primary", ["raw_seq_num"]).get("raw_seq_num", ()))
 
 
-def run_summary(catalog, raw) -> dict:
-    """One row of the runs table: scan id, plan, uid, start time (s since the epoch), exit status ("running" before
-    the stop document), the analysis run's uid and its frames analysed so far."""
+def run_summary(catalog, raw, derived: tuple | None = None) -> dict:
+    """One row of the runs table: scan id, plan, sample, uid, start time (s since the epoch), exit status
+    ("running" before the stop document), the analysis run's uid and its frames analysed so far, and whether the
+    run is finished (raw, analysis and texture runs stopped, or no texture run a minute after the analysis' stop:
+    nothing about it changes any more). ``derived``:
+    :func:`derived_of` when known."""
     start, stop = raw.start, raw.metadata.get("stop")  # no stop key while the run is written
-    analysis = analysis_of(catalog, start["uid"])
+    analysis, texture = derived or derived_of(catalog, start["uid"])
     return {"uid": start["uid"], "scan_id": start.get("scan_id"), "plan": start.get("plan_name", "?"),
             "sample": start.get("sample"), "time": start.get("time"),
             "status": stop["exit_status"] if stop else "running",
             "analysis_uid": analysis.start["uid"] if analysis is not None else None,
-            "frames_analysed": frames_analysed(analysis)}
+            "frames_analysed": frames_analysed(analysis),
+            "finished": bool(stop) and _stopped(analysis) and (_stopped(texture) or _long_ago(analysis))}
 
 
-def list_runs(catalog, limit: int = 10) -> list[dict]:
-    """:func:`run_summary` of the ``limit`` newest raw runs, newest first."""
-    return [run_summary(catalog, raw) for raw in raw_runs(catalog).values().head(limit)]
+def run_detail(catalog, raw) -> dict:
+    """:func:`run_summary` with the run's decisions, the analysis' status counts and whether its texture run (labels,
+    written when the analysis ends) is stored."""
+    derived = derived_of(catalog, raw.start["uid"])
+    return {**run_summary(catalog, raw, derived), "decisions": decisions(raw),
+            "status_counts": status_counts(derived[0]), "texture_stored": _stopped(derived[1])}
 
 
 def status_counts(analysis) -> dict[str, int]:
@@ -114,25 +127,20 @@ def plan_run(catalog, raw) -> PlanRun:
     run = PlanRun(raw.start["uid"])
     run.start = dict(raw.start)
     run.stopped = {RAW} if raw.metadata.get("stop") else set()
-    table = _table(raw, "primary")
-    scalars = [k for k in table if f"ts_{k}" in table]  # the frames' own (array) keys are not in the table
-    stamps = [table[f"ts_{k}"] for k in scalars]
+    table = _table(raw, "primary", _frame_times(raw))
+    stamps = [v for k, v in table.items() if k.startswith("ts_")]
     n = len(table.get("seq_num", ()))
-    run.frames = {k: table[k].tolist() for k in scalars}
     run.frames["seq_num"] = table["seq_num"].astype(int).tolist() if n else []
     run.frames["time"] = np.max(stamps, axis=0).tolist() if stamps else [math.nan] * n
     for row in _rows(_table(raw, DECISION_STREAM), "decision_"):
         row["evidence"] = parse_evidence(row.get("evidence", "{}"))
         run.decisions.append(row)
-    analysis = analysis_of(catalog, run.uid)
+    analysis, texture = derived_of(catalog, run.uid)
     estimates = _table(analysis, "primary")
     run.estimates = {k: v.tolist() for k, v in estimates.items() if k not in ("seq_num", "time")
                      and not k.startswith("ts_")}
     if "status" in run.estimates:
         run.estimates["status"] = [str(s) for s in run.estimates["status"]]
-    texture = _newest(catalog, run.uid, TEXTURE_PLAN)
-    if texture is not None and texture.start.get("analysis_uid") != (analysis.start["uid"] if analysis else None):
-        texture = None  # labels of an older analysis
     labels = _table(texture, "primary", ["raw_seq_num", "texture"])
     run.labels = dict(zip(labels.get("raw_seq_num", np.zeros(0)).astype(int).tolist(),
                           labels.get("texture", np.zeros(0)).astype(int).tolist()))
@@ -143,6 +151,17 @@ def plan_run(catalog, raw) -> PlanRun:
         if stored is not None and stored.metadata.get("stop"):
             run.stopped.add(kind)
     return run
+
+
+def _frame_times(raw) -> list[str]:
+    """The columns of the raw primary stream that give each frame's number and time: ``seq_num`` and the reading
+    timestamps of its scalar keys (the frames' own keys are not in the table)."""
+    node = raw["primary"] if "primary" in raw else None
+    base = getattr(node, "base", None)
+    if base is None or "internal" not in base:
+        return ["seq_num"]
+    columns = base["internal"].columns
+    return ["seq_num"] + [f"ts_{k}" for k in columns if f"ts_{k}" in columns]
 
 
 def state(run: PlanRun) -> tuple:
