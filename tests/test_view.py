@@ -130,14 +130,17 @@ def test_served_from_a_thread(catalog, stored):
 
 
 class _Rows(html.parser.HTMLParser):
-    """Rows of the rendered page: run rows (their cells) and the number of decision rows."""
+    """Rows of the rendered page: run rows (their cells), the number of decision rows, the state of the run that the
+    picture shown was drawn from ("uid/frames analysed/decisions/texture stored/status"), None before one loaded."""
 
     def __init__(self):
         super().__init__()
-        self.runs, self.decisions, self._row = [], 0, None
+        self.runs, self.decisions, self._row, self.picture = [], 0, None, None
 
     def handle_starttag(self, tag, attrs):
         classes = (dict(attrs).get("class") or "").split()
+        if tag == "img" and dict(attrs).get("id") == "picture":  # the state of the run the picture shows
+            self.picture = dict(attrs).get("data-shown")
         if tag == "tr" and "run-row" in classes:
             self._row = []
             self.runs.append(self._row)
@@ -201,6 +204,11 @@ def test_chromium_sees_the_page_follow_a_scan(catalog, catalog_dir, tmp_path):
     assert newest_during[4] == "running" and newest_after[4] == "success"
     assert 0 < int(newest_during[5]) <= N_Y * N_X // 2 < int(newest_after[5]) == N_Y * N_X
     assert 0 < during.decisions < after.decisions == len(history)
+    # the picture follows the run: drawn during the scan from what was stored then, and again at its end
+    shown_during, shown_after = during.picture.split("/"), after.picture.split("/")
+    assert shown_during[0] == shown_after[0] == uid and shown_during[4] == "running"
+    assert 0 < int(shown_during[1]) <= N_Y * N_X // 2 < int(shown_after[1]) == N_Y * N_X
+    assert int(shown_during[2]) == during.decisions and shown_after[4] == "success"
     assert (tmp_path / "view.png").read_bytes().startswith(b"\x89PNG")
 
 
