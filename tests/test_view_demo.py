@@ -16,7 +16,7 @@ from nanopilot.cli.demo import start_view
 
 
 @pytest.mark.parametrize("display", [None, ":0"])
-def test_start_view_opens_a_browser_only_with_a_display(catalog, monkeypatch, capsys, display):
+def test_start_view_opens_a_browser_only_with_a_display(catalog, catalog_dir, monkeypatch, capsys, display):
     opened = []
     monkeypatch.setattr("webbrowser.open", opened.append)
     for name in ("DISPLAY", "WAYLAND_DISPLAY"):
@@ -25,7 +25,7 @@ def test_start_view_opens_a_browser_only_with_a_display(catalog, monkeypatch, ca
         monkeypatch.setenv("DISPLAY", display)
     monkeypatch.setattr(sys, "platform", "linux")
     port = free_port()
-    server = start_view(catalog, port)
+    server = start_view(catalog_dir, port)
     try:
         url = f"http://127.0.0.1:{port}/"
         assert url in capsys.readouterr().out
@@ -34,7 +34,7 @@ def test_start_view_opens_a_browser_only_with_a_display(catalog, monkeypatch, ca
         assert opened == ([url] if display else [])
         assert server.config.host == "127.0.0.1"  # the loopback only
         with pytest.raises(ValueError, match="another --port"):  # a taken port: before anything moves
-            start_view(catalog, port)
+            start_view(catalog_dir, port)
     finally:
         server.should_exit = True
 

@@ -39,7 +39,7 @@ def run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     print("opening the catalogue ...", flush=True)
     catalog = open_catalog(args.catalog, create=True)
-    server = start_view(catalog, args.port) if args.view else None
+    server = start_view(args.catalog, args.port) if args.view else None
     rows = []
     for part in parts:
         # each part's run continues the catalogue's scan ids, so that every run has its own
@@ -69,20 +69,22 @@ def run(args) -> int:
     return 0
 
 
-def start_view(catalog, port: int):
-    """Serve the page of ``catalog`` on the loopback from a thread of this process (its pictures are drawn there,
-    at most one per run every 2 s); print its URL and open a browser where there is a display."""
+def start_view(location, port: int):
+    """Serve the page of the catalogue at ``location`` (see :func:`nanopilot.catalog.open_catalog`) on the loopback
+    from a thread of this process, through a client of its own (the scans' writers keep theirs to themselves); print
+    its URL and open a browser where there is a display."""
     import os
     import sys
     import webbrowser
 
     import matplotlib
 
+    from ..catalog import open_catalog
     from ..view.app import build_app, serve_in_thread
 
     matplotlib.use("Agg")  # the page's pictures are drawn in the server's threads, never on screen
     try:
-        server = serve_in_thread(build_app(catalog), port=port)
+        server = serve_in_thread(build_app(open_catalog(location)), port=port)
     except RuntimeError as err:  # before anything moves
         raise ValueError(f"{err}: give another --port") from err
     url = f"http://127.0.0.1:{port}/"

@@ -109,9 +109,11 @@ def build_app(catalog, *, api_key: str | None = None, picture=data.picture, min_
             return PlainTextResponse("no such raw run", status_code=404)
         uid = raw.start["uid"]
         with lock:
+            wait = next_draw.get(uid, -math.inf) - time.monotonic()
+        time.sleep(max(0.0, wait))  # in the server's thread pool: the other requests go on
+        with lock:
             if uid in final:
                 return _png(final[uid])
-            time.sleep(max(0.0, next_draw.get(uid, -math.inf) - time.monotonic()))  # other requests go on
             began = time.monotonic()
             run = data.plan_run(catalog, raw)  # the newest state
             if not run.estimates.get("raw_seq_num"):
