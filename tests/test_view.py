@@ -223,8 +223,8 @@ def test_stored_plan_run_is_the_live_one(catalog, catalog_dir):
 
     bl = make_beamline("domains", seed=2, noise=False)
     analysis = NanobeamAnalysis(CentroidPredictor(), batch_size=16, max_latency=0.02)
-    textures = TextureCallback(analysis.maps)
-    analysis.subscribe(textures)
+    textures = TextureCallback(update_every=20)  # labels while the run goes on, then the final ones
+    analysis.add_stage(textures)
     docs = []
     for source, folder in ((analysis, "analysis"), (textures, "texture")):
         source.subscribe(make_writer(catalog, batch_size=5, backup_directory=catalog_dir / f"plan_{folder}"))

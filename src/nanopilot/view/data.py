@@ -123,7 +123,7 @@ def plan_run(catalog, raw) -> PlanRun:
     """The :class:`~nanopilot.pictures.PlanRun` of stored raw run ``raw``, as :class:`~nanopilot.pictures.
     RunCollector` gathers it from the live documents: the raw run's start, frame times and positions (not the
     frames), its decisions stream (every column, the evidence parsed), the newest analysis run's estimates and the
-    newest texture run's labels and summary, so far."""
+    labels and summary of that analysis' texture run, so far."""
     run = PlanRun(raw.start["uid"])
     run.start = dict(raw.start)
     run.stopped = {RAW} if raw.metadata.get("stop") else set()
@@ -141,9 +141,10 @@ def plan_run(catalog, raw) -> PlanRun:
                      and not k.startswith("ts_")}
     if "status" in run.estimates:
         run.estimates["status"] = [str(s) for s in run.estimates["status"]]
-    labels = _table(texture, "primary", ["raw_seq_num", "texture"])
-    run.labels = dict(zip(labels.get("raw_seq_num", np.zeros(0)).astype(int).tolist(),
-                          labels.get("texture", np.zeros(0)).astype(int).tolist()))
+    for stream in ("labels", "primary"):  # the labels while the run went on, then the final ones: later rows win
+        labels = _table(texture, stream, ["raw_seq_num", "texture"])
+        run.labels.update(zip(labels.get("raw_seq_num", np.zeros(0)).astype(int).tolist(),
+                              labels.get("texture", np.zeros(0)).astype(int).tolist()))
     summary = _table(texture, "summary")
     run.texture_summary = {k: v[-1].item() if hasattr(v[-1], "item") else v[-1] for k, v in summary.items()
                            if len(v) and k not in ("seq_num", "time") and not k.startswith("ts_")}
