@@ -251,3 +251,15 @@ def test_stored_plan_run_is_the_live_one(catalog, catalog_dir):
     figure = plan_figure(stored)
     assert figure.get_suptitle() == steered_map_figure(live).get_suptitle()
     assert "domains, seed 2" in figure.get_suptitle()
+
+
+def test_a_catalogue_that_does_not_answer_gets_503(catalog, stored):
+    uid, _ = stored
+
+    def busy(run):
+        raise RuntimeError("database is locked")
+
+    client = TestClient(build_app(catalog, picture=busy), raise_server_exceptions=False)
+    answer = client.get(f"/api/runs/{uid}/picture.png")
+    assert answer.status_code == 503 and "ask again" in answer.text
+    assert client.get("/api/runs").status_code == 200  # the others still answer

@@ -13,6 +13,7 @@ With an ``api_key``, every request must carry it (header ``X-API-Key`` or query 
 
 from __future__ import annotations
 
+import logging
 import math
 import secrets
 import threading
@@ -29,6 +30,7 @@ from starlette.routing import Route
 from ..runs import raw_runs
 from . import data
 
+logger = logging.getLogger(__name__)
 MAX_LISTED = 50
 #: The columns of the runs table (:func:`nanopilot.view.data.run_summary`).
 SUMMARY = ("uid", "scan_id", "plan", "sample", "time", "status", "analysis_uid", "frames_analysed", "finished")
@@ -45,6 +47,20 @@ class _RequireKey(BaseHTTPMiddleware):
         if not secrets.compare_digest(given.encode(), self.key.encode()):
             return PlainTextResponse("missing or wrong API key (header X-API-Key or ?api_key=)", status_code=401)
         return await call_next(request)
+
+
+class _Unavailable(BaseHTTPMiddleware):
+    """A request the catalogue could not answer (e.g. an embedded catalogue's SQLite "database is locked" while a
+    scan writes) gets 503 and one line in the log, not a traceback: the page asks again at its next refresh."""
+
+    async def dispatch(self, request, call_next):
+        try:
+            return await call_next(request)
+        except Exception as err:  # noqa: BLE001 - any failure to read the catalogue
+            logger.info("the page's %s was not answered: %s: %s", request.url.path, type(err).__name__,
+                        str(err).splitlines()[0] if str(err) else "")
+            return PlainTextResponse(f"the catalogue did not answer ({type(err).__name__}); ask again",
+                                     status_code=503)
 
 
 def build_app(catalog, *, api_key: str | None = None, picture=data.picture, min_interval: float = 2.0,
@@ -127,6 +143,7 @@ def build_app(catalog, *, api_key: str | None = None, picture=data.picture, min_
         return _png(png)
 
     middleware = [Middleware(_RequireKey, key=api_key)] if api_key else []
+    middleware.append(Middleware(_Unavailable))
     return Starlette(routes=[Route("/", index), Route("/api/runs", runs), Route("/api/runs/{uid}", run),
                              Route("/api/runs/{uid}/picture.png", picture_png)], middleware=middleware)
 
