@@ -66,10 +66,11 @@ class _Unavailable(BaseHTTPMiddleware):
 def build_app(catalog, *, api_key: str | None = None, picture=data.picture, min_interval: float = 2.0,
               duty: float = 0.1) -> Starlette:
     """The app serving ``catalog``'s runs; ``picture(plan_run) -> PNG bytes`` draws a run's picture from its
-    :class:`~nanopilot.pictures.PlanRun` (:func:`nanopilot.view.data.plan_run`). A run being written is read and
-    drawn again at most once per ``min_interval`` s, and then only after a pause that keeps reading and drawing to a
+    :class:`~nanopilot.pictures.PlanRun` (:func:`nanopilot.view.data.plan_run`). A scan going on is read and drawn
+    again at most once per ``min_interval`` s, and then only after a pause that keeps reading and drawing to a
     ``duty`` fraction of the time (a request for a newer state waits, then gets the newest), so that the page takes
-    a bounded share of the machine whatever the size of the run."""
+    a bounded share of the machine whatever the size of the run; once its raw run has stopped, each new state at
+    once."""
     page = files(__package__).joinpath("page.html").read_text(encoding="utf-8")
 
     def index(request):
@@ -124,9 +125,10 @@ def build_app(catalog, *, api_key: str | None = None, picture=data.picture, min_
         if raw is None:
             return PlainTextResponse("no such raw run", status_code=404)
         uid = raw.start["uid"]
-        with lock:
-            wait = next_draw.get(uid, -math.inf) - time.monotonic()
-        time.sleep(max(0.0, wait))  # in the server's thread pool: the other requests go on
+        if not raw.metadata.get("stop"):  # a scan going on (its last few states, once it stopped, at once)
+            with lock:
+                wait = next_draw.get(uid, -math.inf) - time.monotonic()
+            time.sleep(max(0.0, wait))  # in the server's thread pool: the other requests go on
         with lock:
             if uid in final:
                 return _png(final[uid])
