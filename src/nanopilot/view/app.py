@@ -7,7 +7,8 @@
     GET /api/runs/{uid}/picture.png  its plan's picture (nanopilot.pictures.plan_figure), drawn from the stored
                                   raw, analysis and texture runs (404 until the first points are stored)
 
-A finished run (raw, analysis and texture runs stopped) is read once and its picture drawn once.
+A run's row is read until its raw and analysis runs have stopped; a finished run (its texture run stopped too) is
+read once more and its picture drawn once.
 With an ``api_key``, every request must carry it (header ``X-API-Key`` or query ``?api_key=``), else 401.
 """
 
@@ -33,7 +34,7 @@ from . import data
 logger = logging.getLogger(__name__)
 MAX_LISTED = 50
 #: The columns of the runs table (:func:`nanopilot.view.data.run_summary`).
-SUMMARY = ("uid", "scan_id", "plan", "sample", "time", "status", "analysis_uid", "frames_analysed", "finished")
+SUMMARY = ("uid", "scan_id", "plan", "sample", "time", "status", "analysis_uid", "frames_analysed")
 PICTURES_KEPT = 8
 
 
@@ -89,14 +90,26 @@ def build_app(catalog, *, api_key: str | None = None, picture=data.picture, min_
                 finished.popitem(last=False)
         return found
 
+    settled: OrderedDict[str, dict] = OrderedDict()  # raw uid -> the row of a run whose row no longer changes
+
+    def keep_row(uid: str, row: dict) -> None:
+        settled[uid] = row
+        while len(settled) > MAX_LISTED:
+            settled.popitem(last=False)
+
     def runs(request):
         try:
             limit = min(max(int(request.query_params.get("limit", 10)), 1), MAX_LISTED)
         except ValueError:
             return PlainTextResponse("limit must be an integer", status_code=400)
-        rows = [finished.get(raw.start["uid"]) or data.run_summary(catalog, raw)
-                for raw in raw_runs(catalog).values().head(limit)]
-        return JSONResponse([{k: row[k] for k in SUMMARY} for row in rows])
+        rows = []
+        for raw in raw_runs(catalog).values().head(limit):
+            uid = raw.start["uid"]
+            row = finished.get(uid) or settled.get(uid) or data.run_summary(catalog, raw)
+            if row["settled"] and uid not in settled:
+                keep_row(uid, row)
+            rows.append({k: row[k] for k in SUMMARY})
+        return JSONResponse(rows)
 
     def _raw(request):
         uid = request.path_params["uid"]

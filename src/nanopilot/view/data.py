@@ -75,9 +75,9 @@ def frames_analysed(analysis) -> int:
 
 def run_summary(catalog, raw, derived: tuple | None = None) -> dict:
     """One row of the runs table: scan id, plan, sample, uid, start time (s since the epoch), exit status
-    ("running" before the stop document), the analysis run's uid and its frames analysed so far, and whether the
-    run is finished (raw, analysis and texture runs stopped, or no texture run a minute after the analysis' stop:
-    nothing about it changes any more). ``derived``:
+    ("running" before the stop document), the analysis run's uid and its frames analysed so far, whether the row is
+    settled (raw and analysis runs stopped: it no longer changes) and whether the run is finished (its texture run
+    stopped too, or none a minute after the analysis' stop: nothing about it changes any more). ``derived``:
     :func:`derived_of` when known."""
     start, stop = raw.start, raw.metadata.get("stop")  # no stop key while the run is written
     analysis, texture = derived or derived_of(catalog, start["uid"])
@@ -86,6 +86,7 @@ def run_summary(catalog, raw, derived: tuple | None = None) -> dict:
             "status": stop["exit_status"] if stop else "running",
             "analysis_uid": analysis.start["uid"] if analysis is not None else None,
             "frames_analysed": frames_analysed(analysis),
+            "settled": bool(stop) and _stopped(analysis),
             "finished": bool(stop) and _stopped(analysis) and (_stopped(texture) or _long_ago(analysis))}
 
 
