@@ -294,7 +294,8 @@ def page_cost(ensemble: Predictor, frames: np.ndarray, args) -> None:
             rate, pictures[attach] = settled(lambda: timed(attach))
             rates[attach].append(rate)
     without = max(rates[None])
-    for attach, where in (("thread", "a thread of this process (demo --view)"), ("process", "its own process")):
+    for attach, where in (("thread", "a thread of the analysing process (serve_in_thread)"),
+                          ("process", "its own process (nanopilot view, demo --view)")):
         best = max(rates[attach])
         print(f"live page, ensemble, threaded, analysis run written to the catalogue: without {without:8,.0f} "
               f"frames/s, page served from {where} and polled {best:8,.0f} (ratio {best / without:.2f}, "

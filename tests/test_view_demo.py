@@ -12,31 +12,31 @@ import urllib.request
 import pytest
 
 from conftest import free_port
-from nanopilot.cli.demo import start_view
+from nanopilot.cli.demo import page_served
 
 
-@pytest.mark.parametrize("display", [None, ":0"])
-def test_start_view_opens_a_browser_only_with_a_display(catalog, catalog_dir, monkeypatch, capsys, display):
+@pytest.mark.slow  # run by .ci/run's second pass (starts the page's process three times)
+def test_page_served_opens_a_browser_only_with_a_display(catalog, catalog_dir, monkeypatch, capsys):
     opened = []
     monkeypatch.setattr("webbrowser.open", opened.append)
-    for name in ("DISPLAY", "WAYLAND_DISPLAY"):
-        monkeypatch.delenv(name, raising=False)
-    if display:
-        monkeypatch.setenv("DISPLAY", display)
     monkeypatch.setattr(sys, "platform", "linux")
-    port = free_port()
-    server = start_view(catalog_dir, port)
-    try:
-        url = f"http://127.0.0.1:{port}/"
-        assert url in capsys.readouterr().out
-        with urllib.request.urlopen(url + "api/runs", timeout=30) as answer:
-            assert answer.status == 200
-        assert opened == ([url] if display else [])
-        assert server.config.host == "127.0.0.1"  # the loopback only
-        with pytest.raises(ValueError, match="another --port"):  # a taken port: before anything moves
-            start_view(catalog_dir, port)
-    finally:
-        server.should_exit = True
+    for display in (None, ":0"):
+        for name in ("DISPLAY", "WAYLAND_DISPLAY"):
+            monkeypatch.delenv(name, raising=False)
+        if display:
+            monkeypatch.setenv("DISPLAY", display)
+        port = free_port()
+        with page_served(catalog_dir, port) as page:
+            url = f"http://127.0.0.1:{port}/"
+            assert url in capsys.readouterr().out and "--host" not in page.args  # the loopback only
+            with urllib.request.urlopen(url + "api/runs", timeout=30) as answer:
+                assert answer.status == 200
+            assert opened == ([url] if display else [])
+            with pytest.raises(ValueError, match="another --port"):  # a taken port: before anything moves
+                with page_served(catalog_dir, port):
+                    pass
+        assert page.poll() is not None  # stopped with the block
+        opened.clear()
 
 
 @pytest.mark.slow  # run by .ci/run's second pass
