@@ -241,9 +241,10 @@ while True:
 def page_cost(ensemble: Predictor, frames: np.ndarray, args) -> None:
     """Print the analysis' throughput while it writes its run to an embedded catalogue (batches of 1,000 events, as
     the session) with the page attached, against without, in the same run (target: ratio >= 0.9). Attached: the
-    page's server in a thread of this process (as ``nanopilot demo --view``) or in its own process (``nanopilot
-    view``), and a page polling it from another process as page.html does (every 1.5 s: the runs, the newest run,
-    its picture when it changed). The raw run's scalars are stored before the timing, its stop after."""
+    page's server in a thread of this process (``nanopilot.view.app.serve_in_thread``) or in its own process
+    (``nanopilot view``, as ``nanopilot demo --view`` starts it), and a page polling it from another process as
+    page.html does (every 1.5 s: the runs, the newest run, its picture when it changed). The raw run's scalars are
+    stored before the timing, its stop after."""
     import subprocess
     import sys
     import tempfile
