@@ -5,6 +5,8 @@ ensemble (with uncertainty), next to the bare Predictor on the same frames in th
 >= 5,000 frames/s single, >= 1,500 ensemble, ratio >= 0.8), then the back-pressure behaviour when the stream
 outruns the analysis: peak queue and skipped frames for both policies. The analysis runs as it does by default,
 with the residual check and background estimate; their cost is measured apart (on against off, same run).
+Then the live page's cost (issue 20, target ratio >= 0.9): the analysis writing its run to a catalogue while the
+page of ``nanopilot view`` is served and polled, against without.
 Then the frame preparation's cost (issue 17, target <= 15%): the same patterns read out by a simulated 256 x 256
 raw detector (dark level, gain, flat field, masked hot and dead pixels), prepared by the analysis (fixed 128 x 128
 ROI binned 2 x 2), next to the 64 x 64 path in the same run, and the preparation alone.
@@ -131,6 +133,7 @@ def main() -> None:
           f"{off:8,.0f}: the check costs {100 * (1 - on / off):.0f}% of the throughput")
     preparation_cost(ensemble, params, docs, args)
     picture_cost(ensemble, docs, args)
+    page_cost(ensemble, frames, args)
     print("back-pressure, stream fed as fast as documents can be made, queue bound 2,048 frames:")
     for policy in ("block", "decimate"):
         rate, analysis, peak = run_analysis(ensemble, docs, args.frames, batch_size=args.page,
@@ -213,6 +216,123 @@ def picture_cost(ensemble: Predictor, docs, args) -> None:
     print(f"live picture, ensemble, threaded: without {without:8,.0f} frames/s, with it attached {with_:8,.0f} "
           f"(ratio {with_ / without:.2f}, {redraws} redraws in the last run); the final picture of "
           f"{args.frames} points drawn and saved once per run in {final:.2f} s")
+
+
+VIEW = "import sys; from nanopilot.cli import main; sys.exit(main())"
+#: What the page does (page.html), from another process: the runs, the newest run, its picture when it changed.
+POLLER = """
+import json, sys, time, urllib.request
+url, drawn, last = sys.argv[1], 0, None
+while True:
+    try:  # as the page: an answer that fails (e.g. the catalogue busy) is asked again at the next poll
+        runs = json.load(urllib.request.urlopen(url + "api/runs?limit=10"))
+        run = json.load(urllib.request.urlopen(url + "api/runs/" + runs[0]["uid"])) if runs else {}
+        state = (run.get("uid"), run.get("frames_analysed"), len(run.get("decisions", [])), run.get("status"))
+        if run.get("frames_analysed") and state != last:
+            urllib.request.urlopen(url + "api/runs/" + run["uid"] + "/picture.png").read()
+            drawn, last = drawn + 1, state
+            print(drawn, flush=True)
+    except OSError as err:
+        print("failed:", err, file=sys.stderr, flush=True)
+    time.sleep(1.5)
+"""
+
+
+def page_cost(ensemble: Predictor, frames: np.ndarray, args) -> None:
+    """Print the analysis' throughput while it writes its run to an embedded catalogue (batches of 1,000 events, as
+    the session) with the page attached, against without, in the same run (target: ratio >= 0.9). Attached: the
+    page's server in a thread of this process (``nanopilot.view.app.serve_in_thread``) or in its own process
+    (``nanopilot view``, as ``nanopilot demo --view`` starts it), and a page polling it from another process as
+    page.html does (every 1.5 s: the runs, the newest run, its picture when it changed). The raw run's scalars are
+    stored before the timing, its stop after."""
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    from nanopilot.catalog import open_catalog
+    from nanopilot.storage import make_writer
+    from nanopilot.view.app import build_app, serve_in_thread
+
+    folder = Path(tempfile.mkdtemp(prefix="nanopilot-page-"))
+    catalog = open_catalog(folder / "catalog", create=True)
+
+    def timed(attach: str | None):
+        docs = make_documents(frames, args.page)  # a new run each time
+        raw = make_writer(catalog, batch_size=1000, backup_directory=folder / "backup")
+        for name, doc in docs[:-1]:
+            raw(name, without_frames(name, doc))
+        port, server, processes = free_port(), None, []
+        if attach == "thread":
+            server = serve_in_thread(build_app(catalog), port=port)
+        elif attach == "process":
+            processes.append(subprocess.Popen([sys.executable, "-c", VIEW, "view", "--catalog",
+                                               str(folder / "catalog"), "--port", str(port)],
+                                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        if attach:
+            wait_for(f"http://127.0.0.1:{port}/api/runs")
+            processes.append(subprocess.Popen([sys.executable, "-c", POLLER, f"http://127.0.0.1:{port}/"],
+                                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True))
+        analysis = NanobeamAnalysis(ensemble, batch_size=args.page)
+        analysis.subscribe(make_writer(catalog, batch_size=1000, backup_directory=folder / "backup"))
+        t0 = time.perf_counter()
+        for name, doc in docs:
+            analysis(name, doc)
+        assert analysis.flush(timeout=600)
+        rate = args.frames / (time.perf_counter() - t0)
+        raw(*docs[-1])
+        for process in reversed(processes):
+            process.terminate()
+        pictures = processes[-1].communicate(timeout=30)[0].split() if attach else []
+        if server is not None:
+            server.should_exit = True
+        return rate, len(pictures)
+
+    rates = {None: [], "thread": [], "process": []}
+    pictures = {}
+    for _ in range(args.repeats):  # interleaved, best of each: the machine is shared
+        for attach in rates:
+            rate, pictures[attach] = settled(lambda: timed(attach))
+            rates[attach].append(rate)
+    without = max(rates[None])
+    for attach, where in (("thread", "a thread of the analysing process (serve_in_thread)"),
+                          ("process", "its own process (nanopilot view, demo --view)")):
+        best = max(rates[attach])
+        print(f"live page, ensemble, threaded, analysis run written to the catalogue: without {without:8,.0f} "
+              f"frames/s, page served from {where} and polled {best:8,.0f} (ratio {best / without:.2f}, "
+              f"{pictures[attach]} pictures drawn in the last run)")
+
+
+def without_frames(name: str, doc: dict) -> dict:
+    """A raw run's document without its frames (``det_image``): what the page reads of it."""
+    if name == "descriptor":
+        return {**doc, "data_keys": {k: v for k, v in doc["data_keys"].items() if k != "det_image"}}
+    if name == "event_page":
+        return {**doc, "data": {k: v for k, v in doc["data"].items() if k != "det_image"},
+                "timestamps": {k: v for k, v in doc["timestamps"].items() if k != "det_image"}}
+    return doc
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(url: str, timeout: float = 60.0) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=5)
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 if __name__ == "__main__":

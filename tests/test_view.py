@@ -2,6 +2,7 @@
 and headless Chromium sees the page follow a scan while it is written."""
 
 import html.parser
+import json
 import os
 import shutil
 import subprocess
@@ -71,7 +72,7 @@ def test_json_equals_the_stored_runs(catalog, stored):
     uid, history = stored
     client = TestClient(build_app(catalog))
     listed = {row["uid"]: row for row in client.get("/api/runs", params={"limit": 50}).json()}
-    analysis = data.analysis_of(catalog, uid)
+    analysis, _ = data.derived_of(catalog, uid)
     strain = analysis["primary"]["strain"].read()
     assert listed[uid]["frames_analysed"] == len(strain) == N_Y * N_X
     assert listed[uid]["status"] == "success" and listed[uid]["plan"] == "grid_scan"
@@ -82,16 +83,17 @@ def test_json_equals_the_stored_runs(catalog, stored):
     assert len(history) == N_Y * N_X // EVERY
     stored_status = [str(s) for s in analysis["primary"]["status"].read()]
     assert run["status_counts"] == {s: stored_status.count(s) for s in set(stored_status)}
-    _, maps = data.maps_of(analysis)  # what the picture is drawn from
-    np.testing.assert_array_equal(maps.scattered()["strain"], strain)
-    np.testing.assert_array_equal(maps.scattered()["stage_x"], analysis["primary"]["stage_x"].read())
+    points = data.plan_run(catalog, catalog[uid]).points()  # what the picture is drawn from
+    np.testing.assert_array_equal(points["strain"], strain)
+    np.testing.assert_array_equal(points["stage_x"], analysis["primary"]["stage_x"].read())
+    np.testing.assert_array_equal(points["seq_num"], analysis["primary"]["raw_seq_num"].read())
     assert client.get("/api/runs/0123456789").status_code == 404
 
 
-def test_maps_endpoint_returns_a_png(catalog, stored):
+def test_picture_endpoint_returns_a_png(catalog, stored):
     uid, _ = stored
     client = TestClient(build_app(catalog))
-    answer = client.get(f"/api/runs/{uid}/maps.png")
+    answer = client.get(f"/api/runs/{uid}/picture.png")
     assert answer.status_code == 200 and answer.headers["content-type"] == "image/png"
     assert answer.content.startswith(b"\x89PNG\r\n\x1a\n") and len(answer.content) > 5_000
     page = client.get("/")
@@ -128,14 +130,17 @@ def test_served_from_a_thread(catalog, stored):
 
 
 class _Rows(html.parser.HTMLParser):
-    """Rows of the rendered page: run rows (their cells) and the number of decision rows."""
+    """Rows of the rendered page: run rows (their cells), the number of decision rows, the state of the run that the
+    picture shown was drawn from ("uid/frames analysed/decisions/texture stored/status"), None before one loaded."""
 
     def __init__(self):
         super().__init__()
-        self.runs, self.decisions, self._row = [], 0, None
+        self.runs, self.decisions, self._row, self.picture = [], 0, None, None
 
     def handle_starttag(self, tag, attrs):
         classes = (dict(attrs).get("class") or "").split()
+        if tag == "img" and dict(attrs).get("id") == "picture":  # the state of the run the picture shows
+            self.picture = dict(attrs).get("data-shown")
         if tag == "tr" and "run-row" in classes:
             self._row = []
             self.runs.append(self._row)
@@ -199,4 +204,62 @@ def test_chromium_sees_the_page_follow_a_scan(catalog, catalog_dir, tmp_path):
     assert newest_during[4] == "running" and newest_after[4] == "success"
     assert 0 < int(newest_during[5]) <= N_Y * N_X // 2 < int(newest_after[5]) == N_Y * N_X
     assert 0 < during.decisions < after.decisions == len(history)
+    # the picture follows the run: drawn during the scan from what was stored then, and again at its end
+    shown_during, shown_after = during.picture.split("/"), after.picture.split("/")
+    assert shown_during[0] == shown_after[0] == uid and shown_during[4] == "running"
+    assert 0 < int(shown_during[1]) <= N_Y * N_X // 2 < int(shown_after[1]) == N_Y * N_X
+    assert int(shown_during[2]) == during.decisions and shown_after[4] == "success"
     assert (tmp_path / "view.png").read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.slow  # run by .ci/run's second pass
+def test_stored_plan_run_is_the_live_one(catalog, catalog_dir):
+    """The page draws a stored run from the same tables as the live picture: raw frame times and positions, the
+    decisions (evidence parsed), the estimates and the texture labels, read without the frames."""
+    from nanopilot.pictures import collect, plan_figure
+    from nanopilot.pictures.steered import steered_map_figure
+    from nanopilot.plans import steered_map
+    from nanopilot.texture import TextureCallback
+
+    bl = make_beamline("domains", seed=2, noise=False)
+    analysis = NanobeamAnalysis(CentroidPredictor(), batch_size=16, max_latency=0.02)
+    textures = TextureCallback(update_every=20)  # labels while the run goes on, then the final ones
+    analysis.add_stage(textures)
+    docs = []
+    for source, folder in ((analysis, "analysis"), (textures, "texture")):
+        source.subscribe(make_writer(catalog, batch_size=5, backup_directory=catalog_dir / f"plan_{folder}"))
+        source.subscribe(lambda name, doc: docs.append((name, doc)))
+    RE = RunEngine({}, call_returns_result=True, context_managers=[])
+    subscribe_writer(RE, catalog, batch_size=5, backup_directory=catalog_dir / "plan_raw")
+    RE.subscribe(lambda name, doc: docs.append((name, doc)))
+    RE.subscribe(analysis)
+    res = RE(steered_map([bl.detector], bl.stage.x, bl.stage.y, (-2, 2), (-2, 2), fine=9, coarse_step=4, budget=0.5,
+                         maps=analysis.maps, md={"sample": "domains, seed 2"}))
+    analysis.close()
+    uid = res.run_start_uids[0]
+    live, stored = collect(docs).snapshot(uid), data.plan_run(catalog, catalog[uid])
+    assert stored.start == json.loads(json.dumps(live.start))  # as stored: tuples become lists
+    assert stored.stopped == live.stopped == {"raw", "analysis", "texture"}
+    assert stored.decisions == live.decisions and len(live.decisions) >= 2
+    assert stored.labels == live.labels and len(set(live.labels.values())) >= 1
+    assert stored.frames["seq_num"] == live.frames["seq_num"]
+    np.testing.assert_allclose(stored.frames["time"], live.frames["time"])
+    live_points, stored_points = live.points(), stored.points()
+    assert set(stored_points) == set(live_points)
+    for column, values in live_points.items():
+        np.testing.assert_array_equal(stored_points[column], values, err_msg=column)
+    figure = plan_figure(stored)
+    assert figure.get_suptitle() == steered_map_figure(live).get_suptitle()
+    assert "domains, seed 2" in figure.get_suptitle()
+
+
+def test_a_catalogue_that_does_not_answer_gets_503(catalog, stored):
+    uid, _ = stored
+
+    def busy(run):
+        raise RuntimeError("database is locked")
+
+    client = TestClient(build_app(catalog, picture=busy), raise_server_exceptions=False)
+    answer = client.get(f"/api/runs/{uid}/picture.png")
+    assert answer.status_code == 503 and "ask again" in answer.text
+    assert client.get("/api/runs").status_code == 200  # the others still answer

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from pathlib import Path
 
@@ -19,6 +21,10 @@ def register(subparsers) -> None:
     p.add_argument("--catalog", default=None, help="catalogue directory or URI (default: the embedded catalogue)")
     p.add_argument("--out", default="nanopilot-demo", help="folder for the PNG maps (default: %(default)s)")
     p.add_argument("--seed", type=int, default=1, help="seed of the simulated samples")
+    p.add_argument("--view", action="store_true",
+                   help="serve the live page of the runs (`nanopilot view`, loopback only) while the demo runs and "
+                        "after it, until Ctrl-C; a browser is opened where there is a display")
+    p.add_argument("--port", type=int, default=8765, help="TCP port of the page with --view (default: %(default)s)")
     p.set_defaults(run=run)
 
 
@@ -26,7 +32,7 @@ def run(args) -> int:
     import torch
     from bluesky import RunEngine
 
-    from ..catalog import default_data_dir, open_catalog
+    from ..catalog import open_catalog
     from ..runs import last_scan_id
     from ..session import setup
 
@@ -35,31 +41,90 @@ def run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     print("opening the catalogue ...", flush=True)
     catalog = open_catalog(args.catalog, create=True)
-    rows = []
-    for part in parts:
-        # each part's run continues the catalogue's scan ids, so that every run has its own
-        RE = RunEngine({"scan_id": last_scan_id(catalog)}, call_returns_result=True)
-        RE.loop.call_soon_threadsafe(torch.set_num_threads, 1)  # devices render in the RunEngine's thread
-        print(f"-- {part}: running ...", flush=True)
-        t0 = time.perf_counter()
-        row = DEMOS[part](RE, setup, catalog, out, args.seed)
-        row["seconds"] = time.perf_counter() - t0
-        row["scan_id"] = catalog[row["uid"]].start["scan_id"]
-        rows.append(row)
-        print(f"   {row['result']}  ({row['seconds']:.0f} s)", flush=True)
+    with page_served(args.catalog, args.port) if args.view else contextlib.nullcontext() as page:
+        rows = []
+        for part in parts:
+            # each part's run continues the catalogue's scan ids, so that every run has its own
+            RE = RunEngine({"scan_id": last_scan_id(catalog)}, call_returns_result=True)
+            RE.loop.call_soon_threadsafe(torch.set_num_threads, 1)  # devices render in the RunEngine's thread
+            print(f"-- {part}: running ...", flush=True)
+            t0 = time.perf_counter()
+            row = DEMOS[part](RE, setup, catalog, out, args.seed)
+            row["seconds"] = time.perf_counter() - t0
+            row["scan_id"] = catalog[row["uid"]].start["scan_id"]
+            rows.append(row)
+            print(f"   {row['result']}  ({row['seconds']:.0f} s)", flush=True)
+        print_summary(rows, args.catalog)
+        if page is not None:
+            keep_serving(page)
+    return 0
+
+
+def print_summary(rows: list[dict], location_given) -> None:
+    """The table of the demo's runs, where they are stored and how to replay each."""
+    from ..catalog import default_data_dir
+
     print()
     print(f"{'scan':>4s}  {'plan':26s} {'decisions':>9s} {'points':>7s}  {'seconds':>7s}  result against the scene's "
           "truth")
     for row in rows:
         print(f"{row['scan_id']:4d}  {row['plan']:26s} {row['decisions']:9d} {row['points']:7d}  "
               f"{row['seconds']:7.0f}  {row['result']}")
-    location = args.catalog or default_data_dir() / "catalog"
+    location = location_given or default_data_dir() / "catalog"
     print(f"\nmaps: {', '.join(str(r['png']) for r in rows)}")
     print(f"data: Tiled catalogue at {location}")
-    option = f" --catalog {args.catalog}" if args.catalog else ""
+    option = f" --catalog {location_given}" if location_given else ""
     for row in rows:  # a uid prefix names exactly this run; replay analyses it with the model its analysis used
         print(f"replay the {row['plan']} run (scan {row['scan_id']}): nanopilot replay{option} {row['uid'][:8]}")
-    return 0
+
+
+@contextlib.contextmanager
+def page_served(location, port: int):
+    """``nanopilot view`` of the catalogue at ``location`` on the loopback, in a process of its own (the page's
+    reading and drawing never take the scans' interpreter), for the duration of the ``with`` block; prints the URL
+    and opens a browser where there is a display. ValueError, before anything moves, if it does not start (e.g. the
+    port is taken)."""
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+    import webbrowser
+
+    with socket.socket() as probe:  # a taken port is refused here: an answer on it would be another server's
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as err:
+            raise ValueError(f"port {port} is taken ({err.strerror}): give another --port") from None
+    command = [sys.executable, "-c", "import sys; from nanopilot.cli import main; sys.exit(main())", "view",
+               "--port", str(port)] + (["--catalog", str(location)] if location is not None else [])
+    page = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(url + "api/runs?limit=1", timeout=10)
+                break
+            except OSError:
+                if page.poll() is not None or time.monotonic() > deadline:
+                    raise ValueError(f"the page did not start on port {port} (its error, if any, is above)") from None
+                time.sleep(0.3)
+        print(f"the page of the runs: {url}", flush=True)
+        if os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or sys.platform in ("darwin", "win32"):
+            webbrowser.open(url)
+        yield page
+    finally:
+        page.terminate()
+        page.wait(30)
+
+
+def keep_serving(page) -> None:
+    """Serve the page until Ctrl-C (or until its process ends)."""
+    print("the page stays up for the stored runs: Ctrl-C stops it", flush=True)
+    try:
+        page.wait()
+    except KeyboardInterrupt:
+        pass
 
 
 def _count(result) -> int:
