@@ -2,7 +2,7 @@
 
 ``tell(points)`` takes the analysed points (the columns of the analysis run's primary stream), ``ask()`` proposes
 the next measurements or a decision with its reason (see :mod:`nanopilot.agents.base`). The plans in
-:mod:`nanopilot.plans` drive them with bluesky messages; :func:`~nanopilot.agents.replay.replay_decisions` feeds
+:mod:`nanopilot.plans` drive them with bluesky messages; :func:`nanopilot.decisions.replay_decisions` feeds
 them a stored run from the catalogue and compares their decisions with the stored ones.
 
 Layer: below :mod:`nanopilot.plans` and :mod:`nanopilot.callbacks`, above :mod:`nanopilot.texture`; the agents

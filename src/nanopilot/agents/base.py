@@ -13,7 +13,7 @@ The protocol, for a driver (a bluesky plan, a replay, bluesky-adaptive):
   analysis run's primary stream (:data:`POINT_COLUMNS`), numpy arrays of one length, in the order of analysis.
 
 Agents import no Bluesky: a decision depends only on the points told and the verdicts, so feeding an agent the
-stored analysis run reproduces its decisions (:func:`nanopilot.agents.replay.replay_decisions`).
+stored analysis run reproduces its decisions (:func:`nanopilot.decisions.replay_decisions`).
 """
 
 from __future__ import annotations
