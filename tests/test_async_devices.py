@@ -123,6 +123,39 @@ def test_steered_map_runs_unchanged_on_the_async_devices_through_a_session(tmp_p
         assert f["/entry/data/data"].shape == (res.plan_result["points"], 64, 64)
 
 
+def test_an_async_motors_limit_signals_are_read_with_messages_and_a_range_outside_them_is_refused(tmp_path):
+    from ophyd_async.core import soft_signal_rw
+    from ophyd_async.sim import SimMotor
+
+    from nanopilot.callbacks import LiveMaps
+    from nanopilot.physics import Instrument
+    from nanopilot.plans import steered_map
+
+    class LimitedMotor(SimMotor):  # the limit signals of an EPICS motor (ophyd-async's epics.motor.Motor)
+        def __init__(self, name):
+            self.low_limit_travel, self.high_limit_travel = soft_signal_rw(float, -1.5), soft_signal_rw(float, 1.5)
+            super().__init__(name=name)
+
+    RE = RunEngine({})
+    bl = make_async_beamline("domains", seed=1, directory=tmp_path)
+    x = LimitedMotor("stage_x")
+    RE(bps_connect(x))
+    messages = []
+    RE.msg_hook = messages.append
+    maps = LiveMaps(Instrument(), ("strain", "omega", "chi"))
+    with pytest.raises(ValueError, match=r"range of stage_x -2\.\.2 um leaves the limits -1\.5\.\.1\.5 um"):
+        RE(steered_map([bl.detector], x, bl.y, (-2, 2), (-1, 1), fine=17, maps=maps))
+    assert {m.obj.name for m in messages if m.command in ("read", "locate")} == {"stage_x-low_limit_travel",
+                                                                                 "stage_x-high_limit_travel"}
+    assert not [m for m in messages if m.command in ("set", "open_run", "trigger")]
+
+
+def bps_connect(device):
+    from ophyd_async.plan_stubs import ensure_connected
+
+    return ensure_connected(device, mock=False)
+
+
 def test_find_texture_temperature_runs_on_the_async_devices_with_the_v1_temperature_controller(tmp_path):
     """The v1 temperature controller drives the async beamline's sample; the bracket is the v1 test's."""
     from test_callbacks import CentroidPredictor

@@ -7,7 +7,9 @@ import math
 import numbers
 from collections.abc import Sequence
 
+import bluesky.plan_stubs as bps
 import numpy as np
+from bluesky.utils import MsgGenerator
 
 from ..callbacks.live_maps import LiveMaps
 
@@ -77,6 +79,23 @@ def check_callable(name: str, value) -> None:
     """Raise, naming ``name``, unless ``value`` is None or callable."""
     if value is not None and not callable(value):
         raise ValueError(f"{name} must be a callable or None, got {value!r}")
+
+
+def read_limits(*devices) -> MsgGenerator[dict[str, tuple[float, float]]]:
+    """Plan stub: each device's (low, high) limits by name, (0, 0) where it has none. An ophyd positioner gives its
+    ``limits`` (as bluesky's ``check_limits`` reads them: no message, so a dry run checks them too); a device
+    without them but with limit signals (``low_limit_travel``, ``high_limit_travel``: ophyd-async's EPICS motor) has
+    those read with messages (``bps.rd``; 0, i.e. no limits, in a dry run). Reads only: nothing moves."""
+    limits = {}
+    for device in devices:
+        low, high = getattr(device, "low_limit_travel", None), getattr(device, "high_limit_travel", None)
+        if hasattr(device, "limits") or low is None or high is None:
+            limits[device.name] = tuple(float(v) for v in getattr(device, "limits", (0.0, 0.0)))
+        else:
+            lo = yield from bps.rd(low, default_value=0.0)
+            hi = yield from bps.rd(high, default_value=0.0)
+            limits[device.name] = (float(lo), float(hi))
+    return limits
 
 
 def check_within(name: str, low: float, high: float, limits: tuple[float, float], units: str) -> None:

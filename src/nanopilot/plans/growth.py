@@ -23,6 +23,7 @@ from .checks import (
     check_points,
     check_positive,
     check_within,
+    read_limits,
 )
 from .common import SafeStateGuard, SafeWhilePaused, merge_md, resolve_maps, safe_state_wrapper
 from .driving import Driver, agent_run
@@ -91,7 +92,8 @@ def grow_until(detectors: Sequence[Readable], deposition: Movable, x: Movable, y
     for name, device in (("deposition", deposition), ("x", x), ("y", y)):
         check_device(name, device, "set")
     maps = yield from resolve_maps(maps)
-    points = _checked(detectors, deposition, x, y, points, maps, approve, target_thickness=target_thickness,
+    limits = yield from read_limits(x, y)
+    points = _checked(detectors, deposition, x, y, points, maps, approve, limits, target_thickness=target_thickness,
                       interval=interval, max_time=max_time, z_point=z_point, z_spread=z_spread, timeout=timeout,
                       window=window, look_every=look_every)
     agent = GrowthAgent(float(target_thickness), points, interval=float(interval), max_time=float(max_time),
@@ -117,8 +119,9 @@ def grow_until(detectors: Sequence[Readable], deposition: Movable, x: Movable, y
     return (yield from bpp.subs_wrapper(run, SafeStateGuard(shutter, "closed")))
 
 
-def _checked(detectors, deposition, x, y, points, maps, approve, **numbers) -> list[tuple[float, float]]:
-    """Check :func:`grow_until`'s arguments (ValueError naming the wrong one); the points (um)."""
+def _checked(detectors, deposition, x, y, points, maps, approve, limits, **numbers) -> list[tuple[float, float]]:
+    """Check :func:`grow_until`'s arguments (ValueError naming the wrong one; ``limits``: the motors', by name); the
+    points (um)."""
     for name, value in numbers.items():
         check_positive(name, value, integer=name in ("window", "look_every"))
     check_callable("approve", approve)
@@ -128,7 +131,7 @@ def _checked(detectors, deposition, x, y, points, maps, approve, **numbers) -> l
     points = check_points("points", points if points is not None else
                           [(px, py) for py in DEFAULT_GRID for px in DEFAULT_GRID], "um")
     for motor, values in ((x, [p[0] for p in points]), (y, [p[1] for p in points])):
-        check_within(f"{motor.name} positions", min(values), max(values), tuple(getattr(motor, "limits", (0, 0))), "um")
+        check_within(f"{motor.name} positions", min(values), max(values), limits[motor.name], "um")
     if getattr(deposition, "shutter", None) is None:
         raise ValueError(f"deposition must have a 'shutter' signal (\"open\"/\"closed\"), got {deposition!r}")
     for det in detectors:

@@ -16,6 +16,7 @@ from .checks import (
     check_positive,
     check_range,
     check_within,
+    read_limits,
 )
 from .common import merge_md, resolve_maps
 from .driving import Driver, agent_run
@@ -71,8 +72,9 @@ def steered_map(detectors: Sequence[Readable], x: Movable, y: Movable, x_range: 
     check_device("x", x, "set")
     check_device("y", y, "set")
     maps = yield from resolve_maps(maps)
+    limits = yield from read_limits(x, y)
     lattice, total = _checked(detectors, x, y, x_range, y_range, fine, coarse_step, budget, threshold,
-                              cells_per_round, timeout, approve, maps)
+                              cells_per_round, timeout, approve, maps, limits)
     agent = SteeringAgent(lattice, int(coarse_step), total, float(threshold), int(cells_per_round), [y.name, x.name])
     driver = Driver(agent, maps, detectors + [x, y], x, y, approve=approve, timeout=timeout)
     _md = {"plan_name": "steered_map", "motors": [y.name, x.name], "detectors": [d.name for d in detectors],
@@ -84,9 +86,9 @@ def steered_map(detectors: Sequence[Readable], x: Movable, y: Movable, x_range: 
 
 
 def _checked(detectors, x, y, x_range, y_range, fine, coarse_step, budget, threshold, cells_per_round, timeout,
-             approve, maps) -> tuple[Lattice, int]:
-    """Check :func:`steered_map`'s arguments (ValueError naming the wrong one); the lattice and the budget in
-    points."""
+             approve, maps, limits) -> tuple[Lattice, int]:
+    """Check :func:`steered_map`'s arguments (ValueError naming the wrong one; ``limits``: the motors', by name);
+    the lattice and the budget in points."""
     check_positive("fine", fine, integer=True)
     check_positive("coarse_step", coarse_step, integer=True)
     if int(coarse_step) & (int(coarse_step) - 1):
@@ -99,7 +101,7 @@ def _checked(detectors, x, y, x_range, y_range, fine, coarse_step, budget, thres
     check_callable("approve", approve)
     (x0, x1), (y0, y1) = check_range("x_range", x_range, "um"), check_range("y_range", y_range, "um")
     for motor, lo, hi in ((x, x0, x1), (y, y0, y1)):
-        check_within(f"range of {motor.name}", lo, hi, tuple(getattr(motor, "limits", (0, 0))), "um")
+        check_within(f"range of {motor.name}", lo, hi, limits[motor.name], "um")
     for det in detectors:
         check_instrument(det, maps)
     total = int(round(budget * fine ** 2)) if budget <= 1 else int(budget)

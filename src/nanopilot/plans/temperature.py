@@ -43,6 +43,7 @@ from .checks import (
     check_positive,
     check_range,
     check_within,
+    read_limits,
 )
 from .common import merge_md, resolve_maps, safe_state_wrapper
 from .driving import Driver, agent_run
@@ -123,10 +124,11 @@ def find_texture_temperature(detectors: Sequence[Readable], temperature: Movable
     for name, device in (("temperature", temperature), ("x", x), ("y", y)):
         check_device(name, device, "set")
     maps = yield from resolve_maps(maps)
+    limits = yield from read_limits(x, y, temperature)
     region = _checked(detectors, x, y, x_range, y_range, step, tolerance, timeout, quick, fine, hysteresis, dwell,
-                      approve, maps)
+                      approve, maps, limits)
     t_start = yield from _start_temperature(temperature, start)
-    t_stop = _checked_stop(temperature, t_start, stop, hysteresis, tolerance)
+    t_stop = _checked_stop(limits[temperature.name], t_start, stop, hysteresis, tolerance)
     agent = TemperatureAgent(region, t_start, t_stop, step=float(step), tolerance=float(tolerance),
                              hysteresis=float(hysteresis), quick=int(quick), fine=int(fine), zoom=zoom,
                              motors=[y.name, x.name])
@@ -156,8 +158,9 @@ def find_texture_temperature(detectors: Sequence[Readable], temperature: Movable
 
 
 def _checked(detectors, x, y, x_range, y_range, step, tolerance, timeout, quick, fine, hysteresis, dwell, approve,
-             maps) -> tuple:
-    """Check :func:`find_texture_temperature`'s arguments but the temperatures (ValueError naming the wrong one);
+             maps, limits) -> tuple:
+    """Check :func:`find_texture_temperature`'s arguments but the temperatures (ValueError naming the wrong one;
+    ``limits``: the devices', by name);
     the region ((x0, x1), (y0, y1)) in um."""
     for name, value in (("step", step), ("tolerance", tolerance), ("timeout", timeout)):
         check_positive(name, value)
@@ -172,7 +175,7 @@ def _checked(detectors, x, y, x_range, y_range, step, tolerance, timeout, quick,
     check_callable("approve", approve)
     region = (x0, x1), (y0, y1) = check_range("x_range", x_range, "um"), check_range("y_range", y_range, "um")
     for motor, lo, hi in ((x, x0, x1), (y, y0, y1)):
-        check_within(f"range of {motor.name}", lo, hi, tuple(getattr(motor, "limits", (0, 0))), "um")
+        check_within(f"range of {motor.name}", lo, hi, limits[motor.name], "um")
     for det in detectors:
         check_instrument(det, maps)
     return region
@@ -188,14 +191,13 @@ def _start_temperature(temperature, start) -> MsgGenerator[float]:
     return check_finite(f"{temperature.name} reading", reading, "K")
 
 
-def _checked_stop(temperature, t_start: float, stop, hysteresis, tolerance) -> float:
+def _checked_stop(limits: tuple[float, float], t_start: float, stop, hysteresis, tolerance) -> float:
     """``stop`` (K) checked: another temperature than the start, and the search and its resets inside the
-    controller's limits."""
+    controller's ``limits`` (K)."""
     t_stop = check_finite("stop", stop, "K")
     if t_stop == t_start:
         raise ValueError(f"stop ({stop!r} K) must be a temperature other than start ({t_start:g} K)")
     sign = -1.0 if t_stop < t_start else 1.0  # -1: cooling
     far_back = t_start - sign * (float(hysteresis) + float(tolerance))
-    check_within("temperatures", min(t_stop, far_back), max(t_stop, far_back),
-                 tuple(getattr(temperature, "limits", (0, 0))), "K")
+    check_within("temperatures", min(t_stop, far_back), max(t_stop, far_back), limits, "K")
     return t_stop
