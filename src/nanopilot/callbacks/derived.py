@@ -22,6 +22,7 @@ from event_model import compose_run
 
 from ..estimates import BACKGROUND_UNITS, OK, UNITS, WARNINGS, Estimates
 from ..physics.drift import DriftTrack
+from .derived_drift import DriftFollowing
 from .frame_sources import frame_batch, prepared_batch
 
 logger = logging.getLogger(__name__)
@@ -55,8 +56,8 @@ def _outputs(predictor) -> tuple[str, ...]:
     return tuple(n for n in ("strain", "omega", "chi", "thickness") if n in names)
 
 
-class DerivedRun:
-    """Composes (and counts) the documents of the analysis run of one raw run."""
+class DerivedRun(DriftFollowing):
+    """Composes (and counts) the documents of the analysis run of one raw run (its drift: :mod:`.derived_drift`)."""
 
     def __init__(self, raw_start: dict, image_key: str, motor_units: dict[str, str], predictor):
         self.raw_start = raw_start
@@ -114,50 +115,6 @@ class DerivedRun:
                 getattr(estimates, name)[bad] = np.nan
         return estimates, batch, roi
 
-    @property
-    def drift(self) -> np.ndarray:
-        """(rows, cols) the peak's drift (detector pixels) at the last reference visit, from the run's start."""
-        return self._track.drift
-
-    @property
-    def drift_references(self) -> int:
-        """Visits to the reference position measured."""
-        return self._track.count
-
-    def reference(self, block) -> None:
-        """Add reference frames ``(frames, n, status)`` of the :data:`DRIFT_STREAM` (taken at one sample position)
-        to the visit under way; the next scan points (:meth:`analyse`) settle it (:class:`DriftTrack`: its shift
-        from the run's other visits, at the frames taken since the run's start). Ignored unless the preparation
-        follows the drift."""
-        if self.preparation is None or not self.preparation.follow_drift:
-            return
-        image, used = (None, 0) if block[2] is not None else \
-            self.preparation.drift_image(frame_batch([block], self.frame_shape)[0])
-        if self._visit is None:
-            self._visit = [None, self._frames, 0]
-        self._frames += block[1]  # they took time all the same
-        if not used:
-            logger.warning("run %s: drift reference frames that are not raw frames were left out",
-                           self.raw_start["uid"][:8])
-            return
-        self._visit[0] = image if self._visit[0] is None else self._visit[0] + image
-        self._visit[2] += block[1]
-
-    def _settle_drift(self) -> None:
-        visit, self._visit = self._visit, None
-        if visit is not None and visit[0] is not None:
-            self._track.add(visit[0], visit[1] + (visit[2] - 1) / 2)
-
-    def _untilt(self, estimates: Estimates, drift: np.ndarray) -> None:
-        """Take out of omega, chi and strain what the drift left within the ROI (its part below a whole detector
-        pixel, which the ROI's move could not follow) reads as, at the instrument's tilt and strain per pixel (the
-        network's own response to a shift of the ROI by one detector pixel is within 5% of these)."""
-        chi_step, omega_step = self.predictor.instrument.tilt_per_pixel
-        rest = (drift - np.rint(drift)) / self.preparation.binning  # (n, 2) model pixels (rows, cols)
-        estimates.chi -= chi_step * rest[:, 0]
-        estimates.omega -= omega_step * rest[:, 1]
-        estimates.strain -= self.predictor.instrument.strain_per_pixel * rest[:, 1]
-
     # ------------------------------------------------------------------ documents
     def open(self, emit) -> None:
         start = self.raw_start
@@ -204,10 +161,6 @@ class DerivedRun:
     @property
     def _reports_roi(self) -> bool:
         return self.preparation is not None and (self.preparation.follow_peak or self.preparation.follow_drift)
-
-    @property
-    def _follows_drift(self) -> bool:
-        return self.preparation is not None and self.preparation.follow_drift
 
     def emit_points(self, emit, seq_nums, positions, est: Estimates, roi_corner=None, features=None) -> None:
         """One event page of the points ``seq_nums`` (n,) at ``positions`` (n, motors) with estimates ``est``,

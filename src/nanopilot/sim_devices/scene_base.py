@@ -1,5 +1,5 @@
 """The base of every ground-truth scene (:class:`Scene`), the sample's state and the smooth random fields scenes
-draw. The scenes themselves are in :mod:`.scenes` and :mod:`.structures`."""
+draw. The scenes themselves are in :mod:`.scenes`, :mod:`.evolving_scenes` and :mod:`.structures`."""
 
 from __future__ import annotations
 
