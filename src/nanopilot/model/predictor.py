@@ -14,13 +14,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..estimates import COUNT_LEVEL, EDGE, OK, RESIDUAL, UNCERTAIN, Estimates, check_frames, usable
+from ..estimates import COUNT_LEVEL, EDGE, OK, UNCERTAIN, Estimates, check_frames
 from ..physics import FramePreparation, Instrument
 from . import bad_pixels
 from .calibration import LevelCalibration
 from .files import ModelFile, load_model
+from .frame_input import FrameInput
 from .inference_thread import run_in_inference_thread
 from .network import StackedEnsemble
+from .refinement import STRAIN_PRIOR_FACTOR, TILT_PRIOR_FACTOR, EstimateRefinement  # noqa: F401 (here before)
 from .residual import RESIDUAL_FLOOR, fit_background, residual_statistic  # noqa: F401 (here before; training uses it)
 
 #: The shipped default ensemble (3 outputs) and thickness model, inside the package.
@@ -29,13 +31,6 @@ THICKNESS_MODEL = "thickness"
 #: Frames whose total counts lie more than this factor outside the training data's range are flagged (with count
 #: normalisation, see :class:`Predictor`: only fainter ones).
 COUNT_LEVEL_FACTOR = math.sqrt(10)
-#: Box-kernel refinement: the tilts' prior std is this factor times the network's validation RMSE (wider than
-#: the RMSE because the network's errors have heavy tails near the ends of the trained ranges).
-TILT_PRIOR_FACTOR = 2.0
-#: Box-kernel refinement: the strain prior's std is this factor times the network's validation RMSE (chosen on
-#: two simulated sets other than the accuracy benchmark's: 1.0, 1.5 and 2.0 changed the refined strain RMSE by
-#: -1.5% to +1.5% against no prior; 1.5 was best on both).
-STRAIN_PRIOR_FACTOR = 1.5
 
 
 #: The published network trained the published way (one count level, raw counts in): the baseline of
@@ -54,7 +49,7 @@ def shipped_model_path(name: str = DEFAULT_MODEL) -> Path:
     return Path(str(importlib.resources.files("nanopilot.model") / "weights" / f"{name}.json"))
 
 
-class Predictor:
+class Predictor(FrameInput, EstimateRefinement):
     """A loaded model (single network or ensemble) ready to analyse frames.
 
     Parameters
@@ -173,16 +168,6 @@ class Predictor:
                 f"instrument {self.instrument.fingerprint()}>")
 
     # ----------------------------------------------------------------- network
-    def _check_shape(self, frames) -> np.ndarray:
-        arr = np.asarray(frames)
-        if arr.ndim == 2:
-            arr = arr[None]
-        if arr.ndim != 3 or arr.shape[1:] != self.instrument.roi_shape:
-            rows, cols = self.instrument.roi_shape
-            raise ValueError(f"frames must have shape (N, {rows}, {cols}) for model {Path(self.path).name} "
-                             f"(instrument {self.instrument.fingerprint()}); got {arr.shape}")
-        return arr
-
     def predict_raw(self, frames) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Network outputs without frame checks: (mean (N, K), std (N, K), members (N, M, K)), physical units.
 
@@ -285,99 +270,6 @@ class Predictor:
         if fitted is not None:
             est.background[fitted[0]], est.background_std[fitted[0]] = fitted[1], fitted[2]
         return est
-
-    def _model_frames(self, frames, mask):
-        """(frames (N, H, W), pixels to ignore (N, H, W) / (H, W) or None, the preparation's status (N,) or None):
-        raw detector frames prepared by :attr:`preparation`, others checked for the ROI shape."""
-        arr, status = np.asarray(frames), None
-        raw_shape = None if self.preparation is None else self.preparation.detector_shape
-        if raw_shape is not None and arr.shape[-2:] == raw_shape and arr.shape[-2:] != self.instrument.roi_shape:
-            prepared = self.preparation.prepare(arr)
-            arr, status = prepared.frames, prepared.status
-            mask = prepared.mask if mask is None else prepared.mask | np.asarray(mask, dtype=bool)
-        else:
-            arr = self._check_shape(arr)
-            mask = None if mask is None else np.asarray(mask) != 0
-        if self.mask is not None:
-            mask = self.mask if mask is None else mask | self.mask
-        return arr, mask, status
-
-    def _background(self, clean: np.ndarray, totals: np.ndarray, params: np.ndarray, status: np.ndarray, *,
-                    flag: bool = False):
-        """Fit the flat background of the usable frames (ok or a warning) of ``clean`` (N, H, W) counts (totals
-        (N,)) besides the patterns of their ``params`` (N, K); with ``flag`` set ``status`` (N,) to ``residual`` (in
-        place) where the residual statistic exceeds the model's threshold at the frame's total counts. Returns
-        (frames still usable (n,), background (n,), its std (n,)), counts per pixel."""
-        check = np.flatnonzero(usable(status))
-        level, level_std, stat = fit_background(clean[check], params[check], self.instrument, self.kernel)
-        if flag and self.residual_levels is not None:
-            limit = np.interp(np.log10(np.maximum(totals[check], 1.0)), *self.residual_levels)
-            status[check[stat > limit]] = RESIDUAL
-        kept = usable(status[check])
-        return check[kept], level[kept], level_std[kept]
-
-    def calibrated_std(self, spread: np.ndarray, totals: np.ndarray) -> np.ndarray:
-        """(N, K) reported std of frames with ensemble spread (N, K) and total counts (N,): the count-level
-        calibration where the model has one, else the spread times :attr:`spread_factor`."""
-        if self.level_calibration is not None:
-            return self.level_calibration.std(spread, totals)
-        return spread * self.spread_factor
-
-    def without_bad_pixels(self, frames: np.ndarray, mask=None) -> np.ndarray:
-        """``frames`` with the masked pixels (:attr:`mask`, or ``mask`` (N, H, W) / (H, W) bool when given) and (if
-        :attr:`find_hot_pixels`) the hot ones filled from their good neighbours (the frames themselves when there
-        are none)."""
-        bad = bad_pixels.find_hot_pixels(frames) if self.find_hot_pixels else None
-        mask = self.mask if mask is None else mask
-        if mask is not None:
-            bad = mask if bad is None else bad | mask
-        return frames if bad is None or not bad.any() else bad_pixels.fill_pixels(frames, bad)
-
-    def at_training_level(self, frames: np.ndarray, totals: np.ndarray) -> np.ndarray:
-        """(N, H, W) frames, those whose ``totals`` (N,) counts lie outside :attr:`trained_counts` scaled to
-        :attr:`training_total` counts (a copy where any is scaled)."""
-        low, high = self.trained_counts
-        out = (totals > 0) & ((totals < low) | (totals > high))
-        if not out.any():
-            return frames
-        scaled = np.array(frames, dtype=np.float32)
-        scaled[out] *= (self.training_total / totals[out]).astype(np.float32)[:, None, None]
-        return scaled
-
-    def _refine(self, clean, params, std, status, refine):
-        from ..fitting import refine as physics_refine
-
-        todo = status == OK
-        if refine is not True:
-            typical = np.asarray(self.metadata.get("typical_std", [np.nan] * len(self.outputs)))
-            todo &= (std > float(refine) * typical * self.spread_factor).any(axis=1)
-        idx = np.flatnonzero(todo)
-        if len(idx) == 0:
-            return params, std, status
-        k = len(self.outputs)
-        fit_thickness = k == 4
-        net_std = np.array([self.metadata["validation"][f"rmse_{n}"] for n in self.outputs])
-        if self.kernel == "box":
-            prior = np.full((len(idx), 4), np.nan)
-            prior[:, 0], prior[:, 1:3] = STRAIN_PRIOR_FACTOR * net_std[0], TILT_PRIOR_FACTOR * net_std[1:3]
-            start = Estimates.from_params(params[idx], np.full(len(idx), OK, dtype=object), std=prior[:, :k])
-            result = physics_refine(clean[idx], start, self.instrument, kernel="box", fit_thickness=fit_thickness,
-                                    strain_prior=True, omega_average=True)
-        else:
-            result = physics_refine(clean[idx], params[idx], self.instrument, fit_thickness=fit_thickness)
-        refined = result.params(with_thickness=True)[:, :k]
-        refined_var = np.stack([getattr(result, n + "_std") for n in self.outputs], axis=1) ** 2
-        if self.kernel == "box":  # the network's estimate already entered as the tilts' prior
-            combined, combined_std = refined, np.sqrt(refined_var)
-        else:  # the smooth-kernel fit and the network err largely independently: inverse-variance combination
-            net_var = net_std ** 2
-            combined = params[idx] + net_var / (net_var + refined_var) * (refined - params[idx])
-            combined_std = np.sqrt(net_var * refined_var / (net_var + refined_var))
-        good = result.ok & np.isfinite(combined).all(axis=1)
-        params[idx[good]] = combined[good]
-        std[idx[good]] = combined_std[good]
-        status[idx[~good]] = result.status[~good]
-        return params, std, status
 
 
 def _usable_device(device) -> torch.device:

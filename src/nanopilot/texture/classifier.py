@@ -15,6 +15,8 @@ from sklearn.cluster import MiniBatchKMeans
 from sklearn.utils.validation import check_is_fitted
 from threadpoolctl import threadpool_limits
 
+from .cluster_checks import fewest_interior, separation
+
 #: Label of a point without a texture (flagged frame, NaN features, or a model without enough data).
 UNLABELLED = -1
 #: Status values of :attr:`TextureClassifier.status_`.
@@ -131,38 +133,10 @@ class TextureClassifier(ClusterMixin, BaseEstimator):
         return MiniBatchKMeans(n_clusters=k, batch_size=self.batch_size, n_init=self.n_init,
                                random_state=self.random_state).fit(Z)
 
-    @staticmethod
-    def _separation(Z: np.ndarray, centres: np.ndarray, members: np.ndarray) -> float:
-        """The smallest, over pairs of clusters, separation of their centres along the line joining them, in
-        units of the pair's pooled standard deviation along that line (about 2.7 for the halves of one
-        Gaussian blob, in any dimension)."""
-        smallest = np.inf
-        for i in range(len(centres)):
-            for j in range(i + 1, len(centres)):
-                gap = centres[j] - centres[i]
-                distance = np.linalg.norm(gap)
-                pair = (members == i) | (members == j)
-                if distance == 0 or pair.sum() < 3:
-                    return 0.0
-                t = (Z[pair] - centres[i]) @ (gap / distance)
-                near = members[pair] == i
-                pooled = np.sqrt((((t[near]) ** 2).sum() + ((t[~near] - distance) ** 2).sum()) / pair.sum())
-                smallest = min(smallest, distance / max(pooled, 1e-300))
-        return float(smallest)
-
-    @staticmethod
-    def _interior(members: np.ndarray, window: np.ndarray, k: int) -> int:
-        """The fewest, over the k clusters, interior points: points whose window ``window`` (rows of
-        ``members``, -1 outside it) holds only members of their own cluster."""
-        inside = window >= 0
-        labels = members[np.where(inside, window, 0)]
-        interior = np.where(inside, labels == members[:, None], True).all(axis=1)
-        return int(np.bincount(members[interior], minlength=k).min())
-
     def _choose(self, Z: np.ndarray, window: np.ndarray | None = None) -> MiniBatchKMeans:
         """k-means with a fixed k, or with the largest k of the range whose clusters are all pairwise separated
-        by at least ``min_separation`` (see :meth:`_separation`) and, given each row's ``window`` on the map,
-        all have at least ``min_interior`` interior points (see :meth:`_interior`); lo when none is."""
+        by at least ``min_separation`` (see :func:`separation`) and, given each row's ``window`` on the map,
+        all have at least ``min_interior`` interior points (see :func:`fewest_interior`); lo when none is."""
         lo, hi = self._range()
         hi = max(lo, min(hi, len(Z) // 2))
         self.separations_, self.interiors_ = {}, {}
@@ -174,10 +148,10 @@ class TextureClassifier(ClusterMixin, BaseEstimator):
         for k in range(max(lo, 2), hi + 1):
             model = self._kmeans(k, Z)
             members = model.predict(Z)
-            self.separations_[k] = self._separation(Z, model.cluster_centers_, members)
+            self.separations_[k] = separation(Z, model.cluster_centers_, members)
             region = True
             if window is not None:
-                self.interiors_[k] = self._interior(members, window, k)
+                self.interiors_[k] = fewest_interior(members, window, k)
                 region = self.interiors_[k] >= min_interior
             if self.separations_[k] >= self.min_separation and region:
                 best = model
