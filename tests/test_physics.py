@@ -261,17 +261,17 @@ def test_the_known_brightest_grid_peak_is_the_searched_one():
 
 
 def test_another_setup_is_searched_once(monkeypatch):
-    from nanopilot.physics import forward
+    from nanopilot.physics import intensity
 
     searched = []
-    monkeypatch.setattr(forward, "search_brightest_grid_peak",
+    monkeypatch.setattr(intensity, "search_brightest_grid_peak",
                         lambda instrument, progress: searched.append((instrument, progress)) or 1000.0)
     other = dataclasses.replace(Instrument(), thickness=123.456)
-    forward.brightest_grid_peak.cache_clear()
+    intensity.brightest_grid_peak.cache_clear()
     try:
         assert intensity_scale(other, 10.0) == pytest.approx(0.01)
         assert intensity_scale(other, 20.0) == pytest.approx(0.02)
         assert brightest_grid_peak(Instrument()) == KNOWN_GRID_PEAKS[Instrument().fingerprint()]
     finally:
-        forward.brightest_grid_peak.cache_clear()
+        intensity.brightest_grid_peak.cache_clear()
     assert searched == [(other, True)]  # once, with a progress bar; the published setup's is known
