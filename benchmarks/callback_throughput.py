@@ -31,12 +31,12 @@ from nanopilot.physics import poisson, simulate
 from nanopilot.sim_devices.raw_detector import RawReadout
 
 
-def make_documents(frames: np.ndarray, page: int) -> list[tuple[str, dict]]:
-    """A raw run of ``frames`` (N, H, W): start, descriptor (image + stage positions), event pages of ``page``
-    frames, stop."""
+def make_documents(frames: np.ndarray, page: int, uid: str | None = None) -> list[tuple[str, dict]]:
+    """A raw run of ``frames`` (N, H, W) (start uid ``uid``, new by default): start, descriptor (image + stage
+    positions), event pages of ``page`` frames, stop."""
     n = len(frames)
     side = int(np.sqrt(n))
-    bundle = compose_run(metadata={"motors": ["stage_y", "stage_x"], "shape": [n // side, side],
+    bundle = compose_run(uid=uid, metadata={"motors": ["stage_y", "stage_x"], "shape": [n // side, side],
                                    "extents": [[-1, 1], [-1, 1]], "snaking": [False, False]})
     keys = {"det_image": {"source": "bench", "dtype": "array", "shape": list(frames.shape[1:])},
             "stage_x": {"source": "bench", "dtype": "number", "shape": [], "units": "um"},

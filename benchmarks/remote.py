@@ -29,7 +29,7 @@ import time
 import uuid
 
 import numpy as np
-from event_model import compose_run
+from callback_throughput import make_documents  # this folder's: the benchmarks run as scripts
 
 from nanopilot.model.data import DEFAULT_RANGES, sample_params
 from nanopilot.physics import poisson, simulate
@@ -50,24 +50,7 @@ def raw_runs(frames: np.ndarray, runs: int, page: int, workers: int = 2) -> list
     out = []
     for i, chunk in enumerate(np.array_split(frames, runs)):
         uid = next(u for u in iter(lambda: str(uuid.uuid4()), None) if owner(u, workers) == i % workers)
-        n, side = len(chunk), int(np.sqrt(len(chunk)))
-        bundle = compose_run(uid=uid, metadata={"motors": ["stage_y", "stage_x"], "shape": [-(-n // side), side],
-                                                "extents": [[-1, 1], [-1, 1]], "snaking": [False, False]})
-        keys = {"det_image": {"source": "bench", "dtype": "array", "shape": list(chunk.shape[1:])},
-                "stage_x": {"source": "bench", "dtype": "number", "shape": [], "units": "um"},
-                "stage_y": {"source": "bench", "dtype": "number", "shape": [], "units": "um"}}
-        desc = bundle.compose_descriptor(name="primary", data_keys=keys)
-        docs = [("start", bundle.start_doc), ("descriptor", desc.descriptor_doc)]
-        x, y = np.tile(np.linspace(-1, 1, side), n // side + 1)[:n], np.repeat(np.arange(n // side + 1.0), side)[:n]
-        for first in range(0, n, page):
-            sl, m = slice(first, first + page), len(chunk[first:first + page])
-            now = [time.time()] * m
-            data = {"det_image": chunk[sl], "stage_x": x[sl].tolist(), "stage_y": y[sl].tolist()}
-            docs.append(("event_page", desc.compose_event_page(
-                data=data, timestamps={k: now for k in data}, seq_num=list(range(first + 1, first + m + 1)),
-                time=now, validate=False)))
-        docs.append(("stop", bundle.compose_stop()))
-        out.append(docs)
+        out.append(make_documents(chunk, page, uid))
     return out
 
 
