@@ -8,9 +8,8 @@ network (``Predictor.load()``, ``residual=True`` as the live analysis does); eve
 lattice point by reading that point's analysed frame, so all methods see the same frames. Methods, each given a
 budget of points and asked in rounds through the ask/tell shape:
 
-- ``steering``: today's ``steered_map`` decision logic (``nanopilot.agents.steering``'s pure functions called as
-  the plan calls them, with the plan's defaults; no texture labels, as ``benchmarks/plans.py``), its maps rebuilt
-  by ``steering.reconstruct``;
+- ``steering``: ``steered_map``'s decisions (its ``SteeringAgent`` with the plan's defaults, every refinement
+  approved; no texture labels, as ``benchmarks/plans.py``), its maps rebuilt by ``steering.reconstruct``;
 - ``raster``: a uniform raster of the same number of points, linear interpolation;
 - ``random``: uniformly random points, range-clipped cubic on the triangulation;
 - ``gp``: Gaussian-process uncertainty sampling (scikit-learn), the GP posterior mean;
@@ -27,9 +26,10 @@ the beamline time (stage moves at the stage's
 velocity, its settling time per axis moved, the detector's exposure per point; points in snake order per round)
 as a fraction of the full raster's; and issue 21's bars, pass or fail.
 
-    python benchmarks/steering.py [--quick] [--fine 33] [--seeds 5] [--families inclusions,walls]
+    python benchmarks/steering.py [--quick] [--fine 33] [--seeds 5] [--families inclusions,walls] [--tuning]
 
-``--quick``: one reporting seed per family. Torch and BLAS run single-threaded.
+``--quick``: one reporting seed per family. ``--tuning``: the tuning seeds instead (to develop on; report on the
+reporting seeds). Torch and BLAS run single-threaded.
 """
 
 from __future__ import annotations
@@ -47,8 +47,8 @@ from nanopilot.model import Predictor
 from nanopilot.plans import steered_map
 from nanopilot.plans.samplers import GPSampler, RandomSampler, RasterSampler
 from nanopilot.plans.slads import SLADSSampler, train_erd
-from nanopilot.agents.steering import (Lattice, cell_interest, choose_cells, coarse_cells, corners, noise_scales,
-                                      reconstruct, snake_order, split)
+from nanopilot.agents import SteeringAgent
+from nanopilot.agents.steering import Lattice, reconstruct, snake_order
 from nanopilot.sim_devices import REPORTING_SEEDS, STRUCTURES, TUNING_SEEDS, SimSample, feature_mask, label_walls
 from nanopilot.sim_devices import make_beamline
 
@@ -59,47 +59,42 @@ NEAR = 0.15
 METHODS = ("steering", "raster", "random", "gp", "slads")
 BASELINES = METHODS[1:]
 PLAN = {name: p.default for name, p in inspect.signature(steered_map).parameters.items()
-        if name in ("coarse_step", "threshold", "cells_per_round")}
+        if name in ("coarse_step", "threshold", "points_per_round")}
 
 
-class SteeringReplay:
-    """Today's ``steered_map`` decisions (``nanopilot.agents.steering``, as the plan calls them) in the ask/tell
-    shape: the coarse raster first, then each round's refinements within the points left."""
+class AgentSampler:
+    """``steered_map``'s :class:`~nanopilot.agents.SteeringAgent` (with the plan's defaults) in the samplers'
+    ask/tell shape: every refinement approved, the points told as the analysis run's columns."""
 
-    def __init__(self, lattice: Lattice, budget: int, coarse_step: int = PLAN["coarse_step"],
-                 threshold: float = PLAN["threshold"], cells_per_round: int = PLAN["cells_per_round"]):
-        self.lattice, self.budget, self.threshold, self.per_round = lattice, budget, threshold, cells_per_round
-        self.cells = coarse_cells(lattice.n, coarse_step)
-        self.first = snake_order(sorted({c for cell in self.cells for c in corners(cell)}))
-        if budget < len(self.first):
-            raise ValueError(f"budget {budget} is below the coarse raster's {len(self.first)} points")
-        self.measured: dict = {}
-        self.rounds = 0
+    def __init__(self, lattice: Lattice, budget: int, **plan):
+        self.lattice = lattice
+        self.agent = SteeringAgent(lattice, budget=budget, motors=("stage_y", "stage_x"), **{**PLAN, **plan})
+        self.columns: dict[str, list] = {}
 
     def __len__(self):
-        return len(self.measured)
+        return len(self.columns.get("seq_num", []))
 
     def ask(self, n: int) -> np.ndarray:
-        if not self.measured:
-            chosen_points = self.first
-        else:
-            values = {f: np.array([p[f] for p in self.measured.values()]) for f in FIELDS}
-            stds = {f: np.array([p[f + "_std"] for p in self.measured.values()]) for f in FIELDS}
-            scales = noise_scales({f: v for f, v in values.items() if np.isfinite(v).any()}, stds)
-            interest = cell_interest(self.cells, self.measured, scales)
-            chosen, chosen_points = choose_cells(self.cells, interest, self.measured, min(n, self.budget - len(self)),
-                                                 self.threshold, self.per_round)
-            self.cells = [c for c in self.cells if c not in chosen] + [s for c in chosen for s in split(c)[0]]
-            self.rounds += bool(chosen)
-        return np.array([self.lattice.position(ij) for ij in snake_order(chosen_points)]).reshape(-1, 2)
+        proposal = self.agent.ask()
+        while proposal.decision:
+            self.agent.tell_verdict(True)
+            proposal = self.agent.ask()
+        if proposal.action != "measure" or len(proposal.points) > n:
+            return np.empty((0, 2))
+        return np.array(proposal.points, dtype=float).reshape(-1, 2)
 
     def tell(self, points, values) -> None:
-        ii, jj = self.lattice.index(points[:, 0], points[:, 1])
-        for k, ij in enumerate(zip(ii.tolist(), jj.tolist())):
-            self.measured[ij] = {key: column[k] for key, column in values.items()}
+        k = len(self)
+        rows = {"seq_num": np.arange(k + 1, k + 1 + len(points)), "stage_x": points[:, 0], "stage_y": points[:, 1],
+                **values}
+        for key, column in rows.items():
+            self.columns.setdefault(key, []).extend(np.asarray(column).tolist())
+        self.agent.tell({key: np.asarray(column, dtype=object if key == "status" else None)
+                         for key, column in self.columns.items()})
 
     def reconstruct(self):
-        return {f: reconstruct(self.lattice, self.measured, f) for f in FIELDS}
+        measured = self.agent.measured()
+        return {f: reconstruct(self.lattice, measured, f) for f in FIELDS}
 
 
 def measure_scene(family: str, seed: int, fine: int, predictor) -> dict:
@@ -172,7 +167,7 @@ def _mask(points_ij, shape):
 def samplers(lattice, budget, scales, slads_model, seed):
     """The methods for one budget: (sampler, batch per ask)."""
     per_round = max(8, budget // 10)
-    return {"steering": (SteeringReplay(lattice, budget), budget),
+    return {"steering": (AgentSampler(lattice, budget), budget),
             "raster": (RasterSampler(lattice, budget), budget),
             "random": (RandomSampler(lattice, seed=seed), budget),
             "gp": (GPSampler(lattice, n_initial=budget // 4, seed=seed), per_round),
@@ -251,7 +246,7 @@ def report(family: str, seeds, rows: list[dict], budgets: dict, fine: int) -> di
     full = rows[0]["full"]
     near = np.mean([row["full"]["near"] for row in rows])
     rms = ", ".join(f"{f} {np.mean([row['full']['rms'][f] for row in rows]):.2e}" for f in FIELDS)
-    print(f"\n{family} (reporting seeds {', '.join(map(str, seeds))}): {100 * near:.0f}% of the raster near features; "
+    print(f"\n{family} (seeds {', '.join(map(str, seeds))}): {100 * near:.0f}% of the raster near features; "
           f"full raster {fine} x {fine}: RMS near features {rms}, beamline time {full['time'].sum():.0f} s "
           f"(moves {full['time'][0]:.1f}, settling {full['time'][1]:.1f}, detector {full['time'][2]:.1f})")
     print(f"  {'budget':7s}{'method':10s}{'points':>7s}   RMS near features x full (strain omega chi) [worst seed]"
@@ -279,8 +274,9 @@ def main(argv=None):
     parser.add_argument("--fine", type=int, default=33, help="points per side of the fine raster (8 k + 1)")
     parser.add_argument("--seeds", type=int, default=len(REPORTING_SEEDS), help="reporting seeds per family")
     parser.add_argument("--families", default=",".join(FAMILIES), help="comma-separated families")
+    parser.add_argument("--tuning", action="store_true", help="the tuning seeds instead of the reporting seeds")
     args = parser.parse_args(argv)
-    seeds = REPORTING_SEEDS[:1 if args.quick else args.seeds]
+    seeds = (TUNING_SEEDS if args.tuning else REPORTING_SEEDS)[:1 if args.quick else args.seeds]
     families = [f for f in args.families.split(",") if f]
     unknown = sorted(set(families) - set(FAMILIES))
     if unknown:

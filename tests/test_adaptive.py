@@ -16,7 +16,7 @@ from nanopilot.plans import steered_map  # noqa: E402
 from nanopilot.plans.adaptive import AgentOptimizer, AnalysedOutcomes  # noqa: E402
 from nanopilot.sim_devices import make_beamline  # noqa: E402
 
-ARGS = {"fine": 9, "coarse_step": 4, "budget": 30, "threshold": 3.0, "cells_per_round": 2}
+ARGS = {"fine": 9, "coarse_step": 4, "budget": 30, "threshold": 3.0, "points_per_round": 8}
 
 
 def positions(docs, stream="primary"):
@@ -45,7 +45,7 @@ def test_the_steering_agent_through_optimize_in_run_decides_as_steered_map():
     bl = make_beamline("domains", seed=1, noise=False)
     x, y = bl.stage.x, bl.stage.y
     agent = SteeringAgent(Lattice(-2, 2, -2, 2, ARGS["fine"]), ARGS["coarse_step"], ARGS["budget"],
-                          ARGS["threshold"], ARGS["cells_per_round"], [y.name, x.name])
+                          ARGS["threshold"], ARGS["points_per_round"], [y.name, x.name])
     optimizer = AgentOptimizer(agent, [x, y])
     assert isinstance(optimizer, Optimizer) and isinstance(optimizer, SupportsStoppingCriteria)
     holder = {}

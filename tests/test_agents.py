@@ -32,7 +32,9 @@ def test_the_steering_agent_asks_measures_and_refines_at_the_wall():
     agent.tell(wall_points(measured))
     refine = agent.ask()
     assert refine.decision and refine.approve and refine.action == "refine" and agent.ask() is refine
-    assert all(cell[0] == 4 for cell in refine.evidence["cells"])  # the cells across the wall (x 0..1 um)
+    # the edges across the wall (x = 0.3 um, between lattice columns 5 and 6): from column 4 to 8
+    assert refine.evidence["edges"] and all(min(e[0], e[2]) == 4 and max(e[0], e[2]) == 8
+                                            for e in refine.evidence["edges"])
     agent.tell_verdict(True)
     more = agent.ask()
     assert not more.decision and more.points and all(0.0 <= px <= 1.0 for px, _ in more.points)

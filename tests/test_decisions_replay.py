@@ -45,7 +45,7 @@ def test_a_steered_map_replays_and_other_points_do_not(catalog, tmp_path, monkey
     uid, result = stored_run(catalog, tmp_path, NanobeamAnalysis(CentroidPredictor(), batch_size=32,
                                                                 max_latency=0.02),
                              lambda maps: steered_map([bl.detector], bl.stage.x, bl.stage.y, (-2, 2), (-2, 2),
-                                                      fine=17, coarse_step=8, budget=60, cells_per_round=2,
+                                                      fine=17, coarse_step=8, budget=60, points_per_round=8,
                                                       maps=maps))
     assert result["rounds"] >= 2
     rows = check_replay(catalog, uid, result)

@@ -11,12 +11,12 @@ from nanopilot.callbacks import NanobeamAnalysis
 from nanopilot.plans import steered_map
 from nanopilot.agents.steering import (
     Lattice,
-    cell_interest,
-    choose_cells,
-    coarse_cells,
+    choose_points,
+    coarse_points,
     collect_points,
+    edge_interest,
+    midpoint,
     reconstruct,
-    split,
 )
 from nanopilot.sim_devices import make_beamline
 from test_callbacks import CentroidPredictor
@@ -88,8 +88,7 @@ def test_dry_run_shows_the_coarse_raster(capsys):
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"x_range": (-500, 0)}, "limits"),
-    ({"fine": 30}, "whole number of coarse cells"),
-    ({"coarse_step": 6, "fine": 25}, "power of two"),
+    ({"fine": 30}, "whole number of coarse steps"),
     ({"budget": 10}, "smaller than the coarse raster"),
     ({"budget": -1}, "budget"),
     ({"x_range": (1, -1)}, "stop > start"),
@@ -109,23 +108,41 @@ def test_no_analysis_is_a_clear_error():
         RunEngine({})(steered_map([bl.detector], bl.stage.x, bl.stage.y, (-1, 1), (-1, 1)))  # no session
 
 
-def test_cell_logic_is_pure_and_ordered():
-    cells = coarse_cells(9, 4)
-    assert len(cells) == 4
-    measured = {(i, j): {"strain": float(i >= 4), "status": "ok"} for i in range(0, 9, 4) for j in range(0, 9, 4)}
-    interest = cell_interest(cells, measured, {"strain": 0.1})
-    # cells 1 and 3 reach the region's border at i = 8: their one inner second difference (across the wall in
-    # cells 0 and 2) counts as curvature, half the change
-    assert interest.tolist() == [10.0, 5.0, 10.0, 5.0]
-    chosen, new = choose_cells(cells, interest, measured, budget_left=100, threshold=6, max_cells=10)
-    assert chosen == [cells[0], cells[2]] and len(new) == 9  # 5 + 5 points, one shared edge midpoint
-    sub, points = split((0, 0, 4))
-    assert sub == [(0, 0, 2), (2, 0, 2), (0, 2, 2), (2, 2, 2)] and (2, 2) in points
-    # a large cell with moderate contrast goes before a small one with more: priority is interest x side
-    mixed = [(0, 0, 4), (4, 0, 1)]
-    measured_mixed = {**measured, (5, 0): measured[(4, 0)], (4, 1): measured[(4, 0)], (5, 1): measured[(4, 0)]}
-    chosen, _ = choose_cells(mixed, np.array([5.0, 15.0]), measured_mixed, 100, 3, 1)
-    assert chosen == [(0, 0, 4)]
+def test_edges_across_a_wall_are_bisected_first_and_down_to_lattice_neighbours():
+    assert coarse_points(9, 4) == [(0, 0), (4, 0), (8, 0), (0, 4), (4, 4), (8, 4), (0, 8), (4, 8), (8, 8)]
+    measured = {ij: {"strain": float(ij[0] >= 4), "status": "ok"} for ij in coarse_points(9, 4)}
+    keys, edges, interest = edge_interest(measured, {"strain": 0.1})
+    across = (keys[edges[:, 0], 0] < 4) != (keys[edges[:, 1], 0] < 4)
+    assert across.any() and np.all(interest[across] == 10) and np.all(interest[~across] == 0)
+    points, chosen, top = choose_points(measured, {"strain": 0.1}, threshold=3, most=100)
+    assert top == 10 and len(points) == across.sum()  # one midpoint per crossing edge, none elsewhere
+    assert all(min(e[0], e[2]) == 0 and max(e[0], e[2]) == 4 for e in chosen)
+    assert all(i == 2 for i, _ in points)
+    # long crossings first (priority: interest squared times length): the diagonals come before the straight ones
+    lengths = [np.hypot(e[2] - e[0], e[3] - e[1]) for e in chosen]
+    assert lengths == sorted(lengths, reverse=True)
+    assert choose_points(measured, {"strain": 0.1}, threshold=3, most=2)[0] == points[:2]
+    assert choose_points(measured, {"strain": 0.1}, threshold=10, most=100)[0] == []  # at the threshold: left
+    # texture labels that differ and frames that are not ok make an edge interesting without a change in value
+    flat = {ij: {"strain": 0.0, "status": "ok", "texture": int(ij[1] >= 4)} for ij in coarse_points(9, 4)}
+    flat[(8, 8)]["status"] = "flagged"
+    keys, edges, interest = edge_interest(flat, {"strain": 0.1})
+    touches = (keys[edges] == (8, 8)).all(axis=2).any(axis=1)
+    labels = (keys[edges[:, 0], 1] >= 4) != (keys[edges[:, 1], 1] >= 4)
+    np.testing.assert_array_equal(interest, 10.0 * labels + 5.0 * touches)
+
+
+def test_a_wall_ends_bracketed_by_lattice_neighbours():
+    measured = {ij: {"strain": float(ij[0] >= 3), "status": "ok"} for ij in coarse_points(9, 4)}
+    for _ in range(10):
+        points, _, _ = choose_points(measured, {"strain": 0.1}, threshold=3, most=100)
+        measured.update({ij: {"strain": float(ij[0] >= 3), "status": "ok"} for ij in points})
+    assert points == []
+    crossings = {j for (i, j) in measured if i == 2 and (3, j) in measured}
+    assert len(crossings) >= 5  # bracketed by lattice neighbours along the wall, not only at the coarse rows
+    assert midpoint((2, 0), (3, 0), set()) is None and midpoint((0, 0), (4, 0), {(2, 0)}) is None
+    assert midpoint((2, 0), (3, 1), set()) == (2, 1)  # a diagonal step: another corner of its square
+    assert midpoint((0, 0), (3, 0), set()) == (1, 0)
 
 
 def test_reconstruct_is_exact_for_linear_fields_and_never_overshoots_a_wall():
@@ -146,14 +163,3 @@ def test_reconstruct_is_exact_for_linear_fields_and_never_overshoots_a_wall():
     assert errors["cubic"] < 0.6 * errors["linear"]
     with pytest.raises(ValueError, match="method"):
         reconstruct(lattice, ramp, "strain", "spline")
-
-
-def test_interest_sees_a_crest_between_equal_corners_but_not_a_wall_next_door():
-    cells = coarse_cells(13, 4)  # 3 x 3 cells, lattice points every 4 steps
-    # a crest at i = 6, measured every 4 steps: the cell from i = 4 to 8 has equal corners either side of it
-    crest = {(i, j): {"strain": 1.0 - abs(i - 6) / 4, "status": "ok"} for i in range(0, 13, 4) for j in range(0, 13, 4)}
-    assert cell_interest([(4, 0, 4)], crest, {"strain": 0.1})[0] == pytest.approx(5)  # curvature 1 / 2 / 0.1 noise
-    wall = {(i, j): {"strain": float(i >= 12), "status": "ok"} for i in range(0, 13, 4) for j in range(0, 13, 4)}
-    interest = cell_interest(cells, wall, {"strain": 0.1})
-    assert interest[cells.index((4, 0, 4))] == 0  # the wall lies in the next cell (8..12), not in this one
-    assert interest[cells.index((8, 0, 4))] == 10

@@ -28,7 +28,7 @@ def main():
     analysis = NanobeamAnalysis(Predictor.load(), motors=[y.name, x.name], threaded=False, batch_size=1)
     RE = RunEngine({})
     RE.subscribe(analysis)
-    agent = SteeringAgent(Lattice(-2, 2, -2, 2, 33), coarse_step=4, budget=272, threshold=3.0, cells_per_round=16,
+    agent = SteeringAgent(Lattice(-2, 2, -2, 2, 33), coarse_step=4, budget=272, threshold=4.0, points_per_round=32,
                           motors=[y.name, x.name])
     optimizer = AgentOptimizer(agent, [x, y])
     problem = OptimizationProblem(optimizer=optimizer, actuators=[x, y], sensors=[bl.detector],

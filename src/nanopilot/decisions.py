@@ -72,9 +72,12 @@ def agent_for(start: dict, motors: list[str]):
     """The agent of the plan that made the run with start document ``start`` (its ``plan_args``)."""
     args, name = start.get("plan_args", {}), start.get("plan_name")
     if name == "steered_map":
+        if "points_per_round" not in args:
+            raise ValueError("this steered_map run was made by the quadtree steering of nanopilot before edge "
+                             "bisection (its plan_args have cells_per_round); its decisions cannot be replayed")
         (x0, x1), (y0, y1) = args["x_range"], args["y_range"]
         return SteeringAgent(Lattice(x0, x1, y0, y1, int(args["fine"])), int(args["coarse_step"]), int(args["budget"]),
-                             float(args["threshold"]), int(args.get("cells_per_round", 16)), motors)
+                             float(args["threshold"]), int(args["points_per_round"]), motors)
     if name == "grow_until":
         return GrowthAgent(args["target_thickness"], args["points"], interval=args["interval"],
                            max_time=args["max_time"], z_point=args["z_point"], z_spread=args["z_spread"],

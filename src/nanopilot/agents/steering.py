@@ -1,24 +1,27 @@
-"""The pure decision logic of :func:`steered_map`: adaptive refinement of a square lattice (a quadtree).
+"""The pure decision logic of :func:`steered_map`: bisection of the edges that cross structure.
 
-The scan region is a lattice of ``fine x fine`` points (the full fine raster). A *cell* is a square of side
-``h`` lattice steps whose four corners are measured. A cell's interest is the largest change across it (or curvature
-next to it) of any analysed field in units of that field's noise (from the network's uncertainty), plus a bonus for a
-texture boundary and for frames whose status is not ok (flagged, or a warning such as ``edge``, whose value is used
-as well). The cells with the highest interest times side are split in four,
-which measures their centres and edge midpoints; cells of side 1 are final. :func:`reconstruct` rebuilds the
-map on the fine raster from the scattered points.
+The scan region is a lattice of ``fine x fine`` points (the full fine raster). After a coarse raster, the measured
+points are triangulated (Delaunay, in lattice steps). An edge's *interest* is the largest change of any analysed
+field between its two ends in units of that field's noise (from the network's uncertainty), plus a bonus where the
+ends' texture labels differ and where an end's frame is not ok (flagged, or a warning such as ``edge``, whose value
+is used as well). The edges above a threshold are bisected (the lattice point nearest their middle is measured),
+those that leave the largest squared error first (interest squared times length). A wall is thereby bracketed by
+pairs of lattice neighbours along its whole length, a few points per crossing rather than filled cells, and the
+triangulation then puts it where the measurements do; an edge inside a smooth region is refined only when the
+field changes across it by more than the threshold. :func:`reconstruct` rebuilds the map on the fine raster.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 from scipy import interpolate, spatial
 
 FIELDS = ("strain", "omega", "chi", "thickness")
-#: interest of a cell whose corners disagree on the texture label, or hold a flagged frame (or one with a warning,
-#: e.g. ``edge``: its value counts, and the points around it are measured more densely all the same)
+#: interest (noise units) added to an edge whose ends' texture labels differ, or one of whose frames is not ok
+#: (flagged, or with a warning such as ``edge``: its value counts, and its neighbourhood is measured more densely)
 BOUNDARY_INTEREST = 10.0
 FLAGGED_INTEREST = 5.0
 #: methods of :func:`reconstruct`
@@ -61,26 +64,12 @@ def collect_points(run, lattice: Lattice, x_key: str, y_key: str) -> dict:
     return {key: {f: points[f][k] for f in fields} for k, key in enumerate(zip(ii.tolist(), jj.tolist()))}
 
 
-def coarse_cells(n: int, side: int) -> list[tuple[int, int, int]]:
-    """Cells (i, j, side) tiling the lattice, with corners on multiples of ``side``."""
-    if (n - 1) % side:
-        raise ValueError(f"the fine raster ({n} points per side) must be a whole number of coarse cells of "
-                         f"{side} steps: choose fine = k * {side} + 1")
-    return [(i, j, side) for j in range(0, n - 1, side) for i in range(0, n - 1, side)]
-
-
-def corners(cell) -> list[tuple[int, int]]:
-    i, j, h = cell
-    return [(i, j), (i + h, j), (i, j + h), (i + h, j + h)]
-
-
-def split(cell) -> tuple[list[tuple[int, int, int]], list[tuple[int, int]]]:
-    """The four sub-cells of a cell and the lattice points they add (centre and edge midpoints)."""
-    i, j, h = cell
-    g = h // 2
-    subcells = [(i, j, g), (i + g, j, g), (i, j + g, g), (i + g, j + g, g)]
-    new = [(i + g, j), (i, j + g), (i + g, j + g), (i + h, j + g), (i + g, j + h)]
-    return subcells, new
+def coarse_points(n: int, step: int) -> list[tuple[int, int]]:
+    """Lattice indices (i, j) of the coarse raster: every ``step`` lattice steps, corners included."""
+    if step < 1 or (n - 1) % step:
+        raise ValueError(f"the fine raster ({n} points per side) must be a whole number of coarse steps of "
+                         f"{step}: choose fine = k * {step} + 1")
+    return [(i, j) for j in range(0, n, step) for i in range(0, n, step)]
 
 
 def noise_scales(values: dict[str, np.ndarray], stds: dict[str, np.ndarray]) -> dict[str, float]:
@@ -97,80 +86,83 @@ def noise_scales(values: dict[str, np.ndarray], stds: dict[str, np.ndarray]) -> 
     return scales
 
 
-def cell_interest(cells, measured: dict, scales: dict[str, float]) -> np.ndarray:
-    """Interest of each cell (see the module notes); ``measured[(i, j)]`` is a dict of field values,
-    ``"status"`` and optionally ``"texture"``.
+def lattice_edges(keys: np.ndarray) -> np.ndarray:
+    """(E, 2) index pairs into ``keys`` ((m, 2) lattice indices): the edges of their Delaunay triangulation
+    (on a line: consecutive points along it)."""
+    if len(keys) < 2:
+        return np.zeros((0, 2), int)
+    try:
+        simplices = spatial.Delaunay(keys).simplices
+    except spatial.QhullError:  # all points on a line
+        order = np.lexsort(keys.T[::-1])
+        return np.sort(np.stack([order[:-1], order[1:]], axis=1), axis=1)
+    pairs = np.concatenate([simplices[:, [0, 1]], simplices[:, [1, 2]], simplices[:, [0, 2]]])
+    return np.unique(np.sort(pairs, axis=1), axis=0)
 
-    A field's contrast in a cell is the larger of the change across its corners and half its curvature
-    (:func:`_curvature`): equal corners can bracket a crest or a trough, which the second differences at both
-    ends of an edge reveal.
+
+def edge_interest(measured: dict, scales: dict[str, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The measured points' triangulation edges and their interest (see the module notes).
+
+    Returns (keys (m, 2) lattice indices of the points, sorted, edges (E, 2) into keys,
+    interest (E,) in noise units: the largest change of any field across the edge over its noise scale, plus
+    :data:`BOUNDARY_INTEREST` where the ends' texture labels differ and :data:`FLAGGED_INTEREST` where an end's
+    status is not ok; a field not finite at an end does not count).
     """
-    out = np.zeros(len(cells))
-    last = max(max(key) for key in measured) if measured else 0
-    for k, cell in enumerate(cells):
-        points = [measured[c] for c in corners(cell)]
-        score = 0.0
-        for field, scale in scales.items():
-            v = np.array([p.get(field, np.nan) for p in points], dtype=float)
-            if np.isfinite(v).sum() >= 2:
-                score = max(score, (np.nanmax(v) - np.nanmin(v)) / scale)
-            score = max(score, _curvature(cell, measured, field, last) / (2 * scale))
-        labels = {p.get("texture") for p in points if p.get("texture") is not None and p.get("texture") >= 0}
-        if len(labels) > 1:
-            score += BOUNDARY_INTEREST
-        if any(p["status"] != "ok" for p in points):
-            score += FLAGGED_INTEREST
-        out[k] = score
-    return out
+    order = sorted(measured)  # one triangulation whatever order the points came in (a square's diagonal is a tie)
+    keys = np.array(order, dtype=float).reshape(-1, 2)
+    edges = lattice_edges(keys)
+    points = [measured[ij] for ij in order]
+    interest = np.zeros(len(edges))
+    for field, scale in scales.items():
+        v = np.array([p.get(field, np.nan) for p in points], dtype=float) / scale
+        jump = np.abs(v[edges[:, 0]] - v[edges[:, 1]])
+        interest = np.fmax(interest, np.where(np.isfinite(jump), jump, 0.0))
+    labels = np.array([p.get("texture", -1) for p in points], dtype=float)
+    labels = np.where(np.isfinite(labels), labels, -1)
+    a, b = labels[edges[:, 0]], labels[edges[:, 1]]
+    interest += BOUNDARY_INTEREST * ((a >= 0) & (b >= 0) & (a != b))
+    flagged = np.array([p.get("status", "ok") != "ok" for p in points])
+    interest += FLAGGED_INTEREST * (flagged[edges[:, 0]] | flagged[edges[:, 1]])
+    return keys, edges, interest
 
 
-def _curvature(cell, measured: dict, field: str, last: int) -> float:
-    """Curvature across a cell of side h: for each edge along x or y, the second differences at its two ends
-    (``f(c - h e) - 2 f(c) + f(c + h e)``, with the measured points one side outside); where both have the same
-    sign (a crest or a trough between them, not a wall next to the cell) the smaller magnitude. The largest over
-    the four edges; 0 where no such pair is measured. At the region's border (lattice index 0 or ``last``), where
-    no wall can lie outside, the one second difference inside is used."""
-    i, j, h = cell
-    largest = 0.0
-    for (ai, aj), (bi, bj), (di, dj) in (((i, j), (i + h, j), (h, 0)), ((i, j + h), (i + h, j + h), (h, 0)),
-                                         ((i, j), (i, j + h), (0, h)), ((i + h, j), (i + h, j + h), (0, h))):
-        v = [measured.get((ai + s * di, aj + s * dj), {}).get(field, np.nan) for s in (-1, 0, 1, 2)]
-        first, second = v[0] - 2 * v[1] + v[2], v[1] - 2 * v[2] + v[3]
-        if np.isfinite(first) and np.isfinite(second) and first * second > 0:
-            largest = max(largest, min(abs(first), abs(second)))
-        elif min(ai - di, aj - dj) < 0 and np.isfinite(second):  # the edge starts at the region's border
-            largest = max(largest, abs(second))
-        elif max(bi + di, bj + dj) > last and np.isfinite(first):  # the edge ends at the region's border
-            largest = max(largest, abs(first))
-    return largest
+def midpoint(a, b, taken) -> tuple[int, int] | None:
+    """The lattice point nearest the middle of the edge a-b (lattice indices) that is neither end nor in
+    ``taken`` (for a diagonal step, another corner of its square); None where there is none (the ends are
+    neighbours along a row or a column, or the points between them are taken)."""
+    mi, mj = (a[0] + b[0]) / 2, (a[1] + b[1]) / 2
+    for c in ((math.floor(mi), math.floor(mj)), (math.ceil(mi), math.ceil(mj)),
+              (math.floor(mi), math.ceil(mj)), (math.ceil(mi), math.floor(mj))):
+        if c != tuple(a) and c != tuple(b) and c not in taken:
+            return c
+    return None
 
 
-def choose_cells(cells, interest: np.ndarray, measured: dict, budget_left: int, threshold: float,
-                 max_cells: int) -> tuple[list, list[tuple[int, int]]]:
-    """The cells to split this round and the new lattice points to measure, within ``budget_left`` points.
+def choose_points(measured: dict, scales: dict[str, float], threshold: float,
+                  most: int) -> tuple[list[tuple[int, int]], list[list[int]], float]:
+    """The next points to measure: midpoints of the edges whose interest is above ``threshold``, in order of
+    interest squared times length (the squared error of the lattice points the edge leaves unresolved), at
+    most ``most``.
 
-    Candidates are the cells of side > 1 with interest above ``threshold``; they are taken in order of
-    interest times side (the reconstruction error a cell leaves scales with its size as well as its
-    contrast: a large cell over a smooth gradient is refined before a small one on a wall it already
-    brackets closely).
+    Returns (points (i, j), their edges [i1, j1, i2, j2] in the same order, the largest interest of an edge
+    that still has a free lattice point between its ends, 0 when none has).
     """
-    priority = interest * np.array([cell[2] for cell in cells], dtype=float)
-    order = np.argsort(-priority, kind="stable")
-    chosen, points, seen = [], [], set(measured)
-    for k in order:
-        cell = cells[k]
-        if len(chosen) >= max_cells:
-            break
-        if interest[k] <= threshold or cell[2] < 2:
+    keys, edges, interest = edge_interest(measured, scales)
+    length = np.hypot(*(keys[edges[:, 0]] - keys[edges[:, 1]]).T) if len(edges) else np.zeros(0)
+    priority = interest ** 2 * length
+    taken, points, chosen, top = set(measured), [], [], 0.0
+    for k in np.argsort(-priority, kind="stable"):
+        a, b = tuple(keys[edges[k, 0]].astype(int).tolist()), tuple(keys[edges[k, 1]].astype(int).tolist())
+        new = midpoint(a, b, taken)
+        if new is None:
             continue
-        _, new = split(cell)
-        new = [p for p in new if p not in seen]
-        if len(points) + len(new) > budget_left:
-            break
-        chosen.append(cell)
-        points.extend(new)
-        seen.update(new)
-    return chosen, points
+        top = max(top, float(interest[k]))
+        if interest[k] <= threshold or len(points) >= most:
+            continue
+        taken.add(new)
+        points.append(new)
+        chosen.append([*a, *b])
+    return points, chosen, top
 
 
 def reconstruct(lattice: Lattice, measured: dict, field: str, method: str = "cubic") -> np.ndarray:

@@ -6,7 +6,7 @@ from bluesky.protocols import Movable, Readable
 from bluesky.utils import MsgGenerator
 
 from ..agents import SteeringAgent
-from ..agents.steering import Lattice, coarse_cells
+from ..agents.steering import Lattice, coarse_points
 from ..callbacks.live_maps import LiveMaps
 from .checks import (
     check_callable,
@@ -24,7 +24,7 @@ from .driving import Driver, agent_run
 
 def steered_map(detectors: Sequence[Readable], x: Movable, y: Movable, x_range: Sequence[float],
                 y_range: Sequence[float], *, fine: int = 65, coarse_step: int = 4, budget: float = 0.25,
-                threshold: float = 3.0, cells_per_round: int = 16, maps: LiveMaps | None = None,
+                threshold: float = 4.0, points_per_round: int = 32, maps: LiveMaps | None = None,
                 approve: Callable | None = None, timeout: float = 60.0, md: dict | None = None) -> MsgGenerator[dict]:
     """Map a region adaptively: a coarse raster, then finer and finer points where the analysis finds structure.
 
@@ -34,14 +34,16 @@ def steered_map(detectors: Sequence[Readable], x: Movable, y: Movable, x_range: 
     x, y : stage motors (um).
     x_range, y_range : (start, stop) of the region (um), inside the motors' limits.
     fine : points per side of the full fine raster that sets the finest resolution (k * coarse_step + 1).
-    coarse_step : spacing of the first raster in fine-raster steps (a power of two). Features smaller than it
-        (point defects) can fall between its points and stay unseen: with fine = 65 over 4 um, 4 (0.25 um, a
-        17 x 17 raster) brought the omega error near features of the ``domains`` scene from 1.5-3.1 to
-        1.1-1.9 times the full raster's, against 8 (seeds 1-3, ``benchmarks/plans.py --full --coarse-step 8``).
+    coarse_step : spacing of the first raster in fine-raster steps. Features smaller than it
+        (point defects) can fall between its points and stay unseen: with fine = 65 over 4 um and a budget of
+        20%, 4 (0.25 um, a 17 x 17 raster) left an error near features of 1.45 times the full raster's
+        (geometric mean over the fields and the eight families of ``benchmarks/steering.py``, tuning seeds 0-2),
+        against 1.69 for 8.
     budget : points to measure in all: a fraction (<= 1) of the full fine raster, or a number of points.
-    threshold : cells whose interest (largest change or curvature across the cell in units of the field's noise; texture
-        boundaries and flagged frames add to it) is at or below this are left alone.
-    cells_per_round : at most this many cells are refined per round (one decision each round).
+    threshold : edges of the measured points' triangulation whose interest (largest change of a field across the
+        edge in units of its noise; texture boundaries and flagged frames add to it) is at or below this are left
+        alone. 4 was chosen on the tuning seeds of the structure families (``benchmarks/steering.py --tuning``).
+    points_per_round : at most this many points are measured per round (one decision each round).
     maps : the analysis' LiveMaps (default: the RunEngine's session's, see ``nanopilot.session.setup``).
     approve : optional ``approve(decision) -> bool`` hook that can veto each refinement (human in the loop).
     timeout : seconds to wait for the analysis to catch up before each decision, and for it to finish the run
@@ -55,8 +57,8 @@ def steered_map(detectors: Sequence[Readable], x: Movable, y: Movable, x_range: 
 
     Returns
     -------
-    dict with ``points`` measured, ``rounds``, ``reason`` for stopping, the ``lattice``, the final ``cells``
-    (the quadtree's leaves, each with its four corners measured) and the ``decisions``; rebuild a map on the
+    dict with ``points`` measured, ``rounds``, ``reason`` for stopping, the ``lattice`` and the ``decisions``;
+    rebuild a map on the
     fine raster with :func:`~nanopilot.agents.steering.reconstruct`.
 
     See Also
@@ -74,29 +76,27 @@ def steered_map(detectors: Sequence[Readable], x: Movable, y: Movable, x_range: 
     maps = yield from resolve_maps(maps)
     limits = yield from read_limits(x, y)
     lattice, total = _checked(detectors, x, y, x_range, y_range, fine, coarse_step, budget, threshold,
-                              cells_per_round, timeout, approve, maps, limits)
-    agent = SteeringAgent(lattice, int(coarse_step), total, float(threshold), int(cells_per_round), [y.name, x.name])
+                              points_per_round, timeout, approve, maps, limits)
+    agent = SteeringAgent(lattice, int(coarse_step), total, float(threshold), int(points_per_round), [y.name, x.name])
     driver = Driver(agent, maps, detectors + [x, y], x, y, approve=approve, timeout=timeout)
     _md = {"plan_name": "steered_map", "motors": [y.name, x.name], "detectors": [d.name for d in detectors],
            "plan_args": {"x_range": [lattice.x0, lattice.x1], "y_range": [lattice.y0, lattice.y1], "fine": int(fine),
                          "coarse_step": int(coarse_step), "budget": total, "threshold": float(threshold),
-                         "cells_per_round": int(cells_per_round)},
+                         "points_per_round": int(points_per_round)},
            "hints": {"dimensions": [([y.name], "primary"), ([x.name], "primary")]}}
     return (yield from agent_run(driver, detectors, merge_md(_md, md)))
 
 
-def _checked(detectors, x, y, x_range, y_range, fine, coarse_step, budget, threshold, cells_per_round, timeout,
+def _checked(detectors, x, y, x_range, y_range, fine, coarse_step, budget, threshold, points_per_round, timeout,
              approve, maps, limits) -> tuple[Lattice, int]:
     """Check :func:`steered_map`'s arguments (ValueError naming the wrong one; ``limits``: the motors', by name);
     the lattice and the budget in points."""
     check_positive("fine", fine, integer=True)
     check_positive("coarse_step", coarse_step, integer=True)
-    if int(coarse_step) & (int(coarse_step) - 1):
-        raise ValueError(f"coarse_step must be a power of two (cells are split in halves), got {coarse_step}")
-    coarse_cells(int(fine), int(coarse_step))  # raises for a fine raster that is no whole number of cells
+    coarse_points(int(fine), int(coarse_step))  # raises for a fine raster that is no whole number of steps
     check_positive("budget", budget)
     check_positive("threshold", threshold)
-    check_positive("cells_per_round", cells_per_round, integer=True)
+    check_positive("points_per_round", points_per_round, integer=True)
     check_positive("timeout", timeout)
     check_callable("approve", approve)
     (x0, x1), (y0, y1) = check_range("x_range", x_range, "um"), check_range("y_range", y_range, "um")
