@@ -48,7 +48,7 @@ from nanopilot.plans import steered_map
 from nanopilot.plans.samplers import GPSampler, RandomSampler, RasterSampler
 from nanopilot.plans.slads import SLADSSampler, train_erd
 from nanopilot.agents import SteeringAgent
-from nanopilot.agents.steering import Lattice, reconstruct, snake_order
+from nanopilot.agents.steering import Lattice, coarse_step_for, reconstruct, snake_order
 from nanopilot.sim_devices import REPORTING_SEEDS, STRUCTURES, TUNING_SEEDS, SimSample, feature_mask, label_walls
 from nanopilot.sim_devices import make_beamline
 
@@ -68,7 +68,9 @@ class AgentSampler:
 
     def __init__(self, lattice: Lattice, budget: int, **plan):
         self.lattice = lattice
-        self.agent = SteeringAgent(lattice, budget=budget, motors=("stage_y", "stage_x"), **{**PLAN, **plan})
+        plan = {**PLAN, **plan}
+        plan["coarse_step"] = plan["coarse_step"] or coarse_step_for(lattice.n, budget)
+        self.agent = SteeringAgent(lattice, budget=budget, motors=("stage_y", "stage_x"), **plan)
         self.columns: dict[str, list] = {}
 
     def __len__(self):

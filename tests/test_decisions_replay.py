@@ -98,3 +98,13 @@ def test_a_temperature_search_replays_with_frame_descriptors(catalog, tmp_path, 
 
     monkeypatch.setattr(decisions, "analysed_points", without_descriptors)
     assert not all(r["match"] for r in replay_decisions(catalog, uid))
+
+
+def test_a_quadtree_steered_map_is_refused_with_its_reason():
+    args = {"x_range": [-2, 2], "y_range": [-2, 2], "fine": 17, "coarse_step": 4, "budget": 60, "threshold": 3.0,
+            "cells_per_round": 16}
+    with pytest.raises(ValueError, match="quadtree"):
+        decisions.agent_for({"plan_name": "steered_map", "plan_args": args}, ["stage_y", "stage_x"])
+    agent = decisions.agent_for({"plan_name": "steered_map", "plan_args": {**args, "points_per_round": 8}},
+                                ["stage_y", "stage_x"])
+    assert agent.points_per_round == 8 and agent.budget == 60

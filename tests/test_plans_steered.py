@@ -14,6 +14,7 @@ from nanopilot.agents.steering import (
     choose_points,
     coarse_points,
     collect_points,
+    coarse_step_for,
     edge_interest,
     midpoint,
     reconstruct,
@@ -130,6 +131,12 @@ def test_edges_across_a_wall_are_bisected_first_and_down_to_lattice_neighbours()
     touches = (keys[edges] == (8, 8)).all(axis=2).any(axis=1)
     labels = (keys[edges[:, 0], 1] >= 4) != (keys[edges[:, 1], 1] >= 4)
     np.testing.assert_array_equal(interest, 10.0 * labels + 5.0 * touches)
+
+
+def test_the_coarse_spacing_leaves_most_of_the_budget_to_bisection():
+    assert coarse_step_for(65, 1056) == 4  # 17 x 17 = 289 points, 27% of the budget
+    assert coarse_step_for(33, 218) == 4 and coarse_step_for(33, 109) == 8  # 81 points are 37% and 74% of them
+    assert coarse_step_for(9, 3) == 8  # too small a budget for any raster: the corners
 
 
 def test_a_wall_ends_bracketed_by_lattice_neighbours():

@@ -6,7 +6,7 @@ from bluesky.protocols import Movable, Readable
 from bluesky.utils import MsgGenerator
 
 from ..agents import SteeringAgent
-from ..agents.steering import Lattice, coarse_points
+from ..agents.steering import Lattice, coarse_points, coarse_step_for
 from ..callbacks.live_maps import LiveMaps
 from .checks import (
     check_callable,
@@ -23,7 +23,7 @@ from .driving import Driver, agent_run
 
 
 def steered_map(detectors: Sequence[Readable], x: Movable, y: Movable, x_range: Sequence[float],
-                y_range: Sequence[float], *, fine: int = 65, coarse_step: int = 4, budget: float = 0.25,
+                y_range: Sequence[float], *, fine: int = 65, coarse_step: int | None = None, budget: float = 0.25,
                 threshold: float = 4.0, points_per_round: int = 32, maps: LiveMaps | None = None,
                 approve: Callable | None = None, timeout: float = 60.0, md: dict | None = None) -> MsgGenerator[dict]:
     """Map a region adaptively: a coarse raster, then finer and finer points where the analysis finds structure.
@@ -34,11 +34,12 @@ def steered_map(detectors: Sequence[Readable], x: Movable, y: Movable, x_range: 
     x, y : stage motors (um).
     x_range, y_range : (start, stop) of the region (um), inside the motors' limits.
     fine : points per side of the full fine raster that sets the finest resolution (k * coarse_step + 1).
-    coarse_step : spacing of the first raster in fine-raster steps. Features smaller than it
-        (point defects) can fall between its points and stay unseen: with fine = 65 over 4 um and a budget of
-        20%, 4 (0.25 um, a 17 x 17 raster) left an error near features of 1.45 times the full raster's
-        (geometric mean over the fields and the eight families of ``benchmarks/steering.py``, tuning seeds 0-2),
-        against 1.69 for 8.
+    coarse_step : spacing of the first raster in fine-raster steps; None: the finest that takes at most 40% of the
+        budget (:func:`~nanopilot.agents.steering.coarse_step_for`; 4 for fine = 65 and budget = 0.25, a 17 x 17
+        raster), the rest going to bisection. Features smaller than it (point defects) can fall between its points
+        and stay unseen: with fine = 65 over 4 um and a budget of 20%, 4 (0.25 um) left an error near features of
+        1.45 times the full raster's (geometric mean over the fields and the eight families of
+        ``benchmarks/steering.py``, tuning seeds 0-2), against 1.69 for 8.
     budget : points to measure in all: a fraction (<= 1) of the full fine raster, or a number of points.
     threshold : edges of the measured points' triangulation whose interest (largest change of a field across the
         edge in units of its noise; texture boundaries and flagged frames add to it) is at or below this are left
@@ -75,7 +76,7 @@ def steered_map(detectors: Sequence[Readable], x: Movable, y: Movable, x_range: 
     check_device("y", y, "set")
     maps = yield from resolve_maps(maps)
     limits = yield from read_limits(x, y)
-    lattice, total = _checked(detectors, x, y, x_range, y_range, fine, coarse_step, budget, threshold,
+    lattice, total, coarse_step = _checked(detectors, x, y, x_range, y_range, fine, coarse_step, budget, threshold,
                               points_per_round, timeout, approve, maps, limits)
     agent = SteeringAgent(lattice, int(coarse_step), total, float(threshold), int(points_per_round), [y.name, x.name])
     driver = Driver(agent, maps, detectors + [x, y], x, y, approve=approve, timeout=timeout)
@@ -88,13 +89,18 @@ def steered_map(detectors: Sequence[Readable], x: Movable, y: Movable, x_range: 
 
 
 def _checked(detectors, x, y, x_range, y_range, fine, coarse_step, budget, threshold, points_per_round, timeout,
-             approve, maps, limits) -> tuple[Lattice, int]:
+             approve, maps, limits) -> tuple[Lattice, int, int]:
     """Check :func:`steered_map`'s arguments (ValueError naming the wrong one; ``limits``: the motors', by name);
-    the lattice and the budget in points."""
+    the lattice, the budget in points and the coarse spacing."""
     check_positive("fine", fine, integer=True)
+    if int(fine) < 2:
+        raise ValueError(f"fine must be at least 2 points per side, got {fine}")
+    check_positive("budget", budget)
+    total = int(round(budget * fine ** 2)) if budget <= 1 else int(budget)
+    if coarse_step is None:
+        coarse_step = coarse_step_for(int(fine), total)
     check_positive("coarse_step", coarse_step, integer=True)
     coarse_points(int(fine), int(coarse_step))  # raises for a fine raster that is no whole number of steps
-    check_positive("budget", budget)
     check_positive("threshold", threshold)
     check_positive("points_per_round", points_per_round, integer=True)
     check_positive("timeout", timeout)
@@ -104,9 +110,8 @@ def _checked(detectors, x, y, x_range, y_range, fine, coarse_step, budget, thres
         check_within(f"range of {motor.name}", lo, hi, limits[motor.name], "um")
     for det in detectors:
         check_instrument(det, maps)
-    total = int(round(budget * fine ** 2)) if budget <= 1 else int(budget)
     first = (int(fine) - 1) // int(coarse_step) + 1
     if total < first ** 2:
         raise ValueError(f"budget of {total} points is smaller than the coarse raster ({first ** 2} points): "
                          f"raise budget or coarse_step")
-    return Lattice(x0, x1, y0, y1, int(fine)), total
+    return Lattice(x0, x1, y0, y1, int(fine)), total, int(coarse_step)
