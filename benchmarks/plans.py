@@ -232,7 +232,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--full", action="store_true", help="65 x 65 fine raster, >= 50 growth scenes, >= 20 cooling")
     parser.add_argument("--fine", type=int, default=33, help="points per side of the fine raster (8 k + 1)")
-    parser.add_argument("--coarse-step", type=int, default=4, help="steered_map's first raster spacing (steps)")
+    parser.add_argument("--coarse-step", type=int, default=None,
+                        help="steered_map's first raster spacing (steps; default: the plan's, from the budget)")
     parser.add_argument("--budget", type=float, default=0.25, help="steered_map's point budget (share of the raster)")
     parser.add_argument("--growth-scenes", type=int, default=50)
     parser.add_argument("--growth-seed", type=int, default=1000,
